@@ -1,0 +1,28 @@
+//! Herald hub: everything between a decoded command and a queued frame, without I/O.
+//!
+//! - [`session`]: the per-client protocol state machine;
+//! - [`hub`]: channel → subscribers and user → connections indexes, and fan-out;
+//! - [`broker`]: the engine trait (PUB/SUB + history + presence) and the memory engine;
+//! - [`node`]: ties them together and implements the server API operations;
+//! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
+//! - [`link`]: the trait transports implement for each connection;
+//! - [`channel`], [`config`], [`recovery`], [`duration`], [`clock`]: rules and helpers.
+
+pub mod broker;
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod hub;
+pub mod link;
+pub mod metrics;
+pub mod node;
+pub mod recovery;
+pub mod session;
+pub mod timer;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::HubConfig;
+pub use link::{ClientLink, Control, LinkTimers, ServerSubscribe};
+pub use node::{Node, NodeIdentity};
+pub use session::{Flow, Session};

@@ -59,6 +59,11 @@ pub trait ClientLink: Send + Sync + 'static {
     /// Timer state driven by the shared wheel.
     fn timers(&self) -> &LinkTimers;
 
+    /// The frame sent as a server ping (a protocol ping by default).
+    fn ping_frame(&self) -> Bytes {
+        ping_frame(self.framing())
+    }
+
     /// Queues a shared push, closing the client with 3506 when the push cannot be encoded for
     /// it (a binary payload for a JSON client).
     fn send_prepared(&self, p: &Prepared) {
@@ -162,7 +167,7 @@ impl LinkTimers {
         }
         let next_ping = self.next_ping.load(Ordering::Relaxed);
         if ping_every > 0 && next_ping != 0 && now >= next_ping {
-            link.send(ping_frame(link.framing()));
+            link.send(link.ping_frame());
             if self.pong_expected.load(Ordering::Relaxed) && pong_timeout > 0 {
                 self.awaiting_pong.store(true, Ordering::Relaxed);
                 self.pong_deadline.store(now + pong_timeout, Ordering::Relaxed);

@@ -51,9 +51,10 @@ impl std::error::Error for DecodeError {}
 /// command is prefixed by its length as a varint. At most `max_commands` are accepted.
 pub fn decode_commands(
     encoding: Encoding,
-    data: Bytes,
+    data: impl AsRef<[u8]>,
     max_commands: usize,
 ) -> Result<Vec<Command>, DecodeError> {
+    let data = data.as_ref();
     let mut out = Vec::new();
     match encoding {
         Encoding::Json => {
@@ -65,8 +66,7 @@ pub fn decode_commands(
                 if out.len() == max_commands {
                     return Err(DecodeError::TooManyCommands);
                 }
-                let cmd: Command =
-                    serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+                let cmd: Command = serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
                 out.push(cmd);
             }
         }
@@ -81,7 +81,8 @@ pub fn decode_commands(
                 if len > buf.remaining() {
                     return Err(DecodeError::Protobuf("truncated message".into()));
                 }
-                let msg = buf.split_to(len);
+                let (msg, rest) = buf.split_at(len);
+                buf = rest;
                 let cmd = Command::decode(msg).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
                 out.push(cmd);
             }

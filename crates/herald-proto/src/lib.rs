@@ -11,7 +11,10 @@ pub mod protocol;
 pub mod raw;
 pub mod ws;
 
-pub use codec::{DecodeError, EncodeError, Encoding, decode_commands, decode_replies, encode_batch, encode_command, encode_reply, try_encode_command};
+pub use codec::{
+    DecodeError, EncodeError, Encoding, decode_commands, decode_replies, encode_batch, encode_command, encode_reply,
+    try_encode_command,
+};
 pub use codes::{DisconnectReason, ErrorCode, UnsubscribeCode};
 pub use prepared::{Framing, Prepared};
 pub use protocol::*;

@@ -213,19 +213,12 @@ pub struct Reply {
 impl Reply {
     /// An error reply to command `id`.
     pub fn error(id: u32, error: Error) -> Reply {
-        Reply {
-            id,
-            error: Some(error),
-            ..Default::default()
-        }
+        Reply { id, error: Some(error), ..Default::default() }
     }
 
     /// A push (id 0).
     pub fn push(push: Push) -> Reply {
-        Reply {
-            push: Some(push),
-            ..Default::default()
-        }
+        Reply { push: Some(push), ..Default::default() }
     }
 }
 

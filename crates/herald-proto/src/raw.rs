@@ -29,11 +29,7 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::E
 
 /// Removes `\n` bytes (only ever whitespace in valid JSON).
 pub fn strip_newlines(text: &str) -> Cow<'_, str> {
-    if text.as_bytes().contains(&b'\n') {
-        Cow::Owned(text.replace('\n', ""))
-    } else {
-        Cow::Borrowed(text)
-    }
+    if text.as_bytes().contains(&b'\n') { Cow::Owned(text.replace('\n', "")) } else { Cow::Borrowed(text) }
 }
 
 /// True when `data` is exactly one valid JSON value, so it can be sent to JSON clients.

@@ -216,8 +216,7 @@ fn parse_head(buf: &[u8], max_message: usize) -> Result<Option<Head>, ProtocolEr
         return Err(ProtocolError::new(close::PROTOCOL_ERROR, "reserved bits set"));
     }
     let fin = b0 & 0x80 != 0;
-    let opcode =
-        Opcode::from_u8(b0 & 0x0F).ok_or(ProtocolError::new(close::PROTOCOL_ERROR, "unknown opcode"))?;
+    let opcode = Opcode::from_u8(b0 & 0x0F).ok_or(ProtocolError::new(close::PROTOCOL_ERROR, "unknown opcode"))?;
     if b1 & 0x80 == 0 {
         return Err(ProtocolError::new(close::PROTOCOL_ERROR, "client frame not masked"));
     }
@@ -420,7 +419,9 @@ pub fn check_upgrade<'a>(method: &str, headers: &'a [httparse::Header<'a>]) -> R
 /// The `101 Switching Protocols` response.
 pub fn switching_protocols(key: &[u8], protocol: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
     out.extend_from_slice(accept_key(key).as_bytes());
     if let Some(p) = protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
@@ -515,7 +516,14 @@ mod tests {
             // unmasked
             (vec![0x81, 0x01, b'a'], close::PROTOCOL_ERROR),
             // reserved bit
-            ({ let mut f = client_frame(true, 1, b"a", [0; 4]); f[0] |= 0x40; f }, close::PROTOCOL_ERROR),
+            (
+                {
+                    let mut f = client_frame(true, 1, b"a", [0; 4]);
+                    f[0] |= 0x40;
+                    f
+                },
+                close::PROTOCOL_ERROR,
+            ),
             // unknown opcode
             (client_frame(true, 3, b"a", [0; 4]), close::PROTOCOL_ERROR),
             // fragmented control frame

@@ -1,0 +1,391 @@
+//! Stable-toolchain smoke run of the fuzz targets in `/fuzz` (cargo-fuzz needs nightly).
+//!
+//! Feeds the same harness functions (the file is shared with `#[path]`) a few thousand inputs per
+//! target: valid seeds, mutated seeds and random bytes, from a fixed seed so failures reproduce.
+//! A panic anywhere fails the test; the failing input is printed first.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use herald_proto::{
+    ClientInfo, Command, ConnectRequest, ConnectResult, Encoding, HistoryRequest, HistoryResult, PresenceResult,
+    Publication, PublishRequest, Push, Reply, RpcRequest, StreamPosition, SubscribeRequest, SubscribeResult,
+    encode_command, encode_reply,
+};
+
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../fuzz/src/lib.rs"]
+mod harness;
+
+/// xorshift64*: tiny, deterministic, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+const INTERESTING: &[u8] =
+    &[0x00, 0x01, 0x7E, 0x7F, 0x80, 0x81, 0xFF, b'{', b'}', b'[', b']', b'"', b'\\', b'\n', b'\r', b':', b',', b' '];
+
+fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let len = out.len();
+        match rng.below(9) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                out[i] = if rng.below(2) == 0 { INTERESTING[rng.below(INTERESTING.len())] } else { rng.byte() };
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                for _ in 0..1 + rng.below(4) {
+                    out.insert(i, rng.byte());
+                }
+            }
+            3 if len > 0 => {
+                let start = rng.below(len);
+                let end = start + 1 + rng.below((len - start).min(16));
+                out.drain(start..end);
+            }
+            4 if len > 0 => {
+                let start = rng.below(len);
+                let end = start + 1 + rng.below((len - start).min(32));
+                let copy = out[start..end].to_vec();
+                let at = rng.below(len + 1);
+                out.splice(at..at, copy);
+            }
+            5 if len > 0 => out.truncate(rng.below(len)),
+            6 => {
+                let other = &seeds[rng.below(seeds.len())];
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len() + 1);
+                out.truncate(cut);
+                out.extend_from_slice(&other[from..]);
+            }
+            7 if len > 1 => {
+                let (i, j) = (rng.below(len), rng.below(len));
+                out.swap(i, j);
+            }
+            _ => {
+                let other = &seeds[rng.below(seeds.len())];
+                out.extend_from_slice(other);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `target` on every seed, then on `mutated` mutations and `random` random inputs.
+fn smoke(name: &str, seed: u64, seeds: &[Vec<u8>], mutated: usize, random: usize, target: fn(&[u8])) {
+    let mut rng = Rng(seed);
+    let mut inputs: Vec<Vec<u8>> = seeds.to_vec();
+    for _ in 0..mutated {
+        let base = &seeds[rng.below(seeds.len())];
+        let mut input = mutate(&mut rng, base, seeds);
+        // Sometimes stack mutations.
+        if rng.below(4) == 0 {
+            input = mutate(&mut rng, &input, seeds);
+        }
+        inputs.push(input);
+    }
+    for _ in 0..random {
+        let len = rng.below(300);
+        inputs.push((0..len).map(|_| rng.byte()).collect());
+    }
+    for input in &inputs {
+        if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
+            panic!("{name}: target panicked on input {input:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds
+// ---------------------------------------------------------------------------------------------
+
+fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+fn ws_seeds() -> Vec<Vec<u8>> {
+    let m = [0x37, 0xFA, 0x21, 0x3D];
+    let frames: Vec<Vec<u8>> = vec![
+        client_frame(true, 1, br#"{"connect":{"name":"js"},"id":1}"#, m),
+        client_frame(true, 2, &[0, 1, 2, 3], m),
+        client_frame(true, 9, b"ping", m),
+        client_frame(true, 10, b"", m),
+        client_frame(true, 8, &[0x03, 0xE8, b'b', b'y', b'e'], m),
+        client_frame(true, 8, &[], m),
+        [
+            client_frame(false, 1, "héllo ".as_bytes(), m),
+            client_frame(true, 9, b"", m),
+            client_frame(true, 0, "wörld".as_bytes(), m),
+        ]
+        .concat(),
+        [
+            client_frame(false, 2, &[1; 100], m),
+            client_frame(false, 0, &[2; 100], m),
+            client_frame(true, 0, &[3; 100], m),
+        ]
+        .concat(),
+        client_frame(true, 2, &[7; 300], m),     // 16-bit length
+        client_frame(true, 2, &[7; 600], m),     // over MAX_MESSAGE
+        client_frame(true, 1, &[0xE2, 0x82], m), // invalid UTF-8
+        {
+            let mut f = client_frame(true, 2, &[1; 10], m);
+            f[1] = 0x80 | 127; // 64-bit length form with a short payload
+            f.splice(2..2, [0, 0, 0, 0, 0, 0, 0]);
+            f
+        },
+        vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], // unmasked
+    ];
+    let mut seeds = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        // First byte: where the harness splits the input into two reads.
+        seeds.push([&[(i * 37) as u8][..], f].concat());
+    }
+    seeds.push([&[128u8][..], &frames.concat()].concat());
+    seeds
+}
+
+fn json_seeds() -> Vec<Vec<u8>> {
+    let lines: Vec<&str> = vec![
+        "{\"connect\":{\"token\":\"t\",\"name\":\"js\"},\"id\":1}\n{\"subscribe\":{\"channel\":\"news\",\"flag\":1},\"id\":2}",
+        "{\"connect\":{\"token\":\"t\",\"name\":\"js\",\"subs\":{\"a\":{\"recover\":true,\"offset\":2,\"epoch\":\"e\"}},\"headers\":{\"x\":\"y\"},\"data\":{\"k\":[1,2]}},\"id\":3}\r\n",
+        "{\"subscribe\":{\"channel\":\"news\",\"flag\":3,\"recover\":true,\"offset\":18446744073709551615,\"epoch\":\"e1\",\"tf\":{\"op\":\"and\",\"nodes\":[{\"key\":\"k\",\"cmp\":\"in\",\"vals\":[\"a\"]}]}},\"id\":4}",
+        "{\"publish\":{\"channel\":\"c\",\"data\":\"str\"},\"id\":5}\n\n{\"rpc\":{\"method\":\"m\",\"data\":[1,{\"a\":null}]},\"id\":6}\n",
+        "{}",
+        "{}\n{}\n{}",
+        "{\"send\":{\"data\":1.5e10}}",
+        "{\"history\":{\"channel\":\"c\",\"limit\":-1,\"since\":{\"offset\":1,\"epoch\":\"e\"},\"reverse\":true},\"id\":7}",
+        "{\"presence\":{\"channel\":\"c\"},\"id\":8}\n{\"presence_stats\":{\"channel\":\"c\"},\"id\":9}\n{\"unsubscribe\":{\"channel\":\"c\"},\"id\":10}",
+        "{\"refresh\":{\"token\":\"t\"},\"id\":11}\n{\"sub_refresh\":{\"channel\":\"c\",\"token\":\"t\"},\"id\":12}\n{\"ping\":{},\"id\":13}",
+        // Replies, for decode_replies.
+        "{\"id\":1,\"connect\":{\"client\":\"c1\",\"version\":\"x\",\"ping\":25,\"pong\":true,\"subs\":{\"s\":{\"recoverable\":true}}}}",
+        "{\"id\":4,\"subscribe\":{\"recoverable\":true,\"positioned\":true,\"epoch\":\"e1\",\"offset\":2,\"recovered\":true,\"was_recovering\":true,\"publications\":[{\"data\":{\"n\":3},\"offset\":3}]}}",
+        "{\"push\":{\"channel\":\"news\",\"pub\":{\"data\":{\"n\":1},\"offset\":1,\"info\":{\"user\":\"u\",\"client\":\"c\",\"conn_info\":{}},\"tags\":{\"a\":\"b\"}}}}",
+        "{\"id\":5,\"presence\":{\"presence\":{\"c\":{\"user\":\"u\",\"client\":\"c\"}}}}\n{\"id\":6,\"presence_stats\":{\"num_clients\":1,\"num_users\":1}}",
+        "{\"id\":7,\"history\":{\"publications\":[],\"epoch\":\"\",\"offset\":0}}\n{\"id\":3,\"error\":{\"code\":103,\"message\":\"permission denied\"}}",
+        "{\"push\":{\"channel\":\"c\",\"unsubscribe\":{\"code\":2500,\"reason\":\"r\"}}}\n{\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\"}}}",
+        "{\"push\":{\"connect\":{\"client\":\"c\",\"subs\":{\"#1\":{}},\"ping\":25,\"session\":\"s\"}}}",
+    ];
+    let mut seeds: Vec<Vec<u8>> = lines.iter().map(|l| l.as_bytes().to_vec()).collect();
+    // Deep nesting inside a raw payload and inside the tags filter: must be an error or a value,
+    // never a stack overflow.
+    let deep = format!(r#"{{"publish":{{"channel":"c","data":{}{}}},"id":1}}"#, "[".repeat(5000), "]".repeat(5000));
+    seeds.push(deep.into_bytes());
+    let mut tf = String::from("{}");
+    for _ in 0..300 {
+        tf = format!(r#"{{"op":"not","nodes":[{tf}]}}"#);
+    }
+    seeds.push(format!(r#"{{"subscribe":{{"channel":"c","tf":{tf}}},"id":1}}"#).into_bytes());
+    seeds
+}
+
+fn varint(mut v: usize, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn protobuf_seeds() -> Vec<Vec<u8>> {
+    let mut subs = BTreeMap::new();
+    subs.insert(
+        "s".to_owned(),
+        SubscribeRequest { channel: "s".into(), recover: true, offset: 9, epoch: "e".into(), ..Default::default() },
+    );
+    let commands = vec![
+        Command {
+            id: 1,
+            connect: Some(ConnectRequest {
+                token: "t".into(),
+                name: "go".into(),
+                data: Bytes::from_static(&[0xFF, 0x00]),
+                subs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Command {
+            id: 2,
+            subscribe: Some(SubscribeRequest { channel: "news".into(), flag: 1, ..Default::default() }),
+            ..Default::default()
+        },
+        Command {
+            id: 3,
+            publish: Some(PublishRequest { channel: "c".into(), data: Bytes::from_static(b"{\"a\":1}") }),
+            ..Default::default()
+        },
+        Command {
+            id: 4,
+            history: Some(HistoryRequest {
+                channel: "c".into(),
+                limit: 10,
+                since: Some(StreamPosition { offset: 1, epoch: "e".into() }),
+                reverse: false,
+            }),
+            ..Default::default()
+        },
+        Command {
+            id: 5,
+            rpc: Some(RpcRequest { method: "m".into(), data: Bytes::from_static(b"1") }),
+            ..Default::default()
+        },
+        Command::default(),
+    ];
+    let mut mut_presence = BTreeMap::new();
+    mut_presence.insert("c".to_owned(), ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() });
+    let replies = vec![
+        Reply {
+            id: 1,
+            connect: Some(ConnectResult { client: "c".into(), ping: 25, pong: true, ..Default::default() }),
+            ..Default::default()
+        },
+        Reply {
+            id: 2,
+            subscribe: Some(SubscribeResult {
+                recoverable: true,
+                publications: vec![Publication { data: Bytes::from_static(&[1, 2]), offset: 1, ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Reply { id: 3, presence: Some(PresenceResult { presence: mut_presence }), ..Default::default() },
+        Reply { id: 4, history: Some(HistoryResult::default()), ..Default::default() },
+        Reply::push(Push {
+            channel: "c".into(),
+            publication: Some(Publication { data: Bytes::from_static(b"\"x\""), ..Default::default() }),
+            ..Default::default()
+        }),
+        Reply::default(),
+    ];
+    let mut seeds = Vec::new();
+    let mut all = Vec::new();
+    for cmd in &commands {
+        let mut one = Vec::new();
+        encode_command(Encoding::Protobuf, cmd, &mut one);
+        all.extend_from_slice(&one);
+        seeds.push(one);
+    }
+    seeds.push(all);
+    let mut all = Vec::new();
+    for reply in &replies {
+        let mut one = Vec::new();
+        encode_reply(Encoding::Protobuf, reply, &mut one).unwrap();
+        all.extend_from_slice(&one);
+        seeds.push(one);
+    }
+    seeds.push(all);
+    // A tags filter nested past prost's recursion limit.
+    let mut node = Vec::new();
+    for _ in 0..150 {
+        let mut outer = vec![0x32];
+        varint(node.len(), &mut outer);
+        outer.extend_from_slice(&node);
+        node = outer;
+    }
+    let mut sub = vec![0x0A, 0x01, b'c', 0x6A];
+    varint(node.len(), &mut sub);
+    sub.extend_from_slice(&node);
+    let mut cmd = vec![0x08, 0x01, 0x2A];
+    varint(sub.len(), &mut cmd);
+    cmd.extend_from_slice(&sub);
+    let mut framed = Vec::new();
+    varint(cmd.len(), &mut framed);
+    framed.extend_from_slice(&cmd);
+    seeds.push(framed);
+    seeds
+}
+
+fn upgrade_seeds() -> Vec<Vec<u8>> {
+    let valid = "GET /connection/websocket HTTP/1.1\r\nHost: localhost:8000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: centrifuge-protobuf\r\nOrigin: http://localhost:8000\r\n\r\n";
+    vec![
+        valid.as_bytes().to_vec(),
+        valid.replace("GET", "POST").into_bytes(),
+        valid.replace(": 13", ": 8").into_bytes(),
+        valid.replace("dGhlIHNhbXBsZSBub25jZQ==", "short").into_bytes(),
+        valid.replace("Connection: Upgrade", "Connection: keep-alive, Upgrade").into_bytes(),
+        valid.replace("centrifuge-protobuf", " centrifuge-json ,, centrifuge-protobuf ").into_bytes(),
+        b"upgrade:websocket\nconnection:upgrade\nsec-websocket-version:13\nsec-websocket-key:dGhlIHNhbXBsZSBub25jZQ==\nsec-websocket-protocol:a\r,b".to_vec(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn smoke_ws_frames() {
+    smoke("ws_frames", 0x5EED_0001, &ws_seeds(), 5000, 1000, harness::ws_frames);
+}
+
+#[test]
+fn smoke_decode_json() {
+    let seeds = json_seeds();
+    // The seeds themselves are meaningful: the command lines decode.
+    for seed in &seeds[..10] {
+        herald_proto::decode_commands(Encoding::Json, Bytes::copy_from_slice(seed), harness::MAX_COMMANDS)
+            .expect("seed decodes");
+    }
+    smoke("decode_json", 0x5EED_0002, &seeds, 5000, 1000, harness::decode_json);
+}
+
+#[test]
+fn smoke_decode_protobuf() {
+    smoke("decode_protobuf", 0x5EED_0003, &protobuf_seeds(), 5000, 1000, harness::decode_protobuf);
+}
+
+#[test]
+fn smoke_ws_upgrade() {
+    smoke("ws_upgrade", 0x5EED_0004, &upgrade_seeds(), 5000, 1000, harness::ws_upgrade);
+}
+
+#[test]
+fn harness_accepts_its_valid_seeds() {
+    // A sanity check that the harness assertions hold on well-formed input (catches a harness
+    // that would reject everything).
+    for seed in ws_seeds() {
+        harness::ws_frames(&seed);
+    }
+    let upgrade = upgrade_seeds().remove(0);
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut req = httparse::Request::new(&mut headers);
+    assert!(req.parse(&upgrade).unwrap().is_complete());
+    assert!(herald_proto::ws::check_upgrade("GET", req.headers).is_ok());
+}

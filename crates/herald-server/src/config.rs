@@ -1,0 +1,191 @@
+//! Herald's configuration: the Centrifugo v6 nested layout and option names, so a Centrifugo
+//! config file can be reused (only the environment prefix changes: `HERALD_` instead of
+//! `CENTRIFUGO_`).
+//!
+//! Sources, highest priority first: command-line flags, `HERALD_*` environment variables, the
+//! config file (JSON, YAML or TOML by extension), defaults. See `loader.rs`.
+
+use std::time::Duration;
+
+use herald_hub::HubConfig;
+use herald_hub::config::{ChannelConfig, ClientConfig};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub http_server: HttpServerConfig,
+    pub http_api: HttpApiConfig,
+    pub client: ClientConfig,
+    pub channel: ChannelConfig,
+    pub websocket: WebsocketConfig,
+    pub engine: EngineConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    pub prometheus: PrometheusConfig,
+    pub health: HealthConfig,
+    pub node: NodeConfig,
+}
+
+impl Config {
+    /// The part the hub needs.
+    pub fn hub(&self) -> HubConfig {
+        HubConfig { client: self.client.clone(), channel: self.channel.clone() }
+    }
+}
+
+/// `http_server`: where clients and the API connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServerConfig {
+    /// Interface to bind; empty means all interfaces.
+    pub address: String,
+    pub port: u16,
+    /// Largest accepted HTTP request head (request line + headers), bytes.
+    pub max_request_head_size: usize,
+    /// Time allowed to send a complete request head (slow-loris guard).
+    #[serde(with = "herald_hub::duration")]
+    pub request_head_timeout: Duration,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        HttpServerConfig {
+            address: String::new(),
+            port: 8000,
+            max_request_head_size: 16 * 1024,
+            request_head_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `http_api`: the server API under `/api`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApiConfig {
+    /// Key required in `X-API-Key` (or `Authorization: apikey KEY`, or `?api_key=`).
+    pub key: String,
+    /// Accept requests without a key (development only).
+    pub insecure: bool,
+    /// Turn the server API off.
+    pub disabled: bool,
+    pub handler_prefix: String,
+    /// Largest accepted request body, bytes.
+    pub max_body_size: usize,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        HttpApiConfig {
+            key: String::new(),
+            insecure: false,
+            disabled: false,
+            handler_prefix: "/api".into(),
+            max_body_size: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// `websocket`: the bidirectional WebSocket transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebsocketConfig {
+    pub disabled: bool,
+    pub handler_prefix: String,
+    /// Largest client message (frame payload or assembled message), bytes. Above it the
+    /// connection is closed with 1009.
+    pub message_size_limit: usize,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig { disabled: false, handler_prefix: "/connection/websocket".into(), message_size_limit: 65536 }
+    }
+}
+
+/// `engine`: where channels, history and presence live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// `memory` (single node). Redis and NATS come with the cluster work.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { kind: "memory".into() }
+    }
+}
+
+/// `log`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `trace`, `debug`, `info`, `warn`, `error` or `none`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// `shutdown`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// The process exits within this time after SIGTERM/SIGINT.
+    #[serde(with = "herald_hub::duration")]
+    pub timeout: Duration,
+    /// Clients are closed with 3001 (reconnect) spread over this window, so they do not all
+    /// reconnect elsewhere at the same instant. Must be shorter than `timeout`.
+    #[serde(with = "herald_hub::duration")]
+    pub client_close_window: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout: Duration::from_secs(30), client_close_window: Duration::from_secs(5) }
+    }
+}
+
+/// `prometheus`: metrics at `GET /metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig { enabled: true, handler_prefix: "/metrics".into() }
+    }
+}
+
+/// `health`: `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { enabled: true, handler_prefix: "/health".into() }
+    }
+}
+
+/// `node`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Node name shown by the `info` API (default: host name and port).
+    pub name: String,
+}

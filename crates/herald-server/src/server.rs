@@ -1,0 +1,351 @@
+//! Start-up, the accept loop, timers and graceful shutdown.
+//!
+//! Every TCP connection starts the same way: its request head is read (with a size limit and a
+//! deadline) and routed. A WebSocket upgrade on the WebSocket path is handled by our own
+//! handshake and handed to [`crate::ws`], which owns the raw socket from then on; anything else
+//! goes to hyper with the bytes already read replayed (API, health, metrics, keep-alive).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_proto::codes::DISCONNECT_SHUTDOWN;
+use herald_proto::{Encoding, Framing};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::telemetry;
+use crate::ws::{self, WsSettings};
+
+/// What request handlers share.
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub config: Config,
+    pub metrics: PrometheusHandle,
+    pub ws: Arc<WsSettings>,
+    pub shutting_down: AtomicBool,
+}
+
+/// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtime).
+pub fn serve(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("herald-worker")
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = bind(&config).await?;
+        run(config, listener, shutdown_signal()).await
+    })
+}
+
+/// Binds the listener named by `http_server.address`/`http_server.port`.
+pub async fn bind(config: &Config) -> Result<TcpListener, String> {
+    let address = if config.http_server.address.is_empty() { "0.0.0.0" } else { &config.http_server.address };
+    let addr = format!("{address}:{}", config.http_server.port);
+    TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let metrics = telemetry::install_metrics()?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let name =
+        if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
+    let identity =
+        NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
+    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
+    let ws = Arc::new(WsSettings {
+        max_message: config.websocket.message_size_limit,
+        queue_max: config.client.queue_max_size,
+        max_commands: config.client.max_commands_per_frame,
+        stale_after: config.client.stale_close_delay.as_secs().max(1) as u32,
+    });
+    let state = Arc::new(AppState { node: node.clone(), config, metrics, ws, shutting_down: AtomicBool::new(false) });
+
+    let timers = tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                node.run_timers();
+            }
+        }
+    });
+
+    tracing::info!(address = %local, node = %node.identity().name, "herald listening on {local}");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle_connection(state.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    state.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!("shutting down: closing {} clients", node.hub.num_clients());
+    let cfg = &state.config.shutdown;
+    let _ = tokio::time::timeout(cfg.timeout, close_clients(&node, cfg.client_close_window)).await;
+    timers.abort();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Closes every client with 3001 (reconnect), spread over `window` so they do not reconnect
+/// elsewhere all at once, then waits for their sessions to be cleaned up.
+async fn close_clients(node: &Node, window: Duration) {
+    let links = node.hub.all_links();
+    if !links.is_empty() {
+        let batches = links.len().clamp(1, 20);
+        let per_batch = links.len().div_ceil(batches);
+        let pause = window / batches as u32;
+        for chunk in links.chunks(per_batch) {
+            for link in chunk {
+                link.close(DISCONNECT_SHUTDOWN);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+    drop(links);
+    while node.hub.num_clients() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the close frames reach the sockets.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while ws::OPEN_CONNECTIONS.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "herald".into())
+}
+
+/// Reads a request head: returns the bytes read (head and possibly more).
+async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::with_capacity(1024.min(max));
+    let mut checked: usize = 0;
+    loop {
+        stream.readable().await.map_err(|_| HeadError::Closed)?;
+        if buf.len() == buf.capacity() {
+            if buf.capacity() >= max {
+                return Err(HeadError::TooLarge);
+            }
+            buf.reserve((buf.capacity() * 2).min(max) - buf.len());
+        }
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        match stream.try_read(&mut buf[len..]) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(len);
+                continue;
+            }
+            Err(_) => return Err(HeadError::Closed),
+        }
+        let from = checked.saturating_sub(3);
+        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(buf);
+        }
+        checked = buf.len();
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+enum HeadError {
+    Closed,
+    TooLarge,
+}
+
+/// A plain HTTP response written straight to the socket (before hyper is involved).
+fn raw_response(status: u16, reason: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let _ = stream.write_all(&raw_response(status, status_reason(status), extra, &body)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let http = &state.config.http_server;
+    let head =
+        match tokio::time::timeout(http.request_head_timeout, read_head(&stream, http.max_request_head_size)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(HeadError::TooLarge)) => return reject(stream, 431, "request head too large", "").await,
+            Ok(Err(HeadError::Closed)) | Err(_) => return,
+        };
+    let ws_cfg = &state.config.websocket;
+    let is_ws = !ws_cfg.disabled && {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        matches!(req.parse(&head), Ok(httparse::Status::Complete(_)))
+            && req.path.map(|p| p.split('?').next() == Some(ws_cfg.handler_prefix.as_str())).unwrap_or(false)
+            && req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    };
+    if is_ws {
+        websocket(state, stream, head).await;
+    } else {
+        serve_http(state, stream, Bytes::from(head)).await;
+    }
+}
+
+async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>) {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return reject(stream, 503, "shutting down", "").await;
+    }
+    // Everything needed from the borrowed request is extracted before any await.
+    let decision = {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&head) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return reject(stream, 400, "malformed request", "").await,
+        };
+        let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
+        match herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers) {
+            Err(e) => Err((e.status, e.message)),
+            Ok(up) => {
+                if !ws::origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
+                    Err((403, "origin not allowed"))
+                } else {
+                    let (encoding, protocol) = ws::negotiate(&up.protocols, query);
+                    let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
+                    Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len))
+                }
+            }
+        }
+    };
+    let (response, encoding, native_ping, head_len) = match decision {
+        Ok(d) => d,
+        Err((status, message)) => {
+            let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+            return reject(stream, status, message, extra).await;
+        }
+    };
+    if stream.write_all(&response).await.is_err() {
+        return;
+    }
+    let framing = match encoding {
+        Encoding::Json => Framing::WsText,
+        Encoding::Protobuf => Framing::WsBinary,
+    };
+    let early = head[head_len..].to_vec();
+    let link = ws::new_link(stream, framing, native_ping, &state.node, &state.ws);
+    // The long-lived task holds only the connection loop, not this handshake's state.
+    tokio::spawn(ws::run(link, state.node.clone(), state.ws.clone(), early));
+}
+
+async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes) {
+    let io = TokioIo::new(Rewind { prefix: head, inner: stream });
+    let service = hyper::service::service_fn(move |req| crate::api::handle(state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// A stream that first replays bytes already read from it.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

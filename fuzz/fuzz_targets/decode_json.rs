@@ -1,0 +1,6 @@
+//! JSON command/reply batch decoding, with re-encoding of what decodes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| herald_fuzz::decode_json(data));

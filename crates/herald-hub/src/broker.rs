@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -125,9 +125,7 @@ fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
 const SHARDS: usize = 64;
 
 fn shard_of<K: Hash + ?Sized>(hasher: &std::collections::hash_map::RandomState, key: &K) -> usize {
-    let mut h = hasher.build_hasher();
-    key.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+    (hasher.hash_one(key) as usize) % SHARDS
 }
 
 /// A 4-letter random epoch, like the Go memory engine's.
@@ -274,10 +272,10 @@ impl MemoryBroker {
         let state = self.channel(channel, true).expect("created");
         let mut state = state.lock().expect("channel state");
         state.expire(now);
-        if let Some(key) = &opts.idempotency_key {
-            if let Some((position, _)) = state.idempotent.get(key) {
-                return PublishOutcome { position: position.clone(), suppressed: true };
-            }
+        if let Some(key) = &opts.idempotency_key
+            && let Some((position, _)) = state.idempotent.get(key)
+        {
+            return PublishOutcome { position: position.clone(), suppressed: true };
         }
         let mut position = None;
         if history {
@@ -387,9 +385,12 @@ impl Broker for MemoryBroker {
     }
 }
 
+/// channel → client id → info.
+type PresenceMap = HashMap<String, HashMap<String, ClientInfo>>;
+
 /// Single-node presence.
 pub struct MemoryPresence {
-    shards: Box<[Mutex<HashMap<String, HashMap<String, ClientInfo>>>]>,
+    shards: Box<[Mutex<PresenceMap>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -400,7 +401,7 @@ impl Default for MemoryPresence {
 }
 
 impl MemoryPresence {
-    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, ClientInfo>>> {
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, PresenceMap> {
         self.shards[shard_of(&self.hasher, channel)].lock().expect("presence shard")
     }
 }
@@ -475,7 +476,7 @@ mod tests {
     #[test]
     fn assigns_offsets_trims_and_reads() {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let b = MemoryBroker::new(clock.clone());
+        let b = MemoryBroker::new(clock);
         for i in 0..5 {
             let o = b.publish("ch", publication(i), &opts(3)).now_or_never().unwrap().unwrap();
             assert_eq!(o.position.unwrap().offset, i as u64 + 1);

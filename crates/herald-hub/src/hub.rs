@@ -11,7 +11,7 @@
 //! precedes that channel's pushes, and nothing is lost or duplicated in between.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -51,10 +51,11 @@ fn key(link: &Arc<dyn ClientLink>) -> usize {
 }
 
 type UserMap = HashMap<Arc<str>, Vec<Arc<dyn ClientLink>>>;
+type ChannelMap = HashMap<Arc<str>, Arc<ChannelSubs>>;
 
 /// The node's local subscription and user indexes.
 pub struct Hub {
-    channels: Box<[Mutex<HashMap<Arc<str>, Arc<ChannelSubs>>>]>,
+    channels: Box<[Mutex<ChannelMap>]>,
     users: Box<[Mutex<UserMap>]>,
     hasher: std::collections::hash_map::RandomState,
     num_subs: AtomicUsize,
@@ -82,9 +83,7 @@ impl Hub {
     }
 
     fn shard<K: Hash + ?Sized>(&self, k: &K) -> usize {
-        let mut h = self.hasher.build_hasher();
-        k.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(k) as usize) % SHARDS
     }
 
     /// Adds `link` as a pending subscriber of `channel`. Returns true when the channel had no
@@ -112,12 +111,12 @@ impl Hub {
     pub fn activate(&self, channel: &str, link: &Arc<dyn ClientLink>, after: u64) {
         let Some(subs) = self.channel_subs(channel) else { return };
         let mut subs = subs.subs.lock().expect("channel subs");
-        if let Some(sub) = subs.get_mut(&key(link)) {
-            if let Some(pending) = sub.pending.take() {
-                for (offset, p) in pending.items {
-                    if offset == 0 || offset > after {
-                        sub.link.send_prepared(&p);
-                    }
+        if let Some(sub) = subs.get_mut(&key(link))
+            && let Some(pending) = sub.pending.take()
+        {
+            for (offset, p) in pending.items {
+                if offset == 0 || offset > after {
+                    sub.link.send_prepared(&p);
                 }
             }
         }
@@ -154,10 +153,10 @@ impl Hub {
             if sub.flags & need_flags != need_flags {
                 continue;
             }
-            if let Some(ex) = exclude {
-                if sub.link.id() == ex {
-                    continue;
-                }
+            if let Some(ex) = exclude
+                && sub.link.id() == ex
+            {
+                continue;
             }
             match &mut sub.pending {
                 Some(pending) => {

@@ -107,12 +107,11 @@ impl Node {
             .enabled
             .then_some(())
             .and(Some(&cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace))
+            && channels.namespace(ns).is_none()
         {
-            if channels.namespace(ns).is_none() {
-                return Err(format!(
-                    "client.subscribe_to_user_personal_channel.personal_channel_namespace: namespace {ns:?} is not configured"
-                ));
-            }
+            return Err(format!(
+                "client.subscribe_to_user_personal_channel.personal_channel_namespace: namespace {ns:?} is not configured"
+            ));
         }
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
@@ -165,7 +164,7 @@ impl Node {
     pub fn run_timers(&self) -> usize {
         let now = self.tick();
         let fired = self.timers.advance(now);
-        if now % 5 == 0 {
+        if now.is_multiple_of(5) {
             self.broker.housekeep(self.clock.now_ms());
         }
         fired

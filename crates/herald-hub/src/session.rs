@@ -65,7 +65,7 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    /// The session asked its link to close; stop processing input.
+    /// Stop processing the rest of this batch (the session usually asked its link to close).
     Stop,
 }
 
@@ -222,7 +222,11 @@ impl Session {
                     let r = self.connect(node, cmd.id, req).await;
                     let flow = self.finish(name, cmd.id, r);
                     if self.state == State::Fresh && flow == Flow::Continue {
+                        // After a connect error the rest of the batch is dropped (as Go does)
+                        // and the next message closes the connection with 3501. Closing at once
+                        // would race an SDK that is fetching a new token after 109.
                         self.state = State::Unusable;
+                        return Flow::Stop;
                     }
                     flow
                 }
@@ -304,11 +308,7 @@ impl Session {
             }
             // Token channels: `subs` wins over `channels`. Namespace rules, not permissions, apply.
             let entries: Vec<(String, Override, Bytes, Bytes)> = if !claims.subs.is_empty() {
-                claims
-                    .subs
-                    .iter()
-                    .map(|(c, o)| (c.clone(), o.override_.clone(), o.info.clone(), o.data.clone()))
-                    .collect()
+                claims.subs.iter().map(|(c, o)| (c.clone(), o.override_, o.info.clone(), o.data.clone())).collect()
             } else {
                 claims.channels.iter().map(|c| (c.clone(), Override::default(), Bytes::new(), Bytes::new())).collect()
             };
@@ -357,10 +357,10 @@ impl Session {
             return Err(DISCONNECT_CHANNEL_LIMIT.into());
         }
         let expires_at = expires_at.map(|t| t.min(now + MAX_EXPIRY_SECS));
-        if let Some(t) = expires_at {
-            if t < now {
-                return Err(ERROR_EXPIRED.into());
-            }
+        if let Some(t) = expires_at
+            && t < now
+        {
+            return Err(ERROR_EXPIRED.into());
         }
         if node.hub.add_user(&user, &self.link, cfg.user_connection_limit).is_err() {
             return Err(DISCONNECT_CONNECTION_LIMIT.into());
@@ -517,12 +517,12 @@ impl Session {
     /// Makes a prepared subscription live (after its reply was queued) and emits the join.
     async fn activate(&self, node: &Node, channel: &str, after: u64) {
         node.hub.activate(channel, &self.link, after);
-        if let Some(sub) = self.find(channel).map(|i| &self.subs[i]) {
-            if sub.flags & EMIT_JOIN_LEAVE != 0 {
-                let info = self.client_info(sub.chan_info.clone());
-                if let Err(e) = node.broker.publish_join(channel, info).await {
-                    tracing::warn!(channel, error = %e, "join publish failed");
-                }
+        if let Some(sub) = self.find(channel).map(|i| &self.subs[i])
+            && sub.flags & EMIT_JOIN_LEAVE != 0
+        {
+            let info = self.client_info(sub.chan_info.clone());
+            if let Err(e) = node.broker.publish_join(channel, info).await {
+                tracing::warn!(channel, error = %e, "join publish failed");
             }
         }
     }

@@ -8,7 +8,7 @@
 //! The wheel is sans-IO: the server calls [`TimerWheel::advance`] once a second with the
 //! current tick.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::link::{ClientLink, Fired};
@@ -23,8 +23,10 @@ struct Entry {
 /// Shared timing wheel with one-second slots.
 pub struct TimerWheel {
     slots: Box<[Mutex<Vec<Entry>>]>,
-    /// Last tick processed.
-    last: Mutex<u32>,
+    /// Last tick processed (written under `advancing`).
+    last: AtomicU32,
+    /// Serialises `advance` calls.
+    advancing: Mutex<()>,
     ping_every: u32,
     pong_timeout: u32,
 }
@@ -34,7 +36,8 @@ impl TimerWheel {
     pub fn new(ping_every: u32, pong_timeout: u32) -> Self {
         TimerWheel {
             slots: (0..SLOTS).map(|_| Mutex::new(Vec::new())).collect(),
-            last: Mutex::new(0),
+            last: AtomicU32::new(0),
+            advancing: Mutex::new(()),
             ping_every,
             pong_timeout,
         }
@@ -59,22 +62,25 @@ impl TimerWheel {
             }
         }
         let entry = Entry { deadline, link: Arc::downgrade(link) };
-        self.slots[deadline as usize % SLOTS].lock().expect("wheel slot").push(entry);
+        // A deadline whose tick was already processed goes to the next tick's slot, not to a
+        // slot that comes round only after a full lap.
+        let slot_tick = deadline.max(self.last.load(Ordering::Acquire) + 1);
+        self.slots[slot_tick as usize % SLOTS].lock().expect("wheel slot").push(entry);
     }
 
     /// Processes every slot up to tick `now`. Returns how many entries fired.
     pub fn advance(&self, now: u32) -> usize {
-        let from = {
-            let mut last = self.last.lock().expect("wheel last");
-            if now <= *last {
-                return 0;
-            }
-            let from = (*last + 1).max(now.saturating_sub(SLOTS as u32 - 1));
-            *last = now;
-            from
-        };
+        let _guard = self.advancing.lock().expect("wheel advance");
+        let last = self.last.load(Ordering::Acquire);
+        if now <= last {
+            return 0;
+        }
+        let from = (last + 1).max(now.saturating_sub(SLOTS as u32 - 1));
         let mut fired = 0;
         for tick in from..=now {
+            // Publish progress first: entries scheduled for `tick` from now on land in the
+            // next slot instead of this one, which is being drained.
+            self.last.store(tick, Ordering::Release);
             fired += self.run_slot(tick as usize % SLOTS, now);
         }
         fired
@@ -113,5 +119,84 @@ impl TimerWheel {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use bytes::Bytes;
+    use herald_proto::{DisconnectReason, Framing};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::link::{Control, LinkTimers};
+
+    #[derive(Default)]
+    struct Probe {
+        timers: LinkTimers,
+        closed: StdMutex<Option<u32>>,
+    }
+
+    impl ClientLink for Probe {
+        fn id(&self) -> Uuid {
+            Uuid::nil()
+        }
+        fn framing(&self) -> Framing {
+            Framing::WsText
+        }
+        fn send(&self, _frame: Bytes) {}
+        fn close(&self, reason: DisconnectReason) {
+            *self.closed.lock().unwrap() = Some(reason.code);
+        }
+        fn control(&self, _ctrl: Control) {}
+        fn timers(&self) -> &LinkTimers {
+            &self.timers
+        }
+    }
+
+    #[test]
+    fn stale_deadline_fires_and_dead_links_are_dropped() {
+        let wheel = TimerWheel::new(25, 8);
+        let probe = Arc::new(Probe::default());
+        probe.timers.set_stale(5);
+        let link: Arc<dyn ClientLink> = probe.clone();
+        wheel.schedule(&link, 5);
+        assert_eq!(wheel.advance(4), 0);
+        assert_eq!(wheel.advance(5), 1);
+        assert_eq!(*probe.closed.lock().unwrap(), Some(3502));
+
+        let gone: Arc<dyn ClientLink> = Arc::new(Probe::default());
+        wheel.schedule(&gone, 7);
+        drop(gone);
+        assert_eq!(wheel.advance(7), 0);
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn deadline_in_the_past_fires_on_the_next_tick_not_a_lap_later() {
+        let wheel = TimerWheel::new(25, 8);
+        wheel.advance(10);
+        let probe = Arc::new(Probe::default());
+        probe.timers.set_stale(3);
+        let link: Arc<dyn ClientLink> = probe.clone();
+        wheel.schedule(&link, 3);
+        assert_eq!(wheel.advance(11), 1);
+        assert_eq!(*probe.closed.lock().unwrap(), Some(3502));
+    }
+
+    #[test]
+    fn earlier_deadline_supersedes_later_one() {
+        let wheel = TimerWheel::new(25, 8);
+        let probe = Arc::new(Probe::default());
+        probe.timers.set_stale(4);
+        let link: Arc<dyn ClientLink> = probe.clone();
+        wheel.schedule(&link, 20);
+        wheel.schedule(&link, 4);
+        assert_eq!(wheel.advance(4), 1);
+        // The superseded entry at 20 is dropped without firing.
+        assert_eq!(wheel.advance(20), 0);
+        assert!(wheel.is_empty());
     }
 }

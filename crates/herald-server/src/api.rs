@@ -68,14 +68,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         ));
     }
     let prefix = cfg.http_api.handler_prefix.trim_end_matches('/');
-    if !cfg.http_api.disabled {
-        if let Some(method) = path.strip_prefix(prefix).and_then(|m| m.strip_prefix('/')) {
-            let method = method.to_owned();
-            let response = api(&state, &method, req).await;
-            let label = if METHODS.contains(&method.as_str()) { method.as_str() } else { "unknown" };
-            api_metric(label, response.status().as_u16());
-            return Ok(response);
-        }
+    if !cfg.http_api.disabled
+        && let Some(method) = path.strip_prefix(prefix).and_then(|m| m.strip_prefix('/'))
+    {
+        let method = method.to_owned();
+        let response = api(&state, &method, req).await;
+        let label = if METHODS.contains(&method.as_str()) { method.as_str() } else { "unknown" };
+        api_metric(label, response.status().as_u16());
+        return Ok(response);
     }
     Ok(transport_error(StatusCode::NOT_FOUND, "not found"))
 }
@@ -124,12 +124,12 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     if headers.get("x-api-key").is_some_and(|v| constant_eq(v.as_bytes(), key)) {
         return true;
     }
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some((scheme, value)) = v.split_once(' ') {
-            if scheme.eq_ignore_ascii_case("apikey") && constant_eq(value.trim().as_bytes(), key) {
-                return true;
-            }
-        }
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some((scheme, value)) = v.split_once(' ')
+        && scheme.eq_ignore_ascii_case("apikey")
+        && constant_eq(value.trim().as_bytes(), key)
+    {
+        return true;
     }
     req.uri()
         .query()
@@ -152,7 +152,10 @@ fn transport_mode(req: &Request<Incoming>) -> bool {
 
 async fn api(state: &AppState, method: &str, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST {
-        return transport_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
+        // RFC 9110 §15.5.6: a 405 names the allowed methods.
+        let mut response = transport_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
+        response.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        return response;
     }
     if !authorized(state, &req) {
         return transport_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid API key");

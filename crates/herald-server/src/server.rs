@@ -56,22 +56,35 @@ pub async fn bind(config: &Config) -> Result<TcpListener, String> {
     TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are registered when this is called, not when
+/// the future is first polled: a signal that arrives right after the "listening" line (a
+/// supervisor, a test) must start a graceful shutdown instead of killing the process.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn recv(signal: std::io::Result<Signal>) {
+            match signal {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        }
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -88,7 +101,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         max_message: config.websocket.message_size_limit,
         queue_max: config.client.queue_max_size,
         max_commands: config.client.max_commands_per_frame,
-        stale_after: config.client.stale_close_delay.as_secs().max(1) as u32,
+        // Timer ticks are whole seconds and a connection opens somewhere inside the current
+        // tick: round the delay up and add that partial tick, so that no connection is closed
+        // as stale before the full `client.stale_close_delay`.
+        stale_after: u32::try_from(config.client.stale_close_delay.as_millis().div_ceil(1000).max(1) + 1)
+            .unwrap_or(u32::MAX),
     });
     let state = Arc::new(AppState { node: node.clone(), config, metrics, ws, shutting_down: AtomicBool::new(false) });
 
@@ -222,6 +239,7 @@ fn status_reason(status: u16) -> &'static str {
 }
 
 async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) {
+    metrics::counter!("herald_transport_rejected_total", "status" => status.to_string()).increment(1);
     let body = serde_json::json!({ "error": message }).to_string();
     let _ = stream.write_all(&raw_response(status, status_reason(status), extra, &body)).await;
     let _ = stream.shutdown().await;
@@ -280,7 +298,12 @@ async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>) {
     let (response, encoding, native_ping, head_len) = match decision {
         Ok(d) => d,
         Err((status, message)) => {
-            let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+            let extra = match status {
+                426 => "Sec-WebSocket-Version: 13\r\n",
+                // RFC 9110 §15.5.6: a 405 names the allowed methods.
+                405 => "Allow: GET\r\n",
+                _ => "",
+            };
             return reject(stream, status, message, extra).await;
         }
     };

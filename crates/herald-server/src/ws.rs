@@ -453,27 +453,15 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
             poll_fn(|cx| link.poll_wake(cx, true)).await
         };
         if wake.controls {
-            for ctrl in link.take_controls() {
-                if Box::pin(session.handle_control(&node, ctrl)).await == Flow::Stop {
-                    break;
-                }
-            }
+            Box::pin(handle_controls(&mut session, &node, link.take_controls())).await;
         }
         if wake.readable && link.close_reason().is_none() {
             match read.read(&link, &settings) {
                 ReadOutcome::Commands(cmds) => {
-                    for cmd in cmds {
-                        if Box::pin(session.handle_command(&node, cmd)).await == Flow::Stop {
-                            break;
-                        }
-                    }
+                    Box::pin(handle_commands(&mut session, &node, cmds)).await;
                 }
                 ReadOutcome::BadRequest(cmds) => {
-                    for cmd in cmds {
-                        if Box::pin(session.handle_command(&node, cmd)).await == Flow::Stop {
-                            break;
-                        }
-                    }
+                    Box::pin(handle_commands(&mut session, &node, cmds)).await;
                     link.close(DISCONNECT_BAD_REQUEST);
                 }
                 ReadOutcome::PeerClosed(code) => {
@@ -501,8 +489,26 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
     link.timers.set_closed();
     Box::pin(session.close(&node)).await;
     drop(session);
-    goodbye(&link, reason).await;
+    Box::pin(goodbye(&link, reason)).await;
     OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs a batch of commands in order, stopping at the first that closes the connection.
+/// Boxed by the caller: per-command state must not live in the long-lived connection future.
+async fn handle_commands(session: &mut Session, node: &Node, cmds: Vec<Command>) {
+    for cmd in cmds {
+        if session.handle_command(node, cmd).await == Flow::Stop {
+            return;
+        }
+    }
+}
+
+async fn handle_controls(session: &mut Session, node: &Node, controls: Vec<Control>) {
+    for ctrl in controls {
+        if session.handle_control(node, ctrl).await == Flow::Stop {
+            return;
+        }
+    }
 }
 
 /// Why the connection ends.
@@ -651,5 +657,33 @@ mod tests {
         assert!(origin_allowed(Some("HTTP://localhost:3000"), None, &allowed));
         assert!(!origin_allowed(Some("https://example.org"), None, &allowed));
         assert!(origin_allowed(Some("http://x"), None, &["*".to_string()]));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use herald_hub::{HubConfig, NodeIdentity, SystemClock};
+
+    /// The connection future is allocated for every connection; keep it small (DESIGN.md:
+    /// "Idle costs nothing"). Command handling is boxed, so it does not count here.
+    #[tokio::test]
+    async fn connection_state_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+        let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
+        let settings =
+            Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
+        let link = new_link(stream, Framing::WsText, false, &node, &settings);
+        let fut = run(link.clone(), node.clone(), settings, Vec::new());
+        let future_size = std::mem::size_of_val(&fut);
+        let link_size = std::mem::size_of::<WsLink>();
+        let session_size = std::mem::size_of::<Session>();
+        eprintln!("connection future {future_size} B, link {link_size} B, session {session_size} B");
+        assert!(future_size <= 320, "connection future grew to {future_size} bytes");
+        assert!(link_size <= 320, "link grew to {link_size} bytes");
     }
 }

@@ -1,0 +1,682 @@
+//! Loading the configuration: file, then `HERALD_*` environment variables, then command-line
+//! flags (each layer overrides the one before), then the typed [`Config`].
+//!
+//! The layers are merged as a `serde_json::Value` tree and only then deserialized, so every
+//! error names the full dotted key path (`client.ping_interval`, `channel.namespaces[0].name`).
+//!
+//! The set of known keys comes from serializing `Config::default()` (every field serializes);
+//! elements of `channel.namespaces` are checked against a serialized `Namespace::default()`.
+//! Unknown keys and unknown `HERALD_*` variables only produce warnings.
+//!
+//! Environment variables: `HERALD_` + the key path upper-cased with `.` replaced by `_`
+//! (`HERALD_HTTP_API_KEY` → `http_api.key`). Since option names contain `_` themselves, names are
+//! looked up in a table built from the known paths rather than split. Values are converted by the
+//! type of the default value:
+//!
+//! - booleans: `true`/`false`, `1`/`0`, `yes`/`no`, `t`/`f`, `on`/`off` (any case);
+//! - integers: decimal;
+//! - strings (durations included) as given;
+//! - lists of strings: a JSON array when the value starts with `[`, otherwise space-separated;
+//! - lists of objects (`HERALD_CHANNEL_NAMESPACES`) and whole sections (`HERALD_CLIENT_TOKEN`):
+//!   JSON. A section given as a JSON object is merged into the file's section, and more specific
+//!   variables (`HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY`) are applied after it.
+//!
+//! Empty variables count as unset. `HERALD_CONFIG` (the config file path, read by the CLI) is not
+//! an option and is never reported as unknown. `null` values (e.g. a YAML key without a value)
+//! count as unset too.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use herald_hub::config::{ChannelOptions, Namespace};
+use herald_hub::{Node, NodeIdentity, SystemClock};
+use serde_json::{Map, Value};
+use serde_path_to_error::Segment;
+
+use crate::config::Config;
+
+/// Prefix of the environment variables read by [`load`].
+pub const ENV_PREFIX: &str = "HERALD_";
+
+/// Environment variable naming the config file (read by the CLI, ignored by [`load`]).
+pub const CONFIG_ENV: &str = "HERALD_CONFIG";
+
+/// Path of the only list whose elements are objects with a known shape.
+const NAMESPACES_PATH: &str = "channel.namespaces";
+
+/// Values from command-line flags; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--port` → `http_server.port`.
+    pub port: Option<u16>,
+    /// `--address` → `http_server.address`.
+    pub address: Option<String>,
+    /// `--log-level` → `log.level`.
+    pub log_level: Option<String>,
+    /// `--api-key` → `http_api.key`.
+    pub api_key: Option<String>,
+}
+
+/// A loaded configuration and the warnings produced while loading it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Unknown keys and unknown `HERALD_*` variables, ready to print.
+    pub warnings: Vec<String>,
+}
+
+/// Loads the configuration: `file` (JSON, YAML or TOML by extension; `None` = defaults only),
+/// then `env` (only `HERALD_*` names are looked at), then `overrides`.
+///
+/// Errors name the file, the environment variable or the dotted key at fault.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, String> {
+    let schema = Schema::new();
+    let mut tree = match file {
+        Some(path) => read_file(path)?,
+        None => Value::Object(Map::new()),
+    };
+    let mut sources = Vec::new();
+    let mut env_warnings = Vec::new();
+    apply_env(&mut tree, env, &schema, &mut sources, &mut env_warnings)?;
+    apply_overrides(&mut tree, overrides, &mut sources);
+
+    let mut warnings = Vec::new();
+    unknown_keys(&tree, &schema.defaults, "", &schema, &mut warnings);
+    warnings.extend(env_warnings);
+
+    strip_nulls(&mut tree);
+    let config = to_config(&tree).map_err(|(path, msg)| match source_of(&sources, &path) {
+        Some(source) => format!("{msg} (set by {source})"),
+        None => msg,
+    })?;
+    Ok(Loaded { config, warnings })
+}
+
+/// Environment variable names and the key paths they set, sorted by name (for documentation).
+pub fn env_var_names() -> Vec<(String, String)> {
+    Schema::new().env_table().into_iter().map(|(name, target)| (name, target.path.join("."))).collect()
+}
+
+/// Checks what deserialization cannot: values in range, engines that exist, and everything the
+/// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
+pub fn validate(cfg: &Config) -> Result<(), String> {
+    if cfg.engine.kind != "memory" {
+        return Err(format!(
+            "engine.type: {:?} is not available yet; only \"memory\" is supported (Redis and NATS engines are planned)",
+            cfg.engine.kind
+        ));
+    }
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "none"];
+    if !LEVELS.contains(&cfg.log.level.as_str()) {
+        return Err(format!("log.level: {:?} is not one of {}", cfg.log.level, LEVELS.join(", ")));
+    }
+    if !["text", "json"].contains(&cfg.log.format.as_str()) {
+        return Err(format!("log.format: {:?} is not one of text, json", cfg.log.format));
+    }
+
+    let endpoints = [
+        ("http_api.handler_prefix", &cfg.http_api.handler_prefix, !cfg.http_api.disabled),
+        ("websocket.handler_prefix", &cfg.websocket.handler_prefix, !cfg.websocket.disabled),
+        ("prometheus.handler_prefix", &cfg.prometheus.handler_prefix, cfg.prometheus.enabled),
+        ("health.handler_prefix", &cfg.health.handler_prefix, cfg.health.enabled),
+    ];
+    for (key, prefix, _) in &endpoints {
+        if !prefix.starts_with('/') {
+            return Err(format!("{key}: {prefix:?} must start with '/'"));
+        }
+    }
+    for (i, (key, prefix, on)) in endpoints.iter().enumerate() {
+        let normalized = |p: &str| p.trim_end_matches('/').to_owned();
+        if let Some((other, _, _)) =
+            endpoints[i + 1..].iter().find(|(_, p, o)| *on && *o && normalized(p) == normalized(prefix))
+        {
+            return Err(format!("{other}: {prefix:?} is already used by {key}"));
+        }
+    }
+
+    if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
+        return Err(format!(
+            "shutdown.client_close_window: must be shorter than shutdown.timeout ({} >= {})",
+            herald_hub::duration::format(cfg.shutdown.client_close_window),
+            herald_hub::duration::format(cfg.shutdown.timeout)
+        ));
+    }
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    let limit = cfg.websocket.message_size_limit;
+    if !(KIB..=64 * MIB).contains(&limit) {
+        return Err(format!("websocket.message_size_limit: {limit} is out of range (1024 to 67108864 bytes)"));
+    }
+    if cfg.client.queue_max_size < KIB {
+        return Err(format!("client.queue_max_size: {} is too small (at least 1024 bytes)", cfg.client.queue_max_size));
+    }
+
+    let identity = NodeIdentity {
+        uid: "config-check".into(),
+        name: cfg.node.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ())
+}
+
+/// Settings that are valid but probably not what was meant.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let api = &cfg.http_api;
+    if !api.disabled {
+        if api.key.is_empty() && !api.insecure {
+            out.push(
+                "http_api.key is empty: the server API will answer 401 to every request \
+                 (set http_api.key or HERALD_HTTP_API_KEY, or http_api.insecure for development)"
+                    .to_owned(),
+            );
+        }
+        if api.insecure {
+            out.push("http_api.insecure is on: the server API accepts requests without a key".to_owned());
+        }
+    }
+    let client = &cfg.client;
+    if !client.token.has_keys() && !client.allow_anonymous_connect_without_token {
+        out.push(
+            "no client.token key is configured and client.allow_anonymous_connect_without_token is off: \
+             every client connection will be refused (set client.token.hmac_secret_key)"
+                .to_owned(),
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+fn read_file(path: &Path) -> Result<Value, String> {
+    let shown = path.display();
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let format = match ext.as_deref() {
+        Some("json") => "json",
+        Some("yaml" | "yml") => "yaml",
+        Some("toml") => "toml",
+        _ => {
+            return Err(format!(
+                "config file \"{shown}\": unknown format (the name must end in .json, .yaml, .yml or .toml)"
+            ));
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("config file \"{shown}\" not found"),
+        _ => format!("cannot read config file \"{shown}\": {e}"),
+    })?;
+    let parsed: Result<Value, String> = match format {
+        "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        "yaml" => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
+        _ => toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_owned()),
+    };
+    match parsed.map_err(|e| format!("cannot parse config file \"{shown}\" as {}: {e}", format.to_uppercase()))? {
+        // An empty YAML document.
+        Value::Null => Ok(Value::Object(Map::new())),
+        v @ Value::Object(_) => Ok(v),
+        _ => Err(format!("config file \"{shown}\": the top level must be a map of sections")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known keys
+
+/// The shape of the configuration, from the serialized defaults.
+struct Schema {
+    defaults: Value,
+    namespace: Value,
+}
+
+/// How an environment variable's text becomes a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Int,
+    Float,
+    Str,
+    StrList,
+    ObjList,
+    Section,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+struct EnvTarget {
+    path: Vec<String>,
+    kind: Kind,
+}
+
+impl Schema {
+    fn new() -> Self {
+        let defaults = serde_json::to_value(Config::default()).expect("the default config serializes");
+        let namespace = serde_json::to_value(Namespace::default()).expect("the default namespace serializes");
+        Schema { defaults, namespace }
+    }
+
+    /// The template of a list's elements, for lists of objects.
+    fn element_template(&self, path: &str) -> Option<&Value> {
+        (path == NAMESPACES_PATH).then_some(&self.namespace)
+    }
+
+    fn env_table(&self) -> BTreeMap<String, EnvTarget> {
+        let mut table = BTreeMap::new();
+        self.collect_env(&self.defaults, &mut Vec::new(), &mut table);
+        table
+    }
+
+    fn collect_env(&self, node: &Value, path: &mut Vec<String>, table: &mut BTreeMap<String, EnvTarget>) {
+        let Value::Object(map) = node else { return };
+        for (key, value) in map {
+            path.push(key.clone());
+            let dotted = path.join(".");
+            let kind = match value {
+                Value::Bool(_) => Kind::Bool,
+                Value::Number(n) if n.is_f64() => Kind::Float,
+                Value::Number(_) => Kind::Int,
+                Value::String(_) => Kind::Str,
+                Value::Array(_) if self.element_template(&dotted).is_some() => Kind::ObjList,
+                Value::Array(_) => Kind::StrList,
+                Value::Object(_) => Kind::Section,
+                Value::Null => Kind::Json,
+            };
+            let name = format!("{ENV_PREFIX}{}", dotted.replace('.', "_").to_ascii_uppercase());
+            table.insert(name, EnvTarget { path: path.clone(), kind });
+            if kind == Kind::Section {
+                self.collect_env(value, path, table);
+            }
+            path.pop();
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+fn unknown_keys(user: &Value, known: &Value, path: &str, schema: &Schema, out: &mut Vec<String>) {
+    let (Value::Object(user), Value::Object(known)) = (user, known) else { return };
+    for (key, value) in user {
+        let here = join(path, key);
+        let Some(known_value) = known.get(key) else {
+            out.push(format!("unknown configuration key {here:?} (ignored)"));
+            continue;
+        };
+        match (value, schema.element_template(&here)) {
+            (Value::Array(items), Some(template)) => {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_keys(item, template, &format!("{here}[{i}]"), schema, out);
+                }
+            }
+            _ => unknown_keys(value, known_value, &here, schema, out),
+        }
+    }
+}
+
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment and flags
+
+fn apply_env(
+    tree: &mut Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    schema: &Schema,
+    sources: &mut Vec<(String, String)>,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let table = schema.env_table();
+    let mut matched = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, value) in env {
+        if !name.starts_with(ENV_PREFIX) || name == CONFIG_ENV || value.trim().is_empty() {
+            continue;
+        }
+        match table.get(&name) {
+            Some(target) => matched.push((target, name, value)),
+            None => unknown.push(name),
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    warnings.extend(unknown.into_iter().map(|name| format!("unknown environment variable {name:?} (ignored)")));
+
+    // Whole sections first, so that more specific variables win over them.
+    matched.sort_by(|a, b| (a.0.path.len(), &a.1).cmp(&(b.0.path.len(), &b.1)));
+    for (target, name, text) in matched {
+        let value = env_value(target, &name, &text)?;
+        set_path(tree, &target.path, value, target.kind == Kind::Section);
+        sources.push((target.path.join("."), format!("environment variable {name}")));
+    }
+    Ok(())
+}
+
+fn env_value(target: &EnvTarget, name: &str, text: &str) -> Result<Value, String> {
+    let key = target.path.join(".");
+    let bad =
+        |what: &str| format!("invalid value for environment variable {name} ({key}): expected {what}, got {text:?}");
+    let trimmed = text.trim();
+    let json = |what: &str| serde_json::from_str::<Value>(trimmed).map_err(|e| format!("{}: {e}", bad(what)));
+    Ok(match target.kind {
+        Kind::Bool => Value::Bool(parse_bool(trimmed).ok_or_else(|| bad("a boolean (true/false, 1/0, yes/no)"))?),
+        Kind::Int => {
+            if let Ok(n) = trimmed.parse::<u64>() {
+                Value::from(n)
+            } else {
+                Value::from(trimmed.parse::<i64>().map_err(|_| bad("an integer"))?)
+            }
+        }
+        Kind::Float => Value::from(trimmed.parse::<f64>().map_err(|_| bad("a number"))?),
+        Kind::Str => Value::String(text.to_owned()),
+        Kind::StrList if trimmed.starts_with('[') => {
+            let v = json("a JSON array or space-separated values")?;
+            if !v.is_array() {
+                return Err(bad("a JSON array or space-separated values"));
+            }
+            v
+        }
+        Kind::StrList => Value::Array(trimmed.split_whitespace().map(|s| Value::String(s.to_owned())).collect()),
+        Kind::ObjList => {
+            let v = json("a JSON array of objects")?;
+            if !v.is_array() {
+                return Err(bad("a JSON array of objects"));
+            }
+            v
+        }
+        Kind::Section => {
+            let v = json("a JSON object")?;
+            if !v.is_object() {
+                return Err(bad("a JSON object"));
+            }
+            v
+        }
+        Kind::Json => serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(text.to_owned())),
+    })
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "t" | "on" => Some(true),
+        "false" | "0" | "no" | "f" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Sets `path` in `tree`, creating sections as needed. With `merge`, objects are merged key by
+/// key into what is already there instead of replacing it.
+fn set_path(tree: &mut Value, path: &[String], value: Value, merge: bool) {
+    let mut node = tree;
+    for key in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { unreachable!() };
+        node = map.entry(key.clone()).or_insert(Value::Null);
+    }
+    if merge { merge_into(node, value) } else { *node = value }
+}
+
+fn merge_into(target: &mut Value, value: Value) {
+    match (target, value) {
+        (Value::Object(target), Value::Object(value)) => {
+            for (key, v) in value {
+                merge_into(target.entry(key).or_insert(Value::Null), v);
+            }
+        }
+        (target, value) => *target = value,
+    }
+}
+
+fn apply_overrides(tree: &mut Value, o: &Overrides, sources: &mut Vec<(String, String)>) {
+    let path = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+    let mut set = |key: &str, flag: &str, value: Value| {
+        set_path(tree, &path(key), value, false);
+        sources.push((key.to_owned(), format!("--{flag}")));
+    };
+    if let Some(port) = o.port {
+        set("http_server.port", "port", Value::from(port));
+    }
+    if let Some(address) = &o.address {
+        set("http_server.address", "address", Value::from(address.clone()));
+    }
+    if let Some(level) = &o.log_level {
+        set("log.level", "log-level", Value::from(level.clone()));
+    }
+    if let Some(key) = &o.api_key {
+        set("http_api.key", "api-key", Value::from(key.clone()));
+    }
+}
+
+/// The layer that last set `path` (or a section containing it), if not the file.
+fn source_of<'a>(sources: &'a [(String, String)], path: &str) -> Option<&'a str> {
+    let within = |p: &str| path == p || path.starts_with(&format!("{p}.")) || path.starts_with(&format!("{p}["));
+    sources.iter().rev().find(|(p, _)| !path.is_empty() && within(p)).map(|(_, s)| s.as_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed config
+
+/// Deserializes the merged tree. The error carries the dotted path of the bad value and the
+/// message to show.
+fn to_config(tree: &Value) -> Result<Config, (String, String)> {
+    let err = match serde_path_to_error::deserialize::<_, Config>(tree) {
+        Ok(config) => return Ok(config),
+        Err(err) => err,
+    };
+    let mut path = dotted(err.path());
+    let mut inner = err.into_inner().to_string();
+    // Namespace options are flattened into the namespace, which hides their keys from the path
+    // tracker: look at each namespace on its own to find the key.
+    if path.starts_with(NAMESPACES_PATH)
+        && let Some((p, msg)) = namespace_error(tree)
+    {
+        path = p;
+        inner = msg;
+    }
+    let msg = if path.is_empty() {
+        format!("invalid configuration: {inner}")
+    } else {
+        format!("invalid value for {path}: {inner}")
+    };
+    Err((path, msg))
+}
+
+fn namespace_error(tree: &Value) -> Option<(String, String)> {
+    let items = tree.get("channel")?.get("namespaces")?.as_array()?;
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(map) = item else { continue };
+        let key = format!("{NAMESPACES_PATH}[{i}]");
+        if let Some(name) = map.get("name")
+            && let Err(e) = serde_json::from_value::<String>(name.clone())
+        {
+            return Some((format!("{key}.name"), e.to_string()));
+        }
+        let mut options = map.clone();
+        options.remove("name");
+        let options = Value::Object(options);
+        if let Err(e) = serde_path_to_error::deserialize::<_, ChannelOptions>(&options) {
+            let inner = dotted(e.path());
+            let path = if inner.is_empty() { key } else { format!("{key}.{inner}") };
+            return Some((path, e.into_inner().to_string()));
+        }
+    }
+    None
+}
+
+/// `a.b[0].c`; stops at segments the tracker could not name.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Loaded, String> {
+        load(None, env(vars), &Overrides::default())
+    }
+
+    #[test]
+    fn env_table_has_unique_expected_names() {
+        let names = env_var_names();
+        let map: BTreeMap<_, _> = names.iter().cloned().collect();
+        assert_eq!(map.len(), names.len());
+        assert_eq!(map["HERALD_HTTP_API_KEY"], "http_api.key");
+        assert_eq!(map["HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY"], "client.token.hmac_secret_key");
+        assert_eq!(map["HERALD_CHANNEL_WITHOUT_NAMESPACE_PRESENCE"], "channel.without_namespace.presence");
+        assert_eq!(map["HERALD_ENGINE_TYPE"], "engine.type");
+        assert_eq!(map["HERALD_CHANNEL_NAMESPACES"], "channel.namespaces");
+        assert_eq!(map["HERALD_CLIENT_TOKEN"], "client.token");
+        assert!(!map.contains_key(CONFIG_ENV));
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let loaded = load_env(&[]).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        assert!(loaded.warnings.is_empty());
+        validate(&loaded.config).unwrap();
+    }
+
+    #[test]
+    fn bools_parse_loosely() {
+        for (text, want) in [("TRUE", true), ("1", true), ("yes", true), ("No", false), ("0", false), ("false", false)]
+        {
+            let c = load_env(&[("HERALD_HTTP_API_INSECURE", text)]).unwrap().config;
+            assert_eq!(c.http_api.insecure, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn env_types() {
+        let c = load_env(&[
+            ("HERALD_HTTP_SERVER_PORT", "9001"),
+            ("HERALD_CLIENT_PING_INTERVAL", "10s"),
+            ("HERALD_CLIENT_ALLOWED_ORIGINS", r#"["https://a.example", "https://b.example"]"#),
+            ("HERALD_CHANNEL_WITHOUT_NAMESPACE_FORCE_RECOVERY_MODE", "cache"),
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.http_server.port, 9001);
+        assert_eq!(c.client.ping_interval, std::time::Duration::from_secs(10));
+        assert_eq!(c.client.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.channel.without_namespace.force_recovery_mode, herald_hub::config::RecoveryMode::Cache);
+    }
+
+    #[test]
+    fn section_env_then_specific_env() {
+        let c = load_env(&[
+            ("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", "specific"),
+            ("HERALD_CLIENT_TOKEN", r#"{"hmac_secret_key":"section","audience":"aud"}"#),
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.client.token.hmac_secret_key, "specific");
+        assert_eq!(c.client.token.audience, "aud");
+    }
+
+    #[test]
+    fn bad_integer_env_names_variable() {
+        let err = load_env(&[("HERALD_HTTP_SERVER_PORT", "eighty")]).unwrap_err();
+        assert!(err.contains("HERALD_HTTP_SERVER_PORT"), "{err}");
+        let err = load_env(&[("HERALD_HTTP_SERVER_PORT", "70000")]).unwrap_err();
+        assert!(err.contains("http_server.port") && err.contains("HERALD_HTTP_SERVER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_from_env_names_key_and_variable() {
+        let err = load_env(&[("HERALD_CLIENT_PONG_TIMEOUT", "8 sec")]).unwrap_err();
+        assert!(err.starts_with("invalid value for client.pong_timeout: "), "{err}");
+        assert!(err.ends_with("(set by environment variable HERALD_CLIENT_PONG_TIMEOUT)"), "{err}");
+    }
+
+    #[test]
+    fn namespace_option_errors_name_the_key() {
+        let err = load_env(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"ok"},{"name":"b","history_ttl":"5x"}]"#)])
+            .unwrap_err();
+        assert!(
+            err.starts_with(r#"invalid value for channel.namespaces[1].history_ttl: invalid duration "5x""#),
+            "{err}"
+        );
+        let err = load_env(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":5}]"#)]).unwrap_err();
+        assert!(err.starts_with("invalid value for channel.namespaces[0].name: "), "{err}");
+    }
+
+    #[test]
+    fn nulls_are_unset() {
+        let mut v = serde_json::json!({"client": {"ping_interval": null, "token": {"hmac_secret_key": "k"}}});
+        strip_nulls(&mut v);
+        assert_eq!(v, serde_json::json!({"client": {"token": {"hmac_secret_key": "k"}}}));
+    }
+
+    #[test]
+    fn validation_errors_name_keys() {
+        let check = |f: &dyn Fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            f(&mut c);
+            let err = validate(&c).unwrap_err();
+            assert!(err.starts_with(key), "{key}: {err}");
+        };
+        check(&|c| c.engine.kind = "redis".into(), "engine.type");
+        check(&|c| c.log.level = "loud".into(), "log.level");
+        check(&|c| c.log.format = "xml".into(), "log.format");
+        check(&|c| c.health.handler_prefix = "health".into(), "health.handler_prefix");
+        check(&|c| c.prometheus.handler_prefix = "/api".into(), "prometheus.handler_prefix");
+        check(&|c| c.shutdown.client_close_window = c.shutdown.timeout, "shutdown.client_close_window");
+        check(&|c| c.websocket.message_size_limit = 100, "websocket.message_size_limit");
+        check(&|c| c.client.queue_max_size = 10, "client.queue_max_size");
+        check(&|c| c.client.pong_timeout = c.client.ping_interval, "client.pong_timeout");
+        check(
+            &|c| c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() }),
+            "channel.namespaces[0].name",
+        );
+        // A disabled endpoint may share a prefix.
+        let mut c = Config::default();
+        c.prometheus.enabled = false;
+        c.prometheus.handler_prefix = "/api".into();
+        validate(&c).unwrap();
+    }
+
+    #[test]
+    fn warnings_for_risky_settings() {
+        let c = Config::default();
+        let w = warnings(&c);
+        assert!(w.iter().any(|w| w.starts_with("http_api.key is empty")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("client.token")), "{w:?}");
+        let mut c = Config::default();
+        c.http_api.key = "k".into();
+        c.client.token.hmac_secret_key = "s".into();
+        assert!(warnings(&c).is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! Logging (tracing-subscriber) and the Prometheus recorder.
+//!
+//! Logs go to stderr, so stdout stays free for command output. `RUST_LOG`, when set and not
+//! empty, replaces `log.level` with a full filter (e.g. `RUST_LOG=herald_hub=debug,info`).
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+/// Installs the global tracing subscriber: text or JSON lines on stderr at `cfg.level`
+/// (`none` turns logging off unless `RUST_LOG` is set). Does nothing if a subscriber is
+/// already installed.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => match EnvFilter::try_new(&directives) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("warning: ignoring RUST_LOG={directives:?}: {e}");
+                match level_filter(&cfg.level) {
+                    Some(filter) => filter,
+                    None => return,
+                }
+            }
+        },
+        _ => match level_filter(&cfg.level) {
+            Some(filter) => filter,
+            None => return,
+        },
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // An error only means a subscriber is already installed (tests, repeated calls).
+    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The filter for a `log.level` value; `None` for `none`. Unknown levels fall back to `info`
+/// (the loader's validation rejects them earlier).
+fn level_filter(level: &str) -> Option<EnvFilter> {
+    match level {
+        "none" => None,
+        "trace" | "debug" | "info" | "warn" | "error" => Some(EnvFilter::new(level)),
+        _ => Some(EnvFilter::new("info")),
+    }
+}
+
+static PROMETHEUS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Installs the Prometheus recorder as the global `metrics` recorder and returns its handle
+/// (`handle.render()` produces the text exposition for `GET /metrics`).
+///
+/// Idempotent: later calls return the same handle. Fails only if some other recorder was
+/// installed first. Install it before anything records metrics: metric handles created while no
+/// recorder is installed stay no-ops.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let mut slot = PROMETHEUS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = slot.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the Prometheus metrics recorder: {e}"))?;
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_install_is_idempotent() {
+        let a = install_metrics().unwrap();
+        metrics::counter!("herald_telemetry_test_total").increment(3);
+        let b = install_metrics().unwrap();
+        assert!(a.render().contains("herald_telemetry_test_total 3"));
+        assert!(b.render().contains("herald_telemetry_test_total 3"));
+    }
+
+    #[test]
+    fn levels() {
+        assert!(level_filter("none").is_none());
+        assert!(level_filter("debug").is_some());
+        init_logging(&LogConfig::default());
+        init_logging(&LogConfig { level: "debug".into(), format: "json".into() });
+    }
+}

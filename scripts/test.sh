@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test Herald has: formatting, lints, Rust unit and integration tests (against real
+# `herald` processes), the official centrifuge-js SDK tests in compat/, and the README
+# walkthrough. Installs the node packages it needs on first run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "build herald for the SDK tests"
+cargo build -p herald-server --locked
+
+for dir in compat examples/node; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    step "npm ci ($dir)"
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+done
+
+step "SDK compatibility tests (compat/)"
+(cd compat && HERALD_BIN="$PWD/../target/debug/herald" npm test)
+
+step "README walkthrough"
+./scripts/walkthrough-smoke.sh
+
+printf '\nall tests passed\n'

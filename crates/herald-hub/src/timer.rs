@@ -191,7 +191,7 @@ mod tests {
         let wheel = TimerWheel::new(25, 8);
         let probe = Arc::new(Probe::default());
         probe.timers.set_stale(4);
-        let link: Arc<dyn ClientLink> = probe.clone();
+        let link: Arc<dyn ClientLink> = probe;
         wheel.schedule(&link, 20);
         wheel.schedule(&link, 4);
         assert_eq!(wheel.advance(4), 1);

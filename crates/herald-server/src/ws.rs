@@ -678,7 +678,7 @@ mod size_tests {
         let settings =
             Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
         let link = new_link(stream, Framing::WsText, false, &node, &settings);
-        let fut = run(link.clone(), node.clone(), settings, Vec::new());
+        let fut = run(link, node, settings, Vec::new());
         let future_size = std::mem::size_of_val(&fut);
         let link_size = std::mem::size_of::<WsLink>();
         let session_size = std::mem::size_of::<Session>();

@@ -1,0 +1,607 @@
+//! End-to-end tests of the WebSocket transport against a real `herald` process: the handshake,
+//! encodings, malformed input and its close codes, timers (stale, ping/pong), slow consumers and
+//! fan-out to many clients.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_proto::{Command, ConnectRequest, Encoding, SubscribeRequest, decode_replies};
+use serde_json::{Value, json};
+use support::*;
+use tokio::task::JoinSet;
+
+fn connect_cmd(user: &str) -> Command {
+    Command { id: 1, connect: Some(ConnectRequest { token: token(user), ..Default::default() }), ..Default::default() }
+}
+
+/// Decodes a binary (Protobuf) frame's replies.
+fn proto_replies(frame: &Frame) -> Vec<herald_proto::Reply> {
+    assert_eq!(frame.opcode, op::BINARY, "expected a binary frame, got {frame:?}");
+    decode_replies(Encoding::Protobuf, Bytes::from(frame.payload.clone())).expect("Protobuf replies")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_without_subprotocol_uses_json() {
+    let herald = Herald::start(&[]);
+    let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
+    assert_eq!(ws.status, 101);
+    assert_eq!(ws.header("Sec-WebSocket-Accept"), Some(WS_ACCEPT));
+    assert!(ws.header("Upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")), "{:?}", ws.headers);
+    assert!(ws.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("upgrade")), "{:?}", ws.headers);
+    assert_eq!(ws.header("Sec-WebSocket-Protocol"), None);
+
+    ws.send_json(&json!({"id": 1, "connect": {"token": token("42")}})).await;
+    let frame = ws.read_frame().await;
+    assert_eq!(frame.opcode, op::TEXT);
+    let reply: Value = serde_json::from_str(&frame.text()).unwrap();
+    assert_eq!(reply["id"], 1);
+    let connect = &reply["connect"];
+    assert!(connect["client"].as_str().is_some_and(|c| !c.is_empty()), "{reply}");
+    assert_eq!(connect["ping"], 25, "{reply}");
+    assert_eq!(connect["pong"], true, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_with_protobuf_subprotocol_echoes_it_and_uses_binary_frames() {
+    let herald = Herald::start(&[]);
+    let mut ws = RawWs::open(herald.addr, WS_PATH, &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")]).await;
+    assert_eq!(ws.header("Sec-WebSocket-Accept"), Some(WS_ACCEPT));
+    assert_eq!(ws.header("Sec-WebSocket-Protocol"), Some("centrifuge-protobuf"));
+
+    ws.send_frame(op::BINARY, &encode(Encoding::Protobuf, &connect_cmd("42"))).await;
+    let replies = proto_replies(&ws.read_frame().await);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].id, 1);
+    let connect = replies[0].connect.as_ref().expect("connect result");
+    assert!(!connect.client.is_empty());
+    assert_eq!((connect.ping, connect.pong), (25, true));
+
+    // A subscribe and a publication also arrive as binary frames.
+    let subscribe = Command {
+        id: 2,
+        subscribe: Some(SubscribeRequest { channel: "news".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    ws.send_frame(op::BINARY, &encode(Encoding::Protobuf, &subscribe)).await;
+    let replies = proto_replies(&ws.read_frame().await);
+    assert_eq!(replies[0].id, 2);
+    assert!(replies[0].subscribe.is_some(), "{:?}", replies[0]);
+    herald.publish("news", json!({"n": 1})).await;
+    let replies = proto_replies(&ws.read_frame().await);
+    let push = replies[0].push.as_ref().expect("push");
+    assert_eq!(push.channel, "news");
+    assert_eq!(&push.publication.as_ref().unwrap().data[..], br#"{"n":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_with_json_subprotocol_echoes_it() {
+    let herald = Herald::start(&[]);
+    let mut ws = RawWs::open(herald.addr, WS_PATH, &[("Sec-WebSocket-Protocol", "centrifuge-json")]).await;
+    assert_eq!(ws.header("Sec-WebSocket-Protocol"), Some("centrifuge-json"));
+    ws.send_json(&json!({"id": 1, "connect": {"token": token("42")}})).await;
+    let replies = ws.recv_json().await;
+    assert_eq!(replies[0]["id"], 1);
+    assert!(replies[0]["connect"]["client"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameter_selects_protobuf() {
+    let herald = Herald::start(&[]);
+    let mut ws = RawWs::open(herald.addr, &format!("{WS_PATH}?cf_protocol=protobuf"), &[]).await;
+    assert_eq!(ws.header("Sec-WebSocket-Protocol"), None);
+    ws.send_frame(op::BINARY, &encode(Encoding::Protobuf, &connect_cmd("42"))).await;
+    let replies = proto_replies(&ws.read_frame().await);
+    assert_eq!(replies[0].id, 1);
+    assert!(replies[0].connect.as_ref().is_some_and(|c| !c.client.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upgrade_requests_get_http_errors() {
+    let herald = Herald::start(&[]);
+    let addr = herald.addr;
+    let host = addr.to_string();
+
+    // No Sec-WebSocket-Key.
+    let req = format!(
+        "GET {WS_PATH} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let resp = raw_http(addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(resp.header("Content-Type"), Some("application/json"));
+    assert_eq!(resp.json(), json!({"error": "invalid Sec-WebSocket-Key"}));
+
+    // Unsupported version.
+    let req = format!(
+        "GET {WS_PATH} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    );
+    let resp = raw_http(addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 426, "{resp:?}");
+    assert_eq!(resp.header("Sec-WebSocket-Version"), Some("13"));
+    assert_eq!(resp.json(), json!({"error": "unsupported Sec-WebSocket-Version"}));
+
+    // POST with upgrade headers.
+    let req = String::from_utf8(upgrade_request(addr, WS_PATH, &[])).unwrap().replacen("GET", "POST", 1);
+    let resp = raw_http(addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 405, "{resp:?}");
+    assert_eq!(resp.header("Allow"), Some("GET"), "a 405 must name the allowed method: {resp:?}");
+    assert!(resp.json()["error"].is_string());
+
+    // A plain GET (no upgrade) on the WebSocket path.
+    let resp = herald.http("GET", WS_PATH, &[], b"").await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert!(resp.json()["error"].is_string());
+
+    // Without client.allowed_origins, only the request's own host may be the Origin.
+    let req = upgrade_request(addr, WS_PATH, &[("Origin", "http://evil.example")]);
+    let resp = raw_http(addr, &req).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.json(), json!({"error": "origin not allowed"}));
+    let same_host = format!("http://{host}");
+    RawWs::open(addr, WS_PATH, &[("Origin", &same_host)]).await;
+    // No Origin at all (non-browser clients) is fine too.
+    RawWs::open(addr, WS_PATH, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origins_are_enforced() {
+    let herald = Herald::start(&[("HERALD_CLIENT_ALLOWED_ORIGINS", r#"["https://*.example.com"]"#)]);
+    let addr = herald.addr;
+    for origin in ["https://evil.com", "https://example.com.evil.com", &format!("http://{addr}")] {
+        let resp = raw_http(addr, &upgrade_request(addr, WS_PATH, &[("Origin", origin)])).await;
+        assert_eq!(resp.status, 403, "origin {origin}: {resp:?}");
+        assert_eq!(resp.json(), json!({"error": "origin not allowed"}));
+    }
+    let ws = RawWs::open(addr, WS_PATH, &[("Origin", "https://app.example.com")]).await;
+    assert_eq!(ws.header("Sec-WebSocket-Accept"), Some(WS_ACCEPT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_head_gets_431() {
+    let herald = Herald::start(&[("HERALD_HTTP_SERVER_MAX_REQUEST_HEAD_SIZE", "2048")]);
+    let addr = herald.addr;
+    let filler = "x".repeat(4000);
+    let resp = raw_http(addr, &upgrade_request(addr, WS_PATH, &[("X-Filler", &filler)])).await;
+    assert_eq!(resp.status, 431, "{resp:?}");
+    assert!(resp.json()["error"].is_string());
+    // The same limit guards the API.
+    let resp = herald.http("POST", "/api/info", &[("X-API-Key", API_KEY), ("X-Filler", &filler)], b"{}").await;
+    assert_eq!(resp.status, 431, "{resp:?}");
+    // Just under the limit is fine.
+    let filler = "x".repeat(1500);
+    RawWs::open(addr, WS_PATH, &[("X-Filler", &filler)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_subscribe_in_one_frame_are_answered_in_order() {
+    let herald = Herald::start(&[]);
+    let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
+    let batch = format!(
+        "{}\n{}",
+        json!({"id": 1, "connect": {"token": token("42"), "name": "js"}}),
+        json!({"id": 2, "subscribe": {"channel": "hist:sdk", "flag": 1}})
+    );
+    ws.send_text(&batch).await;
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        replies.extend(ws.recv_json().await);
+    }
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0]["id"], 1, "{replies:?}");
+    assert!(replies[0]["connect"]["client"].is_string(), "{replies:?}");
+    assert_eq!(replies[1]["id"], 2, "{replies:?}");
+    assert!(replies[1]["subscribe"].is_object(), "{replies:?}");
+    assert!(replies[1].get("error").is_none(), "{replies:?}");
+
+    // The subscription is live.
+    herald.publish("hist:sdk", json!({"n": 1})).await;
+    let push = ws.recv_json().await;
+    assert_eq!(push.len(), 1, "{push:?}");
+    let publication = &push[0]["push"]["pub"];
+    assert_eq!(push[0]["push"]["channel"], "hist:sdk", "{push:?}");
+    assert_eq!((&publication["data"], &publication["offset"]), (&json!({"n": 1}), &json!(1)), "{push:?}");
+    // The first publication of a stream carries its epoch.
+    assert!(publication["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{push:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pipelined_with_the_handshake_are_processed() {
+    let herald = Herald::start(&[]);
+    let mut bytes = upgrade_request(herald.addr, WS_PATH, &[]);
+    bytes.extend(client_frame(
+        true,
+        op::TEXT,
+        json!({"id": 1, "connect": {"token": token("42")}}).to_string().as_bytes(),
+        true,
+    ));
+    bytes.extend(client_frame(
+        true,
+        op::TEXT,
+        json!({"id": 2, "subscribe": {"channel": "news"}}).to_string().as_bytes(),
+        true,
+    ));
+    let mut ws = RawWs::handshake(herald.addr, &bytes).await;
+    assert_eq!(ws.status, 101);
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        replies.extend(ws.recv_json().await);
+    }
+    assert_eq!(replies[0]["id"], 1, "{replies:?}");
+    assert!(replies[0]["connect"]["client"].is_string(), "{replies:?}");
+    assert_eq!(replies[1], json!({"id": 2, "subscribe": {}}));
+}
+
+/// One kind of bad input and the close code it must produce.
+struct BadInput {
+    what: &'static str,
+    /// Connect (JSON, user "bad") before sending the input.
+    connect: bool,
+    /// Extra handshake headers (e.g. the Protobuf subprotocol).
+    headers: &'static [(&'static str, &'static str)],
+    bytes: Vec<u8>,
+    code: u16,
+    reason: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_closed_with_the_right_code_and_spares_other_clients() {
+    let herald = Herald::start(&[("HERALD_WEBSOCKET_MESSAGE_SIZE_LIMIT", "4096")]);
+
+    // A healthy client receives a steady stream of publications throughout.
+    let (mut healthy, _) = herald.subscriber("healthy", "news").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let stop = stop.clone();
+        let herald_addr = herald.addr;
+        async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) =
+                    api_at(herald_addr, "publish", json!({"channel": "news", "data": {"seq": seq}})).await;
+                assert_eq!((status, body), (200, json!({"result": {}})));
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seq
+        }
+    });
+
+    let text = |s: &str| client_frame(true, op::TEXT, s.as_bytes(), true);
+    let bad_token = herald_auth::sign_hmac(&json!({"sub": "1"}), "some-other-secret", "HS256").unwrap();
+    let mut oversized_fragments = client_frame(false, op::TEXT, &[b' '; 3000], true);
+    oversized_fragments.extend(client_frame(true, op::CONTINUATION, &[b' '; 3000], true));
+    let cases = vec![
+        BadInput {
+            what: "unmasked frame",
+            connect: true,
+            headers: &[],
+            bytes: client_frame(true, op::TEXT, b"{}", false),
+            code: 1002,
+            reason: "client frame not masked",
+        },
+        BadInput {
+            what: "invalid UTF-8 in a text frame",
+            connect: true,
+            headers: &[],
+            bytes: client_frame(true, op::TEXT, &[b'{', 0xff, 0xfe, b'}'], true),
+            code: 1007,
+            reason: "text message is not UTF-8",
+        },
+        BadInput {
+            what: "frame over websocket.message_size_limit",
+            connect: true,
+            headers: &[],
+            bytes: client_frame(true, op::TEXT, &[b' '; 5000], true),
+            code: 1009,
+            reason: "message too big",
+        },
+        BadInput {
+            what: "fragmented message over websocket.message_size_limit",
+            connect: true,
+            headers: &[],
+            bytes: oversized_fragments,
+            code: 1009,
+            reason: "message too big",
+        },
+        BadInput {
+            what: "malformed JSON after connect",
+            connect: true,
+            headers: &[],
+            bytes: text(r#"{"id":2,"subscribe":"#),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "malformed JSON as the first message",
+            connect: false,
+            headers: &[],
+            bytes: text("not json"),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "Protobuf garbage (invalid varint)",
+            connect: false,
+            headers: &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")],
+            bytes: client_frame(true, op::BINARY, &[0xff; 11], true),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "Protobuf garbage (truncated message)",
+            connect: false,
+            headers: &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")],
+            bytes: client_frame(true, op::BINARY, &[0x10, 0x08, 0x01], true),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "command before connect",
+            connect: false,
+            headers: &[],
+            bytes: text(r#"{"id":1,"subscribe":{"channel":"news"}}"#),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "command without id",
+            connect: true,
+            headers: &[],
+            bytes: text(r#"{"subscribe":{"channel":"news"}}"#),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
+            what: "malformed token",
+            connect: false,
+            headers: &[],
+            bytes: text(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#),
+            code: 3500,
+            reason: "invalid token",
+        },
+        BadInput {
+            what: "token signed with another secret",
+            connect: false,
+            headers: &[],
+            bytes: text(&json!({"id": 1, "connect": {"token": bad_token}}).to_string()),
+            code: 3500,
+            reason: "invalid token",
+        },
+    ];
+    for case in cases {
+        let mut ws = RawWs::open(herald.addr, WS_PATH, case.headers).await;
+        if case.connect {
+            ws.send_json(&json!({"id": 1, "connect": {"token": token("bad")}})).await;
+            let replies = ws.recv_json().await;
+            assert!(replies[0]["connect"].is_object(), "{}: {replies:?}", case.what);
+        }
+        ws.send_bytes(&case.bytes).await;
+        let reason = ws.assert_closed_with(case.code, case.what).await;
+        assert_eq!(reason, case.reason, "{}", case.what);
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.await.unwrap();
+    herald.publish("news", json!({"done": true})).await;
+    let mut seq = 0;
+    loop {
+        let (data, _) = next_publication(&mut healthy, "news").await;
+        if data["done"] == true {
+            break;
+        }
+        assert_eq!(data["seq"], seq, "publications lost or reordered");
+        seq += 1;
+    }
+    assert_eq!(seq, published);
+    assert!(published > 0);
+    // Only the healthy client is left.
+    wait_for("bad clients to be cleaned up", WAIT, || async { herald.num_clients().await == 1 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_connects_is_closed_as_stale() {
+    let herald = Herald::start(&[("HERALD_CLIENT_STALE_CLOSE_DELAY", "1s")]);
+    // Connections opened at different points of the server's one-second timer ticks: none may
+    // be closed before the full delay.
+    let mut stale = JoinSet::new();
+    for i in 0..4u64 {
+        let addr = herald.addr;
+        stale.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 250)).await;
+            let opened = Instant::now();
+            let mut ws = RawWs::open(addr, WS_PATH, &[]).await;
+            let reason = ws.assert_closed_with(3502, "stale connection").await;
+            (reason, opened.elapsed())
+        });
+    }
+    while let Some(closed) = stale.join_next().await {
+        let (reason, elapsed) = closed.unwrap();
+        assert_eq!(reason, "stale");
+        assert!(elapsed >= Duration::from_millis(950), "closed before stale_close_delay: after {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(4), "closed too late: after {elapsed:?}");
+    }
+
+    // A client that connects in time is not closed as stale.
+    let mut ws = RawWs::connected(&herald, "42").await;
+    let ending = ws.until_closed(Duration::from_millis(2500)).await;
+    assert!(ending.close.is_none() && !ending.tcp_closed, "connected client was closed: {ending:?}");
+}
+
+const PING_ENV: &[(&str, &str)] = &[("HERALD_CLIENT_PING_INTERVAL", "2s"), ("HERALD_CLIENT_PONG_TIMEOUT", "1s")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_does_not_answer_pings_is_closed_with_no_pong() {
+    let herald = Herald::start(PING_ENV);
+    let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
+    ws.send_json(&json!({"id": 1, "connect": {"token": token("42")}})).await;
+    let replies = ws.recv_json().await;
+    assert_eq!(replies[0]["connect"]["ping"], 2, "{replies:?}");
+    assert_eq!(replies[0]["connect"]["pong"], true, "{replies:?}");
+
+    let ping = ws.read_frame().await;
+    let pinged = Instant::now();
+    assert_eq!((ping.opcode, ping.text().as_str()), (op::TEXT, "{}"));
+    let reason = ws.assert_closed_with(3012, "no pong").await;
+    assert_eq!(reason, "no pong");
+    let waited = pinged.elapsed();
+    assert!(waited >= Duration::from_millis(500), "closed {waited:?} after the ping");
+    assert!(waited < Duration::from_secs(4), "closed {waited:?} after the ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_answering_pings_stay_connected() {
+    let herald = Herald::start(PING_ENV);
+    let mut json_ws = RawWs::connected(&herald, "42").await;
+    let mut proto_ws = RawWs::open(herald.addr, WS_PATH, &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")]).await;
+    proto_ws.send_frame(op::BINARY, &encode(Encoding::Protobuf, &connect_cmd("43"))).await;
+    assert!(proto_replies(&proto_ws.read_frame().await)[0].connect.is_some());
+
+    let json_side = async {
+        for _ in 0..3 {
+            let ping = json_ws.read_frame().await;
+            assert_eq!((ping.opcode, ping.text().as_str()), (op::TEXT, "{}"), "JSON ping");
+            json_ws.send_text("{}").await;
+        }
+    };
+    let proto_side = async {
+        for _ in 0..3 {
+            let ping = proto_ws.read_frame().await;
+            // The empty Reply, length-prefixed: a single 0x00 byte.
+            assert_eq!((ping.opcode, ping.payload.as_slice()), (op::BINARY, &[0u8][..]), "Protobuf ping");
+            proto_ws.send_frame(op::BINARY, &[0]).await;
+        }
+    };
+    tokio::join!(json_side, proto_side);
+    assert_eq!(herald.num_clients().await, 2);
+
+    // Still connected and working after three ping intervals.
+    json_ws.send_json(&json!({"id": 2, "subscribe": {"channel": "news"}})).await;
+    assert_eq!(recv_skipping_pings(&mut json_ws).await, vec![json!({"id": 2, "subscribe": {}})]);
+    herald.publish("news", json!({"alive": true})).await;
+    assert_eq!(
+        recv_skipping_pings(&mut json_ws).await,
+        vec![json!({"push": {"channel": "news", "pub": {"data": {"alive": true}}}})]
+    );
+}
+
+/// The next JSON frame that is not a ping (pings are answered).
+async fn recv_skipping_pings(ws: &mut RawWs) -> Vec<Value> {
+    loop {
+        let replies = ws.recv_json().await;
+        if replies != vec![json!({})] {
+            return replies;
+        }
+        ws.send_text("{}").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_while_a_reader_gets_everything() {
+    let herald = Herald::start(&[("HERALD_CLIENT_QUEUE_MAX_SIZE", "65536")]);
+
+    // The slow client: a small receive buffer, subscribes, then never reads again.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(herald.addr).await.unwrap();
+    let mut slow = RawWs::handshake_on(stream, &upgrade_request(herald.addr, WS_PATH, &[])).await;
+    assert_eq!(slow.status, 101);
+    slow.send_json(&json!({"id": 1, "connect": {"token": token("slow")}})).await;
+    slow.send_json(&json!({"id": 2, "subscribe": {"channel": "firehose"}})).await;
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        replies.extend(slow.recv_json().await);
+    }
+    assert_eq!(replies[1], json!({"id": 2, "subscribe": {}}));
+
+    // The reader collects sequence numbers until the final marker.
+    let (mut fast, _) = herald.subscriber("fast", "firehose").await;
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            let (data, _) = next_publication(&mut fast, "firehose").await;
+            if data["done"] == true {
+                return (seqs, fast);
+            }
+            seqs.push(data["seq"].as_u64().unwrap());
+        }
+    });
+
+    let pad = "p".repeat(16 * 1024);
+    let mut published = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        herald.publish("firehose", json!({"seq": published, "pad": pad})).await;
+        published += 1;
+        if published.is_multiple_of(8) && herald.num_clients().await == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slow client still connected after {published} publications");
+    }
+    herald.publish("firehose", json!({"done": true})).await;
+    let (seqs, _fast) = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader finishes").unwrap();
+    assert_eq!(seqs, (0..published).collect::<Vec<_>>(), "the reading client lost or reordered publications");
+
+    // The server closed the slow client's socket (a 3008 close frame may not fit behind the data).
+    let ending = slow.until_closed(Duration::from_secs(15)).await;
+    assert!(ending.tcp_closed, "slow client's connection still open: {ending:?}");
+    if let Some((code, reason)) = &ending.close {
+        assert_eq!((*code, reason.as_str()), (Some(3008), "slow"));
+    }
+    assert!((ending.data_frames as u64) < published, "the slow client cannot have received everything");
+    let metrics = herald.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("herald_client_disconnects_total{") && l.contains("code=\"3008\"")),
+        "no 3008 disconnect in metrics:\n{metrics}"
+    );
+    assert_eq!(herald.num_clients().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_receive_every_publication_in_order() {
+    const CLIENTS: usize = 200;
+    const PUBLICATIONS: u64 = 50;
+    let herald = Arc::new(Herald::start(&[("HERALD_LOG_LEVEL", "info")]));
+
+    let mut connecting = JoinSet::new();
+    for i in 0..CLIENTS {
+        let herald = herald.clone();
+        connecting.spawn(async move { herald.subscriber(&format!("user{i}"), "hist:fanout").await.0 });
+    }
+    let mut clients = Vec::with_capacity(CLIENTS);
+    while let Some(client) = connecting.join_next().await {
+        clients.push(client.unwrap());
+    }
+    assert_eq!(herald.num_clients().await, CLIENTS as u64);
+
+    let mut readers = JoinSet::new();
+    for mut client in clients {
+        readers.spawn(async move {
+            let mut got = Vec::with_capacity(PUBLICATIONS as usize);
+            for _ in 0..PUBLICATIONS {
+                let (data, offset) = next_publication(&mut client, "hist:fanout").await;
+                got.push((data["seq"].as_u64().unwrap(), offset));
+            }
+            // Nothing more (no duplicates) once the marker is seen.
+            let (data, _) = next_publication(&mut client, "hist:fanout").await;
+            assert_eq!(data, json!({"done": true}));
+            got
+        });
+    }
+    for seq in 0..PUBLICATIONS {
+        let result = herald.publish("hist:fanout", json!({"seq": seq})).await;
+        assert_eq!(result["offset"], seq + 1, "{result}");
+    }
+    herald.publish("hist:fanout", json!({"done": true})).await;
+
+    let expected: Vec<(u64, u64)> = (0..PUBLICATIONS).map(|s| (s, s + 1)).collect();
+    let mut finished = 0;
+    while let Some(got) = readers.join_next().await {
+        assert_eq!(got.unwrap(), expected);
+        finished += 1;
+    }
+    assert_eq!(finished, CLIENTS);
+}

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod loader;
+mod queue;
 pub mod server;
 pub mod telemetry;
 pub mod ws;

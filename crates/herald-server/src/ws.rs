@@ -14,7 +14,6 @@
 //! with one vectored write.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +30,8 @@ use herald_proto::{Command, DisconnectReason, Encoding, Framing, decode_commands
 use metrics::Counter;
 use tokio::net::TcpStream;
 use uuid::Uuid;
+
+use crate::queue::FrameQueue;
 
 /// Per-transport limits, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -74,11 +75,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The outbound side of a connection: what the hub and the session queue, and what the task
 /// must act on.
 struct Out {
-    queue: VecDeque<Bytes>,
-    /// Bytes queued (including the unwritten part of the head).
-    queued: usize,
-    /// Bytes of `queue.front()` already written.
-    head_written: usize,
+    queue: FrameQueue,
     close: Option<DisconnectReason>,
     controls: Vec<Control>,
     waker: Option<Waker>,
@@ -120,15 +117,12 @@ impl ClientLink for WsLink {
         if out.close.as_ref().is_some_and(|c| c.code == DISCONNECT_SLOW.code) {
             return;
         }
-        out.queued += frame.len();
-        if out.queued > self.queue_max {
+        if out.queue.pending() + frame.len() > self.queue_max {
             // Slow consumer: drop what is queued and close (no flush).
             out.queue.clear();
-            out.queued = 0;
-            out.head_written = 0;
             out.close = Some(DISCONNECT_SLOW);
         } else {
-            out.queue.push_back(frame);
+            out.queue.push(frame);
         }
         WsLink::wake(&mut out);
     }
@@ -156,13 +150,16 @@ impl ClientLink for WsLink {
     }
 }
 
-/// What woke the connection task.
+/// What woke the connection task. Queued frames are written inside [`WsLink::poll_wake`], under
+/// the lock it holds anyway, so a wake-up for a delivery costs one lock and one write.
 #[derive(Default)]
 struct Wake {
     readable: bool,
-    write: bool,
     controls: bool,
+    /// A close was requested (after what could be written was written).
     close: bool,
+    /// The socket failed while writing.
+    broken: bool,
 }
 
 impl WsLink {
@@ -173,36 +170,34 @@ impl WsLink {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
-        wake.controls = !out.controls.is_empty();
-        wake.close = out.close.is_some();
-        if !out.queue.is_empty() {
+        while !out.queue.is_empty() {
             if out.write_blocked {
-                if self.stream.poll_write_ready(cx).is_ready() {
-                    out.write_blocked = false;
-                    wake.write = true;
+                // Registers for writability; a ready socket is written right away.
+                if self.stream.poll_write_ready(cx).is_pending() {
+                    break;
                 }
-            } else {
-                wake.write = true;
+                out.write_blocked = false;
+            }
+            if self.write_queued(&mut out).is_err() {
+                wake.broken = true;
+                break;
             }
         }
+        wake.controls = !out.controls.is_empty();
+        wake.close = out.close.is_some();
         drop(out);
         if want_read && self.stream.poll_read_ready(cx).is_ready() {
             wake.readable = true;
         }
-        if wake.readable || wake.write || wake.controls || wake.close { Poll::Ready(wake) } else { Poll::Pending }
+        if wake.readable || wake.controls || wake.close || wake.broken { Poll::Ready(wake) } else { Poll::Pending }
     }
 
-    /// Writes queued frames until the queue is empty or the socket would block.
-    fn flush(&self) -> io::Result<()> {
-        let mut out = self.out.lock().expect("ws out");
+    /// Writes queued frames until the queue is empty or the socket would block (then
+    /// `write_blocked` is set).
+    fn write_queued(&self, out: &mut Out) -> io::Result<()> {
         while !out.queue.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (i, frame) in out.queue.iter().take(MAX_IOVECS).enumerate() {
-                let start = if i == 0 { out.head_written } else { 0 };
-                slices[i] = IoSlice::new(&frame[start..]);
-                n += 1;
-            }
+            let n = out.queue.slices(&mut slices);
             let written = match self.stream.try_write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => w,
@@ -213,25 +208,15 @@ impl WsLink {
                 Err(e) => return Err(e),
             };
             bytes_out(written);
-            out.queued -= written;
-            let mut left = written;
-            while left > 0 {
-                let head_left =
-                    out.queue.front().expect("written bytes belong to queued frames").len() - out.head_written;
-                if left >= head_left {
-                    left -= head_left;
-                    out.queue.pop_front();
-                    out.head_written = 0;
-                } else {
-                    out.head_written += left;
-                    left = 0;
-                }
-            }
-        }
-        if out.queue.capacity() > 64 {
-            out.queue.shrink_to(8);
+            out.queue.consume(written);
         }
         Ok(())
+    }
+
+    /// Writes what can be written now (after commands queued replies).
+    fn flush(&self) -> io::Result<()> {
+        let mut out = self.out.lock().expect("ws out");
+        if out.write_blocked { Ok(()) } else { self.write_queued(&mut out) }
     }
 
     fn take_controls(&self) -> Vec<Control> {
@@ -417,9 +402,7 @@ pub fn new_link(
         native_ping,
         stream,
         out: Mutex::new(Out {
-            queue: VecDeque::new(),
-            queued: 0,
-            head_written: 0,
+            queue: FrameQueue::default(),
             close: None,
             controls: Vec::new(),
             waker: None,
@@ -452,11 +435,21 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
         } else {
             poll_fn(|cx| link.poll_wake(cx, true)).await
         };
+        if wake.broken {
+            break Closing::Broken;
+        }
         if wake.controls {
             Box::pin(handle_controls(&mut session, &node, link.take_controls())).await;
         }
         if wake.readable && link.close_reason().is_none() {
             match read.read(&link, &settings) {
+                // The most common message on an idle connection: answer it without a batch.
+                ReadOutcome::Commands(cmds)
+                    if cmds.len() == 1 && cmds[0].id == 0 && cmds[0].method().is_none() && session.is_connected() =>
+                {
+                    link.timers.pong_received();
+                }
+                ReadOutcome::Commands(cmds) if cmds.is_empty() => {}
                 ReadOutcome::Commands(cmds) => {
                     Box::pin(handle_commands(&mut session, &node, cmds)).await;
                 }
@@ -472,6 +465,7 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
                 }
             }
         }
+        // Replies queued by the commands go out now, without another wake-up.
         if link.flush().is_err() {
             break Closing::Broken;
         }
@@ -531,16 +525,7 @@ async fn goodbye(link: &WsLink, reason: Closing) {
     };
     let Some(frame) = frame else { return };
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut pending: Vec<Bytes> = {
-            let mut out = link.out.lock().expect("ws out");
-            let skip = out.head_written;
-            let mut q: Vec<Bytes> = out.queue.drain(..).collect();
-            out.queued = 0;
-            if let Some(first) = q.first_mut() {
-                *first = first.slice(skip..);
-            }
-            q
-        };
+        let mut pending = link.out.lock().expect("ws out").queue.take_all();
         pending.push(frame);
         let stream = &link.stream;
         for chunk in pending {

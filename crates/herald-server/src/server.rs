@@ -50,10 +50,20 @@ pub fn serve(config: Config) -> Result<(), String> {
 }
 
 /// Binds the listener named by `http_server.address`/`http_server.port`.
+///
+/// The accept backlog is 4096 (the kernel caps it at `net.core.somaxconn`), not tokio's 1024,
+/// so reconnect storms are not refused while the accept loop catches up.
 pub async fn bind(config: &Config) -> Result<TcpListener, String> {
     let address = if config.http_server.address.is_empty() { "0.0.0.0" } else { &config.http_server.address };
     let addr = format!("{address}:{}", config.http_server.port);
-    TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+    let fail = |e: io::Error| format!("cannot listen on {addr}: {e}");
+    let resolved = tokio::net::lookup_host(&addr).await.map_err(fail)?.next();
+    let sockaddr = resolved.ok_or_else(|| format!("cannot listen on {addr}: no address"))?;
+    let socket = if sockaddr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(sockaddr).map_err(fail)?;
+    socket.listen(4096).map_err(fail)
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are registered when this is called, not when

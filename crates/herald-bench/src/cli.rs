@@ -1,0 +1,185 @@
+//! Command line: one subcommand per scenario, plus the hidden `worker`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::job::{Enc, Target};
+use crate::util::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-bench",
+    about = "Load generator for Herald (and Nchan, for comparison): connections, fan-out latency, \
+             throughput, server memory and CPU per connection",
+    after_help = "The last line of stdout is one JSON object with every number; the human summary goes to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// N subscribed connections, then idle: server RSS and slab per connection, CPU of pings.
+    Idle(IdleArgs),
+    /// N subscribers of one channel; publish at --rate: latency, deliveries/s, loss, CPU/delivery.
+    Fanout(FanoutArgs),
+    /// N subscribers, each on its own channel; one message per user per round at --rate total.
+    Personal(PersonalArgs),
+    /// N connections, X% reconnecting every second, plus a low-rate fan-out; or --handshake-rate.
+    Churn(ChurnArgs),
+    /// Server API publishes/s: keep-alive connections publishing to a channel without subscribers.
+    Api(ApiArgs),
+    /// Internal: a load process started by the coordinator (job on stdin).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChannelMode {
+    /// All connections on one channel.
+    Shared,
+    /// One channel per connection.
+    Own,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server under test.
+    #[arg(long, value_enum, default_value = "herald")]
+    pub target: Target,
+    /// Server base URL (default http://127.0.0.1:8000 for herald, http://127.0.0.1:8081 for
+    /// nchan). Several (repeat or comma-separate): connections are spread over them and every
+    /// fan-out publication is sent to each.
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// WebSocket path (default /connection/websocket for herald, /sub/{channel} for nchan).
+    #[arg(long)]
+    pub ws_path: Option<String>,
+    /// Herald client protocol encoding.
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Enc,
+    /// Client connections (api: HTTP keep-alive connections, default 50).
+    #[arg(long, short = 'n')]
+    pub connections: Option<u64>,
+    /// Worker processes (default ceil(N/15000); each holds at most 19,000 connections).
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Local addresses for client sockets, e.g. 127.0.0.2-127.0.0.9 (spreads ephemeral ports).
+    /// Default: 127.0.0.2-127.0.0.9 for a loopback server with more than 5,000 connections per
+    /// server, else none; `none` turns it off.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Connections opened per second in total (0: as fast as --max-inflight allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// Handshakes in flight at once, per worker (keep the total under the server's listen backlog).
+    #[arg(long, default_value_t = 64)]
+    pub max_inflight: usize,
+    /// Time allowed for one connection to become ready (TCP + upgrade + connect + subscribe).
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub connect_timeout: Duration,
+    /// Herald: sign HS256 connection tokens with this secret (user id = connection index).
+    #[arg(long, env = "HERALD_BENCH_HMAC_SECRET")]
+    pub hmac_secret: Option<String>,
+    /// Herald server API key (X-API-Key).
+    #[arg(long, env = "HERALD_BENCH_API_KEY")]
+    pub api_key: Option<String>,
+    /// Server process to measure (RSS, CPU); repeat for several processes (e.g. nginx workers).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Publications per second (fanout, churn) or messages per second in total (personal).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Length of the measured phase.
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many publications (fanout, churn) or rounds (personal).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Publication payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Longest wait for outstanding deliveries after the last publication.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub drain: Duration,
+    /// Pause after all connections are ready before memory is sampled.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub settle: Duration,
+    /// Channel name (default depends on the scenario; personal and own channels add the index).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Free text stored with the result.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Hard limit on the whole run; workers are killed past it.
+    #[arg(long, value_parser = duration, default_value = "15m")]
+    pub max_time: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How long to stay idle while measuring server CPU (pings).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub window: Duration,
+    /// Sample memory at these connection counts too, e.g. 10000,19000 (the last is N).
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoints: Vec<u64>,
+    /// One shared channel or one channel per connection.
+    #[arg(long, value_enum, default_value = "shared")]
+    pub channels: ChannelMode,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stop publishing when p99 publish→last exceeds this (e.g. 200ms) for --max-backlog-secs.
+    #[arg(long, value_parser = duration)]
+    pub max_backlog: Option<Duration>,
+    /// Consecutive seconds over --max-backlog before stopping.
+    #[arg(long, default_value_t = 3)]
+    pub max_backlog_secs: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PersonalArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Publishing connections (each a keep-alive HTTP connection).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    #[arg(long, value_parser = duration)]
+    pub max_backlog: Option<Duration>,
+    #[arg(long, default_value_t = 3)]
+    pub max_backlog_secs: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Percent of the connections closed and reopened every second.
+    #[arg(long, default_value_t = 10.0)]
+    pub churn_percent: f64,
+    /// Instead: one process opens connections (handshake, close) as fast as it can.
+    #[arg(long)]
+    pub handshake_rate: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub common: Common,
+}

@@ -1,0 +1,193 @@
+//! What the coordinator and its worker processes say to each other: one JSON job on the worker's
+//! stdin, then JSON lines both ways (commands in, progress/ready/result out).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Herald,
+    Nchan,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Herald => "herald",
+            Target::Nchan => "nchan",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Enc {
+    Json,
+    Protobuf,
+}
+
+impl Enc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enc::Json => "json",
+            Enc::Protobuf => "protobuf",
+        }
+    }
+}
+
+/// Which channel connection `i` subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channels {
+    /// Every connection on this one channel.
+    Shared(String),
+    /// Connection `i` on `<prefix><i>`.
+    PerConn(String),
+}
+
+impl Channels {
+    pub fn name(&self, i: u64) -> String {
+        match self {
+            Channels::Shared(c) => c.clone(),
+            Channels::PerConn(p) => format!("{p}{i}"),
+        }
+    }
+}
+
+/// Server API load run by a worker (`api` scenario).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiJob {
+    /// Keep-alive connections of this worker.
+    pub conns: usize,
+    pub path: String,
+    /// Extra header lines (each ending in CRLF), e.g. the API key.
+    pub headers: String,
+    /// Herald: wrap the payload as `{"channel":…,"data":…}`; Nchan: the payload is the body.
+    pub herald_channel: Option<String>,
+    pub payload: usize,
+    pub duration_ms: u64,
+}
+
+/// Handshake-rate load (churn `--handshake-rate`): open, handshake, close, repeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeJob {
+    /// Upper bound on handshakes attempted.
+    pub total: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub worker: usize,
+    pub target: Target,
+    pub encoding: Enc,
+    /// Servers `(address, Host header)`; connection `i` goes to `servers[i % len]`.
+    pub servers: Vec<(SocketAddr, String)>,
+    /// WebSocket path; `{channel}` is replaced by the connection's channel (Nchan).
+    pub ws_path: String,
+    pub source_ips: Vec<IpAddr>,
+    /// Global connection index ranges `[start, end)` to open, one per stage.
+    pub stages: Vec<(u64, u64)>,
+    pub channels: Channels,
+    pub hmac_secret: Option<String>,
+    /// Connections per second for this worker (0: as fast as `max_inflight` allows).
+    pub ramp: f64,
+    pub max_inflight: usize,
+    pub connect_timeout_ms: u64,
+    /// Every connection must see sequence numbers from 1 (fan-out after all are ready); off
+    /// for churn, where a reconnected client starts mid-stream.
+    pub strict_order: bool,
+    /// Highest publication sequence number expected (sizes the per-publication table).
+    pub max_seq: u64,
+    /// Percent of this worker's connections to close and reopen every second after `start`.
+    pub churn_percent: Option<f64>,
+    pub handshake: Option<HandshakeJob>,
+    pub api: Option<ApiJob>,
+    /// Hard limit on the worker's life.
+    pub max_time_ms: u64,
+}
+
+/// Coordinator → worker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cmd {
+    /// Open the next stage's connections.
+    Next,
+    /// Start the measured phase (churn, API load, handshake load).
+    Start,
+    /// Report results and exit.
+    Stop,
+}
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub enum Msg {
+    Progress(Progress),
+    Ready(Ready),
+    Result(Box<WorkerResult>),
+    Fatal { error: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub open: u64,
+    pub handshakes: u64,
+    pub errors: u64,
+    pub deliveries: u64,
+    pub pings: u64,
+    /// Publications touched since the last progress: `[seq, min_us, max_us, count]` (cumulative).
+    pub pubs: Vec<[u64; 4]>,
+    pub api_requests: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub stage: usize,
+    pub open: u64,
+    pub errors: u64,
+    /// Time from the stage's first connection attempt to its last result.
+    pub elapsed_ms: u64,
+    /// Connection errors so far, by kind.
+    #[serde(default)]
+    pub error_kinds: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub worker: usize,
+    pub open: u64,
+    pub handshakes: u64,
+    /// Handshakes completed after `start` (churn and handshake load).
+    pub handshakes_measured: u64,
+    pub errors: u64,
+    pub errors_measured: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Connections the server closed after they were ready, by close code (`eof` without one).
+    pub server_closed: BTreeMap<String, u64>,
+    pub deliveries: u64,
+    pub unique: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    pub out_of_order: u64,
+    /// Data messages without a payload the bench recognises.
+    pub other_messages: u64,
+    pub pings: u64,
+    pub bytes_in: u64,
+    pub first_recv_ns: u64,
+    pub last_recv_ns: u64,
+    /// Delivery latency (µs), HdrHistogram V2 base64.
+    pub delivery_hist: String,
+    /// Handshake latency (µs): TCP connect to ready.
+    pub handshake_hist: String,
+    pub pubs: Vec<[u64; 4]>,
+    pub api_requests: u64,
+    pub api_errors: u64,
+    pub api_hist: String,
+    pub api_elapsed_ms: u64,
+    pub measured_ms: u64,
+    pub cpu_s: f64,
+    pub rss_kb: u64,
+}

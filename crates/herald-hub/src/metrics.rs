@@ -3,7 +3,9 @@
 //!
 //! Never label by channel or user: cardinality would explode.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, OnceLock};
 
 use metrics::Counter;
 
@@ -25,12 +27,33 @@ pub fn delivered(n: usize) {
     }
 }
 
+/// Counter handles by label set, created once. Registering through the macro on every call
+/// hashes and looks up the labels each time, which showed in handshake profiles.
+type Handles<K> = OnceLock<Mutex<HashMap<K, Counter>>>;
+
+fn cached<K: Eq + Hash + Copy>(cell: &'static Handles<K>, key: K, make: impl FnOnce() -> Counter) -> Counter {
+    let mut map = cell.get_or_init(Default::default).lock().expect("metric handles");
+    map.entry(key).or_insert_with(make).clone()
+}
+
 /// A client command and how it ended (`ok`, `error`, `disconnect`).
 pub fn command(method: &'static str, result: &'static str) {
-    metrics::counter!("herald_client_commands_total", "method" => method, "result" => result).increment(1);
+    static H: Handles<(&'static str, &'static str)> = OnceLock::new();
+    cached(
+        &H,
+        (method, result),
+        || metrics::counter!("herald_client_commands_total", "method" => method, "result" => result),
+    )
+    .increment(1);
 }
 
 /// A client error reply, by code.
 pub fn error_reply(code: u32) {
-    metrics::counter!("herald_client_errors_total", "code" => code.to_string()).increment(1);
+    by_code("herald_client_errors_total", code);
+}
+
+/// Increments counter `name` labelled with a protocol code.
+pub fn by_code(name: &'static str, code: u32) {
+    static H: Handles<(&'static str, u32)> = OnceLock::new();
+    cached(&H, (name, code), || metrics::counter!(name, "code" => code.to_string())).increment(1);
 }

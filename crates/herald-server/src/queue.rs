@@ -2,7 +2,8 @@
 //!
 //! Most connections have at most one frame in flight (a reply, a ping, one publication), so the
 //! first frame is stored inline and the overflow `VecDeque` is allocated only during bursts and
-//! freed as soon as it empties: an idle connection holds no queue buffer.
+//! freed as soon as it empties: an idle connection holds no queue buffer. Counters are 32-bit
+//! (`client.queue_max_size` is far below 4 GiB): this struct is part of every connection.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -14,11 +15,11 @@ use bytes::Bytes;
 pub(crate) struct FrameQueue {
     /// The next frame to write. `None` implies `rest` is empty.
     head: Option<Bytes>,
-    rest: VecDeque<Bytes>,
+    rest: Option<Box<VecDeque<Bytes>>>,
     /// Bytes of `head` already written.
-    head_written: usize,
+    head_written: u32,
     /// Bytes not written yet.
-    pending: usize,
+    pending: u32,
 }
 
 impl FrameQueue {
@@ -28,15 +29,16 @@ impl FrameQueue {
 
     /// Bytes not written yet.
     pub(crate) fn pending(&self) -> usize {
-        self.pending
+        self.pending as usize
     }
 
+    /// Queues a frame; the caller bounds the total (well under 4 GiB).
     pub(crate) fn push(&mut self, frame: Bytes) {
-        self.pending += frame.len();
+        self.pending += frame.len() as u32;
         if self.head.is_none() {
             self.head = Some(frame);
         } else {
-            self.rest.push_back(frame);
+            self.rest.get_or_insert_with(Default::default).push_back(frame);
         }
     }
 
@@ -51,9 +53,9 @@ impl FrameQueue {
         if out.is_empty() {
             return 0;
         }
-        out[0] = IoSlice::new(&head[self.head_written..]);
+        out[0] = IoSlice::new(&head[self.head_written as usize..]);
         let mut n = 1;
-        for frame in self.rest.iter().take(out.len() - 1) {
+        for frame in self.rest.iter().flat_map(|r| r.iter()).take(out.len() - 1) {
             out[n] = IoSlice::new(frame);
             n += 1;
         }
@@ -62,30 +64,30 @@ impl FrameQueue {
 
     /// Marks `written` bytes as sent.
     pub(crate) fn consume(&mut self, mut written: usize) {
-        self.pending -= written;
+        self.pending -= written as u32;
         while written > 0 {
             let head = self.head.as_ref().expect("written bytes belong to queued frames");
-            let left = head.len() - self.head_written;
+            let left = head.len() - self.head_written as usize;
             if written < left {
-                self.head_written += written;
+                self.head_written += written as u32;
                 return;
             }
             written -= left;
-            self.head = self.rest.pop_front();
+            self.head = self.rest.as_mut().and_then(|r| r.pop_front());
             self.head_written = 0;
         }
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            self.rest = VecDeque::new();
+        if self.rest.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rest = None;
         }
     }
 
     /// Takes every unwritten byte range as frames (used when closing).
     pub(crate) fn take_all(&mut self) -> Vec<Bytes> {
-        let mut out = Vec::with_capacity(1 + self.rest.len());
+        let mut out = Vec::with_capacity(1 + self.rest.as_ref().map_or(0, |r| r.len()));
         if let Some(head) = self.head.take() {
-            out.push(head.slice(self.head_written..));
+            out.push(head.slice(self.head_written as usize..));
         }
-        out.extend(self.rest.drain(..));
+        out.extend(self.rest.take().into_iter().flat_map(|r| r.into_iter()));
         self.clear();
         out
     }
@@ -105,7 +107,7 @@ mod tests {
     fn single_frame_stays_inline_and_partial_writes_resume() {
         let mut q = FrameQueue::default();
         q.push(Bytes::from_static(b"hello"));
-        assert_eq!(q.rest.capacity(), 0);
+        assert!(q.rest.is_none());
         assert_eq!(q.pending(), 5);
         q.consume(2);
         assert_eq!(frames(&q), vec![b"llo".to_vec()]);
@@ -125,7 +127,7 @@ mod tests {
         assert_eq!(frames(&q), vec![b"d".to_vec(), b"ef".to_vec()]);
         q.consume(3);
         assert!(q.is_empty());
-        assert_eq!(q.rest.capacity(), 0, "overflow buffer freed");
+        assert!(q.rest.is_none(), "overflow buffer freed");
     }
 
     #[test]

@@ -192,8 +192,13 @@ fn hostname() -> String {
 async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut checked: usize = 0;
+    let mut first = true;
     loop {
-        stream.readable().await.map_err(|_| HeadError::Closed)?;
+        // The request usually arrives with the connection: try reading before waiting for a
+        // readiness event from the reactor.
+        if !std::mem::take(&mut first) {
+            stream.readable().await.map_err(|_| HeadError::Closed)?;
+        }
         if buf.len() == buf.capacity() {
             if buf.capacity() >= max {
                 return Err(HeadError::TooLarge);

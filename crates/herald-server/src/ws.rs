@@ -60,7 +60,7 @@ fn bytes_out(n: usize) {
 }
 
 fn disconnect_metric(code: u32) {
-    metrics::counter!("herald_client_disconnects_total", "code" => code.to_string()).increment(1);
+    herald_hub::metrics::by_code("herald_client_disconnects_total", code);
 }
 
 /// Most buffers handed to one vectored write.
@@ -74,10 +74,12 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The outbound side of a connection: what the hub and the session queue, and what the task
 /// must act on.
+///
+/// Rarely used parts are boxed: this struct is part of every idle connection.
 struct Out {
     queue: FrameQueue,
-    close: Option<DisconnectReason>,
-    controls: Vec<Control>,
+    close: Option<Box<DisconnectReason>>,
+    controls: Option<Box<Vec<Control>>>,
     waker: Option<Waker>,
     /// The last write hit `WouldBlock`: wait for writability.
     write_blocked: bool,
@@ -120,7 +122,7 @@ impl ClientLink for WsLink {
         if out.queue.pending() + frame.len() > self.queue_max {
             // Slow consumer: drop what is queued and close (no flush).
             out.queue.clear();
-            out.close = Some(DISCONNECT_SLOW);
+            out.close = Some(Box::new(DISCONNECT_SLOW));
         } else {
             out.queue.push(frame);
         }
@@ -130,14 +132,14 @@ impl ClientLink for WsLink {
     fn close(&self, reason: DisconnectReason) {
         let mut out = self.out.lock().expect("ws out");
         if out.close.is_none() {
-            out.close = Some(reason);
+            out.close = Some(Box::new(reason));
             WsLink::wake(&mut out);
         }
     }
 
     fn control(&self, ctrl: Control) {
         let mut out = self.out.lock().expect("ws out");
-        out.controls.push(ctrl);
+        out.controls.get_or_insert_with(Default::default).push(ctrl);
         WsLink::wake(&mut out);
     }
 
@@ -183,7 +185,7 @@ impl WsLink {
                 break;
             }
         }
-        wake.controls = !out.controls.is_empty();
+        wake.controls = out.controls.is_some();
         wake.close = out.close.is_some();
         drop(out);
         if want_read && self.stream.poll_read_ready(cx).is_ready() {
@@ -213,19 +215,49 @@ impl WsLink {
         Ok(())
     }
 
-    /// Writes what can be written now (after commands queued replies).
-    fn flush(&self) -> io::Result<()> {
+    /// Writes what can be written now (after commands queued replies) and tells whether a close
+    /// was requested, under one lock.
+    fn flush(&self) -> io::Result<Option<DisconnectReason>> {
         let mut out = self.out.lock().expect("ws out");
-        if out.write_blocked { Ok(()) } else { self.write_queued(&mut out) }
+        if !out.write_blocked {
+            self.write_queued(&mut out)?;
+        }
+        Ok(out.close.as_deref().cloned())
     }
 
     fn take_controls(&self) -> Vec<Control> {
-        std::mem::take(&mut self.out.lock().expect("ws out").controls)
+        self.out.lock().expect("ws out").controls.take().map(|c| *c).unwrap_or_default()
     }
 
-    fn close_reason(&self) -> Option<DisconnectReason> {
-        self.out.lock().expect("ws out").close.clone()
+    fn is_closing(&self) -> bool {
+        self.out.lock().expect("ws out").close.is_some()
     }
+}
+
+/// Reads into `buf`. A short read means the receive queue was empty at that moment, so the
+/// socket's readiness is cleared right away instead of by a second read that would only return
+/// `WouldBlock` (one syscall less per message; on idle connections that is half the reads).
+/// Race-free: `try_io` snapshots readiness before the read and clears only that snapshot, so
+/// data arriving after the read marks the socket ready again.
+fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = 0;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        other => other,
+    }
+}
+
+/// Errors after which the socket is simply read again later.
+fn retry_later(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 thread_local! {
@@ -262,10 +294,10 @@ impl ReadState {
                 SCRATCH_BUF.with(|s| {
                     let mut scratch = s.borrow_mut();
                     let scratch = &mut *scratch;
-                    let n = match link.stream.try_read(scratch) {
+                    let n = match read_some(&link.stream, scratch) {
                         Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
                         Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if retry_later(&e) => return Ok(false),
                         Err(_) => return Err(ReadOutcome::PeerClosed(None)),
                     };
                     bytes_in(n);
@@ -311,17 +343,13 @@ impl ReadState {
         let len = self.partial.len();
         let want = (settings.max_message + 14).saturating_sub(len).clamp(4096, SCRATCH);
         self.partial.resize(len + want, 0);
-        let n = match link.stream.try_read(&mut self.partial[len..]) {
+        let n = match read_some(&link.stream, &mut self.partial[len..]) {
             Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.unparsed => 0,
+            Err(e) if retry_later(&e) && self.unparsed => 0,
             Err(e) => {
                 self.partial.truncate(len);
-                return if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(false)
-                } else {
-                    Err(ReadOutcome::PeerClosed(None))
-                };
+                return if retry_later(&e) { Ok(false) } else { Err(ReadOutcome::PeerClosed(None)) };
             }
         };
         self.unparsed = false;
@@ -404,7 +432,7 @@ pub fn new_link(
         out: Mutex::new(Out {
             queue: FrameQueue::default(),
             close: None,
-            controls: Vec::new(),
+            controls: None,
             waker: None,
             write_blocked: false,
         }),
@@ -441,7 +469,7 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
         if wake.controls {
             Box::pin(handle_controls(&mut session, &node, link.take_controls())).await;
         }
-        if wake.readable && link.close_reason().is_none() {
+        if wake.readable && !link.is_closing() {
             match read.read(&link, &settings) {
                 // The most common message on an idle connection: answer it without a batch.
                 ReadOutcome::Commands(cmds)
@@ -466,11 +494,10 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
             }
         }
         // Replies queued by the commands go out now, without another wake-up.
-        if link.flush().is_err() {
-            break Closing::Broken;
-        }
-        if let Some(reason) = link.close_reason() {
-            break Closing::Server(reason);
+        match link.flush() {
+            Err(_) => break Closing::Broken,
+            Ok(Some(reason)) => break Closing::Server(reason),
+            Ok(None) => {}
         }
     };
     let code = match &reason {
@@ -490,7 +517,7 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
 /// Runs a batch of commands in order, stopping at the first that closes the connection.
 /// Boxed by the caller: per-command state must not live in the long-lived connection future.
 async fn handle_commands(session: &mut Session, node: &Node, cmds: Vec<Command>) {
-    for cmd in cmds {
+    for cmd in &cmds {
         if session.handle_command(node, cmd).await == Flow::Stop {
             return;
         }
@@ -516,14 +543,16 @@ enum Closing {
 /// Flushes what may be flushed, sends the close frame, and lingers briefly so the peer reads it
 /// before the socket goes away.
 async fn goodbye(link: &WsLink, reason: Closing) {
-    let frame = match &reason {
-        Closing::Server(r) if r.code == DISCONNECT_CONNECTION_CLOSED.code => None,
-        Closing::Server(r) => Some(ws::close_frame(r.code as u16, &r.reason)),
-        Closing::Peer(code) => Some(ws::close_frame(code.unwrap_or(ws::close::NORMAL), "")),
-        Closing::Protocol(code, reason) => Some(ws::close_frame(*code, reason)),
-        Closing::Broken => None,
+    // Whether we start the close handshake (then the peer may still be sending, so we shut down
+    // our side and drain until it closes) or answer the peer's close frame (nothing more comes).
+    let (frame, linger) = match &reason {
+        Closing::Server(r) if r.code == DISCONNECT_CONNECTION_CLOSED.code => return,
+        Closing::Server(r) => (ws::close_frame(r.code as u16, &r.reason), true),
+        Closing::Protocol(code, reason) => (ws::close_frame(*code, reason), true),
+        Closing::Peer(Some(code)) => (ws::close_frame(*code, ""), false),
+        // The peer hung up without a close frame: nobody is left to read one.
+        Closing::Peer(None) | Closing::Broken => return,
     };
-    let Some(frame) = frame else { return };
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         let mut pending = link.out.lock().expect("ws out").queue.take_all();
         pending.push(frame);
@@ -533,6 +562,9 @@ async fn goodbye(link: &WsLink, reason: Closing) {
                 return;
             }
             bytes_out(chunk.len());
+        }
+        if !linger {
+            return;
         }
         let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
         // Drain until the peer closes, so unread input does not turn our close into a reset.
@@ -670,5 +702,30 @@ mod size_tests {
         eprintln!("connection future {future_size} B, link {link_size} B, session {session_size} B");
         assert!(future_size <= 320, "connection future grew to {future_size} bytes");
         assert!(link_size <= 320, "link grew to {link_size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod batch_size_tests {
+    use super::*;
+    use herald_hub::{HubConfig, NodeIdentity, SystemClock};
+
+    /// A command batch is boxed per message (3,952 bytes before connect and subscribe boxed
+    /// their own state and commands were passed by reference); small boxes stay in the
+    /// allocator's fast size classes.
+    #[tokio::test]
+    async fn command_batch_future_is_small() {
+        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+        let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let settings =
+            Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
+        let link = new_link(stream, Framing::WsText, false, &node, &settings);
+        let mut session = Session::new(link);
+        let batch = handle_commands(&mut session, &node, Vec::new());
+        let size = std::mem::size_of_val(&batch);
+        assert!(size <= 768, "command batch future grew to {size} bytes");
     }
 }

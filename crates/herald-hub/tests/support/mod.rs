@@ -296,7 +296,7 @@ impl Client {
 
     /// Runs one command as is (the id is not touched).
     pub(crate) fn run(&mut self, node: &Node, cmd: Command) -> Flow {
-        Box::pin(self.session.handle_command(node, cmd)).now_or_never().expect("memory engine never pends")
+        Box::pin(self.session.handle_command(node, &cmd)).now_or_never().expect("memory engine never pends")
     }
 
     /// Runs one command with the next id and returns every reply written since the last read.

@@ -79,6 +79,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 struct Out {
     queue: FrameQueue,
     close: Option<Box<DisconnectReason>>,
+    // Boxed on purpose: 8 bytes in every idle connection instead of 24.
+    #[allow(clippy::box_collection)]
     controls: Option<Box<Vec<Control>>>,
     waker: Option<Waker>,
     /// The last write hit `WouldBlock`: wait for writability.

@@ -26,6 +26,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub health: HealthConfig,
     pub node: NodeConfig,
+    pub runtime: RuntimeConfig,
 }
 
 impl Config {
@@ -180,6 +181,14 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig { enabled: true, handler_prefix: "/health".into() }
     }
+}
+
+/// `runtime`: the async runtime (Herald's own section).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per CPU.
+    pub worker_threads: usize,
 }
 
 /// `node`.

@@ -38,7 +38,11 @@ pub struct AppState {
 
 /// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtime).
 pub fn serve(config: Config) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("herald-worker")
         .build()

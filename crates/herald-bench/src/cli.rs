@@ -32,6 +32,9 @@ pub enum Scenario {
     Churn(ChurnArgs),
     /// Server API publishes/s: keep-alive connections publishing to a channel without subscribers.
     Api(ApiArgs),
+    /// Kernel cost floor of one small loopback TCP write per delivery, without any server:
+    /// plain TCP writer threads here, epoll readers in the worker processes.
+    Floor(FloorArgs),
     /// Internal: a load process started by the coordinator (job on stdin).
     #[command(hide = true)]
     Worker,
@@ -182,4 +185,51 @@ pub struct ChurnArgs {
 pub struct ApiArgs {
     #[command(flatten)]
     pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// Client sockets; every round writes one message to each.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub connections: u64,
+    /// Writer threads on the sending side (the sockets are dealt round-robin between them).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Rounds: one blocking write of one message to every socket, then a pause.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u64,
+    /// Bytes per write (the round's sequence number and start time, padded, newline-terminated;
+    /// about the size of a WebSocket frame carrying a 100-byte publication).
+    #[arg(long, default_value_t = 130)]
+    pub payload: usize,
+    /// From the start of one round to the start of the next.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub interval: Duration,
+    /// Reader processes (2, as in the fan-out runs on this machine).
+    #[arg(long, default_value_t = 2)]
+    pub procs: usize,
+    /// Local addresses for the reader sockets (default 127.0.0.2-127.0.0.9 above 5,000
+    /// connections; `none` turns it off).
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Connects in flight at once, per reader process.
+    #[arg(long, default_value_t = 64)]
+    pub max_inflight: usize,
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub connect_timeout: Duration,
+    /// Pause after all sockets are connected before the first round.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub settle: Duration,
+    /// Longest wait for outstanding deliveries after the last round.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub drain: Duration,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Free text stored with the result.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Hard limit on the whole run.
+    #[arg(long, value_parser = duration, default_value = "15m")]
+    pub max_time: Duration,
 }

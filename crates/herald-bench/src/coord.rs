@@ -23,10 +23,10 @@ use crate::util::{BaseUrl, now_ns, parse_ip_list, parse_url};
 use crate::worker::{MAX_SEQ, publish_ok};
 
 /// Most connections one worker process may hold (the per-process limit is 20,000 files).
-const MAX_PER_WORKER: u64 = 19_000;
+pub(crate) const MAX_PER_WORKER: u64 = 19_000;
 /// Connections per server above which loopback runs use [`AUTO_SOURCE_IPS`] by default.
-const AUTO_SOURCE_IPS_ABOVE: u64 = 5_000;
-const AUTO_SOURCE_IPS: &str = "127.0.0.2-127.0.0.9";
+pub(crate) const AUTO_SOURCE_IPS_ABOVE: u64 = 5_000;
+pub(crate) const AUTO_SOURCE_IPS: &str = "127.0.0.2-127.0.0.9";
 /// Default connections per worker when --procs is not given.
 const DEFAULT_PER_WORKER: u64 = 15_000;
 
@@ -130,6 +130,7 @@ fn jobs(s: &Setup, stages: &[u64], spec: &JobSpec) -> Vec<Job> {
                 churn_percent: spec.churn_percent,
                 handshake: spec.handshake.clone(),
                 api,
+                raw: false,
                 max_time_ms: (s.c.max_time + Duration::from_secs(60)).as_millis() as u64,
             }
         })
@@ -215,38 +216,38 @@ fn connect_fields(m: &mut Map<String, Value>, fleet: &Fleet, ready_after: Durati
 
 /// Sums of what the workers reported.
 #[derive(Default)]
-struct Merged {
-    open: u64,
-    handshakes: u64,
-    handshakes_measured: u64,
-    errors: u64,
-    errors_measured: u64,
-    error_kinds: BTreeMap<String, u64>,
-    server_closed: BTreeMap<String, u64>,
-    deliveries: u64,
-    unique: u64,
-    gaps: u64,
-    dups: u64,
-    out_of_order: u64,
-    other_messages: u64,
-    pings: u64,
-    bytes_in: u64,
-    first_recv_ns: u64,
-    last_recv_ns: u64,
-    delivery: Option<Histogram<u64>>,
-    handshake: Option<Histogram<u64>>,
-    api: Option<Histogram<u64>>,
-    pubs: BTreeMap<u64, PubAgg>,
-    api_requests: u64,
-    api_errors: u64,
-    api_elapsed_ms: u64,
-    measured_ms: u64,
-    client_cpu_s: f64,
-    client_rss_kb: u64,
-    workers: usize,
+pub(crate) struct Merged {
+    pub(crate) open: u64,
+    pub(crate) handshakes: u64,
+    pub(crate) handshakes_measured: u64,
+    pub(crate) errors: u64,
+    pub(crate) errors_measured: u64,
+    pub(crate) error_kinds: BTreeMap<String, u64>,
+    pub(crate) server_closed: BTreeMap<String, u64>,
+    pub(crate) deliveries: u64,
+    pub(crate) unique: u64,
+    pub(crate) gaps: u64,
+    pub(crate) dups: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) other_messages: u64,
+    pub(crate) pings: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) first_recv_ns: u64,
+    pub(crate) last_recv_ns: u64,
+    pub(crate) delivery: Option<Histogram<u64>>,
+    pub(crate) handshake: Option<Histogram<u64>>,
+    pub(crate) api: Option<Histogram<u64>>,
+    pub(crate) pubs: BTreeMap<u64, PubAgg>,
+    pub(crate) api_requests: u64,
+    pub(crate) api_errors: u64,
+    pub(crate) api_elapsed_ms: u64,
+    pub(crate) measured_ms: u64,
+    pub(crate) client_cpu_s: f64,
+    pub(crate) client_rss_kb: u64,
+    pub(crate) workers: usize,
 }
 
-fn merge(results: &[Option<WorkerResult>]) -> Result<Merged, String> {
+pub(crate) fn merge(results: &[Option<WorkerResult>]) -> Result<Merged, String> {
     let mut m = Merged {
         delivery: Some(stats::new_hist()),
         handshake: Some(stats::new_hist()),
@@ -680,10 +681,19 @@ fn delivery_fields(
     );
     let window = out.cpu_after.at.zip(out.cpu_before.at).map(|(a, b)| (a - b).as_secs_f64()).unwrap_or(0.0);
     m.insert("server_cpu_pct".into(), json!(cpu.filter(|_| window > 0.0).map(|c| round(c * 100.0 / window, 1))));
+    m.insert("machine_cpu".into(), procfs::machine_cpu_delta(&out.cpu_before, &out.cpu_after));
+    // How many deliveries share one write: Herald writes with writev (counted); servers that
+    // use send/sendmsg show fewer calls than they make.
+    let writes = out.cpu_after.write_syscalls.zip(out.cpu_before.write_syscalls).map(|(a, b)| a.saturating_sub(b));
+    m.insert("server_write_syscalls".into(), json!(writes));
+    m.insert(
+        "deliveries_per_write_syscall".into(),
+        json!(writes.filter(|w| *w > 0).map(|w| round(merged.deliveries as f64 / w as f64, 3))),
+    );
     (dps, cpu)
 }
 
-fn client_fields(m: &mut Map<String, Value>, merged: &Merged) {
+pub(crate) fn client_fields(m: &mut Map<String, Value>, merged: &Merged) {
     m.insert("client_cpu_s".into(), json!(round(merged.client_cpu_s, 3)));
     m.insert("client_rss_kb".into(), json!(merged.client_rss_kb));
     m.insert("server_closed".into(), json!(merged.server_closed));
@@ -753,7 +763,7 @@ async fn connect_all(s: &Setup, spec: &JobSpec, m: &mut Map<String, Value>) -> R
     }
     connect_fields(m, &fleet, t0.elapsed(), fleet.ready_elapsed());
     print_connect(m);
-    tokio::time::sleep(s.c.settle).await;
+    fleet.pump_until((Instant::now() + s.c.settle).min(s.deadline), |_| false).await;
     let after = sample(s);
     let mem = memory(&before, &after, fleet.ready_open());
     print_memory(&mem);
@@ -806,7 +816,7 @@ pub async fn idle(a: IdleArgs) -> Result<(), String> {
             fleet.ready_errors(),
             fleet.ready_elapsed().as_secs_f64()
         );
-        tokio::time::sleep(s.c.settle).await;
+        fleet.pump_until((Instant::now() + s.c.settle).min(s.deadline), |_| false).await;
         let after = sample(&s);
         let mem = memory(&before, &after, fleet.ready_open());
         print_memory(&mem);
@@ -821,8 +831,10 @@ pub async fn idle(a: IdleArgs) -> Result<(), String> {
     m.insert("memory".into(), points.last().cloned().unwrap_or(Value::Null));
     m.insert("checkpoints".into(), json!(points));
 
-    // The idle window: CPU of the server while it only pings.
+    // The idle window: CPU of the server while it only pings. Workers report every second:
+    // take in a fresh report first so the ping count at the start is current.
     fleet.send_all(Cmd::Start).await;
+    fleet.pump_until((Instant::now() + Duration::from_millis(1100)).min(s.deadline), |_| false).await;
     let pings0 = fleet.pings();
     let cpu0 = sample(&s);
     let window_end = (Instant::now() + a.window).min(s.deadline);
@@ -838,6 +850,7 @@ pub async fn idle(a: IdleArgs) -> Result<(), String> {
     m.insert("window_s".into(), json!(round(window, 3)));
     m.insert("idle_server_cpu_s".into(), json!(cpu.map(|c| round(c, 3))));
     m.insert("idle_cpu_pct".into(), json!(cpu.filter(|_| window > 0.0).map(|c| round(c * 100.0 / window, 3))));
+    m.insert("machine_cpu".into(), procfs::machine_cpu_delta(&cpu0, &cpu1));
     m.insert("pings_in_window".into(), json!(pings_window));
     m.insert("pings_per_s".into(), json!(round(pings_window as f64 / window.max(1e-9), 1)));
     m.insert("connections_at_end".into(), json!(merged.open));
@@ -1078,6 +1091,7 @@ async fn handshake_rate(a: ChurnArgs) -> Result<(), String> {
     m.insert("seconds".into(), json!(round(secs, 3)));
     m.insert("handshakes_per_s".into(), json!(round(merged.handshakes_measured as f64 / secs.max(1e-9), 1)));
     m.insert("server_cpu_s".into(), json!(cpu.map(|c| round(c, 3))));
+    m.insert("machine_cpu".into(), procfs::machine_cpu_delta(&cpu0, &cpu1));
     m.insert(
         "server_cpu_us_per_handshake".into(),
         json!(
@@ -1165,6 +1179,7 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
     m.insert("server_cpu_us_per_request".into(), json!(cpu.filter(|_| ok > 0).map(|c| round(c * 1e6 / ok as f64, 2))));
     let window = cpu1.at.zip(cpu0.at).map(|(b, a)| (b - a).as_secs_f64()).unwrap_or(0.0);
     m.insert("server_cpu_pct".into(), json!(cpu.filter(|_| window > 0.0).map(|c| round(c * 100.0 / window, 1))));
+    m.insert("machine_cpu".into(), procfs::machine_cpu_delta(&cpu0, &cpu1));
     m.insert("client_cpu_s".into(), json!(round(merged.client_cpu_s, 3)));
     eprintln!(
         "  {} requests ({} errors) in {:.2} s = {} publishes/s; latency {}; server CPU {} % ({} µs per request); client CPU {} s",

@@ -105,6 +105,10 @@ pub struct Job {
     pub churn_percent: Option<f64>,
     pub handshake: Option<HandshakeJob>,
     pub api: Option<ApiJob>,
+    /// Plain TCP instead of WebSocket: connect, then read newline-terminated payloads (the
+    /// `floor` measurement; no handshake, no pings).
+    #[serde(default)]
+    pub raw: bool,
     /// Hard limit on the worker's life.
     pub max_time_ms: u64,
 }

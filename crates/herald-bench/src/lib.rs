@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod coord;
 pub mod fleet;
+pub mod floor;
 pub mod http;
 pub mod job;
 pub mod payload;

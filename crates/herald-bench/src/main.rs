@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use herald_bench::cli::{Cli, Scenario};
-use herald_bench::{coord, worker};
+use herald_bench::{coord, floor, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Scenario::Personal(a) => coord::personal(a).await,
             Scenario::Churn(a) => coord::churn(a).await,
             Scenario::Api(a) => coord::api(a).await,
+            Scenario::Floor(a) => floor::run(a).await,
             Scenario::Worker => unreachable!("handled above"),
         }
     });

@@ -447,8 +447,50 @@ struct Conns {
     tasks: Vec<(u64, AbortHandle)>,
 }
 
+/// One plain TCP connection (`floor`): connect, then receive newline-terminated payloads until
+/// the server closes or the task is aborted. Reads exactly like a WebSocket connection does.
+async fn raw_conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
+    let started = Instant::now();
+    let mut guard = Guard { ctx: ctx.clone(), handshaking: true, open: false, permit: Some(permit) };
+    let job = &ctx.job;
+    let source = (!job.source_ips.is_empty()).then(|| job.source_ips[(idx as usize) % job.source_ips.len()]);
+    let (addr, _) = &job.servers[(idx as usize) % job.servers.len()];
+    let stream = match tokio::time::timeout(ctx.connect_timeout, wsclient::tcp_connect(*addr, source, false)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return ctx.fail(&e),
+        Err(_) => return ctx.fail(&WsError::new("timeout", "connect timed out")),
+    };
+    ctx.on_ready(started);
+    guard.handshake_done();
+    guard.open = true;
+    ctx.open.set(ctx.open.get() + 1);
+    let mut ws = WsStream::raw(stream);
+    let mut last = 0u64;
+    loop {
+        let read = ws.read(&ctx.scratch, MAX_READS).await;
+        let now = now_ns();
+        let closed = match read {
+            Ok(None) => "eof".to_owned(),
+            Err(e) => e.kind,
+            Ok(Some((len, fresh))) => {
+                ctx.stats.borrow_mut().bytes_in += fresh as u64;
+                let buf = ctx.scratch.borrow();
+                match ws.lines(&buf[..len], |message| ctx.deliver(&mut last, message, now)) {
+                    Ok(()) => continue,
+                    Err(e) => e.kind,
+                }
+            }
+        };
+        *ctx.stats.borrow_mut().server_closed.entry(closed).or_default() += 1;
+        return;
+    }
+}
+
 fn spawn_conn(ctx: &Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) -> AbortHandle {
     ctx.pending.set(ctx.pending.get() + 1);
+    if ctx.job.raw {
+        return tokio::task::spawn_local(raw_conn_task(ctx.clone(), idx, permit)).abort_handle();
+    }
     tokio::task::spawn_local(conn_task(ctx.clone(), idx, permit)).abort_handle()
 }
 

@@ -237,6 +237,31 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WsError> {
 }
 
 impl WsStream {
+    /// Wraps a plain TCP stream that carries newline-terminated messages instead of WebSocket
+    /// frames (the `floor` measurement): read with [`WsStream::read`], split with
+    /// [`WsStream::lines`].
+    pub fn raw(stream: TcpStream) -> WsStream {
+        WsStream { stream, partial: Vec::new(), frag: None, mask_state: 1 }
+    }
+
+    /// Calls `on_message` for every newline-terminated message in `data` (what
+    /// [`WsStream::read`] left in the shared buffer), without the newline; an incomplete last
+    /// message is kept for the next read.
+    pub fn lines(&mut self, data: &[u8], mut on_message: impl FnMut(&[u8])) -> Result<(), WsError> {
+        let mut pos = 0;
+        while let Some(i) = data[pos..].iter().position(|&b| b == b'\n') {
+            on_message(&data[pos..pos + i]);
+            pos += i + 1;
+        }
+        if data.len() - pos > MAX_FRAME {
+            return Err(WsError::new("line_too_long", format!("{} bytes without a newline", data.len() - pos)));
+        }
+        if pos < data.len() {
+            self.partial = data[pos..].to_vec();
+        }
+        Ok(())
+    }
+
     fn next_mask(&mut self) -> [u8; 4] {
         self.mask_state = xorshift(self.mask_state);
         self.mask_state.to_ne_bytes()
@@ -402,5 +427,22 @@ mod tests {
         assert_eq!((h.opcode, h.fin, h.header_len, h.payload_len), (OP_BINARY, true, 4, 300));
         assert!(parse_head(&f[..3]).unwrap().is_none());
         assert!(parse_head(&out).is_err(), "masked frames from a server are refused");
+    }
+
+    #[test]
+    fn raw_lines_keep_an_incomplete_tail() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let mut ws = WsStream::raw(stream);
+            let mut got = Vec::new();
+            ws.lines(b"a\nbc\nde", |m| got.push(m.to_vec())).unwrap();
+            assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec()]);
+            assert_eq!(ws.partial, b"de");
+            got.clear();
+            ws.lines(b"def\n", |m| got.push(m.to_vec())).unwrap();
+            assert_eq!(got, vec![b"def".to_vec()]);
+        });
     }
 }

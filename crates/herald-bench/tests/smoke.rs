@@ -170,3 +170,27 @@ fn every_scenario_against_herald() {
 
     eprintln!("smoke test took {:.1} s", started.elapsed().as_secs_f64());
 }
+
+#[test]
+fn floor_needs_no_server() {
+    let out = Command::new(BENCH)
+        .args(["floor", "-n", "60", "--procs", "2", "--writers", "2", "--rounds", "3", "--interval", "100ms"])
+        .args(["--settle", "100ms", "--max-time", "60s"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald-bench floor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "herald-bench floor failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("no output:\n{stderr}"));
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON ({e}): {last}"));
+    assert_eq!(v["scenario"], "floor");
+    assert_eq!(u(&v, "connections"), 60, "{v}");
+    assert_eq!(u(&v, "writes"), 180, "{v}");
+    assert_eq!(u(&v, "deliveries"), 180, "{v}");
+    assert_eq!(u(&v, "lost"), 0, "{v}");
+    assert_eq!(u(&v, "dups"), 0, "{v}");
+    assert_eq!(u(&v, "payload"), 130, "{v}");
+    assert_eq!(v["latency_last"]["count"], 3, "{v}");
+    assert!(v["writer_cpu_us_per_write"].as_f64().is_some(), "{v}");
+}

@@ -42,11 +42,8 @@ pub fn serve(config: Config) -> Result<(), String> {
     if config.runtime.worker_threads > 0 {
         builder.worker_threads(config.runtime.worker_threads);
     }
-    let runtime = builder
-        .enable_all()
-        .thread_name("herald-worker")
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    let runtime =
+        builder.enable_all().thread_name("herald-worker").build().map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async {
         let listener = bind(&config).await?;
         run(config, listener, shutdown_signal()).await

@@ -32,11 +32,10 @@ use crate::server::AppState;
 type Body = Full<Bytes>;
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response")
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
 }
 
 fn transport_error(status: StatusCode, message: &str) -> Response<Body> {

@@ -295,14 +295,20 @@ fn position_json(p: Option<StreamPosition>) -> Value {
     }
 }
 
+/// The publish options shared by `publish` and `broadcast` bodies.
+fn publish_request(
+    data: &Option<Box<RawValue>>,
+    b64data: &str,
+    skip_history: bool,
+    tags: BTreeMap<String, String>,
+    idempotency_key: String,
+    exclude_client: String,
+) -> Result<ApiPublish, ErrorCode> {
+    Ok(ApiPublish { data: payload(data, b64data)?, skip_history, tags, idempotency_key, exclude_client })
+}
+
 async fn publish(state: &AppState, b: PublishBody) -> ApiResult {
-    let req = ApiPublish {
-        data: payload(&b.data, &b.b64data)?,
-        skip_history: b.skip_history,
-        tags: b.tags,
-        idempotency_key: b.idempotency_key,
-        exclude_client: b.exclude_client,
-    };
+    let req = publish_request(&b.data, &b.b64data, b.skip_history, b.tags, b.idempotency_key, b.exclude_client)?;
     let outcome = state.node.api_publish(&b.channel, &req).await?;
     Ok(position_json(outcome.position))
 }
@@ -323,13 +329,7 @@ async fn broadcast(state: &AppState, b: BroadcastBody) -> ApiResult {
     if b.channels.is_empty() {
         return Err(ERROR_BAD_REQUEST);
     }
-    let req = ApiPublish {
-        data: payload(&b.data, &b.b64data)?,
-        skip_history: b.skip_history,
-        tags: b.tags,
-        idempotency_key: b.idempotency_key,
-        exclude_client: b.exclude_client,
-    };
+    let req = publish_request(&b.data, &b.b64data, b.skip_history, b.tags, b.idempotency_key, b.exclude_client)?;
     if req.data.is_empty() {
         return Err(ERROR_BAD_REQUEST);
     }

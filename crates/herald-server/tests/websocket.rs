@@ -316,6 +316,14 @@ async fn bad_input_is_closed_with_the_right_code_and_spares_other_clients() {
             reason: "bad request",
         },
         BadInput {
+            what: "more commands in one message than client.max_commands_per_frame (256)",
+            connect: true,
+            headers: &[],
+            bytes: text(&vec!["{}"; 257].join("\n")),
+            code: 3501,
+            reason: "bad request",
+        },
+        BadInput {
             what: "malformed JSON as the first message",
             connect: false,
             headers: &[],

@@ -21,6 +21,7 @@ use indexmap::IndexMap;
 use uuid::Uuid;
 
 use crate::link::ClientLink;
+use crate::wake;
 
 /// Per-subscriber flags kept in the hub.
 pub mod flags {
@@ -148,6 +149,8 @@ impl Hub {
         let Some(subs) = self.channel_subs(channel) else { return 0 };
         let prepared = Arc::new(Prepared::new(Reply::push(push)));
         let mut delivered = 0;
+        // Handed over after the channel lock is released (dropped in reverse order).
+        let _batch = wake::Batch::open();
         let mut subs = subs.subs.lock().expect("channel subs");
         for sub in subs.values_mut() {
             if sub.flags & need_flags != need_flags {

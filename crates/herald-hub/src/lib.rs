@@ -20,6 +20,7 @@ pub mod node;
 pub mod recovery;
 pub mod session;
 pub mod timer;
+pub mod wake;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::HubConfig;

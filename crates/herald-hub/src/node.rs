@@ -163,7 +163,7 @@ impl Node {
     /// Drives timers and engine housekeeping; call about once a second.
     pub fn run_timers(&self) -> usize {
         let now = self.tick();
-        let fired = self.timers.advance(now);
+        let fired = crate::wake::batch(|| self.timers.advance(now));
         if now.is_multiple_of(5) {
             self.broker.housekeep(self.clock.now_ms());
         }

@@ -183,12 +183,36 @@ impl Default for HealthConfig {
     }
 }
 
+/// `runtime.scheduler`: one single-threaded runtime per worker thread (the default).
+pub const THREAD_PER_CORE: &str = "thread_per_core";
+/// `runtime.scheduler`: one tokio multi-thread (work-stealing) runtime.
+pub const WORK_STEALING: &str = "work_stealing";
+
 /// `runtime`: the async runtime (Herald's own section).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 means one per CPU.
     pub worker_threads: usize,
+    /// `thread_per_core` or `work_stealing` (docs/architecture.md, "Threads").
+    pub scheduler: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 0, scheduler: THREAD_PER_CORE.into() }
+    }
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start: `worker_threads`, or one per CPU.
+    pub fn worker_count(&self) -> usize {
+        if self.worker_threads > 0 {
+            self.worker_threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
 }
 
 /// `node`.

@@ -118,6 +118,12 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if !["text", "json"].contains(&cfg.log.format.as_str()) {
         return Err(format!("log.format: {:?} is not one of text, json", cfg.log.format));
     }
+    if ![crate::config::THREAD_PER_CORE, crate::config::WORK_STEALING].contains(&cfg.runtime.scheduler.as_str()) {
+        return Err(format!(
+            "runtime.scheduler: {:?} is not one of thread_per_core, work_stealing",
+            cfg.runtime.scheduler
+        ));
+    }
 
     let endpoints = [
         ("http_api.handler_prefix", &cfg.http_api.handler_prefix, !cfg.http_api.disabled),
@@ -651,6 +657,7 @@ mod tests {
         check(&|c| c.engine.kind = "redis".into(), "engine.type");
         check(&|c| c.log.level = "loud".into(), "log.level");
         check(&|c| c.log.format = "xml".into(), "log.format");
+        check(&|c| c.runtime.scheduler = "green".into(), "runtime.scheduler");
         check(&|c| c.health.handler_prefix = "health".into(), "health.handler_prefix");
         check(&|c| c.prometheus.handler_prefix = "/api".into(), "prometheus.handler_prefix");
         check(&|c| c.shutdown.client_close_window = c.shutdown.timeout, "shutdown.client_close_window");

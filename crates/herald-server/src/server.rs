@@ -23,7 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::config::{Config, WORK_STEALING};
 use crate::telemetry;
 use crate::ws::{self, WsSettings};
 
@@ -36,35 +36,156 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
 }
 
-/// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtime).
+/// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtimes).
+///
+/// By default (`runtime.scheduler = "thread_per_core"`) one single-threaded runtime per worker thread, each with its own listening socket on the
+/// same port (`SO_REUSEPORT`: the kernel spreads new connections over them). A connection lives
+/// on the thread that accepted it, so reading, commands and writes never cross threads; only
+/// deliveries from another thread do (see `docs/architecture.md`, "Threads"). The calling
+/// thread is worker 0 and also runs the timers and the shutdown sequence.
 pub fn serve(config: Config) -> Result<(), String> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
+    let workers = config.runtime.worker_count();
+    let per_core = config.runtime.scheduler != WORK_STEALING;
+    let listeners = bind_listeners(&config, if per_core { workers } else { 1 })?;
+    let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let (accepting_tx, accepting) = tokio::sync::watch::channel(true);
+    if config.runtime.scheduler == WORK_STEALING {
+        return serve_work_stealing(config, workers, listeners, local, accepting_tx, accepting);
     }
-    let runtime =
-        builder.enable_all().thread_name("herald-worker").build().map_err(|e| format!("cannot start runtime: {e}"))?;
+    let runtime = worker_runtime()?;
+    let state = runtime.block_on(async { new_state(config, local) })?;
+    let (exit_tx, exit) = tokio::sync::watch::channel(false);
+
+    let mut listeners = listeners.into_iter();
+    let first = listeners.next().expect("at least one listener");
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.enumerate() {
+        let (state, accepting, mut exit) = (state.clone(), accepting.clone(), exit.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("herald-worker-{}", i + 1))
+            .spawn(move || -> Result<(), String> {
+                let runtime = worker_runtime()?;
+                runtime.block_on(async move {
+                    start_relay(i + 1);
+                    let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                    accept_loop(&state, listener, accepting).await;
+                    // Keep serving the connections of this thread until the shutdown is over.
+                    let _ = exit.wait_for(|done| *done).await;
+                    Ok::<(), String>(())
+                })
+            })
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        threads.push(thread);
+    }
+
+    let result = runtime.block_on(async {
+        start_relay(0);
+        let listener = TcpListener::from_std(first).map_err(|e| e.to_string())?;
+        run(state, listener, accepting_tx, accepting, shutdown_signal()).await
+    });
+    let _ = exit_tx.send(true);
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "worker thread failed"),
+            Err(_) => tracing::error!("worker thread panicked"),
+        }
+    }
+    result
+}
+
+/// Registers the calling thread as worker `index` and runs its wake-up relay
+/// (`herald_hub::wake`). Call inside the worker's runtime.
+fn start_relay(index: usize) {
+    if let Some(relay) = u16::try_from(index).ok().and_then(herald_hub::wake::register_worker) {
+        tokio::spawn(relay);
+    }
+}
+
+/// `runtime.scheduler = "work_stealing"`: one tokio multi-thread runtime; a connection's task
+/// may run on any worker.
+fn serve_work_stealing(
+    config: Config,
+    workers: usize,
+    listeners: Vec<std::net::TcpListener>,
+    local: SocketAddr,
+    accepting_tx: tokio::sync::watch::Sender<bool>,
+    accepting: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("herald-worker")
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async {
-        let listener = bind(&config).await?;
-        run(config, listener, shutdown_signal()).await
+        let state = new_state(config, local)?;
+        let listener = listeners.into_iter().next().expect("one listener");
+        let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        run(state, listener, accepting_tx, accepting, shutdown_signal()).await
     })
 }
 
-/// Binds the listener named by `http_server.address`/`http_server.port`.
+fn worker_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+/// Binds `count` listening sockets on the address named by `http_server.address` and
+/// `http_server.port`, all on the same port.
 ///
-/// The accept backlog is 4096 (the kernel caps it at `net.core.somaxconn`), not tokio's 1024,
-/// so reconnect storms are not refused while the accept loop catches up.
-pub async fn bind(config: &Config) -> Result<TcpListener, String> {
+/// `SO_REUSEPORT` would let another process of the same user bind the port too and silently
+/// take a share of the connections; a probe bind without it fails first if anything listens
+/// there already (a second Herald included). The accept backlog is 4096 (the kernel caps it at
+/// `net.core.somaxconn`), so reconnect storms are not refused while the accept loops catch up.
+pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
     let address = if config.http_server.address.is_empty() { "0.0.0.0" } else { &config.http_server.address };
     let addr = format!("{address}:{}", config.http_server.port);
     let fail = |e: io::Error| format!("cannot listen on {addr}: {e}");
-    let resolved = tokio::net::lookup_host(&addr).await.map_err(fail)?.next();
-    let sockaddr = resolved.ok_or_else(|| format!("cannot listen on {addr}: no address"))?;
-    let socket = if sockaddr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-        .map_err(fail)?;
-    socket.set_reuseaddr(true).map_err(fail)?;
-    socket.bind(sockaddr).map_err(fail)?;
-    socket.listen(4096).map_err(fail)
+    let mut sockaddr =
+        addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| format!("cannot listen on {addr}: no address"))?;
+    let socket = |sockaddr: SocketAddr, reuse_port: bool| -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(sockaddr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        // Accepted sockets inherit it on Linux: one system call less per connection.
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&sockaddr.into())?;
+        Ok(socket)
+    };
+    let open = |sockaddr: SocketAddr, reuse_port: bool| -> io::Result<std::net::TcpListener> {
+        let socket = socket(sockaddr, reuse_port)?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    };
+    let shared = cfg!(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))));
+    if !shared || count == 1 {
+        // One socket; other workers accept from duplicates of it.
+        let first = open(sockaddr, false).map_err(fail)?;
+        let mut all = Vec::with_capacity(count);
+        for _ in 1..count {
+            all.push(first.try_clone().map_err(fail)?);
+        }
+        all.insert(0, first);
+        return Ok(all);
+    }
+    if sockaddr.port() != 0 {
+        // Bound, never listening: it cannot take a connection meant for the real sockets.
+        drop(socket(sockaddr, false).map_err(fail)?);
+    }
+    let mut all = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = open(sockaddr, true).map_err(fail)?;
+        // With port 0 the first bind picks the port; the others join it.
+        sockaddr.set_port(listener.local_addr().map_err(fail)?.port());
+        all.push(listener);
+    }
+    Ok(all)
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are registered when this is called, not when
@@ -99,10 +220,9 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+/// Builds what request handlers share: the node, metrics and transport settings.
+fn new_state(config: Config, local: SocketAddr) -> Result<Arc<AppState>, String> {
     let metrics = telemetry::install_metrics()?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
@@ -118,8 +238,50 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         stale_after: u32::try_from(config.client.stale_close_delay.as_millis().div_ceil(1000).max(1) + 1)
             .unwrap_or(u32::MAX),
     });
-    let state = Arc::new(AppState { node: node.clone(), config, metrics, ws, shutting_down: AtomicBool::new(false) });
+    Ok(Arc::new(AppState { node, config, metrics, ws, shutting_down: AtomicBool::new(false) }))
+}
 
+/// Accepts connections on `listener` until `accepting` turns false. Each connection gets a
+/// task on the current thread's runtime.
+async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle_connection(state.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut accepting) => break,
+        }
+    }
+}
+
+/// Completes once `accepting` is false (or its sender is gone).
+async fn stopped(accepting: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let on = *accepting.borrow_and_update();
+        if !on || accepting.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Worker 0: runs the shared timers and its accept loop until `shutdown` completes, then stops
+/// every accept loop and shuts down gracefully.
+async fn run(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    accepting_tx: tokio::sync::watch::Sender<bool>,
+    accepting: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let node = state.node.clone();
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
     let timers = tokio::spawn({
         let node = node.clone();
         async move {
@@ -133,23 +295,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
 
     tracing::info!(address = %local, node = %node.identity().name, "herald listening on {local}");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(handle_connection(state.clone(), stream, peer));
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = &mut shutdown => break,
-        }
+    tokio::select! {
+        _ = accept_loop(&state, listener, accepting) => {}
+        _ = shutdown => {}
     }
-    drop(listener);
+    let _ = accepting_tx.send(false);
     state.shutting_down.store(true, Ordering::SeqCst);
     tracing::info!("shutting down: closing {} clients", node.hub.num_clients());
     let cfg = &state.config.shutdown;
@@ -168,9 +318,11 @@ async fn close_clients(node: &Node, window: Duration) {
         let per_batch = links.len().div_ceil(batches);
         let pause = window / batches as u32;
         for chunk in links.chunks(per_batch) {
-            for link in chunk {
-                link.close(DISCONNECT_SHUTDOWN);
-            }
+            herald_hub::wake::batch(|| {
+                for link in chunk {
+                    link.close(DISCONNECT_SHUTDOWN);
+                }
+            });
             tokio::time::sleep(pause).await;
         }
     }
@@ -262,6 +414,8 @@ async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) 
 }
 
 async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: SocketAddr) {
+    // On Linux the accepted socket inherits TCP_NODELAY from the listener.
+    #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     let http = &state.config.http_server;
     let head =
@@ -386,5 +540,42 @@ impl AsyncWrite for Rewind {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback(port: u16) -> Config {
+        let mut config = Config::default();
+        config.http_server.address = "127.0.0.1".into();
+        config.http_server.port = port;
+        config
+    }
+
+    #[test]
+    fn workers_share_one_port_and_accepted_sockets_have_nodelay() {
+        let listeners = bind_listeners(&loopback(0), 3).unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // Connections spread over the listeners; accept them all from whichever has them.
+        let clients: Vec<_> = (0..30).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let mut accepted = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while accepted.len() < clients.len() && Instant::now() < deadline {
+            for l in &listeners {
+                if let Ok((s, _)) = l.accept() {
+                    accepted.push(s);
+                }
+            }
+        }
+        assert_eq!(accepted.len(), clients.len());
+        #[cfg(target_os = "linux")]
+        assert!(accepted.iter().all(|s| s.nodelay().unwrap()), "TCP_NODELAY inherited from the listener");
+        // The port is taken now, for a listener with or without SO_REUSEPORT.
+        let err = bind_listeners(&loopback(port), 2).unwrap_err();
+        assert!(err.starts_with(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
     }
 }

@@ -97,12 +97,14 @@ pub struct WsLink {
     out: Mutex<Out>,
     timers: LinkTimers,
     queue_max: usize,
+    /// The worker thread whose runtime runs this connection's task.
+    worker: u16,
 }
 
 impl WsLink {
-    fn wake(out: &mut Out) {
+    fn wake(&self, out: &mut Out) {
         if let Some(w) = out.waker.take() {
-            w.wake();
+            herald_hub::wake::wake(self.worker, w);
         }
     }
 }
@@ -128,21 +130,21 @@ impl ClientLink for WsLink {
         } else {
             out.queue.push(frame);
         }
-        WsLink::wake(&mut out);
+        self.wake(&mut out);
     }
 
     fn close(&self, reason: DisconnectReason) {
         let mut out = self.out.lock().expect("ws out");
         if out.close.is_none() {
             out.close = Some(Box::new(reason));
-            WsLink::wake(&mut out);
+            self.wake(&mut out);
         }
     }
 
     fn control(&self, ctrl: Control) {
         let mut out = self.out.lock().expect("ws out");
         out.controls.get_or_insert_with(Default::default).push(ctrl);
-        WsLink::wake(&mut out);
+        self.wake(&mut out);
     }
 
     fn timers(&self) -> &LinkTimers {
@@ -440,6 +442,7 @@ pub fn new_link(
         }),
         timers: LinkTimers::new(),
         queue_max: settings.queue_max,
+        worker: herald_hub::wake::current_worker(),
     });
     let stale_at = node.tick() + settings.stale_after;
     link.timers.set_stale(stale_at);

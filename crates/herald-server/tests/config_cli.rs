@@ -596,4 +596,28 @@ fn serve_with_invalid_config_exits_1() {
     let out = herald(&[], dir.path(), &[("HERALD_ENGINE_TYPE", "redis")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("engine.type"), "{}", stderr(&out));
+    let out = herald(&[], dir.path(), &[("HERALD_RUNTIME_SCHEDULER", "green_threads")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("runtime.scheduler"), "{}", stderr(&out));
+}
+
+/// Each worker listens on its own `SO_REUSEPORT` socket; that must not let Herald share a port
+/// with another listener, whether or not that one uses `SO_REUSEPORT` (a second Herald does).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_port_in_use_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reuse = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reuse.set_reuse_address(true).unwrap();
+    reuse.set_reuse_port(true).unwrap();
+    reuse.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    reuse.listen(16).unwrap();
+    let reuse_port = reuse.local_addr().unwrap().as_socket().unwrap().port();
+    for port in [plain.local_addr().unwrap().port(), reuse_port] {
+        let port = port.to_string();
+        let out = herald(&["--address", "127.0.0.1", "--port", &port], dir.path(), &[("HERALD_HTTP_API_KEY", "k")]);
+        assert_eq!(out.status.code(), Some(1), "port {port}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", stderr(&out));
+    }
 }

@@ -613,3 +613,40 @@ async fn many_clients_receive_every_publication_in_order() {
     }
     assert_eq!(finished, CLIENTS);
 }
+
+/// Publications reach subscribers spread over several worker threads (each worker accepts its
+/// own share of the connections), complete and in order, under both schedulers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_across_worker_threads_is_complete_and_ordered() {
+    const SUBSCRIBERS: usize = 40;
+    const PUBLICATIONS: u64 = 30;
+    for scheduler in ["thread_per_core", "work_stealing"] {
+        let herald = Herald::start(&[("HERALD_RUNTIME_WORKER_THREADS", "4"), ("HERALD_RUNTIME_SCHEDULER", scheduler)]);
+        let mut clients = Vec::new();
+        for i in 0..SUBSCRIBERS {
+            clients.push(herald.subscriber(&format!("u{i}"), "hist:workers").await.0);
+        }
+        let mut readers = JoinSet::new();
+        for mut client in clients {
+            readers.spawn(async move {
+                let mut offsets = Vec::new();
+                for _ in 0..PUBLICATIONS {
+                    let (data, offset) = next_publication(&mut client, "hist:workers").await;
+                    assert_eq!(data["n"].as_u64(), Some(offset), "payload and offset agree");
+                    offsets.push(offset);
+                }
+                (offsets, client)
+            });
+        }
+        for n in 1..=PUBLICATIONS {
+            herald.publish("hist:workers", json!({ "n": n })).await;
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = readers.join_next().await {
+            let (offsets, client) = joined.unwrap();
+            done.push(client);
+            assert_eq!(offsets, (1..=PUBLICATIONS).collect::<Vec<_>>(), "{scheduler}: every publication, in order");
+        }
+        assert_eq!(herald.num_clients().await, SUBSCRIBERS as u64, "{scheduler}");
+    }
+}

@@ -435,7 +435,9 @@ async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: Socke
     if is_ws {
         websocket(state, stream, head).await;
     } else {
-        serve_http(state, stream, Bytes::from(head)).await;
+        // Boxed: hyper's connection state is large, and the task's future is as large as its
+        // largest branch; the WebSocket path should not pay for copying it around.
+        Box::pin(serve_http(state, stream, Bytes::from(head))).await;
     }
 }
 

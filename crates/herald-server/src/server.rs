@@ -38,34 +38,37 @@ pub struct AppState {
 
 /// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtimes).
 ///
-/// By default (`runtime.scheduler = "thread_per_core"`) one single-threaded runtime per worker thread, each with its own listening socket on the
-/// same port (`SO_REUSEPORT`: the kernel spreads new connections over them). A connection lives
-/// on the thread that accepted it, so reading, commands and writes never cross threads; only
-/// deliveries from another thread do (see `docs/architecture.md`, "Threads"). The calling
-/// thread is worker 0 and also runs the timers and the shutdown sequence.
+/// By default (`runtime.scheduler = "thread_per_core"`) each worker thread has its own
+/// single-threaded runtime and its own listening socket on the shared port (`SO_REUSEPORT`: the
+/// kernel spreads new connections over them). A connection lives on the thread that accepted
+/// it, so reads, commands and writes never cross threads; only deliveries from another thread
+/// do (`docs/architecture.md`, "Threads"). The calling thread is worker 0 and also runs the
+/// timers and the shutdown sequence.
 pub fn serve(config: Config) -> Result<(), String> {
     let workers = config.runtime.worker_count();
     let per_core = config.runtime.scheduler != WORK_STEALING;
     let listeners = bind_listeners(&config, if per_core { workers } else { 1 })?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let (accepting_tx, accepting) = tokio::sync::watch::channel(true);
-    if config.runtime.scheduler == WORK_STEALING {
+    if !per_core {
         return serve_work_stealing(config, workers, listeners, local, accepting_tx, accepting);
     }
-    let runtime = worker_runtime()?;
+    // Every runtime is built before any thread starts, so a failure stops start-up cleanly.
+    let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
+    let mut runtimes = runtimes.into_iter();
+    let runtime = runtimes.next().expect("at least one worker");
     let state = runtime.block_on(async { new_state(config, local) })?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
     let first = listeners.next().expect("at least one listener");
     let mut threads = Vec::new();
-    for (i, listener) in listeners.enumerate() {
+    for (i, (listener, worker)) in listeners.zip(runtimes).enumerate() {
         let (state, accepting, mut exit) = (state.clone(), accepting.clone(), exit.clone());
         let thread = std::thread::Builder::new()
             .name(format!("herald-worker-{}", i + 1))
             .spawn(move || -> Result<(), String> {
-                let runtime = worker_runtime()?;
-                runtime.block_on(async move {
+                worker.block_on(async move {
                     start_relay(i + 1);
                     let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
                     accept_loop(&state, listener, accepting).await;

@@ -45,6 +45,21 @@ pub struct WsSettings {
 /// Counts open WebSocket connections (for metrics and shutdown).
 pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
+/// Open WebSocket connections per worker thread (thread-per-core), for `/metrics`: workers keep
+/// their connections for life, so an uneven spread stays visible.
+pub static WORKER_CONNECTIONS: [AtomicUsize; herald_hub::wake::MAX_WORKERS] =
+    [const { AtomicUsize::new(0) }; herald_hub::wake::MAX_WORKERS];
+
+fn count_on_worker(worker: u16, open: bool) {
+    if let Some(n) = WORKER_CONNECTIONS.get(usize::from(worker)) {
+        if open {
+            n.fetch_add(1, Ordering::Relaxed);
+        } else {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn counter(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Counter {
     cell.get_or_init(|| metrics::counter!(name))
 }
@@ -456,6 +471,7 @@ pub fn new_link(
 /// `early` holds bytes the client sent right after its handshake request, if any.
 pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, early: Vec<u8>) {
     OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    count_on_worker(link.worker, true);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
     let mut session = Box::new(Session::new(dyn_link));
     let unparsed = !early.is_empty();
@@ -517,6 +533,7 @@ pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, 
     drop(session);
     Box::pin(goodbye(&link, reason)).await;
     OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    count_on_worker(link.worker, false);
 }
 
 /// Runs a batch of commands in order, stopping at the first that closes the connection.

@@ -648,5 +648,18 @@ async fn fan_out_across_worker_threads_is_complete_and_ordered() {
             assert_eq!(offsets, (1..=PUBLICATIONS).collect::<Vec<_>>(), "{scheduler}: every publication, in order");
         }
         assert_eq!(herald.num_clients().await, SUBSCRIBERS as u64, "{scheduler}");
+        if scheduler == "thread_per_core" {
+            // The kernel spread the connections over the workers' sockets.
+            let metrics = herald.metrics().await;
+            let per_worker: Vec<u64> = (0..4)
+                .map(|i| {
+                    let line = format!("herald_worker_connections{{worker=\"{i}\"}} ");
+                    let value = metrics.lines().find_map(|l| l.strip_prefix(line.as_str()));
+                    value.unwrap_or_else(|| panic!("no {line} in {metrics}")).trim().parse().unwrap()
+                })
+                .collect();
+            assert_eq!(per_worker.iter().sum::<u64>(), SUBSCRIBERS as u64, "{per_worker:?}");
+            assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "all on one worker: {per_worker:?}");
+        }
     }
 }

@@ -51,6 +51,13 @@ pub trait ClientLink: Send + Sync + 'static {
     /// Queues one complete frame. Past `client.queue_max_size` bytes the transport closes the
     /// connection with 3008 and drops the frame.
     fn send(&self, frame: Bytes);
+    /// Like [`send`](ClientLink::send), but the transport may write the frame from the calling
+    /// thread right away when nothing else is queued, instead of waking the connection's task.
+    /// For isolated frames (server pings); a fan-out uses `send` so that each worker writes its
+    /// own connections in parallel.
+    fn send_now(&self, frame: Bytes) {
+        self.send(frame);
+    }
     /// Asks the transport to close the connection with `reason` (after flushing what is queued,
     /// except for slow clients). Idempotent: the first reason wins.
     fn close(&self, reason: DisconnectReason);
@@ -167,12 +174,14 @@ impl LinkTimers {
         }
         let next_ping = self.next_ping.load(Ordering::Relaxed);
         if ping_every > 0 && next_ping != 0 && now >= next_ping {
-            link.send(link.ping_frame());
+            // The pong may be handled before `send_now` returns (it writes right away and the
+            // connection's task reads on another thread): wait for it before sending the ping.
             if self.pong_expected.load(Ordering::Relaxed) && pong_timeout > 0 {
                 self.awaiting_pong.store(true, Ordering::Relaxed);
                 self.pong_deadline.store(now + pong_timeout, Ordering::Relaxed);
             }
             self.next_ping.store(now + ping_every, Ordering::Relaxed);
+            link.send_now(link.ping_frame());
         }
         let session = self.session_deadline.load(Ordering::Relaxed);
         if session != 0 && now >= session {

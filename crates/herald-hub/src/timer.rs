@@ -137,6 +137,10 @@ mod tests {
     struct Probe {
         timers: LinkTimers,
         closed: StdMutex<Option<u32>>,
+        /// Answers every ping before `send_now` returns, like a client whose pong is read on
+        /// another worker while the timer thread is still in `send_now`.
+        instant_pong: bool,
+        pings: StdMutex<u32>,
     }
 
     impl ClientLink for Probe {
@@ -147,6 +151,12 @@ mod tests {
             Framing::WsText
         }
         fn send(&self, _frame: Bytes) {}
+        fn send_now(&self, _frame: Bytes) {
+            *self.pings.lock().unwrap() += 1;
+            if self.instant_pong {
+                self.timers.pong_received();
+            }
+        }
         fn close(&self, reason: DisconnectReason) {
             *self.closed.lock().unwrap() = Some(reason.code);
         }
@@ -172,6 +182,32 @@ mod tests {
         drop(gone);
         assert_eq!(wheel.advance(7), 0);
         assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn a_pong_that_beats_the_ping_call_counts() {
+        // Pings every 10 ticks, pong timeout 3.
+        let wheel = TimerWheel::new(10, 3);
+        let probe = Arc::new(Probe { instant_pong: true, ..Probe::default() });
+        probe.timers.set_connected(10, true);
+        let link: Arc<dyn ClientLink> = probe.clone();
+        wheel.schedule(&link, 10);
+        for tick in 10..=35 {
+            wheel.advance(tick);
+        }
+        assert_eq!(*probe.pings.lock().unwrap(), 3, "pings at 10, 20 and 30");
+        assert_eq!(*probe.closed.lock().unwrap(), None, "closed although every ping was answered");
+
+        // Without pongs the same schedule closes with 3012 at the first pong deadline.
+        let silent = Arc::new(Probe::default());
+        silent.timers.set_connected(10, true);
+        let link: Arc<dyn ClientLink> = silent.clone();
+        let wheel = TimerWheel::new(10, 3);
+        wheel.schedule(&link, 10);
+        for tick in 10..=13 {
+            wheel.advance(tick);
+        }
+        assert_eq!(*silent.closed.lock().unwrap(), Some(3012));
     }
 
     #[test]

@@ -734,17 +734,22 @@ mod size_tests {
 
     /// The connection future is allocated for every connection; keep it small (DESIGN.md:
     /// "Idle costs nothing"). Command handling is boxed, so it does not count here.
-    #[tokio::test]
-    async fn connection_state_is_small() {
+    /// A link over a loopback connection, with the client's end of it.
+    async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<Node>, Arc<WsSettings>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
         let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
         let settings =
             Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
         let link = new_link(stream, Framing::WsText, false, &node, &settings);
+        (link, client, node, settings)
+    }
+
+    #[tokio::test]
+    async fn connection_state_is_small() {
+        let (link, _client, node, settings) = loopback_link().await;
         let fut = run(link, node, settings, Vec::new());
         let future_size = std::mem::size_of_val(&fut);
         let link_size = std::mem::size_of::<WsLink>();
@@ -759,14 +764,7 @@ mod size_tests {
     #[tokio::test]
     async fn send_now_writes_without_the_task_and_keeps_order() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
-        let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
-        let settings =
-            Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
-        let link = new_link(stream, Framing::WsText, false, &node, &settings);
+        let (link, mut client, _node, _settings) = loopback_link().await;
         link.send_now(Bytes::from_static(b"ping-1"));
         let mut got = [0u8; 6];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();

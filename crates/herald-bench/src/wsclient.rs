@@ -185,22 +185,7 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 
 /// Appends a masked, final client frame.
 pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    herald_proto::ws::unmask(&mut out[start..], mask);
+    herald_proto::ws::put_client_frame(out, true, opcode, payload, Some(mask));
 }
 
 /// One parsed server frame header.

@@ -299,16 +299,37 @@ pub fn header_len(len: usize) -> usize {
 /// Appends an unmasked, final frame header.
 pub fn put_header(out: &mut impl BufMut, opcode: Opcode, len: usize) {
     out.put_u8(0x80 | opcode as u8);
+    put_len(out, 0, len);
+}
+
+/// Appends the payload length field; `mask_bit` is 0x80 for a masked (client) frame.
+fn put_len(out: &mut impl BufMut, mask_bit: u8, len: usize) {
     match len {
-        0..=125 => out.put_u8(len as u8),
+        0..=125 => out.put_u8(mask_bit | len as u8),
         126..=65535 => {
-            out.put_u8(126);
+            out.put_u8(mask_bit | 126);
             out.put_u16(len as u16);
         }
         _ => {
-            out.put_u8(127);
+            out.put_u8(mask_bit | 127);
             out.put_u64(len as u64);
         }
+    }
+}
+
+/// Appends a client frame: masked with `mask`, or unmasked (which servers must reject) when
+/// `mask` is `None`. `opcode` is raw so that clients, tests and fuzz seeds can also write
+/// reserved opcodes. For load generators, tests and fuzzing; the server never sends these.
+pub fn put_client_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    out.push((if fin { 0x80 } else { 0 }) | opcode);
+    put_len(out, if mask.is_some() { 0x80 } else { 0 }, payload.len());
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        unmask(&mut out[start..], mask);
     }
 }
 
@@ -437,22 +458,8 @@ mod tests {
 
     /// Builds a masked client frame.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        let mut p = payload.to_vec();
-        unmask(&mut p, mask);
-        out.extend_from_slice(&p);
+        let mut out = Vec::new();
+        put_client_frame(&mut out, fin, opcode, payload, Some(mask));
         out
     }
 

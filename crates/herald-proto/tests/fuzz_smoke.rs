@@ -124,20 +124,8 @@ fn smoke(name: &str, seed: u64, seeds: &[Vec<u8>], mutated: usize, random: usize
 // ---------------------------------------------------------------------------------------------
 
 fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    let mut out = Vec::new();
+    herald_proto::ws::put_client_frame(&mut out, fin, opcode, payload, Some(mask));
     out
 }
 

@@ -100,12 +100,9 @@ fn metrics_response(state: &AppState) -> Response<Body> {
     metrics::gauge!("herald_subscriptions").set(stats.num_subs as f64);
     metrics::gauge!("herald_transport_connections", "transport" => "websocket")
         .set(crate::ws::OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
-    if state.config.runtime.scheduler == crate::config::THREAD_PER_CORE {
-        let workers = state.config.runtime.worker_count().min(crate::ws::WORKER_CONNECTIONS.len());
-        for (i, n) in crate::ws::WORKER_CONNECTIONS[..workers].iter().enumerate() {
-            metrics::gauge!("herald_worker_connections", "worker" => i.to_string())
-                .set(n.load(Ordering::Relaxed) as f64);
-        }
+    let workers = state.pinned_workers.min(crate::ws::WORKER_CONNECTIONS.len());
+    for (i, n) in crate::ws::WORKER_CONNECTIONS[..workers].iter().enumerate() {
+        metrics::gauge!("herald_worker_connections", "worker" => i.to_string()).set(n.load(Ordering::Relaxed) as f64);
     }
     Response::builder()
         .status(StatusCode::OK)

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub ws: Arc<WsSettings>,
     pub shutting_down: AtomicBool,
+    /// Worker threads that own their connections (thread-per-core); 0 with work stealing.
+    pub pinned_workers: usize,
 }
 
 /// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtimes).
@@ -57,7 +59,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
     let mut runtimes = runtimes.into_iter();
     let runtime = runtimes.next().expect("at least one worker");
-    let state = runtime.block_on(async { new_state(config, local) })?;
+    let state = runtime.block_on(async { new_state(config, local, workers) })?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
@@ -122,7 +124,7 @@ fn serve_work_stealing(
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async {
-        let state = new_state(config, local)?;
+        let state = new_state(config, local, 0)?;
         let listener = listeners.into_iter().next().expect("one listener");
         let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
@@ -224,7 +226,7 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 }
 
 /// Builds what request handlers share: the node, metrics and transport settings.
-fn new_state(config: Config, local: SocketAddr) -> Result<Arc<AppState>, String> {
+fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, String> {
     let metrics = telemetry::install_metrics()?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
@@ -241,7 +243,7 @@ fn new_state(config: Config, local: SocketAddr) -> Result<Arc<AppState>, String>
         stale_after: u32::try_from(config.client.stale_close_delay.as_millis().div_ceil(1000).max(1) + 1)
             .unwrap_or(u32::MAX),
     });
-    Ok(Arc::new(AppState { node, config, metrics, ws, shutting_down: AtomicBool::new(false) }))
+    Ok(Arc::new(AppState { node, config, metrics, ws, shutting_down: AtomicBool::new(false), pinned_workers }))
 }
 
 /// Accepts connections on `listener` until `accepting` turns false. Each connection gets a

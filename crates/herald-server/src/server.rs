@@ -135,13 +135,17 @@ fn worker_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))
 }
 
+/// Accept backlog asked of the kernel, which caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 65535;
+
 /// Binds `count` listening sockets on the address named by `http_server.address` and
 /// `http_server.port`, all on the same port.
 ///
 /// `SO_REUSEPORT` would let another process of the same user bind the port too and silently
 /// take a share of the connections; a probe bind without it fails first if anything listens
-/// there already (a second Herald included). The accept backlog is 4096 (the kernel caps it at
-/// `net.core.somaxconn`), so reconnect storms are not refused while the accept loops catch up.
+/// there already (a second Herald included). The accept backlog asked for is 65535, which the
+/// kernel caps at `net.core.somaxconn`: the host's setting decides how many connections of a
+/// reconnect storm can wait while the accept loops catch up (docs/operations.md).
 pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::net::ToSocketAddrs;
@@ -165,7 +169,7 @@ pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::Tcp
     };
     let open = |sockaddr: SocketAddr, reuse_port: bool| -> io::Result<std::net::TcpListener> {
         let socket = socket(sockaddr, reuse_port)?;
-        socket.listen(4096)?;
+        socket.listen(LISTEN_BACKLOG)?;
         Ok(socket.into())
     };
     let shared = cfg!(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))));

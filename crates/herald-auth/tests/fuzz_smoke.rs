@@ -1,14 +1,16 @@
 //! Stable-toolchain smoke run of the `jwt` fuzz target in `/fuzz` (cargo-fuzz needs nightly).
 //!
 //! Feeds the shared harness (included with `#[path]`) valid claims and tokens, mutations of
-//! them and random bytes, from a fixed seed so failures reproduce. A panic fails the test; the
-//! failing input is printed first.
-
-use std::panic::{AssertUnwindSafe, catch_unwind};
+//! them and random bytes (`fuzz/src/smoke.rs`), from a fixed seed so failures reproduce. A
+//! panic fails the test; the failing input is printed first.
 
 #[allow(unreachable_pub, dead_code)]
 #[path = "../../../fuzz/src/jwt.rs"]
 mod harness;
+
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../fuzz/src/smoke.rs"]
+mod smoke;
 
 use harness::{NOW, Verifiers, jwt, signed};
 
@@ -36,60 +38,6 @@ const REJECTED: &[&str] = &[
     r#"{"sub":"u"} trailing"#,
     r#"{"sub":"u","channels":"a"}"#,
 ];
-
-const INTERESTING: &[u8] = &[0x00, 0x7F, 0x80, 0xFF, b'{', b'}', b'[', b']', b'"', b'\\', b'.', b'=', b'-', b'_'];
-
-/// xorshift64*: tiny, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-}
-
-fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for _ in 0..1 + rng.below(3) {
-        let len = out.len();
-        match rng.below(6) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                out[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                out[i] = INTERESTING[rng.below(INTERESTING.len())];
-            }
-            2 => {
-                let i = rng.below(len + 1);
-                out.insert(i, rng.next() as u8);
-            }
-            3 if len > 0 => {
-                let start = rng.below(len);
-                let end = start + 1 + rng.below((len - start).min(8));
-                out.drain(start..end);
-            }
-            4 if len > 0 => out.truncate(rng.below(len)),
-            _ => {
-                let other = &seeds[rng.below(seeds.len())];
-                let cut = rng.below(len + 1);
-                out.truncate(cut);
-                out.extend_from_slice(&other[rng.below(other.len() + 1)..]);
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn seeds_reach_the_claims_parser() {
@@ -123,19 +71,5 @@ fn jwt_smoke() {
     // Whole signed tokens too, so that mutations hit the header, the dots and the signature.
     let mut seeds: Vec<Vec<u8>> = claims.iter().map(|c| signed(c).into_bytes()).collect();
     seeds.extend(claims);
-    let mut rng = Rng(0x6a77_7473_6d6f_6b65);
-    let mut inputs = seeds.clone();
-    for _ in 0..3_000 {
-        let base = &seeds[rng.below(seeds.len())];
-        inputs.push(mutate(&mut rng, base, &seeds));
-    }
-    for _ in 0..500 {
-        let len = rng.below(200);
-        inputs.push((0..len).map(|_| rng.next() as u8).collect());
-    }
-    for input in &inputs {
-        if catch_unwind(AssertUnwindSafe(|| jwt(&v, input))).is_err() {
-            panic!("jwt: target panicked on input {input:?}");
-        }
-    }
+    smoke::smoke("jwt", 0x5EED_0005, &seeds, 3000, 500, &|input: &[u8]| jwt(&v, input));
 }

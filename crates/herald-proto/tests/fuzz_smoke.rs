@@ -5,7 +5,6 @@
 //! A panic anywhere fails the test; the failing input is printed first.
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use herald_proto::{
@@ -18,106 +17,11 @@ use herald_proto::{
 #[path = "../../../fuzz/src/lib.rs"]
 mod harness;
 
-/// xorshift64*: tiny, deterministic, good enough to pick mutations.
-struct Rng(u64);
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../fuzz/src/smoke.rs"]
+mod smoke;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
-
-const INTERESTING: &[u8] =
-    &[0x00, 0x01, 0x7E, 0x7F, 0x80, 0x81, 0xFF, b'{', b'}', b'[', b']', b'"', b'\\', b'\n', b'\r', b':', b',', b' '];
-
-fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let len = out.len();
-        match rng.below(9) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                out[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                out[i] = if rng.below(2) == 0 { INTERESTING[rng.below(INTERESTING.len())] } else { rng.byte() };
-            }
-            2 => {
-                let i = rng.below(len + 1);
-                for _ in 0..1 + rng.below(4) {
-                    out.insert(i, rng.byte());
-                }
-            }
-            3 if len > 0 => {
-                let start = rng.below(len);
-                let end = start + 1 + rng.below((len - start).min(16));
-                out.drain(start..end);
-            }
-            4 if len > 0 => {
-                let start = rng.below(len);
-                let end = start + 1 + rng.below((len - start).min(32));
-                let copy = out[start..end].to_vec();
-                let at = rng.below(len + 1);
-                out.splice(at..at, copy);
-            }
-            5 if len > 0 => out.truncate(rng.below(len)),
-            6 => {
-                let other = &seeds[rng.below(seeds.len())];
-                let cut = rng.below(len + 1);
-                let from = rng.below(other.len() + 1);
-                out.truncate(cut);
-                out.extend_from_slice(&other[from..]);
-            }
-            7 if len > 1 => {
-                let (i, j) = (rng.below(len), rng.below(len));
-                out.swap(i, j);
-            }
-            _ => {
-                let other = &seeds[rng.below(seeds.len())];
-                out.extend_from_slice(other);
-            }
-        }
-    }
-    out
-}
-
-/// Runs `target` on every seed, then on `mutated` mutations and `random` random inputs.
-fn smoke(name: &str, seed: u64, seeds: &[Vec<u8>], mutated: usize, random: usize, target: fn(&[u8])) {
-    let mut rng = Rng(seed);
-    let mut inputs: Vec<Vec<u8>> = seeds.to_vec();
-    for _ in 0..mutated {
-        let base = &seeds[rng.below(seeds.len())];
-        let mut input = mutate(&mut rng, base, seeds);
-        // Sometimes stack mutations.
-        if rng.below(4) == 0 {
-            input = mutate(&mut rng, &input, seeds);
-        }
-        inputs.push(input);
-    }
-    for _ in 0..random {
-        let len = rng.below(300);
-        inputs.push((0..len).map(|_| rng.byte()).collect());
-    }
-    for input in &inputs {
-        if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
-            panic!("{name}: target panicked on input {input:?}");
-        }
-    }
-}
+use smoke::smoke;
 
 // ---------------------------------------------------------------------------------------------
 // Seeds
@@ -340,7 +244,7 @@ fn upgrade_seeds() -> Vec<Vec<u8>> {
 
 #[test]
 fn smoke_ws_frames() {
-    smoke("ws_frames", 0x5EED_0001, &ws_seeds(), 5000, 1000, harness::ws_frames);
+    smoke("ws_frames", 0x5EED_0001, &ws_seeds(), 5000, 1000, &harness::ws_frames);
 }
 
 #[test]
@@ -351,17 +255,17 @@ fn smoke_decode_json() {
         herald_proto::decode_commands(Encoding::Json, Bytes::copy_from_slice(seed), harness::MAX_COMMANDS)
             .expect("seed decodes");
     }
-    smoke("decode_json", 0x5EED_0002, &seeds, 5000, 1000, harness::decode_json);
+    smoke("decode_json", 0x5EED_0002, &seeds, 5000, 1000, &harness::decode_json);
 }
 
 #[test]
 fn smoke_decode_protobuf() {
-    smoke("decode_protobuf", 0x5EED_0003, &protobuf_seeds(), 5000, 1000, harness::decode_protobuf);
+    smoke("decode_protobuf", 0x5EED_0003, &protobuf_seeds(), 5000, 1000, &harness::decode_protobuf);
 }
 
 #[test]
 fn smoke_ws_upgrade() {
-    smoke("ws_upgrade", 0x5EED_0004, &upgrade_seeds(), 5000, 1000, harness::ws_upgrade);
+    smoke("ws_upgrade", 0x5EED_0004, &upgrade_seeds(), 5000, 1000, &harness::ws_upgrade);
 }
 
 #[test]

@@ -118,6 +118,13 @@ pub struct Common {
     /// Channel name (default depends on the scenario; personal and own channels add the index).
     #[arg(long)]
     pub channel: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// Where the result goes and how long a run may take, for every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
     /// Append the JSON result line to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -223,13 +230,6 @@ pub struct FloorArgs {
     /// Longest wait for outstanding deliveries after the last round.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub drain: Duration,
-    /// Append the JSON result line to this file.
-    #[arg(long)]
-    pub json_out: Option<PathBuf>,
-    /// Free text stored with the result.
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Hard limit on the whole run.
-    #[arg(long, value_parser = duration, default_value = "15m")]
-    pub max_time: Duration,
+    #[command(flatten)]
+    pub output: Output,
 }

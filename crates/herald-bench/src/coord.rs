@@ -79,7 +79,7 @@ fn setup(c: &Common, default_n: u64, default_procs: Option<usize>, held: bool) -
     if c.target == Target::Herald && c.hmac_secret.is_none() {
         eprintln!("note: no --hmac-secret: connecting without a token (needs allow_anonymous_connect_without_token)");
     }
-    Ok(Setup { c: c.clone(), urls, ws_path, n, procs, source_ips, deadline: Instant::now() + c.max_time })
+    Ok(Setup { c: c.clone(), urls, ws_path, n, procs, source_ips, deadline: Instant::now() + c.output.max_time })
 }
 
 /// Worker jobs for `stages` (cumulative connection counts; the last is N), split evenly.
@@ -131,7 +131,7 @@ fn jobs(s: &Setup, stages: &[u64], spec: &JobSpec) -> Vec<Job> {
                 handshake: spec.handshake.clone(),
                 api,
                 raw: false,
-                max_time_ms: (s.c.max_time + Duration::from_secs(60)).as_millis() as u64,
+                max_time_ms: (s.c.output.max_time + Duration::from_secs(60)).as_millis() as u64,
             }
         })
         .collect()
@@ -146,13 +146,7 @@ fn ramp_deadline(s: &Setup, n: u64) -> Instant {
 
 /// Fields every result line has.
 fn base(s: &Setup, scenario: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("scenario".into(), json!(scenario));
-    m.insert("target".into(), json!(s.c.target.as_str()));
-    m.insert("label".into(), json!(s.c.label));
-    m.insert("date".into(), json!(report::date()));
-    m.insert("git".into(), json!(report::git_describe()));
-    m.insert("machine".into(), report::machine());
+    let mut m = report::header(scenario, s.c.target.as_str(), s.c.output.label.as_deref());
     let urls: Vec<String> = s.urls.iter().map(|u| format!("http://{}{}", u.host, u.prefix)).collect();
     m.insert("url".into(), json!(urls.join(",")));
     m.insert("nodes".into(), json!(s.urls.len()));
@@ -747,7 +741,7 @@ fn print_connect(m: &Map<String, Value>) {
 }
 
 fn finish(s: &Setup, m: Map<String, Value>) -> Result<(), String> {
-    report::emit(&m, s.c.json_out.as_deref())
+    report::emit(&m, s.c.output.json_out.as_deref())
 }
 
 /// Opens all connections of a single-stage run and samples memory once they are idle.

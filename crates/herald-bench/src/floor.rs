@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -126,7 +126,7 @@ fn check(a: &FloorArgs) -> Result<(), String> {
 
 pub async fn run(a: FloorArgs) -> Result<(), String> {
     check(&a)?;
-    let deadline = Instant::now() + a.max_time;
+    let deadline = Instant::now() + a.output.max_time;
     let n = a.connections;
     let source_ips = match a.source_ips.as_deref() {
         Some("none") => Vec::new(),
@@ -198,18 +198,12 @@ pub async fn run(a: FloorArgs) -> Result<(), String> {
                 handshake: None,
                 api: None,
                 raw: true,
-                max_time_ms: (a.max_time + Duration::from_secs(60)).as_millis() as u64,
+                max_time_ms: (a.output.max_time + Duration::from_secs(60)).as_millis() as u64,
             }
         })
         .collect();
 
-    let mut m = Map::new();
-    m.insert("scenario".into(), json!("floor"));
-    m.insert("target".into(), json!("tcp"));
-    m.insert("label".into(), json!(a.label));
-    m.insert("date".into(), json!(report::date()));
-    m.insert("git".into(), json!(report::git_describe()));
-    m.insert("machine".into(), report::machine());
+    let mut m = report::header("floor", "tcp", a.output.label.as_deref());
     m.insert("connections_requested".into(), json!(n));
     m.insert("procs".into(), json!(a.procs));
     m.insert("source_ips".into(), json!(source_ips.len()));
@@ -443,7 +437,7 @@ pub async fn run(a: FloorArgs) -> Result<(), String> {
     eprintln!("  publish→last     {}", stats::human(&g("latency_last")));
     eprintln!("  per delivery     {}", stats::human(&g("latency_delivery")));
     eprintln!("  machine CPU      {}; readers {} s", g("machine_cpu"), g("client_cpu_s"));
-    report::emit(&m, a.json_out.as_deref())
+    report::emit(&m, a.output.json_out.as_deref())
 }
 
 #[cfg(test)]

@@ -17,6 +17,18 @@ pub fn machine() -> Value {
     })
 }
 
+/// The fields every result line starts with.
+pub fn header(scenario: &str, target: &str, label: Option<&str>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("scenario".into(), json!(scenario));
+    m.insert("target".into(), json!(target));
+    m.insert("label".into(), json!(label));
+    m.insert("date".into(), json!(date()));
+    m.insert("git".into(), json!(git_describe()));
+    m.insert("machine".into(), machine());
+    m
+}
+
 pub fn date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     utc_datetime(secs)

@@ -29,9 +29,10 @@ pub fn delivered(n: usize) {
 
 /// Counter handles by label set, created once. Registering through the macro on every call
 /// hashes and looks up the labels each time, which showed in handshake profiles.
-type Handles<K> = OnceLock<Mutex<HashMap<K, Counter>>>;
+pub type Handles<K> = OnceLock<Mutex<HashMap<K, Counter>>>;
 
-fn cached<K: Eq + Hash + Copy>(cell: &'static Handles<K>, key: K, make: impl FnOnce() -> Counter) -> Counter {
+/// The counter for `key` in `cell`, made by `make` the first time.
+pub fn cached<K: Eq + Hash + Copy>(cell: &'static Handles<K>, key: K, make: impl FnOnce() -> Counter) -> Counter {
     let mut map = cell.get_or_init(Default::default).lock().expect("metric handles");
     map.entry(key).or_insert_with(make).clone()
 }

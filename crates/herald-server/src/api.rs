@@ -8,10 +8,10 @@
 //! With `X-Herald-Error-Mode: transport` (or `X-Centrifugo-Error-Mode`) API errors are returned
 //! as bare `{code, message}` objects with a matching HTTP status instead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -45,19 +45,14 @@ fn transport_error(status: StatusCode, message: &str) -> Response<Body> {
 /// Counts an API request. Handles are cached per (method, status): a registry lookup with
 /// label allocation on every request showed up in profiles of the publish path.
 fn api_metric(method: &'static str, status: u16) {
-    type Key = (&'static str, u16);
-    static HANDLES: OnceLock<Mutex<HashMap<Key, metrics::Counter>>> = OnceLock::new();
-    let mut handles = HANDLES.get_or_init(Default::default).lock().expect("api metric handles");
-    let counter = match handles.get(&(method, status)) {
-        Some(c) => c.clone(),
-        None => {
-            let c = metrics::counter!("herald_api_requests_total", "method" => method, "status" => status.to_string());
-            handles.insert((method, status), c.clone());
-            c
-        }
-    };
-    drop(handles);
-    counter.increment(1);
+    use herald_hub::metrics::{Handles, cached};
+    static H: Handles<(&'static str, u16)> = OnceLock::new();
+    cached(
+        &H,
+        (method, status),
+        || metrics::counter!("herald_api_requests_total", "method" => method, "status" => status.to_string()),
+    )
+    .increment(1);
 }
 
 /// Entry point for every non-WebSocket HTTP request.

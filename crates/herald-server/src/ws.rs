@@ -732,8 +732,6 @@ mod size_tests {
     use super::*;
     use herald_hub::{HubConfig, NodeIdentity, SystemClock};
 
-    /// The connection future is allocated for every connection; keep it small (DESIGN.md:
-    /// "Idle costs nothing"). Command handling is boxed, so it does not count here.
     /// A link over a loopback connection, with the client's end of it.
     async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<Node>, Arc<WsSettings>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -747,6 +745,8 @@ mod size_tests {
         (link, client, node, settings)
     }
 
+    /// The connection future is allocated for every connection; keep it small (DESIGN.md:
+    /// "Idle costs nothing"). Command handling is boxed, so it does not count here.
     #[tokio::test]
     async fn connection_state_is_small() {
         let (link, _client, node, settings) = loopback_link().await;
@@ -757,6 +757,18 @@ mod size_tests {
         eprintln!("connection future {future_size} B, link {link_size} B, session {session_size} B");
         assert!(future_size <= 320, "connection future grew to {future_size} bytes");
         assert!(link_size <= 320, "link grew to {link_size} bytes");
+    }
+
+    /// A command batch is boxed per message (3,952 bytes before connect and subscribe boxed
+    /// their own state and commands were passed by reference); small boxes stay in the
+    /// allocator's fast size classes.
+    #[tokio::test]
+    async fn command_batch_future_is_small() {
+        let (link, _client, node, _settings) = loopback_link().await;
+        let mut session = Session::new(link);
+        let batch = handle_commands(&mut session, &node, Vec::new());
+        let size = std::mem::size_of_val(&batch);
+        assert!(size <= 768, "command batch future grew to {size} bytes");
     }
 
     /// `send_now` writes from the calling thread: the frame arrives although no task runs the
@@ -776,30 +788,5 @@ mod size_tests {
         let mut got = [0u8; 12];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
         assert_eq!(&got, b"queuedping-2");
-    }
-}
-
-#[cfg(test)]
-mod batch_size_tests {
-    use super::*;
-    use herald_hub::{HubConfig, NodeIdentity, SystemClock};
-
-    /// A command batch is boxed per message (3,952 bytes before connect and subscribe boxed
-    /// their own state and commands were passed by reference); small boxes stay in the
-    /// allocator's fast size classes.
-    #[tokio::test]
-    async fn command_batch_future_is_small() {
-        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
-        let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        let settings =
-            Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
-        let link = new_link(stream, Framing::WsText, false, &node, &settings);
-        let mut session = Session::new(link);
-        let batch = handle_commands(&mut session, &node, Vec::new());
-        let size = std::mem::size_of_val(&batch);
-        assert!(size <= 768, "command batch future grew to {size} bytes");
     }
 }

@@ -118,11 +118,9 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if !["text", "json"].contains(&cfg.log.format.as_str()) {
         return Err(format!("log.format: {:?} is not one of text, json", cfg.log.format));
     }
-    if ![crate::config::THREAD_PER_CORE, crate::config::WORK_STEALING].contains(&cfg.runtime.scheduler.as_str()) {
-        return Err(format!(
-            "runtime.scheduler: {:?} is not one of thread_per_core, work_stealing",
-            cfg.runtime.scheduler
-        ));
+    let schedulers = [crate::config::THREAD_PER_CORE, crate::config::WORK_STEALING];
+    if !schedulers.contains(&cfg.runtime.scheduler.as_str()) {
+        return Err(format!("runtime.scheduler: {:?} is not one of {}", cfg.runtime.scheduler, schedulers.join(", ")));
     }
 
     let endpoints = [

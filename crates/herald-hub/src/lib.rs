@@ -6,12 +6,14 @@
 //! - [`node`]: ties them together and implements the server API operations;
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
 //! - [`link`]: the trait transports implement for each connection;
+//! - [`conn`]: what a transport tells a session about its connection (peer address, transport);
 //! - [`channel`], [`config`], [`recovery`], [`duration`], [`clock`]: rules and helpers.
 
 pub mod broker;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod duration;
 pub mod hub;
 pub mod link;
@@ -24,6 +26,7 @@ pub mod wake;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::HubConfig;
+pub use conn::{ConnectionInfo, Transport};
 pub use link::{ClientLink, Control, LinkTimers, ServerSubscribe};
 pub use node::{Node, NodeIdentity};
 pub use session::{Flow, Session};

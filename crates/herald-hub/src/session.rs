@@ -25,6 +25,7 @@ use rand::Rng;
 
 use crate::broker::HistoryQuery;
 use crate::config::{ChannelOptions, RecoveryMode};
+use crate::conn::ConnectionInfo;
 use crate::hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
@@ -132,6 +133,7 @@ impl SubSpec {
 pub struct Session {
     link: Arc<dyn ClientLink>,
     state: State,
+    conn: ConnectionInfo,
     user: Arc<str>,
     conn_info: Bytes,
     /// Unix seconds when the connection expires (0: never).
@@ -150,10 +152,11 @@ fn ttl(expire_at: i64, now: i64) -> u32 {
 const MAX_EXPIRY_SECS: i64 = 365 * 24 * 3600;
 
 impl Session {
-    pub fn new(link: Arc<dyn ClientLink>) -> Session {
+    pub fn new(link: Arc<dyn ClientLink>, conn: ConnectionInfo) -> Session {
         Session {
             link,
             state: State::Fresh,
+            conn,
             user: Arc::from(""),
             conn_info: Bytes::new(),
             expire_at: 0,
@@ -163,6 +166,11 @@ impl Session {
 
     pub fn link(&self) -> &Arc<dyn ClientLink> {
         &self.link
+    }
+
+    /// The connection as its transport accepted it (peer address, transport).
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.conn
     }
 
     pub fn is_connected(&self) -> bool {

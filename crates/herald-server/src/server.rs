@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_hub::{ConnectionInfo, Node, NodeIdentity, SystemClock, Transport};
 use herald_proto::codes::DISCONNECT_SHUTDOWN;
 use herald_proto::{Encoding, Framing};
 use hyper_util::rt::TokioIo;
@@ -422,7 +422,7 @@ async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) 
     let _ = stream.shutdown().await;
 }
 
-async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: SocketAddr) {
+async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
     // On Linux the accepted socket inherits TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
@@ -442,7 +442,7 @@ async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: Socke
             && req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"))
     };
     if is_ws {
-        websocket(state, stream, head).await;
+        websocket(state, stream, head, peer).await;
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
@@ -450,7 +450,7 @@ async fn handle_connection(state: Arc<AppState>, stream: TcpStream, _peer: Socke
     }
 }
 
-async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>) {
+async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
     if state.shutting_down.load(Ordering::Relaxed) {
         return reject(stream, 503, "shutting down", "").await;
     }
@@ -498,7 +498,8 @@ async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>) {
     let early = head[head_len..].to_vec();
     let link = ws::new_link(stream, framing, native_ping, &state.node, &state.ws);
     // The long-lived task holds only the connection loop, not this handshake's state.
-    tokio::spawn(ws::run(link, state.node.clone(), state.ws.clone(), early));
+    let conn = ConnectionInfo::new(peer, Transport::WebSocket);
+    tokio::spawn(ws::run(link, state.node.clone(), state.ws.clone(), early, conn));
 }
 
 async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes) {

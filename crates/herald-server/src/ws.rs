@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_hub::link::ping_frame;
-use herald_hub::{ClientLink, Control, Flow, LinkTimers, Node, Session};
+use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, LinkTimers, Node, Session};
 use herald_proto::codes::{DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, DISCONNECT_SLOW};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
 use herald_proto::{Command, DisconnectReason, Encoding, Framing, decode_commands};
@@ -497,11 +497,11 @@ pub fn new_link(
 /// The connection task: runs until the connection is closed, then cleans up the session.
 ///
 /// `early` holds bytes the client sent right after its handshake request, if any.
-pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, early: Vec<u8>) {
+pub async fn run(link: Arc<WsLink>, node: Arc<Node>, settings: Arc<WsSettings>, early: Vec<u8>, conn: ConnectionInfo) {
     OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     count_on_worker(link.worker, true);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    let mut session = Box::new(Session::new(dyn_link));
+    let mut session = Box::new(Session::new(dyn_link, conn));
     let unparsed = !early.is_empty();
     let mut read = ReadState { partial: early, unparsed, reader: MessageReader::new() };
     // Bytes sent right after the handshake are parsed before waiting for readiness.
@@ -750,7 +750,7 @@ mod size_tests {
     #[tokio::test]
     async fn connection_state_is_small() {
         let (link, _client, node, settings) = loopback_link().await;
-        let fut = run(link, node, settings, Vec::new());
+        let fut = run(link, node, settings, Vec::new(), ConnectionInfo::default());
         let future_size = std::mem::size_of_val(&fut);
         let link_size = std::mem::size_of::<WsLink>();
         let session_size = std::mem::size_of::<Session>();
@@ -765,7 +765,7 @@ mod size_tests {
     #[tokio::test]
     async fn command_batch_future_is_small() {
         let (link, _client, node, _settings) = loopback_link().await;
-        let mut session = Session::new(link);
+        let mut session = Session::new(link, ConnectionInfo::default());
         let batch = handle_commands(&mut session, &node, Vec::new());
         let size = std::mem::size_of_val(&batch);
         assert!(size <= 768, "command batch future grew to {size} bytes");

@@ -14,7 +14,9 @@ use herald_hub::broker::{
     PublishOptions, PublishOutcome,
 };
 use herald_hub::config::{ChannelOptions, Namespace};
-use herald_hub::{ClientLink, Clock, Control, Flow, HubConfig, LinkTimers, ManualClock, Node, NodeIdentity, Session};
+use herald_hub::{
+    ClientLink, Clock, ConnectionInfo, Control, Flow, HubConfig, LinkTimers, ManualClock, Node, NodeIdentity, Session,
+};
 use herald_proto::{
     ClientInfo, Command, ConnectRequest, ConnectResult, DisconnectReason, Framing, Publication, Reply,
     SubscribeRequest, SubscribeResult, decode_replies,
@@ -286,7 +288,7 @@ impl Client {
         let stale_at = node.tick() + node.config().client.stale_close_delay.as_secs() as u32;
         link.timers().set_stale(stale_at);
         node.timers.schedule(&dyn_link, stale_at);
-        let session = Session::new(dyn_link.clone());
+        let session = Session::new(dyn_link.clone(), ConnectionInfo::default());
         Client { link, dyn_link, session, framing, next_id: 0, seen: 0 }
     }
 

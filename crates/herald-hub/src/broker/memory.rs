@@ -1,5 +1,5 @@
 //! The single-node memory broker: channel streams (history with offset and epoch, idempotency
-//! keys) in process, and delivery straight to the node's handler.
+//! keys) in process, and delivery straight to the registered handler from the publishing task.
 //!
 //! Guarantees beyond the [`Broker`] contract: a publish with history or an idempotency key
 //! appends to the stream and hands the publication to the handler under the same per-channel
@@ -26,10 +26,12 @@ use super::{
 };
 use crate::clock::Clock;
 
+/// An already-completed engine future (the memory engines never wait).
 pub(super) fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
     Box::pin(std::future::ready(v))
 }
 
+/// Lock shards of the memory engines' channel maps.
 pub(super) const SHARDS: usize = 64;
 
 pub(super) fn shard_of<K: Hash + ?Sized>(hasher: &std::collections::hash_map::RandomState, key: &K) -> usize {
@@ -413,6 +415,58 @@ mod tests {
         let third = b.publish("ch", publication(3), &o).now_or_never().unwrap().unwrap();
         assert!(!third.suppressed);
         assert_eq!(third.position.unwrap().offset, 2);
+    }
+
+    /// Records what the broker hands to the node.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl BrokerHandler for Recorder {
+        fn handle_publication(&self, channel: &str, p: &Publication, _exclude: Option<uuid::Uuid>) {
+            self.seen.lock().unwrap().push(format!("pub {channel} {} {}", p.offset, p.epoch.len()));
+        }
+        fn handle_join(&self, channel: &str, info: &ClientInfo) {
+            self.seen.lock().unwrap().push(format!("join {channel} {}", info.client));
+        }
+        fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+            self.seen.lock().unwrap().push(format!("leave {channel} {}", info.client));
+        }
+        fn handle_control(&self, _payload: Bytes) {
+            self.seen.lock().unwrap().push("control".into());
+        }
+    }
+
+    #[test]
+    fn delivers_to_the_registered_handler_in_offset_order_and_ignores_control() {
+        let b = MemoryBroker::new(Arc::new(ManualClock::new(0)));
+        let rec = Arc::new(Recorder::default());
+        b.set_handler(rec.clone()).unwrap();
+        let mut keyed = opts(10);
+        keyed.idempotency_key = Some("k".into());
+        let _ = b.publish("ch", publication(1), &keyed).now_or_never();
+        let _ = b.publish("ch", publication(2), &keyed).now_or_never();
+        let _ = b.publish("ch", publication(3), &opts(10)).now_or_never();
+        let _ = b.publish("plain", publication(4), &opts(0)).now_or_never();
+        let info = ClientInfo { client: "c1".into(), ..Default::default() };
+        b.publish_join("ch", info.clone()).now_or_never().unwrap().unwrap();
+        b.publish_leave("ch", info).now_or_never().unwrap().unwrap();
+        b.publish_control(None, Bytes::from_static(b"cmd")).now_or_never().unwrap().unwrap();
+        // The suppressed duplicate is not delivered; only the first of a stream carries the epoch.
+        assert_eq!(
+            *rec.seen.lock().unwrap(),
+            ["pub ch 1 4", "pub ch 2 0", "pub plain 0 0", "join ch c1", "leave ch c1"]
+        );
+        assert!(b.healthy());
+    }
+
+    #[test]
+    fn serves_one_node_only() {
+        let b = MemoryBroker::new(Arc::new(ManualClock::new(0)));
+        b.set_handler(Arc::new(Recorder::default())).unwrap();
+        let err = b.set_handler(Arc::new(Recorder::default())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected);
     }
 
     #[test]

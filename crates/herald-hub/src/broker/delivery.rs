@@ -1,6 +1,7 @@
 //! The node's delivery sink: hands what an engine delivers to the local subscribers in the hub
 //! and counts the pushes. It holds only the hub, so an engine may call it from any task and
-//! under its own locks (lock order: engine → hub shard → hub channel) without reaching the node.
+//! under its own locks (lock order: engine channel → hub, whose shard and channel locks are
+//! taken one after the other) without reaching the node.
 
 use std::sync::Arc;
 

@@ -2,7 +2,8 @@
 //!
 //! - [`session`]: the per-client protocol state machine;
 //! - [`hub`]: channel → subscribers and user → connections indexes, and fan-out;
-//! - [`broker`]: the engine trait (PUB/SUB + history + presence) and the memory engine;
+//! - [`broker`]: the engine contract (PUB/SUB, history, presence, node-to-node control, typed
+//!   errors), the delivery sink into the hub, and the memory engines;
 //! - [`node`]: ties them together and implements the server API operations;
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
 //! - [`link`]: the trait transports implement for each connection;

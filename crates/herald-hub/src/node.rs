@@ -6,7 +6,7 @@
 //! `Arc<Node>`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +16,8 @@ use herald_proto::{ClientInfo, DisconnectReason, ErrorCode, Publication, StreamP
 use uuid::Uuid;
 
 use crate::broker::{
-    Broker, BrokerHandler, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence, PresenceManager, PublishOptions,
-    PublishOutcome,
+    Broker, BrokerError, Delivery, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence, PresenceManager,
+    PublishOptions, PublishOutcome,
 };
 use crate::channel::{Channels, Resolved};
 use crate::clock::Clock;
@@ -68,7 +68,8 @@ pub struct Target {
 pub struct Node {
     pub(crate) cfg: HubConfig,
     pub(crate) channels: Channels,
-    pub hub: Hub,
+    /// Shared with the engine's delivery sink, which reaches the hub without the node.
+    pub hub: Arc<Hub>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) presence: Arc<dyn PresenceManager>,
     pub(crate) tokens: TokenVerifier,
@@ -86,7 +87,7 @@ impl Node {
         Node::with_engines(cfg, identity, clock, broker, Arc::new(MemoryPresence::default()))
     }
 
-    /// Builds a node with the given engines.
+    /// Builds a node with the given engines and registers the hub's delivery sink with the broker.
     pub fn with_engines(
         cfg: HubConfig,
         identity: NodeIdentity,
@@ -119,8 +120,10 @@ impl Node {
         }
         let timers = TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout));
         let start_ms = clock.now_ms();
-        let node = Arc::new(Node {
-            hub: Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64),
+        let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
+        broker.set_handler(Arc::new(Delivery::new(hub.clone()))).map_err(|e| format!("broker: {e}"))?;
+        Ok(Arc::new(Node {
+            hub,
             cfg,
             channels,
             broker,
@@ -131,10 +134,7 @@ impl Node {
             clock,
             start_ms,
             identity,
-        });
-        let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&node) as Weak<dyn BrokerHandler>;
-        node.broker.set_handler(weak);
-        Ok(node)
+        }))
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -214,10 +214,7 @@ impl Node {
                 }
                 Ok(o)
             }
-            Err(e) => {
-                tracing::warn!(channel, error = %e, "publish failed");
-                Err(ERROR_INTERNAL)
-            }
+            Err(e) => Err(engine_failure("publish", channel, e)),
         }
     }
 
@@ -299,7 +296,7 @@ impl Node {
         if !resolved.options().presence {
             return Err(ERROR_NOT_AVAILABLE);
         }
-        let map = self.presence.presence(channel).await.map_err(|_| ERROR_INTERNAL)?;
+        let map = self.presence.presence(channel).await.map_err(|e| engine_failure("presence", channel, e))?;
         Ok(map.into_iter().collect())
     }
 
@@ -309,7 +306,7 @@ impl Node {
         if !resolved.options().presence {
             return Err(ERROR_NOT_AVAILABLE);
         }
-        self.presence.presence_stats(channel).await.map_err(|_| ERROR_INTERNAL)
+        self.presence.presence_stats(channel).await.map_err(|e| engine_failure("presence stats", channel, e))
     }
 
     /// Server API `history` (no limit cap, unlike the client command).
@@ -341,7 +338,7 @@ impl Node {
         }
         let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
         let query = HistoryQuery { since, limit, reverse, meta_ttl: self.meta_ttl(options) };
-        let slice = self.broker.history(channel, query).await.map_err(|_| ERROR_INTERNAL)?;
+        let slice = self.broker.history(channel, query).await.map_err(|e| engine_failure("history", channel, e))?;
         if !since_epoch.is_empty() && since_epoch != slice.top.epoch {
             return Err(ERROR_UNRECOVERABLE_POSITION);
         }
@@ -354,7 +351,7 @@ impl Node {
         if !resolved.options().history_enabled() {
             return Err(ERROR_NOT_AVAILABLE);
         }
-        self.broker.remove_history(channel).await.map_err(|_| ERROR_INTERNAL)
+        self.broker.remove_history(channel).await.map_err(|e| engine_failure("history remove", channel, e))
     }
 
     /// Server API `channels`: channels with local subscribers matching a glob pattern
@@ -377,6 +374,12 @@ impl Node {
         }
         links.len()
     }
+}
+
+/// An engine failure as a client sees it (error 100), logged with what failed.
+fn engine_failure(op: &'static str, channel: &str, e: BrokerError) -> ErrorCode {
+    tracing::warn!(channel, error = %e, "{op} failed");
+    ERROR_INTERNAL
 }
 
 fn secs(d: Duration) -> u32 {
@@ -419,23 +422,6 @@ fn glob(pattern: &str) -> Option<regex::Regex> {
     }
     re.push('$');
     regex::Regex::new(&re).ok()
-}
-
-impl BrokerHandler for Node {
-    fn handle_publication(&self, channel: &str, publication: &Publication, exclude_client: Option<Uuid>) {
-        let n = self.hub.broadcast_publication(channel, publication, exclude_client);
-        metrics::delivered(n);
-    }
-
-    fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        let n = self.hub.broadcast_join(channel, info);
-        metrics::delivered(n);
-    }
-
-    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        let n = self.hub.broadcast_leave(channel, info);
-        metrics::delivered(n);
-    }
 }
 
 #[cfg(test)]

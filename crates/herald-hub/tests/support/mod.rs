@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use herald_hub::broker::{
-    BoxFuture, Broker, BrokerError, BrokerHandler, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence,
+    BoxFuture, Broker, BrokerError, BrokerHandler, ErrorKind, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence,
     PublishOptions, PublishOutcome,
 };
 use herald_hub::config::{ChannelOptions, Namespace};
@@ -611,8 +611,8 @@ impl HookBroker {
 }
 
 impl Broker for HookBroker {
-    fn set_handler(&self, handler: std::sync::Weak<dyn BrokerHandler>) {
-        self.inner.set_handler(handler);
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError> {
+        self.inner.set_handler(handler)
     }
 
     fn publish<'a>(
@@ -622,7 +622,7 @@ impl Broker for HookBroker {
         opts: &'a PublishOptions,
     ) -> BoxFuture<'a, Result<PublishOutcome, BrokerError>> {
         if self.fail_publish.load(std::sync::atomic::Ordering::SeqCst) {
-            return Box::pin(std::future::ready(Err(BrokerError("injected publish failure".into()))));
+            return Box::pin(std::future::ready(Err(injected("publish"))));
         }
         self.inner.publish(channel, publication, opts)
     }
@@ -635,9 +635,13 @@ impl Broker for HookBroker {
         self.inner.publish_leave(channel, info)
     }
 
+    fn publish_control<'a>(&'a self, node: Option<&'a str>, payload: Bytes) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.inner.publish_control(node, payload)
+    }
+
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         if self.fail_subscribe.load(std::sync::atomic::Ordering::SeqCst) {
-            return Box::pin(std::future::ready(Err(BrokerError("injected subscribe failure".into()))));
+            return Box::pin(std::future::ready(Err(injected("subscribe"))));
         }
         self.inner.subscribe(channel)
     }
@@ -653,7 +657,7 @@ impl Broker for HookBroker {
     ) -> BoxFuture<'a, Result<HistorySlice, BrokerError>> {
         self.reads.lock().unwrap().push(channel.to_owned());
         if self.fail_history.load(std::sync::atomic::Ordering::SeqCst) {
-            return Box::pin(std::future::ready(Err(BrokerError("injected history failure".into()))));
+            return Box::pin(std::future::ready(Err(injected("history"))));
         }
         self.run_hooks(channel, Phase::BeforeRead);
         let slice = self.inner.history(channel, query).now_or_never().expect("ready");
@@ -668,6 +672,15 @@ impl Broker for HookBroker {
     fn housekeep(&self, now_ms: i64) {
         self.inner.housekeep(now_ms);
     }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
+}
+
+/// The failure the hook broker injects into `op`.
+fn injected(op: &'static str) -> BrokerError {
+    BrokerError::new(ErrorKind::Unavailable, format!("injected {op} failure"))
 }
 
 /// Publish options matching a namespace made with [`history`] (size, ttl).

@@ -1,130 +1,40 @@
-//! The broker: what makes a cluster. Publishing into channel streams (history with offset and
-//! epoch), node interest in channels, and join/leave events. [`MemoryBroker`] is the
-//! single-node engine; Redis and NATS brokers implement the same trait in `herald-cluster`.
+//! The single-node memory broker: channel streams (history with offset and epoch, idempotency
+//! keys) in process, and delivery straight to the registered handler from the publishing task.
 //!
-//! Every method returns a boxed future so that engines doing network I/O fit the same trait.
-//! The memory engine's futures are always ready.
+//! Guarantees beyond the [`Broker`] contract: a publish with history or an idempotency key
+//! appends to the stream and hands the publication to the handler under the same per-channel
+//! lock, so publications of one channel reach the hub in offset order and a history read never
+//! sees a publication not yet handed to the hub. Lock order: broker channel → hub (the handler
+//! is the node's [`super::Delivery`], which takes only hub locks and never calls back here).
+//! Publishes without history or key, joins and leaves are delivered without any broker lock.
 //!
-//! Ordering contract: a broker delivers publications of one channel to the
-//! [`BrokerHandler`] in offset order. The memory engine goes further: it appends to history and
-//! calls the handler under the same per-channel lock, so a history read never sees a
-//! publication that the handler has not been given yet.
+//! Control messages are ignored: with a single node there is no other node to tell, and the
+//! sender applies its commands to its own connections itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_proto::{ClientInfo, Publication, StreamPosition};
 use rand::Rng;
 
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerHandler, ErrorKind, HistoryQuery, HistorySlice, PublishOptions,
+    PublishOutcome,
+};
 use crate::clock::Clock;
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A broker failure (network, engine). Clients see it as error 100.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerError(pub String);
-
-impl std::fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "broker error: {}", self.0)
-    }
-}
-
-impl std::error::Error for BrokerError {}
-
-/// How to store a publication.
-#[derive(Debug, Clone, Default)]
-pub struct PublishOptions {
-    /// Publications to keep (0: no history).
-    pub history_size: usize,
-    pub history_ttl: Duration,
-    pub history_meta_ttl: Duration,
-    /// Dedupe key: a second publish with the same key within the window is not delivered and
-    /// returns the first one's position.
-    pub idempotency_key: Option<String>,
-    /// Do not deliver to this client (Herald's `exclude_client`).
-    pub exclude_client: Option<uuid::Uuid>,
-}
-
-/// The result of a publish.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PublishOutcome {
-    /// Stream position of the publication when history is on.
-    pub position: Option<StreamPosition>,
-    /// True when an idempotency key matched an earlier publish (nothing was delivered).
-    pub suppressed: bool,
-}
-
-/// A history query.
-#[derive(Debug, Clone, Default)]
-pub struct HistoryQuery {
-    pub since: Option<StreamPosition>,
-    /// Maximum publications: 0 returns only the stream position, negative means all.
-    pub limit: i64,
-    pub reverse: bool,
-    /// Meta TTL of the stream (kept alive by reads).
-    pub meta_ttl: Duration,
-}
-
-/// Publications plus the stream top.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HistorySlice {
-    pub publications: Vec<Publication>,
-    pub top: StreamPosition,
-}
-
-/// Receives what the broker delivers to this node.
-pub trait BrokerHandler: Send + Sync {
-    fn handle_publication(&self, channel: &str, publication: &Publication, exclude_client: Option<uuid::Uuid>);
-    fn handle_join(&self, channel: &str, info: &ClientInfo);
-    fn handle_leave(&self, channel: &str, info: &ClientInfo);
-}
-
-/// PUB/SUB between nodes plus channel streams.
-pub trait Broker: Send + Sync + 'static {
-    /// Registers the node's handler (called once at start).
-    fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
-    fn publish<'a>(
-        &'a self,
-        channel: &'a str,
-        publication: Publication,
-        opts: &'a PublishOptions,
-    ) -> BoxFuture<'a, Result<PublishOutcome, BrokerError>>;
-    fn publish_join<'a>(&'a self, channel: &'a str, info: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
-    fn publish_leave<'a>(&'a self, channel: &'a str, info: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
-    /// This node has a first local subscriber of `channel`.
-    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
-    /// This node's last local subscriber of `channel` left.
-    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
-    fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery)
-    -> BoxFuture<'a, Result<HistorySlice, BrokerError>>;
-    /// Drops the publications of a stream, keeping its position.
-    fn remove_history<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
-    /// Periodic housekeeping (expiry); `now_ms` is Unix milliseconds.
-    fn housekeep(&self, _now_ms: i64) {}
-}
-
-/// Presence storage.
-pub trait PresenceManager: Send + Sync + 'static {
-    fn add_presence<'a>(&'a self, channel: &'a str, info: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
-    fn remove_presence<'a>(&'a self, channel: &'a str, client: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
-    fn presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>>;
-    /// (clients, distinct users).
-    fn presence_stats<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(u32, u32), BrokerError>>;
-}
-
-fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
+/// An already-completed engine future (the memory engines never wait).
+pub(super) fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
     Box::pin(std::future::ready(v))
 }
 
-const SHARDS: usize = 64;
+/// Lock shards of the memory engines' channel maps.
+pub(super) const SHARDS: usize = 64;
 
-fn shard_of<K: Hash + ?Sized>(hasher: &std::collections::hash_map::RandomState, key: &K) -> usize {
+pub(super) fn shard_of<K: Hash + ?Sized>(hasher: &std::collections::hash_map::RandomState, key: &K) -> usize {
     (hasher.hash_one(key) as usize) % SHARDS
 }
 
@@ -225,7 +135,9 @@ type ChannelMap = HashMap<String, Arc<Mutex<ChannelState>>>;
 pub struct MemoryBroker {
     shards: Box<[Mutex<ChannelMap>]>,
     hasher: std::collections::hash_map::RandomState,
-    handler: RwLock<Option<Weak<dyn BrokerHandler>>>,
+    /// Set once at registration: each publish reads it with one atomic load, no lock or
+    /// reference count.
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
     clock: Arc<dyn Clock>,
     idempotent_ttl: Duration,
 }
@@ -235,14 +147,14 @@ impl MemoryBroker {
         MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
-            handler: RwLock::new(None),
+            handler: OnceLock::new(),
             clock,
             idempotent_ttl: Duration::from_secs(300),
         }
     }
 
-    fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
-        self.handler.read().expect("handler lock").as_ref().and_then(Weak::upgrade)
+    fn handler(&self) -> Option<&dyn BrokerHandler> {
+        self.handler.get().map(|h| &**h)
     }
 
     fn channel(&self, channel: &str, create: bool) -> Option<Arc<Mutex<ChannelState>>> {
@@ -319,8 +231,10 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
-        *self.handler.write().expect("handler lock") = Some(handler);
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError> {
+        self.handler.set(handler).map_err(|_| {
+            BrokerError::new(ErrorKind::Rejected, "memory broker handler registration (already serving a node)")
+        })
     }
 
     fn publish<'a>(
@@ -343,6 +257,14 @@ impl Broker for MemoryBroker {
         if let Some(h) = self.handler() {
             h.handle_leave(channel, &info);
         }
+        ready(Ok(()))
+    }
+
+    fn publish_control<'a>(
+        &'a self,
+        _node: Option<&'a str>,
+        _payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         ready(Ok(()))
     }
 
@@ -373,6 +295,10 @@ impl Broker for MemoryBroker {
         ready(Ok(()))
     }
 
+    fn healthy(&self) -> bool {
+        true
+    }
+
     fn housekeep(&self, now_ms: i64) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("broker shard");
@@ -382,61 +308,6 @@ impl Broker for MemoryBroker {
                 Err(_) => true,
             });
         }
-    }
-}
-
-/// channel → client id → info.
-type PresenceMap = HashMap<String, HashMap<String, ClientInfo>>;
-
-/// Single-node presence.
-pub struct MemoryPresence {
-    shards: Box<[Mutex<PresenceMap>]>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Default for MemoryPresence {
-    fn default() -> Self {
-        MemoryPresence { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: Default::default() }
-    }
-}
-
-impl MemoryPresence {
-    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, PresenceMap> {
-        self.shards[shard_of(&self.hasher, channel)].lock().expect("presence shard")
-    }
-}
-
-impl PresenceManager for MemoryPresence {
-    fn add_presence<'a>(&'a self, channel: &'a str, info: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.shard(channel).entry(channel.to_owned()).or_default().insert(info.client.clone(), info);
-        ready(Ok(()))
-    }
-
-    fn remove_presence<'a>(&'a self, channel: &'a str, client: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let mut shard = self.shard(channel);
-        if let Some(m) = shard.get_mut(channel) {
-            m.remove(client);
-            if m.is_empty() {
-                shard.remove(channel);
-            }
-        }
-        ready(Ok(()))
-    }
-
-    fn presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
-        ready(Ok(self.shard(channel).get(channel).cloned().unwrap_or_default()))
-    }
-
-    fn presence_stats<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(u32, u32), BrokerError>> {
-        let shard = self.shard(channel);
-        let stats = match shard.get(channel) {
-            Some(m) => {
-                let users: std::collections::HashSet<&str> = m.values().map(|i| i.user.as_str()).collect();
-                (m.len() as u32, users.len() as u32)
-            }
-            None => (0, 0),
-        };
-        ready(Ok(stats))
     }
 }
 
@@ -546,6 +417,58 @@ mod tests {
         assert_eq!(third.position.unwrap().offset, 2);
     }
 
+    /// Records what the broker hands to the node.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl BrokerHandler for Recorder {
+        fn handle_publication(&self, channel: &str, p: &Publication, _exclude: Option<uuid::Uuid>) {
+            self.seen.lock().unwrap().push(format!("pub {channel} {} {}", p.offset, p.epoch.len()));
+        }
+        fn handle_join(&self, channel: &str, info: &ClientInfo) {
+            self.seen.lock().unwrap().push(format!("join {channel} {}", info.client));
+        }
+        fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+            self.seen.lock().unwrap().push(format!("leave {channel} {}", info.client));
+        }
+        fn handle_control(&self, _payload: Bytes) {
+            self.seen.lock().unwrap().push("control".into());
+        }
+    }
+
+    #[test]
+    fn delivers_to_the_registered_handler_in_offset_order_and_ignores_control() {
+        let b = MemoryBroker::new(Arc::new(ManualClock::new(0)));
+        let rec = Arc::new(Recorder::default());
+        b.set_handler(rec.clone()).unwrap();
+        let mut keyed = opts(10);
+        keyed.idempotency_key = Some("k".into());
+        let _ = b.publish("ch", publication(1), &keyed).now_or_never();
+        let _ = b.publish("ch", publication(2), &keyed).now_or_never();
+        let _ = b.publish("ch", publication(3), &opts(10)).now_or_never();
+        let _ = b.publish("plain", publication(4), &opts(0)).now_or_never();
+        let info = ClientInfo { client: "c1".into(), ..Default::default() };
+        b.publish_join("ch", info.clone()).now_or_never().unwrap().unwrap();
+        b.publish_leave("ch", info).now_or_never().unwrap().unwrap();
+        b.publish_control(None, Bytes::from_static(b"cmd")).now_or_never().unwrap().unwrap();
+        // The suppressed duplicate is not delivered; only the first of a stream carries the epoch.
+        assert_eq!(
+            *rec.seen.lock().unwrap(),
+            ["pub ch 1 4", "pub ch 2 0", "pub plain 0 0", "join ch c1", "leave ch c1"]
+        );
+        assert!(b.healthy());
+    }
+
+    #[test]
+    fn serves_one_node_only() {
+        let b = MemoryBroker::new(Arc::new(ManualClock::new(0)));
+        b.set_handler(Arc::new(Recorder::default())).unwrap();
+        let err = b.set_handler(Arc::new(Recorder::default())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected);
+    }
+
     #[test]
     fn remove_history_keeps_position() {
         let b = MemoryBroker::new(Arc::new(ManualClock::new(0)));
@@ -554,17 +477,5 @@ mod tests {
         let h = b.history("ch", q(None, "", -1, false)).now_or_never().unwrap().unwrap();
         assert!(h.publications.is_empty());
         assert_eq!(h.top.offset, 1);
-    }
-
-    #[test]
-    fn presence_counts_users() {
-        let p = MemoryPresence::default();
-        for (c, u) in [("c1", "u1"), ("c2", "u1"), ("c3", "")] {
-            let info = ClientInfo { client: c.into(), user: u.into(), ..Default::default() };
-            p.add_presence("ch", info).now_or_never().unwrap().unwrap();
-        }
-        assert_eq!(p.presence_stats("ch").now_or_never().unwrap().unwrap(), (3, 2));
-        p.remove_presence("ch", "c1").now_or_never().unwrap().unwrap();
-        assert_eq!(p.presence("ch").now_or_never().unwrap().unwrap().len(), 2);
     }
 }

@@ -554,3 +554,58 @@ async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult,
     }
     Ok(BatchResult { replies })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(value: &T) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    /// Answers keep the bytes of the `serde_json::Value` objects they replaced: sorted keys,
+    /// payloads re-serialized compactly, empty parts left out.
+    #[test]
+    fn answers_serialize_with_sorted_keys() {
+        assert_eq!(json(&PublishResult::from(None)), "{}");
+        let position = StreamPosition { offset: 3, epoch: "e".into() };
+        assert_eq!(json(&PublishResult::from(Some(position))), r#"{"epoch":"e","offset":3}"#);
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Bytes::from_static(br#"{"b": 1, "a": 2}"#),
+            chan_info: Bytes::from_static(b"\xff"),
+        };
+        let publication = Publication {
+            data: Bytes::from_static(b"[1, 2]"),
+            info: Some(info.clone()),
+            offset: 7,
+            tags: BTreeMap::from([("t".into(), "v".into())]),
+            ..Default::default()
+        };
+        let history =
+            HistoryResult { epoch: "e".into(), offset: 7, publications: vec![publication, Publication::default()] };
+        assert_eq!(
+            json(&history),
+            r#"{"epoch":"e","offset":7,"publications":[{"data":[1,2],"info":{"b64chan_info":"/w==","client":"c","conn_info":{"a":2,"b":1},"user":"u"},"offset":7,"tags":{"t":"v"}},{}]}"#
+        );
+        let presence = PresenceResult { presence: BTreeMap::from([("c".into(), info)]) };
+        assert!(json(&presence).starts_with(r#"{"presence":{"c":{"b64chan_info":"/w==","client":"c","#));
+        let replies = BatchResult {
+            replies: vec![
+                BatchReply::Answer(BTreeMap::from([("publish", serde_json::value::to_raw_value(&Empty {}).unwrap())])),
+                BatchReply::Error { error: ERROR_METHOD_NOT_FOUND.into() },
+            ],
+        };
+        assert_eq!(json(&replies), r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}}]}"#);
+    }
+
+    #[test]
+    fn every_method_is_found_by_its_name_once() {
+        for method in &METHODS {
+            assert!(std::ptr::eq(find(method.name).unwrap(), method), "{}", method.name);
+        }
+        assert!(find("nope").is_none());
+        assert_eq!(METHODS.iter().filter(|m| !m.wrap_result).count(), 1, "only batch answers bare");
+    }
+}

@@ -9,7 +9,7 @@
 //! Each transport is one folder here plus one [`crate::router::Route`]: [`ws`] today; SSE
 //! (`sse`), HTTP streaming (`http_stream`) and long polling (`long_poll`) go next to it.
 //!
-//! This module also holds what transports share before any protocol runs: [`reject`], a plain
+//! This module also holds what transports share before any protocol runs: `reject`, a plain
 //! HTTP error written straight to the socket.
 
 pub mod ws;

@@ -1,9 +1,9 @@
 //! The WebSocket transport.
 //!
-//! - [`handshake`]: upgrade checks, origin policy, encoding negotiation, the 101 response;
-//! - [`link`]: [`WsLink`], the connection's `ClientLink` (outbound queue and writes);
-//! - [`conn`]: the connection task (reads, commands, goodbye);
-//! - [`queue`]: the outbound frame queue.
+//! - `handshake`: upgrade checks, origin policy, encoding negotiation, the 101 response;
+//! - `link`: [`WsLink`], the connection's `ClientLink` (outbound queue and writes);
+//! - `conn`: the connection task (reads, commands, goodbye);
+//! - `queue`: the outbound frame queue.
 //!
 //! Idle cost is the design constraint (DESIGN.md, "Idle costs nothing"):
 //! - no read buffer per connection: the task waits for readiness, then reads into a per-thread

@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::loader::{self, CONFIG_ENV, Loaded, Overrides};
+use crate::server::StartupError;
 use crate::telemetry;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -153,8 +154,9 @@ struct CheckconfigArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        // The start-up error's message is what is printed.
+        None => serve(cli.serve).map_err(|e| e.to_string()),
+        Some(Command::Serve(args)) => serve(args).map_err(|e| e.to_string()),
         Some(Command::Genconfig(args)) => genconfig(args),
         Some(Command::Gentoken(args)) => gentoken(args),
         Some(Command::Gensubtoken(args)) => gensubtoken(args),
@@ -196,15 +198,15 @@ fn load_and_warn(file: Option<&Path>, overrides: &Overrides) -> Result<Config, S
     Ok(config)
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+fn serve(args: ServeArgs) -> Result<(), StartupError> {
     let overrides =
         Overrides { port: args.port, address: args.address, log_level: args.log_level, api_key: args.api_key };
     let file = config_file(args.config);
-    let config = load_and_warn(file.as_deref(), &overrides)?;
+    let config = load_and_warn(file.as_deref(), &overrides).map_err(StartupError::Config)?;
     // Before anything creates metric handles (validation builds a hub): handles created
     // without a recorder stay no-ops. The server asks for the same handle again.
-    telemetry::install_metrics()?;
-    loader::validate(&config)?;
+    telemetry::install_metrics().map_err(StartupError::Metrics)?;
+    loader::validate(&config).map_err(StartupError::Config)?;
     print_warnings(&loader::warnings(&config));
     telemetry::init_logging(&config.log);
     crate::server::serve(config)

@@ -1,17 +1,30 @@
 //! Herald server: transports, server API, configuration, metrics and the `herald` command.
 //!
+//! A connection flows through the modules in this order:
+//! [`server`] (accept) → [`entry`] (read the first request head) → [`router`] (a [`router::Route`])
+//! → a transport under [`transport`] (today [`transport::ws`]) or hyper → [`api`]; all of them
+//! share [`state`].
+//!
 //! - [`config`] / [`loader`]: the configuration and how it is layered (flags > env > file);
 //! - [`cli`]: the `herald` command line (serve, genconfig, gentoken, checkconfig, version);
-//! - [`server`]: start-up, the accept loop, timers and graceful shutdown;
-//! - [`ws`]: the WebSocket transport (handshake, per-connection task, outbound queue);
-//! - [`api`]: the server HTTP API, health and metrics endpoints;
+//! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
+//!   shutdown;
+//! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
+//! - [`entry`]: a connection's first request head, then a transport or hyper;
+//! - [`router`]: request head → [`router::Route`], the one list of endpoints;
+//! - [`transport`]: client transports ([`transport::ws`]: handshake, connection task, link,
+//!   outbound queue);
+//! - [`api`]: the server HTTP API (plumbing, and the method table in [`api::methods`]), health and
+//!   metrics endpoints;
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod entry;
 pub mod loader;
-mod queue;
+pub mod router;
 pub mod server;
+pub mod state;
 pub mod telemetry;
-pub mod ws;
+pub mod transport;

@@ -1,41 +1,71 @@
-//! Start-up, the accept loop, timers and graceful shutdown.
-//!
-//! Every TCP connection starts the same way: its request head is read (with a size limit and a
-//! deadline) and routed. A WebSocket upgrade on the WebSocket path is handled by our own
-//! handshake and handed to [`crate::ws`], which owns the raw socket from then on; anything else
-//! goes to hyper with the bytes already read replayed (API, health, metrics, keep-alive).
+//! Start-up, the worker threads and their accept loops, timers and graceful shutdown; and
+//! [`StartupError`], why start-up failed. Accepted connections go to [`crate::entry`].
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use herald_hub::{ConnectionInfo, Node, NodeIdentity, SystemClock, Transport};
+use herald_hub::{Node, NodeIdentity, SystemClock};
 use herald_proto::codes::DISCONNECT_SHUTDOWN;
-use herald_proto::{Encoding, Framing};
-use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::{Config, WORK_STEALING};
+use crate::entry::handle_connection;
+use crate::state::AppState;
 use crate::telemetry;
-use crate::ws::{self, WsSettings};
 
-/// What request handlers share.
-pub struct AppState {
-    pub node: Arc<Node>,
-    pub config: Config,
-    pub metrics: PrometheusHandle,
-    pub ws: Arc<WsSettings>,
-    pub shutting_down: AtomicBool,
-    /// Worker threads that own their connections (thread-per-core); 0 with work stealing.
-    pub pinned_workers: usize,
+/// Why the server could not start (or a worker could not keep its listener).
+#[derive(Debug)]
+pub enum StartupError {
+    /// Resolving, binding or listening on `address` failed.
+    Bind {
+        address: String,
+        error: io::Error,
+    },
+    /// A listening socket could not be handed to the runtime or asked for its address.
+    Listener(io::Error),
+    Runtime(io::Error),
+    WorkerThread(io::Error),
+    Metrics(metrics_exporter_prometheus::BuildError),
+    /// The configuration (or a part only the node checks) is invalid: `key: problem`.
+    Config(String),
+}
+
+impl StartupError {
+    /// A configuration problem, from anything that displays as `key: problem`.
+    pub fn config(problem: impl fmt::Display) -> Self {
+        StartupError::Config(problem.to_string())
+    }
+}
+
+impl fmt::Display for StartupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartupError::Bind { address, error } => write!(f, "cannot listen on {address}: {error}"),
+            StartupError::Listener(e) => write!(f, "{e}"),
+            StartupError::Runtime(e) => write!(f, "cannot start runtime: {e}"),
+            StartupError::WorkerThread(e) => write!(f, "cannot start worker thread: {e}"),
+            StartupError::Metrics(e) => write!(f, "cannot install the Prometheus metrics recorder: {e}"),
+            StartupError::Config(problem) => f.write_str(problem),
+        }
+    }
+}
+
+impl std::error::Error for StartupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartupError::Bind { error: e, .. }
+            | StartupError::Listener(e)
+            | StartupError::Runtime(e)
+            | StartupError::WorkerThread(e) => Some(e),
+            StartupError::Metrics(e) => Some(e),
+            StartupError::Config(_) => None,
+        }
+    }
 }
 
 /// Runs Herald until SIGINT/SIGTERM (blocking; builds the runtimes).
@@ -46,11 +76,11 @@ pub struct AppState {
 /// it, so reads, commands and writes never cross threads; only deliveries from another thread
 /// do (`docs/architecture.md`, "Threads"). The calling thread is worker 0 and also runs the
 /// timers and the shutdown sequence.
-pub fn serve(config: Config) -> Result<(), String> {
+pub fn serve(config: Config) -> Result<(), StartupError> {
     let workers = config.runtime.worker_count();
     let per_core = config.runtime.scheduler != WORK_STEALING;
     let listeners = bind_listeners(&config, if per_core { workers } else { 1 })?;
-    let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let local = listeners[0].local_addr().map_err(StartupError::Listener)?;
     let (accepting_tx, accepting) = tokio::sync::watch::channel(true);
     if !per_core {
         return serve_work_stealing(config, workers, listeners, local, accepting_tx, accepting);
@@ -69,23 +99,23 @@ pub fn serve(config: Config) -> Result<(), String> {
         let (state, accepting, mut exit) = (state.clone(), accepting.clone(), exit.clone());
         let thread = std::thread::Builder::new()
             .name(format!("herald-worker-{}", i + 1))
-            .spawn(move || -> Result<(), String> {
+            .spawn(move || -> Result<(), StartupError> {
                 worker.block_on(async move {
                     start_relay(i + 1);
-                    let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                    let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
                     accept_loop(&state, listener, accepting).await;
                     // Keep serving the connections of this thread until the shutdown is over.
                     let _ = exit.wait_for(|done| *done).await;
-                    Ok::<(), String>(())
+                    Ok::<(), StartupError>(())
                 })
             })
-            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            .map_err(StartupError::WorkerThread)?;
         threads.push(thread);
     }
 
     let result = runtime.block_on(async {
         start_relay(0);
-        let listener = TcpListener::from_std(first).map_err(|e| e.to_string())?;
+        let listener = TcpListener::from_std(first).map_err(StartupError::Listener)?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
     });
     let _ = exit_tx.send(true);
@@ -116,23 +146,23 @@ fn serve_work_stealing(
     local: SocketAddr,
     accepting_tx: tokio::sync::watch::Sender<bool>,
     accepting: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), StartupError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .thread_name("herald-worker")
         .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
+        .map_err(StartupError::Runtime)?;
     runtime.block_on(async {
         let state = new_state(config, local, 0)?;
         let listener = listeners.into_iter().next().expect("one listener");
-        let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
     })
 }
 
-fn worker_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))
+fn worker_runtime() -> Result<tokio::runtime::Runtime, StartupError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartupError::Runtime)
 }
 
 /// Accept backlog asked of the kernel, which caps it at `net.core.somaxconn`.
@@ -146,14 +176,14 @@ const LISTEN_BACKLOG: i32 = 65535;
 /// there already (a second Herald included). The accept backlog asked for is 65535, which the
 /// kernel caps at `net.core.somaxconn`: the host's setting decides how many connections of a
 /// reconnect storm can wait while the accept loops catch up (docs/operations.md).
-pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::TcpListener>, StartupError> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::net::ToSocketAddrs;
     let address = if config.http_server.address.is_empty() { "0.0.0.0" } else { &config.http_server.address };
     let addr = format!("{address}:{}", config.http_server.port);
-    let fail = |e: io::Error| format!("cannot listen on {addr}: {e}");
+    let fail = |error: io::Error| StartupError::Bind { address: addr.clone(), error };
     let mut sockaddr =
-        addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| format!("cannot listen on {addr}: no address"))?;
+        addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| fail(io::Error::other("no address")))?;
     let socket = |sockaddr: SocketAddr, reuse_port: bool| -> io::Result<Socket> {
         let socket = Socket::new(Domain::for_address(sockaddr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
@@ -230,24 +260,14 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 }
 
 /// Builds what request handlers share: the node, metrics and transport settings.
-fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, String> {
-    let metrics = telemetry::install_metrics()?;
+fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
+    let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
-    let ws = Arc::new(WsSettings {
-        max_message: config.websocket.message_size_limit,
-        queue_max: config.client.queue_max_size,
-        max_commands: config.client.max_commands_per_frame,
-        // Timer ticks are whole seconds and a connection opens somewhere inside the current
-        // tick: round the delay up and add that partial tick, so that no connection is closed
-        // as stale before the full `client.stale_close_delay`.
-        stale_after: u32::try_from(config.client.stale_close_delay.as_millis().div_ceil(1000).max(1) + 1)
-            .unwrap_or(u32::MAX),
-    });
-    Ok(Arc::new(AppState { node, config, metrics, ws, shutting_down: AtomicBool::new(false), pinned_workers }))
+    let node = Node::new(config.hub(), identity, Arc::new(SystemClock)).map_err(StartupError::config)?;
+    Ok(Arc::new(AppState::new(config, node, metrics, pinned_workers)))
 }
 
 /// Accepts connections on `listener` until `accepting` turns false. Each connection gets a
@@ -288,9 +308,9 @@ async fn run(
     accepting_tx: tokio::sync::watch::Sender<bool>,
     accepting: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), StartupError> {
     let node = state.node.clone();
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let local = listener.local_addr().map_err(StartupError::Listener)?;
     let timers = tokio::spawn({
         let node = node.clone();
         async move {
@@ -312,7 +332,7 @@ async fn run(
     state.shutting_down.store(true, Ordering::SeqCst);
     tracing::info!("shutting down: closing {} clients", node.hub.num_clients());
     let cfg = &state.config.shutdown;
-    let _ = tokio::time::timeout(cfg.timeout, close_clients(&node, cfg.client_close_window)).await;
+    let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
     tracing::info!("shutdown complete");
     Ok(())
@@ -320,7 +340,8 @@ async fn run(
 
 /// Closes every client with 3001 (reconnect), spread over `window` so they do not reconnect
 /// elsewhere all at once, then waits for their sessions to be cleaned up.
-async fn close_clients(node: &Node, window: Duration) {
+async fn close_clients(state: &AppState, window: Duration) {
+    let node = &state.node;
     let links = node.hub.all_links();
     if !links.is_empty() {
         let batches = links.len().clamp(1, 20);
@@ -341,218 +362,13 @@ async fn close_clients(node: &Node, window: Duration) {
     }
     // Let the close frames reach the sockets.
     let deadline = Instant::now() + Duration::from_secs(1);
-    while ws::OPEN_CONNECTIONS.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while state.connections.total() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "herald".into())
-}
-
-/// Reads a request head: returns the bytes read (head and possibly more).
-async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
-    let mut buf = Vec::with_capacity(1024.min(max));
-    let mut checked: usize = 0;
-    let mut first = true;
-    loop {
-        // The request usually arrives with the connection: try reading before waiting for a
-        // readiness event from the reactor.
-        if !std::mem::take(&mut first) {
-            stream.readable().await.map_err(|_| HeadError::Closed)?;
-        }
-        if buf.len() == buf.capacity() {
-            if buf.capacity() >= max {
-                return Err(HeadError::TooLarge);
-            }
-            buf.reserve((buf.capacity() * 2).min(max) - buf.len());
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        match stream.try_read(&mut buf[len..]) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(len);
-                continue;
-            }
-            Err(_) => return Err(HeadError::Closed),
-        }
-        let from = checked.saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(buf);
-        }
-        checked = buf.len();
-        if buf.len() >= max {
-            return Err(HeadError::TooLarge);
-        }
-    }
-}
-
-enum HeadError {
-    Closed,
-    TooLarge,
-}
-
-/// A plain HTTP response written straight to the socket (before hyper is involved).
-fn raw_response(status: u16, reason: &str, extra_headers: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn status_reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
-async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) {
-    metrics::counter!("herald_transport_rejected_total", "status" => status.to_string()).increment(1);
-    let body = serde_json::json!({ "error": message }).to_string();
-    let _ = stream.write_all(&raw_response(status, status_reason(status), extra, &body)).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
-    // On Linux the accepted socket inherits TCP_NODELAY from the listener.
-    #[cfg(not(target_os = "linux"))]
-    let _ = stream.set_nodelay(true);
-    let http = &state.config.http_server;
-    let head =
-        match tokio::time::timeout(http.request_head_timeout, read_head(&stream, http.max_request_head_size)).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(HeadError::TooLarge)) => return reject(stream, 431, "request head too large", "").await,
-            Ok(Err(HeadError::Closed)) | Err(_) => return,
-        };
-    let ws_cfg = &state.config.websocket;
-    let is_ws = !ws_cfg.disabled && {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        matches!(req.parse(&head), Ok(httparse::Status::Complete(_)))
-            && req.path.map(|p| p.split('?').next() == Some(ws_cfg.handler_prefix.as_str())).unwrap_or(false)
-            && req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-    };
-    if is_ws {
-        websocket(state, stream, head, peer).await;
-    } else {
-        // Boxed: hyper's connection state is large, and the task's future is as large as its
-        // largest branch; the WebSocket path should not pay for copying it around.
-        Box::pin(serve_http(state, stream, Bytes::from(head))).await;
-    }
-}
-
-async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
-    if state.shutting_down.load(Ordering::Relaxed) {
-        return reject(stream, 503, "shutting down", "").await;
-    }
-    // Everything needed from the borrowed request is extracted before any await.
-    let decision = {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&head) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => return reject(stream, 400, "malformed request", "").await,
-        };
-        let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
-        match herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers) {
-            Err(e) => Err((e.status, e.message)),
-            Ok(up) => {
-                if !ws::origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
-                    Err((403, "origin not allowed"))
-                } else {
-                    let (encoding, protocol) = ws::negotiate(&up.protocols, query);
-                    let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
-                    Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len))
-                }
-            }
-        }
-    };
-    let (response, encoding, native_ping, head_len) = match decision {
-        Ok(d) => d,
-        Err((status, message)) => {
-            let extra = match status {
-                426 => "Sec-WebSocket-Version: 13\r\n",
-                // RFC 9110 §15.5.6: a 405 names the allowed methods.
-                405 => "Allow: GET\r\n",
-                _ => "",
-            };
-            return reject(stream, status, message, extra).await;
-        }
-    };
-    if stream.write_all(&response).await.is_err() {
-        return;
-    }
-    let framing = match encoding {
-        Encoding::Json => Framing::WsText,
-        Encoding::Protobuf => Framing::WsBinary,
-    };
-    let early = head[head_len..].to_vec();
-    let link = ws::new_link(stream, framing, native_ping, &state.node, &state.ws);
-    // The long-lived task holds only the connection loop, not this handshake's state.
-    let conn = ConnectionInfo::new(peer, Transport::WebSocket);
-    tokio::spawn(ws::run(link, state.node.clone(), state.ws.clone(), early, conn));
-}
-
-async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes) {
-    let io = TokioIo::new(Rewind { prefix: head, inner: stream });
-    let service = hyper::service::service_fn(move |req| crate::api::handle(state.clone(), req));
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "http connection ended with an error");
-    }
-}
-
-/// A stream that first replays bytes already read from it.
-struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 #[cfg(test)]
@@ -586,7 +402,7 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(accepted.iter().all(|s| s.nodelay().unwrap()), "TCP_NODELAY inherited from the listener");
         // The port is taken now, for a listener with or without SO_REUSEPORT.
-        let err = bind_listeners(&loopback(port), 2).unwrap_err();
+        let err = bind_listeners(&loopback(port), 2).unwrap_err().to_string();
         assert!(err.starts_with(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
         assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
     }

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
@@ -57,14 +57,12 @@ static PROMETHEUS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 /// Idempotent: later calls return the same handle. Fails only if some other recorder was
 /// installed first. Install it before anything records metrics: metric handles created while no
 /// recorder is installed stay no-ops.
-pub fn install_metrics() -> Result<PrometheusHandle, String> {
+pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     let mut slot = PROMETHEUS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("cannot install the Prometheus metrics recorder: {e}"))?;
+    let handle = PrometheusBuilder::new().install_recorder()?;
     *slot = Some(handle.clone());
     Ok(handle)
 }

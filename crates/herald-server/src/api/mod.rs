@@ -1,0 +1,203 @@
+//! The server HTTP API (`POST /api/<method>`) and the plain HTTP endpoints next to it
+//! (`GET /health`, `GET /metrics`, JSON errors): the HTTP side of the API. The methods
+//! themselves (request and response types, handlers, the method table) are in [`methods`].
+//!
+//! Request and response shapes follow the Centrifugo v5+ HTTP API: the body is the method's
+//! request object, the answer is HTTP 200 with `{"result": ...}` or `{"error": {code, message}}`.
+//! Transport-level problems get a status and a JSON body `{"error": "..."}`: 401 without a valid
+//! key, 400 for a body that is not valid JSON for the method, 404 for an unknown method, 405
+//! for a method other than POST, 413 for a body over `http_api.max_body_size`.
+//! With `X-Herald-Error-Mode: transport` (or `X-Centrifugo-Error-Mode`) API errors are returned
+//! as bare `{code, message}` objects with a matching HTTP status instead.
+
+pub mod methods;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use herald_proto::ErrorCode;
+use herald_proto::codes::ERROR_METHOD_NOT_FOUND;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::state::AppState;
+use methods::{ApiContext, ApiMethod, BadJson};
+
+pub type Body = Full<Bytes>;
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A transport-level error: `status` with `{"error": message}`.
+pub fn transport_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, json!({ "error": message }).to_string().into_bytes())
+}
+
+/// Counts an API request. Handles are cached per (method, status): a registry lookup with
+/// label allocation on every request showed up in profiles of the publish path.
+fn api_metric(method: &'static str, status: u16) {
+    use herald_hub::metrics::{Handles, cached};
+    static H: Handles<(&'static str, u16)> = OnceLock::new();
+    cached(
+        &H,
+        (method, status),
+        || metrics::counter!("herald_api_requests_total", "method" => method, "status" => status.to_string()),
+    )
+    .increment(1);
+}
+
+/// `GET /health`: `{}`, or 503 once shutting down.
+pub fn health(state: &AppState) -> Response<Body> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return transport_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    json_response(StatusCode::OK, b"{}".to_vec())
+}
+
+/// `GET /metrics`: gauges sampled now, then the Prometheus text exposition.
+pub fn metrics(state: &AppState) -> Response<Body> {
+    let stats = state.node.stats();
+    metrics::gauge!("herald_connections").set(stats.num_clients as f64);
+    metrics::gauge!("herald_users").set(stats.num_users as f64);
+    metrics::gauge!("herald_channels").set(stats.num_channels as f64);
+    metrics::gauge!("herald_subscriptions").set(stats.num_subs as f64);
+    for (transport, open) in state.connections.by_transport() {
+        metrics::gauge!("herald_transport_connections", "transport" => transport.name()).set(open as f64);
+    }
+    for (i, open) in state.connections.by_worker().enumerate() {
+        metrics::gauge!("herald_worker_connections", "worker" => i.to_string()).set(open as f64);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(state.metrics.render())))
+        .expect("valid response")
+}
+
+/// Answers an API request for `method` (`None`: the path names no method), coming from `peer`.
+pub async fn handle(
+    state: &AppState,
+    method: Option<&'static ApiMethod>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let response = call(state, method, req, peer).await;
+    api_metric(method.map_or("unknown", |m| m.name), response.status().as_u16());
+    response
+}
+
+fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
+    let cfg = &state.config.http_api;
+    if cfg.insecure {
+        return true;
+    }
+    if cfg.key.is_empty() {
+        return false;
+    }
+    let key = cfg.key.as_bytes();
+    let headers = req.headers();
+    if headers.get("x-api-key").is_some_and(|v| constant_eq(v.as_bytes(), key)) {
+        return true;
+    }
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some((scheme, value)) = v.split_once(' ')
+        && scheme.eq_ignore_ascii_case("apikey")
+        && constant_eq(value.trim().as_bytes(), key)
+    {
+        return true;
+    }
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("api_key="))
+        .any(|v| constant_eq(v.as_bytes(), key))
+}
+
+/// Compares without an early exit, so the key cannot be guessed byte by byte from timing.
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn transport_mode(req: &Request<Incoming>) -> bool {
+    ["x-herald-error-mode", "x-centrifugo-error-mode"]
+        .iter()
+        .any(|h| req.headers().get(*h).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport")))
+}
+
+async fn call(
+    state: &AppState,
+    method: Option<&'static ApiMethod>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    if req.method() != Method::POST {
+        // RFC 9110 §15.5.6: a 405 names the allowed methods.
+        let mut response = transport_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
+        response.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        return response;
+    }
+    if !authorized(state, &req) {
+        return transport_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid API key");
+    }
+    let Some(method) = method else {
+        return transport_error(StatusCode::NOT_FOUND, "unknown API method");
+    };
+    let transport = transport_mode(&req);
+    let limit = state.config.http_api.max_body_size;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Err(_) => return transport_error(StatusCode::BAD_REQUEST, "cannot read request body"),
+    };
+    let ctx = ApiContext { state, peer };
+    let result = match (method.call)(&ctx, &body).await {
+        Ok(r) => r,
+        Err(BadJson(msg)) => return transport_error(StatusCode::BAD_REQUEST, &format!("invalid request: {msg}")),
+    };
+    match result {
+        Ok(value) if !method.wrap_result => {
+            json_response(StatusCode::OK, Box::<str>::from(value).into_string().into_bytes())
+        }
+        Ok(value) => {
+            let value = value.get();
+            let mut body = Vec::with_capacity(value.len() + 11);
+            body.extend_from_slice(b"{\"result\":");
+            body.extend_from_slice(value.as_bytes());
+            body.push(b'}');
+            json_response(StatusCode::OK, body)
+        }
+        Err(e) if transport => json_response(
+            error_status(e.code),
+            json!({ "code": e.code, "message": api_message(e) }).to_string().into_bytes(),
+        ),
+        Err(e) => {
+            json_response(StatusCode::OK, json!({ "error": methods::ApiError::from(e) }).to_string().into_bytes())
+        }
+    }
+}
+
+/// The message API answers carry for `e`.
+fn api_message(e: ErrorCode) -> &'static str {
+    if e.code == ERROR_METHOD_NOT_FOUND.code { "not found" } else { e.message }
+}
+
+fn error_status(code: u32) -> StatusCode {
+    match code {
+        102 | 104 => StatusCode::NOT_FOUND,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,82 @@
+//! Routing: the one place that turns a request head into a [`Route`].
+//!
+//! The connection entry ([`crate::entry`]) routes a connection's first request from its raw head
+//! (a transport may take the socket over from there) and every request hyper serves after it.
+//! A new endpoint is one variant here and one match arm in the entry.
+
+use crate::config::Config;
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A WebSocket upgrade on the WebSocket path: the WebSocket transport takes the socket.
+    WebSocket,
+    /// The WebSocket path without an upgrade, or with one that was not the connection's first
+    /// request (hyper owns the connection by then): 400.
+    WebSocketNotFirst,
+    /// `GET /health` (any HTTP method).
+    Health,
+    /// The Prometheus text exposition (any HTTP method).
+    Metrics,
+    /// `/api/<method>`: the server API, with the method name as written in the path.
+    Api(&'a str),
+    NotFound,
+}
+
+/// Routes a request by its path (without the query) and whether it asks for an upgrade.
+///
+/// `upgrade` is only honoured for a connection's first request: later requests on a
+/// keep-alive connection are routed with `false`.
+pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
+    let ws = &config.websocket;
+    let on_ws_path = !ws.disabled && path == ws.handler_prefix;
+    // Checked before the other paths, as the raw-socket transports see the request first.
+    if on_ws_path && upgrade {
+        return Route::WebSocket;
+    }
+    if config.health.enabled && path == config.health.handler_prefix {
+        return Route::Health;
+    }
+    if config.prometheus.enabled && path == config.prometheus.handler_prefix {
+        return Route::Metrics;
+    }
+    if on_ws_path {
+        return Route::WebSocketNotFirst;
+    }
+    let api = &config.http_api;
+    if !api.disabled
+        && let Some(method) =
+            path.strip_prefix(api.handler_prefix.trim_end_matches('/')).and_then(|m| m.strip_prefix('/'))
+    {
+        return Route::Api(method);
+    }
+    Route::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_each_endpoint() {
+        let config = Config::default();
+        let ws = config.websocket.handler_prefix.as_str();
+        assert_eq!(route(&config, ws, true), Route::WebSocket);
+        assert_eq!(route(&config, ws, false), Route::WebSocketNotFirst);
+        assert_eq!(route(&config, &config.health.handler_prefix, false), Route::Health);
+        assert_eq!(route(&config, "/api/publish", false), Route::Api("publish"));
+        assert_eq!(route(&config, "/api/", true), Route::Api(""));
+        assert_eq!(route(&config, "/api", false), Route::NotFound);
+        assert_eq!(route(&config, "/elsewhere", true), Route::NotFound);
+    }
+
+    #[test]
+    fn disabled_endpoints_are_not_found() {
+        let mut config = Config::default();
+        config.websocket.disabled = true;
+        config.http_api.disabled = true;
+        let ws = config.websocket.handler_prefix.clone();
+        assert_eq!(route(&config, &ws, true), Route::NotFound);
+        assert_eq!(route(&config, "/api/publish", false), Route::NotFound);
+    }
+}

@@ -1,0 +1,364 @@
+//! The WebSocket connection task: [`run`] reads and decodes client frames ([`ReadState`]),
+//! hands commands and controls to the session, flushes replies, and says goodbye (close frame,
+//! linger) when the connection ends.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, Node, Session, Transport};
+use herald_proto::codes::{DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED};
+use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
+use herald_proto::{Command, DisconnectReason, Encoding, decode_commands};
+use tokio::net::TcpStream;
+
+use super::link::{Wake, WsLink};
+use super::{WsSettings, bytes_in, bytes_out};
+use crate::state::AppState;
+
+fn disconnect_metric(code: u32) {
+    herald_hub::metrics::by_code("herald_client_disconnects_total", code);
+}
+
+/// Reads per wake-up before yielding to other connections.
+const MAX_READS_PER_WAKE: usize = 8;
+/// Size of the per-thread read buffer.
+const SCRATCH: usize = 64 * 1024;
+/// How long a closing connection may take to flush and say goodbye.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Reads into `buf`. A short read means the receive queue was empty at that moment, so the
+/// socket's readiness is cleared right away instead of by a second read that would only return
+/// `WouldBlock` (one syscall less per message; on idle connections that is half the reads).
+/// Race-free: `try_io` snapshots readiness before the read and clears only that snapshot, so
+/// data arriving after the read marks the socket ready again.
+fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = 0;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        other => other,
+    }
+}
+
+/// Errors after which the socket is simply read again later.
+fn retry_later(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+thread_local! {
+    /// Per-worker read buffer: connections borrow it only while they have bytes to read.
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// What one read pass produced.
+enum ReadOutcome {
+    /// Decoded commands (possibly none) and control answers already queued.
+    Commands(Vec<Command>),
+    /// The peer sent a close frame (its code) or hung up.
+    PeerClosed(Option<u16>),
+    /// A framing or decoding violation: close with this WebSocket code or disconnect reason.
+    WsError(u16, &'static str),
+    BadRequest(Vec<Command>),
+}
+
+/// Per-connection read state: a partial frame (only while one is incomplete) and fragments.
+struct ReadState {
+    partial: Vec<u8>,
+    /// `partial` holds bytes not parsed yet (sent right after the handshake).
+    unparsed: bool,
+    reader: MessageReader,
+}
+
+impl ReadState {
+    /// Reads what the socket has and decodes complete messages.
+    fn read(&mut self, link: &WsLink, settings: &WsSettings) -> ReadOutcome {
+        let encoding = link.framing.encoding();
+        let mut cmds = Vec::new();
+        for _ in 0..MAX_READS_PER_WAKE {
+            let res = if self.partial.is_empty() {
+                SCRATCH_BUF.with(|s| {
+                    let mut scratch = s.borrow_mut();
+                    let scratch = &mut *scratch;
+                    let n = match read_some(&link.stream, scratch) {
+                        Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
+                        Ok(n) => n,
+                        Err(e) if retry_later(&e) => return Ok(false),
+                        Err(_) => return Err(ReadOutcome::PeerClosed(None)),
+                    };
+                    bytes_in(n);
+                    let consumed = self.parse(link, &mut scratch[..n], settings, encoding, &mut cmds)?;
+                    if consumed < n {
+                        self.partial.extend_from_slice(&scratch[consumed..n]);
+                    }
+                    Ok(n == scratch.len())
+                })
+            } else {
+                self.read_partial(link, settings, encoding, &mut cmds)
+            };
+            match res {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(ReadOutcome::BadRequest(_)) => return ReadOutcome::BadRequest(cmds),
+                Err(other) => {
+                    if cmds.is_empty() {
+                        return other;
+                    }
+                    // Process what came before the close/error first; the error repeats on the next read.
+                    return match other {
+                        ReadOutcome::PeerClosed(code) => {
+                            link.close(DisconnectReason { code: code.unwrap_or(3000) as u32, reason: "".into() });
+                            ReadOutcome::Commands(cmds)
+                        }
+                        o => o,
+                    };
+                }
+            }
+        }
+        ReadOutcome::Commands(cmds)
+    }
+
+    /// Continues an incomplete frame: reads straight into the partial buffer.
+    fn read_partial(
+        &mut self,
+        link: &WsLink,
+        settings: &WsSettings,
+        encoding: Encoding,
+        cmds: &mut Vec<Command>,
+    ) -> Result<bool, ReadOutcome> {
+        let len = self.partial.len();
+        let want = (settings.max_message + 14).saturating_sub(len).clamp(4096, SCRATCH);
+        self.partial.resize(len + want, 0);
+        let n = match read_some(&link.stream, &mut self.partial[len..]) {
+            Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
+            Ok(n) => n,
+            Err(e) if retry_later(&e) && self.unparsed => 0,
+            Err(e) => {
+                self.partial.truncate(len);
+                return if retry_later(&e) { Ok(false) } else { Err(ReadOutcome::PeerClosed(None)) };
+            }
+        };
+        self.unparsed = false;
+        bytes_in(n);
+        self.partial.truncate(len + n);
+        let mut buf = std::mem::take(&mut self.partial);
+        let consumed = self.parse(link, &mut buf, settings, encoding, cmds)?;
+        if consumed < buf.len() {
+            buf.drain(..consumed);
+            self.partial = buf;
+        } else if buf.capacity() <= 4096 {
+            buf.clear();
+            self.partial = buf;
+        }
+        // A larger buffer is dropped here so an idle connection keeps nothing.
+        Ok(n > 0 && n == want)
+    }
+
+    /// Parses complete frames, answers pings, decodes commands. Returns bytes consumed.
+    fn parse(
+        &mut self,
+        link: &WsLink,
+        buf: &mut [u8],
+        settings: &WsSettings,
+        encoding: Encoding,
+        cmds: &mut Vec<Command>,
+    ) -> Result<usize, ReadOutcome> {
+        let mut failure = None;
+        let progress = self.reader.parse(buf, settings.max_message, |event| match event {
+            Event::Text(data) | Event::Binary(data) => {
+                let budget = settings.max_commands.saturating_sub(cmds.len());
+                match decode_commands(encoding, data, budget) {
+                    Ok(mut decoded) => {
+                        cmds.append(&mut decoded);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(client = %link.id, error = %e, "bad client message");
+                        failure = Some(ReadOutcome::BadRequest(Vec::new()));
+                        false
+                    }
+                }
+            }
+            Event::Ping(payload) => {
+                link.send(ws::frame(Opcode::Pong, payload));
+                true
+            }
+            Event::Pong => {
+                if link.native_ping {
+                    link.timers.pong_received();
+                }
+                true
+            }
+            Event::Close(code, _) => {
+                failure = Some(ReadOutcome::PeerClosed(code));
+                false
+            }
+        });
+        match progress {
+            Err(e) => Err(ReadOutcome::WsError(e.code, e.reason)),
+            Ok(_) if failure.is_some() => Err(failure.expect("checked")),
+            Ok(Progress::Partial { consumed, .. }) | Ok(Progress::Closed { consumed }) => Ok(consumed),
+        }
+    }
+}
+
+/// The connection task: runs until the connection is closed, then cleans up the session.
+///
+/// `early` holds bytes the client sent right after its handshake request, if any.
+pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>, conn: ConnectionInfo) {
+    state.connections.opened(Transport::WebSocket, link.worker);
+    let dyn_link: Arc<dyn ClientLink> = link.clone();
+    let mut session = Box::new(Session::new(dyn_link, conn));
+    let unparsed = !early.is_empty();
+    let mut read = ReadState { partial: early, unparsed, reader: MessageReader::new() };
+    // Bytes sent right after the handshake are parsed before waiting for readiness.
+    let mut pending_early = unparsed;
+    let reason = loop {
+        let wake = if std::mem::take(&mut pending_early) {
+            Wake { readable: true, ..Wake::default() }
+        } else {
+            poll_fn(|cx| link.poll_wake(cx, true)).await
+        };
+        if wake.broken {
+            break Closing::Broken;
+        }
+        if wake.controls {
+            Box::pin(handle_controls(&mut session, &state.node, link.take_controls())).await;
+        }
+        if wake.readable && !link.is_closing() {
+            match read.read(&link, &state.ws) {
+                // The most common message on an idle connection: answer it without a batch.
+                ReadOutcome::Commands(cmds)
+                    if cmds.len() == 1 && cmds[0].id == 0 && cmds[0].method().is_none() && session.is_connected() =>
+                {
+                    link.timers.pong_received();
+                }
+                ReadOutcome::Commands(cmds) if cmds.is_empty() => {}
+                ReadOutcome::Commands(cmds) => {
+                    Box::pin(handle_commands(&mut session, &state.node, cmds)).await;
+                }
+                ReadOutcome::BadRequest(cmds) => {
+                    Box::pin(handle_commands(&mut session, &state.node, cmds)).await;
+                    link.close(DISCONNECT_BAD_REQUEST);
+                }
+                ReadOutcome::PeerClosed(code) => {
+                    break Closing::Peer(code);
+                }
+                ReadOutcome::WsError(code, reason) => {
+                    break Closing::Protocol(code, reason);
+                }
+            }
+        }
+        // Replies queued by the commands go out now, without another wake-up.
+        match link.flush() {
+            Err(_) => break Closing::Broken,
+            Ok(Some(reason)) => break Closing::Server(reason),
+            Ok(None) => {}
+        }
+    };
+    let code = match &reason {
+        Closing::Server(r) => r.code,
+        Closing::Peer(_) => DISCONNECT_CONNECTION_CLOSED.code,
+        Closing::Protocol(..) => DISCONNECT_BAD_REQUEST.code,
+        Closing::Broken => 3009,
+    };
+    disconnect_metric(code);
+    link.timers.set_closed();
+    Box::pin(session.close(&state.node)).await;
+    drop(session);
+    Box::pin(goodbye(&link, reason)).await;
+    state.connections.closed(Transport::WebSocket, link.worker);
+}
+
+/// Runs a batch of commands in order, stopping at the first that closes the connection.
+/// Boxed by the caller: per-command state must not live in the long-lived connection future.
+pub(super) async fn handle_commands(session: &mut Session, node: &Node, cmds: Vec<Command>) {
+    for cmd in &cmds {
+        if session.handle_command(node, cmd).await == Flow::Stop {
+            return;
+        }
+    }
+}
+
+async fn handle_controls(session: &mut Session, node: &Node, controls: Vec<Control>) {
+    for ctrl in controls {
+        if session.handle_control(node, ctrl).await == Flow::Stop {
+            return;
+        }
+    }
+}
+
+/// Why the connection ends.
+enum Closing {
+    Server(DisconnectReason),
+    Peer(Option<u16>),
+    Protocol(u16, &'static str),
+    Broken,
+}
+
+/// Flushes what may be flushed, sends the close frame, and lingers briefly so the peer reads it
+/// before the socket goes away.
+async fn goodbye(link: &WsLink, reason: Closing) {
+    // Whether we start the close handshake (then the peer may still be sending, so we shut down
+    // our side and drain until it closes) or answer the peer's close frame (nothing more comes).
+    let (frame, linger) = match &reason {
+        Closing::Server(r) if r.code == DISCONNECT_CONNECTION_CLOSED.code => return,
+        Closing::Server(r) => (ws::close_frame(r.code as u16, &r.reason), true),
+        Closing::Protocol(code, reason) => (ws::close_frame(*code, reason), true),
+        Closing::Peer(Some(code)) => (ws::close_frame(*code, ""), false),
+        // The peer hung up without a close frame: nobody is left to read one.
+        Closing::Peer(None) | Closing::Broken => return,
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut pending = link.out.lock().expect("ws out").queue.take_all();
+        pending.push(frame);
+        let stream = &link.stream;
+        for chunk in pending {
+            if write_all(stream, &chunk).await.is_err() {
+                return;
+            }
+            bytes_out(chunk.len());
+        }
+        if !linger {
+            return;
+        }
+        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        // Drain until the peer closes, so unread input does not turn our close into a reset.
+        let mut sink = [0u8; 512];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match link.stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes all of `data` through a shared stream.
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

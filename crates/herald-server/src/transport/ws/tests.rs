@@ -1,0 +1,73 @@
+//! Size and ordering tests of the connection task and link: what every idle connection pays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_hub::{ClientLink, ConnectionInfo, HubConfig, Node, NodeIdentity, Session, SystemClock};
+use herald_proto::Framing;
+use tokio::net::TcpStream;
+
+use super::conn::{handle_commands, run};
+use super::link::new_link;
+use super::{WsLink, WsSettings};
+use crate::config::Config;
+use crate::state::AppState;
+
+/// A link over a loopback connection, with the client's end of it.
+async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
+    let mut state = AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0);
+    state.ws = WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 };
+    let link = new_link(stream, Framing::WsText, false, &state.node, &state.ws);
+    (link, client, Arc::new(state))
+}
+
+/// The connection future is allocated for every connection; keep it small (DESIGN.md:
+/// "Idle costs nothing"). Command handling is boxed, so it does not count here.
+#[tokio::test]
+async fn connection_state_is_small() {
+    let (link, _client, state) = loopback_link().await;
+    let fut = run(link, state, Vec::new(), ConnectionInfo::default());
+    let future_size = std::mem::size_of_val(&fut);
+    let link_size = std::mem::size_of::<WsLink>();
+    let session_size = std::mem::size_of::<Session>();
+    eprintln!("connection future {future_size} B, link {link_size} B, session {session_size} B");
+    assert!(future_size <= 320, "connection future grew to {future_size} bytes");
+    assert!(link_size <= 320, "link grew to {link_size} bytes");
+}
+
+/// A command batch is boxed per message (3,952 bytes before connect and subscribe boxed
+/// their own state and commands were passed by reference); small boxes stay in the
+/// allocator's fast size classes.
+#[tokio::test]
+async fn command_batch_future_is_small() {
+    let (link, _client, state) = loopback_link().await;
+    let mut session = Session::new(link, ConnectionInfo::default());
+    let batch = handle_commands(&mut session, &state.node, Vec::new());
+    let size = std::mem::size_of_val(&batch);
+    assert!(size <= 768, "command batch future grew to {size} bytes");
+}
+
+/// `send_now` writes from the calling thread: the frame arrives although no task runs the
+/// connection. Behind a queued frame it queues instead, keeping the order.
+#[tokio::test]
+async fn send_now_writes_without_the_task_and_keeps_order() {
+    use tokio::io::AsyncReadExt;
+    let (link, mut client, _state) = loopback_link().await;
+    link.send_now(Bytes::from_static(b"ping-1"));
+    let mut got = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"ping-1");
+    link.send(Bytes::from_static(b"queued"));
+    link.send_now(Bytes::from_static(b"ping-2"));
+    assert_eq!(link.out.lock().unwrap().queue.pending(), 12, "queued behind the first frame");
+    link.flush().unwrap();
+    let mut got = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"queuedping-2");
+}

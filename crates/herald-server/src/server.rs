@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use herald_hub::{ConnectionInfo, Node, NodeIdentity, SystemClock, Transport};
 use herald_proto::codes::DISCONNECT_SHUTDOWN;
-use herald_proto::{Encoding, Framing};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -491,12 +490,8 @@ async fn websocket(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>, p
     if stream.write_all(&response).await.is_err() {
         return;
     }
-    let framing = match encoding {
-        Encoding::Json => Framing::WsText,
-        Encoding::Protobuf => Framing::WsBinary,
-    };
     let early = head[head_len..].to_vec();
-    let link = ws::new_link(stream, framing, native_ping, &state.node, &state.ws);
+    let link = ws::new_link(stream, encoding, native_ping, &state.node, &state.ws);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, Transport::WebSocket);
     tokio::spawn(ws::run(link, state.node.clone(), state.ws.clone(), early, conn));

@@ -22,11 +22,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_hub::link::ping_frame;
 use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, LinkTimers, Node, Session};
 use herald_proto::codes::{DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, DISCONNECT_SLOW};
+use herald_proto::envelope::{self, Envelope};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
-use herald_proto::{Command, DisconnectReason, Encoding, Framing, decode_commands};
+use herald_proto::{Command, DisconnectReason, Encoding, decode_commands};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -105,7 +105,7 @@ struct Out {
 /// Shared state of one WebSocket connection.
 pub struct WsLink {
     id: Uuid,
-    framing: Framing,
+    envelope: Envelope,
     /// Pings as WebSocket ping frames instead of protocol pings (`cf_ws_frame_ping_pong`).
     native_ping: bool,
     stream: TcpStream,
@@ -129,8 +129,8 @@ impl ClientLink for WsLink {
         self.id
     }
 
-    fn framing(&self) -> Framing {
-        self.framing
+    fn envelope(&self) -> Envelope {
+        self.envelope
     }
 
     fn send(&self, frame: Bytes) {
@@ -195,7 +195,7 @@ impl ClientLink for WsLink {
     }
 
     fn ping_frame(&self) -> Bytes {
-        if self.native_ping { ws::frame(Opcode::Ping, b"") } else { ping_frame(self.framing) }
+        if self.native_ping { ws::frame(Opcode::Ping, b"") } else { envelope::ping(self.envelope) }
     }
 }
 
@@ -334,7 +334,7 @@ struct ReadState {
 impl ReadState {
     /// Reads what the socket has and decodes complete messages.
     fn read(&mut self, link: &WsLink, settings: &WsSettings) -> ReadOutcome {
-        let encoding = link.framing.encoding();
+        let encoding = link.envelope.encoding();
         let mut cmds = Vec::new();
         for _ in 0..MAX_READS_PER_WAKE {
             let res = if self.partial.is_empty() {
@@ -466,14 +466,14 @@ impl ReadState {
 /// Builds the link for an accepted, upgraded connection.
 pub fn new_link(
     stream: TcpStream,
-    framing: Framing,
+    encoding: Encoding,
     native_ping: bool,
     node: &Node,
     settings: &WsSettings,
 ) -> Arc<WsLink> {
     let link = Arc::new(WsLink {
         id: Uuid::new_v4(),
-        framing,
+        envelope: Envelope::websocket(encoding),
         native_ping,
         stream,
         out: Mutex::new(Out {
@@ -483,7 +483,8 @@ pub fn new_link(
             waker: None,
             write_blocked: false,
         }),
-        timers: LinkTimers::new(),
+        // WebSocket clients answer pings (protocol or native), so a missing pong closes.
+        timers: LinkTimers::new(true),
         queue_max: settings.queue_max,
         worker: herald_hub::wake::current_worker(),
     });
@@ -741,7 +742,7 @@ mod size_tests {
         let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
         let settings =
             Arc::new(WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 });
-        let link = new_link(stream, Framing::WsText, false, &node, &settings);
+        let link = new_link(stream, Encoding::Json, false, &node, &settings);
         (link, client, node, settings)
     }
 

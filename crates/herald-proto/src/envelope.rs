@@ -47,8 +47,8 @@ const SSE_DATA: &[u8] = b"data: ";
 const SSE_ID: &[u8] = b"id: ";
 
 impl Envelope {
-    /// Number of envelopes (the size of per-envelope caches).
-    pub(crate) const COUNT: usize = 5;
+    /// Number of envelopes (the size of per-envelope caches): keep `StreamProtobuf` last.
+    pub(crate) const COUNT: usize = Envelope::StreamProtobuf as usize + 1;
 
     /// The WebSocket envelope for a negotiated encoding.
     pub fn websocket(encoding: Encoding) -> Envelope {

@@ -4,8 +4,11 @@
 //! asserts the invariants the transport relies on.
 
 use bytes::Bytes;
+use herald_proto::envelope::{self, Envelope};
 use herald_proto::ws::{self, Event, MessageReader, Progress};
-use herald_proto::{Command, Encoding, Reply, decode_commands, decode_replies, encode_reply, try_encode_command};
+use herald_proto::{
+    Command, Encoding, Publication, Push, Reply, decode_commands, decode_replies, encode_reply, try_encode_command,
+};
 
 /// Small message limit so that the "too big" paths are reached often.
 pub const MAX_MESSAGE: usize = 512;
@@ -247,4 +250,90 @@ fn check_upgrade_result(method: &str, headers: &[httparse::Header<'_>]) {
         }
         Err(e) => assert!(matches!(e.status, 400 | 405 | 426), "status {}", e.status),
     }
+}
+
+const ENVELOPES: [Envelope; 5] =
+    [Envelope::WsJson, Envelope::WsProtobuf, Envelope::Sse, Envelope::StreamJson, Envelope::StreamProtobuf];
+
+/// Every envelope around a push whose payload is the input (after a short SSE id picked by the
+/// first byte): an item exists exactly when the encoding can carry the payload, opens back to
+/// the encoded reply, and an SSE event is exactly one event whose every line is a field, however
+/// the payload's line breaks fall.
+pub fn envelopes(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let (id, payload) = rest.split_at((pick as usize % 8).min(rest.len()));
+    let id = String::from_utf8_lossy(id);
+    let reply = Reply::push(Push {
+        channel: "c".into(),
+        publication: Some(Publication { data: Bytes::copy_from_slice(payload), offset: 3, ..Default::default() }),
+        ..Default::default()
+    });
+    let mut json = Vec::new();
+    let json = encode_reply(Encoding::Json, &reply, &mut json).ok().map(|()| json);
+    for e in ENVELOPES {
+        let item = envelope::encode(e, &reply);
+        let mut inner = Vec::new();
+        if encode_reply(e.encoding(), &reply, &mut inner).is_err() {
+            assert!(item.is_none(), "{e:?} item for a payload its encoding cannot carry");
+            continue;
+        }
+        let item = item.unwrap_or_else(|| panic!("{e:?} refused an encodable reply"));
+        let opened = envelope::open(e, &item).unwrap_or_else(|| panic!("{e:?} item does not open"));
+        if e == Envelope::Sse {
+            check_sse(&item, None);
+            let json = json.as_deref().expect("SSE item implies JSON");
+            assert_eq!(opened, sse_lines(json), "SSE data is the JSON with its line breaks as LF");
+            assert!(herald_proto::raw::is_json(&opened), "SSE data is not one JSON value");
+        } else {
+            assert_eq!(opened, inner, "{e:?} item does not hold the encoded reply");
+            assert_eq!(decode_replies(e.encoding(), opened).expect("item decodes").len(), 1);
+        }
+    }
+    match envelope::encode_sse(&reply, Some(&id)) {
+        Some(event) => {
+            assert!(json.is_some());
+            check_sse(&event, Some(&id));
+        }
+        None => assert!(json.is_none() || id.contains(['\r', '\n', '\0']), "SSE refused id {id:?}"),
+    }
+    // A long-poll batch of this push and a ping holds both.
+    for e in [Envelope::StreamJson, Envelope::StreamProtobuf] {
+        if let Some(item) = envelope::encode(e, &reply) {
+            let body = envelope::batch(&[item, envelope::ping(e)]);
+            assert_eq!(decode_replies(e.encoding(), body).expect("batch decodes").len(), 2, "{e:?} batch");
+        }
+    }
+}
+
+/// One event: ends with the only blank line, no CR, every line a `data:` field (after an `id:`
+/// line when an id was given).
+fn check_sse(event: &[u8], id: Option<&str>) {
+    let body = event.strip_suffix(b"\n\n").expect("event ends with a blank line");
+    assert!(!body.contains(&b'\r'), "CR inside an event");
+    let mut lines = body.split(|b| *b == b'\n');
+    if let Some(id) = id {
+        assert_eq!(lines.next(), Some(format!("id: {id}").as_bytes()));
+    }
+    for line in lines {
+        assert!(line.starts_with(b"data: "), "line {:?} is not a data field", String::from_utf8_lossy(line));
+    }
+}
+
+/// `json` with each CRLF, CR or LF turned into one LF: what an SSE client reassembles.
+fn sse_lines(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'\r' => {
+                out.push(b'\n');
+                if json.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }

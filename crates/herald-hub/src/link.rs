@@ -3,7 +3,8 @@
 //! A transport (WebSocket today; SSE and long-polling later) implements [`ClientLink`] on its
 //! shared per-connection state. The hub and sessions only ever queue complete frames, ask for a
 //! close, or hand a [`Control`] to the task that owns the session; the transport owns every
-//! byte and the order in which frames reach the socket.
+//! byte and the order in which frames reach the socket. How a reply is wrapped for the wire is
+//! the link's [`Envelope`], which the hub passes to `herald_proto` without looking inside.
 //!
 //! [`LinkTimers`] is the per-connection timer state (atomics, no allocation) that the shared
 //! [`crate::timer::TimerWheel`] drives: stale check before connect, pings, pong deadline and the
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
 use bytes::Bytes;
 use herald_proto::codes::{DISCONNECT_INAPPROPRIATE_PROTOCOL, DISCONNECT_NO_PONG, DISCONNECT_STALE};
-use herald_proto::{DisconnectReason, Framing, Prepared, StreamPosition, UnsubscribeCode};
+use herald_proto::{DisconnectReason, Envelope, Prepared, StreamPosition, UnsubscribeCode};
 use uuid::Uuid;
 
 /// Something the session owner must act on (server-side actions, timer events).
@@ -46,8 +47,8 @@ pub struct ServerSubscribe {
 pub trait ClientLink: Send + Sync + 'static {
     /// The client id (assigned when the transport accepts the connection).
     fn id(&self) -> Uuid;
-    /// How this connection's frames are encoded and framed.
-    fn framing(&self) -> Framing;
+    /// How this connection's replies are encoded and wrapped.
+    fn envelope(&self) -> Envelope;
     /// Queues one complete frame. Past `client.queue_max_size` bytes the transport closes the
     /// connection with 3008 and drops the frame.
     fn send(&self, frame: Bytes);
@@ -66,15 +67,14 @@ pub trait ClientLink: Send + Sync + 'static {
     /// Timer state driven by the shared wheel.
     fn timers(&self) -> &LinkTimers;
 
-    /// The frame sent as a server ping (a protocol ping by default).
-    fn ping_frame(&self) -> Bytes {
-        ping_frame(self.framing())
-    }
+    /// The frame sent as a server ping: usually `herald_proto::envelope::ping(self.envelope())`,
+    /// or a transport's own keep-alive (a WebSocket ping frame).
+    fn ping_frame(&self) -> Bytes;
 
     /// Queues a shared push, closing the client with 3506 when the push cannot be encoded for
     /// it (a binary payload for a JSON client).
     fn send_prepared(&self, p: &Prepared) {
-        match p.frame(self.framing()) {
+        match p.encoded(self.envelope()) {
             Some(frame) => self.send(frame.clone()),
             None => self.close(DISCONNECT_INAPPROPRIATE_PROTOCOL),
         }
@@ -86,11 +86,11 @@ const STATE_CONNECTED: u8 = 1;
 const STATE_CLOSED: u8 = 2;
 
 /// Per-connection timer state. Times are ticks (seconds since the node started); 0 means unset.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkTimers {
     state: AtomicU8,
-    /// Whether pongs are expected (bidirectional transports).
-    pong_expected: AtomicBool,
+    /// Whether the client answers pings (bidirectional transports); fixed by the transport.
+    pong_expected: bool,
     awaiting_pong: AtomicBool,
     /// Deadline of this link's live entry in the wheel (0: none).
     pub(crate) scheduled: AtomicU32,
@@ -107,8 +107,19 @@ pub(crate) enum Fired {
 }
 
 impl LinkTimers {
-    pub fn new() -> Self {
-        LinkTimers::default()
+    /// Timers of a new link. `pong_expected`: the transport's clients answer pings (WebSocket),
+    /// so a missing pong closes the connection with 3012; one-way transports pass `false`.
+    pub fn new(pong_expected: bool) -> Self {
+        LinkTimers {
+            state: AtomicU8::new(STATE_FRESH),
+            pong_expected,
+            awaiting_pong: AtomicBool::new(false),
+            scheduled: AtomicU32::new(0),
+            stale_at: AtomicU32::new(0),
+            next_ping: AtomicU32::new(0),
+            pong_deadline: AtomicU32::new(0),
+            session_deadline: AtomicU32::new(0),
+        }
     }
 
     /// A fresh connection must send connect before `stale_at`.
@@ -125,9 +136,8 @@ impl LinkTimers {
     }
 
     /// The session connected: start pinging at `first_ping` (0: no pings).
-    pub fn set_connected(&self, first_ping: u32, pong_expected: bool) {
+    pub fn set_connected(&self, first_ping: u32) {
         self.next_ping.store(first_ping, Ordering::Relaxed);
-        self.pong_expected.store(pong_expected, Ordering::Relaxed);
         self.state.store(STATE_CONNECTED, Ordering::Release);
     }
 
@@ -176,7 +186,7 @@ impl LinkTimers {
         if ping_every > 0 && next_ping != 0 && now >= next_ping {
             // The pong may be handled before `send_now` returns (it writes right away and the
             // connection's task reads on another thread): wait for it before sending the ping.
-            if self.pong_expected.load(Ordering::Relaxed) && pong_timeout > 0 {
+            if self.pong_expected && pong_timeout > 0 {
                 self.awaiting_pong.store(true, Ordering::Relaxed);
                 self.pong_deadline.store(now + pong_timeout, Ordering::Relaxed);
             }
@@ -203,10 +213,12 @@ impl LinkTimers {
     }
 }
 
-/// The pre-encoded ping for a framing: an empty Reply (`{}` or the byte 0x00).
-pub fn ping_frame(framing: Framing) -> Bytes {
-    match framing {
-        Framing::WsText => Bytes::from_static(&[0x81, 0x02, b'{', b'}']),
-        Framing::WsBinary => Bytes::from_static(&[0x82, 0x01, 0x00]),
+#[cfg(test)]
+mod tests {
+    /// One per connection: the pong flag moved from the session to the transport without
+    /// growing it.
+    #[test]
+    fn link_timers_stay_small() {
+        assert!(std::mem::size_of::<super::LinkTimers>() <= 24);
     }
 }

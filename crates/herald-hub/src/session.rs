@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_auth::{Override, TokenError};
 use herald_proto::codes::*;
-use herald_proto::prepared::encode_framed;
+use herald_proto::envelope;
 use herald_proto::{
     ClientInfo, Command, ConnectRequest, ConnectResult, DisconnectReason, ErrorCode, HistoryRequest, HistoryResult,
     Method, PresenceRequest, PresenceResult, PresenceStatsRequest, PresenceStatsResult, Publication, PublishRequest,
@@ -205,7 +205,7 @@ impl Session {
 
     /// Encodes and queues one reply; a payload the client's encoding cannot carry closes it.
     fn send(&self, reply: &Reply) {
-        match encode_framed(self.link.framing(), reply) {
+        match envelope::encode(self.link.envelope(), reply) {
             Some(frame) => self.link.send(frame),
             None => self.link.close(DISCONNECT_INAPPROPRIATE_PROTOCOL),
         }
@@ -421,7 +421,7 @@ impl Session {
         // Timers: first ping at a random point in [interval/2, interval] to spread load.
         let tick = node.tick();
         let first_ping = if ping > 0 { tick + rand::rng().random_range(ping / 2..=ping).max(1) } else { 0 };
-        self.link.timers().set_connected(first_ping, true);
+        self.link.timers().set_connected(first_ping);
         if first_ping > 0 {
             node.timers.schedule(&self.link, first_ping);
         }

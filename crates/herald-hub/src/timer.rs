@@ -127,13 +127,13 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use bytes::Bytes;
-    use herald_proto::{DisconnectReason, Framing};
+    use herald_proto::DisconnectReason;
+    use herald_proto::envelope::{self, Envelope};
     use uuid::Uuid;
 
     use super::*;
     use crate::link::{Control, LinkTimers};
 
-    #[derive(Default)]
     struct Probe {
         timers: LinkTimers,
         closed: StdMutex<Option<u32>>,
@@ -143,12 +143,26 @@ mod tests {
         pings: StdMutex<u32>,
     }
 
+    impl Default for Probe {
+        fn default() -> Self {
+            Probe {
+                timers: LinkTimers::new(true),
+                closed: StdMutex::new(None),
+                instant_pong: false,
+                pings: StdMutex::new(0),
+            }
+        }
+    }
+
     impl ClientLink for Probe {
         fn id(&self) -> Uuid {
             Uuid::nil()
         }
-        fn framing(&self) -> Framing {
-            Framing::WsText
+        fn envelope(&self) -> Envelope {
+            Envelope::WsJson
+        }
+        fn ping_frame(&self) -> Bytes {
+            envelope::ping(self.envelope())
         }
         fn send(&self, _frame: Bytes) {}
         fn send_now(&self, _frame: Bytes) {
@@ -189,7 +203,7 @@ mod tests {
         // Pings every 10 ticks, pong timeout 3.
         let wheel = TimerWheel::new(10, 3);
         let probe = Arc::new(Probe { instant_pong: true, ..Probe::default() });
-        probe.timers.set_connected(10, true);
+        probe.timers.set_connected(10);
         let link: Arc<dyn ClientLink> = probe.clone();
         wheel.schedule(&link, 10);
         for tick in 10..=35 {
@@ -200,7 +214,7 @@ mod tests {
 
         // Without pongs the same schedule closes with 3012 at the first pong deadline.
         let silent = Arc::new(Probe::default());
-        silent.timers.set_connected(10, true);
+        silent.timers.set_connected(10);
         let link: Arc<dyn ClientLink> = silent.clone();
         let wheel = TimerWheel::new(10, 3);
         wheel.schedule(&link, 10);
@@ -208,6 +222,20 @@ mod tests {
             wheel.advance(tick);
         }
         assert_eq!(*silent.closed.lock().unwrap(), Some(3012));
+    }
+
+    #[test]
+    fn a_link_without_pongs_is_only_pinged() {
+        let wheel = TimerWheel::new(10, 3);
+        let probe = Arc::new(Probe { timers: LinkTimers::new(false), ..Probe::default() });
+        probe.timers.set_connected(10);
+        let link: Arc<dyn ClientLink> = probe.clone();
+        wheel.schedule(&link, 10);
+        for tick in 10..=35 {
+            wheel.advance(tick);
+        }
+        assert_eq!(*probe.pings.lock().unwrap(), 3, "pings at 10, 20 and 30");
+        assert_eq!(*probe.closed.lock().unwrap(), None, "a one-way transport's client never answers");
     }
 
     #[test]

@@ -14,13 +14,13 @@ use herald_hub::node::{ApiPublish, Target};
 use herald_hub::{Control, Flow, ServerSubscribe};
 use herald_proto::codes::*;
 use herald_proto::{
-    Command, ConnectRequest, FilterNode, Framing, HistoryRequest, PingRequest, RpcRequest, SendRequest, StreamPosition,
-    SubscribeRequest, SubscribeResult,
+    Command, ConnectRequest, Envelope, FilterNode, HistoryRequest, PingRequest, RpcRequest, SendRequest,
+    StreamPosition, SubscribeRequest, SubscribeResult,
 };
 use serde_json::json;
 use support::*;
 
-const FRAMINGS: [Framing; 2] = [Framing::WsText, Framing::WsBinary];
+const FRAMINGS: [Envelope; 2] = [Envelope::WsJson, Envelope::WsProtobuf];
 
 fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -1101,7 +1101,7 @@ fn unsubscribe_semantics() {
 #[test]
 fn unsubscribe_reply_protobuf() {
     let env = Env::base();
-    let mut c = env.connected_with(Framing::WsBinary, "42");
+    let mut c = env.connected_with(Envelope::WsProtobuf, "42");
     c.subscribe_ok(&env.node, "plain:a");
     let replies = c.call(&env.node, unsubscribe_cmd("plain:a"));
     assert_eq!(replies.len(), 1);
@@ -1228,8 +1228,8 @@ fn publish_broker_failure_is_error_100() {
 fn binary_payload_closes_json_subscribers_only() {
     let env = Env::base();
     let node = &env.node;
-    let mut j = env.connected_with(Framing::WsText, "1");
-    let mut p = env.connected_with(Framing::WsBinary, "2");
+    let mut j = env.connected_with(Envelope::WsJson, "1");
+    let mut p = env.connected_with(Envelope::WsProtobuf, "2");
     j.subscribe_ok(node, "plain:bin");
     p.subscribe_ok(node, "plain:bin");
     let req = ApiPublish { data: Bytes::from_static(&[0xff, 0x00, 0x01]), ..Default::default() };
@@ -1287,7 +1287,7 @@ fn presence_commands() {
 fn presence_lists_subscribers_and_counts_distinct_users() {
     let env = Env::base();
     let node = &env.node;
-    let mut a = env.client_with(Framing::WsBinary);
+    let mut a = env.client_with(Envelope::WsProtobuf);
     a.connect_ok(node, &token(json!({"sub": "42", "info": {"who": "a"}})));
     let mut b = env.connected("42");
     let mut d = env.connected("43");
@@ -1385,7 +1385,7 @@ fn history_command_protobuf() {
     for i in 1..=3 {
         env.publish("hist:a", &format!(r#"{{"i":{i}}}"#));
     }
-    let mut c = env.connected_with(Framing::WsBinary, "42");
+    let mut c = env.connected_with(Envelope::WsProtobuf, "42");
     let replies = c.call(&env.node, hist("hist:a", -1, None, false));
     let h = replies[0].history.as_ref().unwrap();
     assert_eq!(h.offset, 3);
@@ -1408,7 +1408,7 @@ fn join_leave_delivery() {
     let node = &env.node;
     let jl = |ch: &str| SubscribeRequest { join_leave: true, ..sub_req(ch) };
     // chat: join_leave on, presence access for subscribers.
-    let mut a = env.connected_with(Framing::WsBinary, "1");
+    let mut a = env.connected_with(Envelope::WsProtobuf, "1");
     let (_, rest) = a.subscribe_req(node, jl("chat:room"));
     let j = joins(&rest, "chat:room");
     assert_eq!(j.len(), 1, "the joiner gets its own join, after the reply");
@@ -1705,12 +1705,9 @@ fn pings_at_interval_with_framing_specific_frames() {
         let (first, raw) = wait_for_frame(&env, &mut c, 30).expect("a ping");
         assert!((12..=25).contains(&first), "first ping after {first} s");
         assert_eq!(raw.len(), 1);
-        // The whole frame: `{}` in a text frame, 0x00 in a binary frame.
+        // The whole frame is the envelope's ping (its bytes are pinned in herald-proto's tests).
         let frame = c.link.frames()[frames_before].clone();
-        match framing {
-            Framing::WsText => assert_eq!(&frame[..], &[0x81, 0x02, b'{', b'}']),
-            Framing::WsBinary => assert_eq!(&frame[..], &[0x82, 0x01, 0x00]),
-        }
+        assert_eq!(frame, herald_proto::envelope::ping(framing));
         let decoded = decode_frame(framing, &frame);
         assert_eq!(decoded, [herald_proto::Reply::default()], "an empty reply");
         // Answer, and the next pings follow every 25 s.
@@ -1727,7 +1724,7 @@ fn pings_at_interval_with_framing_specific_frames() {
 #[test]
 fn missing_pong_is_3012() {
     let env = Env::base();
-    let mut c = env.connected_with(Framing::WsBinary, "42");
+    let mut c = env.connected_with(Envelope::WsProtobuf, "42");
     wait_for_frame(&env, &mut c, 30).expect("a ping");
     // Pong timeout 8 s.
     env.advance(7, &mut [&mut c]);
@@ -2360,7 +2357,7 @@ fn empty_results_are_present_in_protobuf() {
         ));
     });
     let node = &env.node;
-    let mut c = env.connected_with(Framing::WsBinary, "42");
+    let mut c = env.connected_with(Envelope::WsProtobuf, "42");
     let one = |replies: Vec<herald_proto::Reply>| {
         assert_eq!(replies.len(), 1, "{replies:?}");
         replies.into_iter().next().unwrap()
@@ -2383,7 +2380,7 @@ fn empty_results_are_present_in_protobuf() {
     let r = one(c.call(node, unsubscribe_cmd("plain:a")));
     assert_eq!(r.unsubscribe, Some(herald_proto::UnsubscribeResult {}));
     // An anonymous Protobuf connection's connect result is present too.
-    let mut a = env.client_with(Framing::WsBinary);
+    let mut a = env.client_with(Envelope::WsProtobuf);
     assert_eq!(a.connect_ok(node, "").client, a.id());
 }
 

@@ -1,11 +1,14 @@
-//! Herald wire protocol: client protocol v2 messages with their JSON and Protobuf codecs, the
-//! protocol codes, shared pre-encoded frames, and the WebSocket frame codec.
+//! Herald wire protocol: client protocol v2 messages with their JSON and Protobuf codecs
+//! (`codec`, `protocol`, `raw`), the protocol codes (`codes`), the transport envelopes that wrap
+//! each encoded reply for WebSocket, SSE, HTTP streaming and long-polling (`envelope`), shared
+//! pre-encoded pushes (`prepared`), and the WebSocket frame codec and handshake (`ws`).
 //!
 //! Everything here is sans-IO: functions parse from byte slices and encode into caller buffers,
 //! so the codecs can be unit-tested and fuzzed without a runtime.
 
 pub mod codec;
 pub mod codes;
+pub mod envelope;
 pub mod prepared;
 pub mod protocol;
 pub mod raw;
@@ -16,5 +19,6 @@ pub use codec::{
     try_encode_command,
 };
 pub use codes::{DisconnectReason, ErrorCode, UnsubscribeCode};
-pub use prepared::{Framing, Prepared};
+pub use envelope::Envelope;
+pub use prepared::Prepared;
 pub use protocol::*;

@@ -238,6 +238,28 @@ fn upgrade_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// First byte: the SSE id length (mod 8); then the id; then the push payload.
+fn envelope_seeds() -> Vec<Vec<u8>> {
+    let payloads: Vec<Vec<u8>> = vec![
+        br#"{"a":1}"#.to_vec(),
+        b"{\"a\":\r\n1,\r\"b\":\r\r2}".to_vec(),
+        b"[1,\r2]\r".to_vec(),
+        b"\r\n\"x\"\r\n".to_vec(),
+        br#""escaped \n and \r stay escaped""#.to_vec(),
+        b"{\"s\":\"raw \r in a string\"}".to_vec(),
+        format!("\"{}\"", "x".repeat(300)).into_bytes(),
+        vec![0xFF, 0x00, b'\n'],
+        Vec::new(),
+    ];
+    let ids: [&[u8]; 4] = [b"", b"7:e1", b"a\nb", b"\r"];
+    let mut seeds = Vec::new();
+    for (i, payload) in payloads.iter().enumerate() {
+        let id = ids[i % ids.len()];
+        seeds.push([&[id.len() as u8][..], id, payload].concat());
+    }
+    seeds
+}
+
 // ---------------------------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +291,11 @@ fn smoke_ws_upgrade() {
 }
 
 #[test]
+fn smoke_envelopes() {
+    smoke("envelopes", 0x5EED_0005, &envelope_seeds(), 5000, 1000, &harness::envelopes);
+}
+
+#[test]
 fn harness_accepts_its_valid_seeds() {
     // A sanity check that the harness assertions hold on well-formed input (catches a harness
     // that would reject everything).
@@ -280,4 +307,7 @@ fn harness_accepts_its_valid_seeds() {
     let mut req = httparse::Request::new(&mut headers);
     assert!(req.parse(&upgrade).unwrap().is_complete());
     assert!(herald_proto::ws::check_upgrade("GET", req.headers).is_ok());
+    for seed in envelope_seeds() {
+        harness::envelopes(&seed);
+    }
 }

@@ -17,8 +17,9 @@ use herald_hub::config::{ChannelOptions, Namespace};
 use herald_hub::{
     ClientLink, Clock, ConnectionInfo, Control, Flow, HubConfig, LinkTimers, ManualClock, Node, NodeIdentity, Session,
 };
+use herald_proto::envelope;
 use herald_proto::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, DisconnectReason, Framing, Publication, Reply,
+    ClientInfo, Command, ConnectRequest, ConnectResult, DisconnectReason, Envelope, Publication, Reply,
     SubscribeRequest, SubscribeResult, decode_replies,
 };
 use uuid::Uuid;
@@ -137,20 +138,20 @@ impl Env {
     }
 
     pub(crate) fn client(&self) -> Client {
-        Client::new(&self.node, Framing::WsText)
+        Client::new(&self.node, Envelope::WsJson)
     }
 
-    pub(crate) fn client_with(&self, framing: Framing) -> Client {
-        Client::new(&self.node, framing)
+    pub(crate) fn client_with(&self, envelope: Envelope) -> Client {
+        Client::new(&self.node, envelope)
     }
 
-    /// A connected client of `user` (JSON framing).
+    /// A connected client of `user` (WebSocket JSON).
     pub(crate) fn connected(&self, user: &str) -> Client {
-        self.connected_with(Framing::WsText, user)
+        self.connected_with(Envelope::WsJson, user)
     }
 
-    pub(crate) fn connected_with(&self, framing: Framing, user: &str) -> Client {
-        let mut c = Client::new(&self.node, framing);
+    pub(crate) fn connected_with(&self, envelope: Envelope, user: &str) -> Client {
+        let mut c = Client::new(&self.node, envelope);
         c.connect_ok(&self.node, &user_token(user));
         c
     }
@@ -185,7 +186,7 @@ impl Env {
 /// A [`ClientLink`] that records everything the hub and session do to it.
 pub(crate) struct TestLink {
     id: Uuid,
-    framing: Framing,
+    envelope: Envelope,
     frames: Mutex<Vec<Bytes>>,
     closes: Mutex<Vec<DisconnectReason>>,
     controls: Mutex<Vec<Control>>,
@@ -193,14 +194,14 @@ pub(crate) struct TestLink {
 }
 
 impl TestLink {
-    pub(crate) fn new(framing: Framing) -> Arc<TestLink> {
+    pub(crate) fn new(envelope: Envelope) -> Arc<TestLink> {
         Arc::new(TestLink {
             id: Uuid::new_v4(),
-            framing,
+            envelope,
             frames: Mutex::new(Vec::new()),
             closes: Mutex::new(Vec::new()),
             controls: Mutex::new(Vec::new()),
-            timers: LinkTimers::new(),
+            timers: LinkTimers::new(true),
         })
     }
 
@@ -227,8 +228,12 @@ impl ClientLink for TestLink {
         self.id
     }
 
-    fn framing(&self) -> Framing {
-        self.framing
+    fn envelope(&self) -> Envelope {
+        self.envelope
+    }
+
+    fn ping_frame(&self) -> Bytes {
+        envelope::ping(self.envelope)
     }
 
     fn send(&self, frame: Bytes) {
@@ -248,26 +253,15 @@ impl ClientLink for TestLink {
     }
 }
 
-/// The WebSocket payload of a server frame, checking the opcode against the framing.
-pub(crate) fn payload(framing: Framing, frame: &Bytes) -> Bytes {
-    assert!(frame.len() >= 2, "short frame {frame:?}");
-    let want = match framing {
-        Framing::WsText => 0x81,
-        Framing::WsBinary => 0x82,
-    };
-    assert_eq!(frame[0], want, "frame opcode for {framing:?}");
-    let (header, len) = match frame[1] {
-        126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
-        127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize),
-        n => (2, n as usize),
-    };
-    assert_eq!(frame.len(), header + len, "frame length");
-    frame.slice(header..)
+/// The reply bytes inside one item written to the link, checking that it is exactly one
+/// complete item of the link's envelope.
+pub(crate) fn payload(envelope: Envelope, frame: &Bytes) -> Bytes {
+    envelope::open(envelope, frame).unwrap_or_else(|| panic!("not one {envelope:?} item: {frame:?}"))
 }
 
 /// Decodes every reply of one server frame.
-pub(crate) fn decode_frame(framing: Framing, frame: &Bytes) -> Vec<Reply> {
-    decode_replies(framing.encoding(), payload(framing, frame)).expect("decodable frame")
+pub(crate) fn decode_frame(envelope: Envelope, frame: &Bytes) -> Vec<Reply> {
+    decode_replies(envelope.encoding(), payload(envelope, frame)).expect("decodable frame")
 }
 
 /// A session plus its link: runs commands and controls to completion.
@@ -275,21 +269,21 @@ pub(crate) struct Client {
     pub(crate) link: Arc<TestLink>,
     pub(crate) dyn_link: Arc<dyn ClientLink>,
     pub(crate) session: Session,
-    pub(crate) framing: Framing,
+    pub(crate) envelope: Envelope,
     next_id: u32,
     seen: usize,
 }
 
 impl Client {
     /// A fresh connection, with the stale deadline armed the way the transport does it.
-    pub(crate) fn new(node: &Node, framing: Framing) -> Client {
-        let link = TestLink::new(framing);
+    pub(crate) fn new(node: &Node, envelope: Envelope) -> Client {
+        let link = TestLink::new(envelope);
         let dyn_link: Arc<dyn ClientLink> = link.clone();
         let stale_at = node.tick() + node.config().client.stale_close_delay.as_secs() as u32;
         link.timers().set_stale(stale_at);
         node.timers.schedule(&dyn_link, stale_at);
         let session = Session::new(dyn_link.clone(), ConnectionInfo::default());
-        Client { link, dyn_link, session, framing, next_id: 0, seen: 0 }
+        Client { link, dyn_link, session, envelope, next_id: 0, seen: 0 }
     }
 
     pub(crate) fn id(&self) -> String {
@@ -309,7 +303,7 @@ impl Client {
         self.take()
     }
 
-    /// Runs one command with the next id (JSON framing); returns the raw JSON written since the
+    /// Runs one command with the next id (WebSocket JSON); returns the raw JSON written since the
     /// last read.
     pub(crate) fn call_json(&mut self, node: &Node, mut cmd: Command) -> Vec<String> {
         self.next_id += 1;
@@ -344,7 +338,7 @@ impl Client {
         let frames = self.link.frames();
         let new = &frames[self.seen..];
         self.seen = frames.len();
-        new.iter().flat_map(|f| decode_frame(self.framing, f)).collect()
+        new.iter().flat_map(|f| decode_frame(self.envelope, f)).collect()
     }
 
     /// Raw payloads (JSON text or Protobuf bytes) written since the last read.
@@ -352,12 +346,12 @@ impl Client {
         let frames = self.link.frames();
         let new = &frames[self.seen..];
         self.seen = frames.len();
-        new.iter().map(|f| payload(self.framing, f)).collect()
+        new.iter().map(|f| payload(self.envelope, f)).collect()
     }
 
     /// Raw JSON text of the frames written since the last read.
     pub(crate) fn take_json(&mut self) -> Vec<String> {
-        assert_eq!(self.framing, Framing::WsText);
+        assert_eq!(self.envelope, Envelope::WsJson);
         self.take_raw().into_iter().map(|b| String::from_utf8(b.to_vec()).expect("utf-8")).collect()
     }
 

@@ -82,7 +82,7 @@ struct ReadState {
 impl ReadState {
     /// Reads what the socket has and decodes complete messages.
     fn read(&mut self, link: &WsLink, settings: &WsSettings) -> ReadOutcome {
-        let encoding = link.framing.encoding();
+        let encoding = link.envelope.encoding();
         let mut cmds = Vec::new();
         for _ in 0..MAX_READS_PER_WAKE {
             let res = if self.partial.is_empty() {

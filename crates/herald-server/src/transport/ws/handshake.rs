@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use herald_hub::{ConnectionInfo, Transport};
-use herald_proto::{Encoding, Framing};
+use herald_proto::Encoding;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -58,12 +58,8 @@ pub(crate) async fn upgrade(state: Arc<AppState>, mut stream: TcpStream, head: V
     if stream.write_all(&response).await.is_err() {
         return;
     }
-    let framing = match encoding {
-        Encoding::Json => Framing::WsText,
-        Encoding::Protobuf => Framing::WsBinary,
-    };
     let early = head[head_len..].to_vec();
-    let link = link::new_link(stream, framing, native_ping, &state.node, &state.ws);
+    let link = link::new_link(stream, encoding, native_ping, &state.node, &state.ws);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, Transport::WebSocket);
     tokio::spawn(conn::run(link, state, early, conn));

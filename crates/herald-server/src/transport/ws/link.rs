@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use herald_hub::link::ping_frame;
 use herald_hub::{ClientLink, Control, LinkTimers, Node};
 use herald_proto::codes::DISCONNECT_SLOW;
 use herald_proto::ws::{self, Opcode};
-use herald_proto::{DisconnectReason, Framing};
+use herald_proto::envelope::{self, Envelope};
+use herald_proto::{DisconnectReason, Encoding};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ pub(super) struct Out {
 /// Shared state of one WebSocket connection.
 pub struct WsLink {
     pub(super) id: Uuid,
-    pub(super) framing: Framing,
+    pub(super) envelope: Envelope,
     /// Pings as WebSocket ping frames instead of protocol pings (`cf_ws_frame_ping_pong`).
     pub(super) native_ping: bool,
     pub(super) stream: TcpStream,
@@ -63,8 +63,8 @@ impl ClientLink for WsLink {
         self.id
     }
 
-    fn framing(&self) -> Framing {
-        self.framing
+    fn envelope(&self) -> Envelope {
+        self.envelope
     }
 
     fn send(&self, frame: Bytes) {
@@ -129,7 +129,7 @@ impl ClientLink for WsLink {
     }
 
     fn ping_frame(&self) -> Bytes {
-        if self.native_ping { ws::frame(Opcode::Ping, b"") } else { ping_frame(self.framing) }
+        if self.native_ping { ws::frame(Opcode::Ping, b"") } else { envelope::ping(self.envelope) }
     }
 }
 
@@ -218,14 +218,14 @@ impl WsLink {
 /// Builds the link for an accepted, upgraded connection.
 pub(super) fn new_link(
     stream: TcpStream,
-    framing: Framing,
+    encoding: Encoding,
     native_ping: bool,
     node: &Node,
     settings: &WsSettings,
 ) -> Arc<WsLink> {
     let link = Arc::new(WsLink {
         id: Uuid::new_v4(),
-        framing,
+        envelope: Envelope::websocket(encoding),
         native_ping,
         stream,
         out: Mutex::new(Out {
@@ -235,7 +235,8 @@ pub(super) fn new_link(
             waker: None,
             write_blocked: false,
         }),
-        timers: LinkTimers::new(),
+        // WebSocket clients answer pings (protocol or native), so a missing pong closes.
+        timers: LinkTimers::new(true),
         queue_max: settings.queue_max,
         worker: herald_hub::wake::current_worker(),
     });

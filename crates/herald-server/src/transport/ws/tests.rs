@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_hub::{ClientLink, ConnectionInfo, HubConfig, Node, NodeIdentity, Session, SystemClock};
-use herald_proto::Framing;
+use herald_proto::Encoding;
 use tokio::net::TcpStream;
 
 use super::conn::{handle_commands, run};
@@ -23,7 +23,7 @@ async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
     let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
     let mut state = AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0);
     state.ws = WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 };
-    let link = new_link(stream, Framing::WsText, false, &state.node, &state.ws);
+    let link = new_link(stream, Encoding::Json, false, &state.node, &state.ws);
     (link, client, Arc::new(state))
 }
 

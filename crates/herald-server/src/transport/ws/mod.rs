@@ -5,7 +5,7 @@
 //! - `conn`: the connection task (reads, commands, goodbye);
 //! - `queue`: the outbound frame queue.
 //!
-//! Idle cost is the design constraint (DESIGN.md, "Idle costs nothing"):
+//! Idle cost is the design constraint (docs/architecture.md, "Where an idle connection's memory goes"):
 //! - no read buffer per connection: the task waits for readiness, then reads into a per-thread
 //!   scratch buffer; only an incomplete frame is copied into a small per-connection buffer,
 //!   which is freed once the frame completes;

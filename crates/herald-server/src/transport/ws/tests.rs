@@ -27,8 +27,8 @@ async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
     (link, client, Arc::new(state))
 }
 
-/// The connection future is allocated for every connection; keep it small (DESIGN.md:
-/// "Idle costs nothing"). Command handling is boxed, so it does not count here.
+/// The connection future is allocated for every connection; keep it small (an idle connection
+/// should cost next to nothing). Command handling is boxed, so it does not count here.
 #[tokio::test]
 async fn connection_state_is_small() {
     let (link, _client, state) = loopback_link().await;

@@ -2,29 +2,30 @@
 //! operations behind the server API (publish, broadcast, server-side subscribe, disconnect,
 //! presence, history, channels, info).
 //!
-//! A [`crate::session::Session`] takes a `&Node` for every command; transports hold an
-//! `Arc<Node>`.
+//! A [`crate::session::Session`] takes a `&Node` for every command and works through the
+//! [`Ports`] the node hands out; transports hold an `Arc<Node>`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_auth::TokenVerifier;
 use herald_proto::codes::*;
 use herald_proto::{ClientInfo, DisconnectReason, ErrorCode, Publication, StreamPosition};
 use uuid::Uuid;
 
+use crate::auth::JwtAuthenticator;
 use crate::broker::{
     Broker, BrokerHandler, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence, PresenceManager, PublishOptions,
     PublishOutcome,
 };
 use crate::channel::{Channels, Resolved};
 use crate::clock::Clock;
-use crate::config::{ChannelOptions, HubConfig};
+use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
+use crate::ports::{Authenticator, Ports, Registry, Time};
 use crate::timer::TimerWheel;
 
 /// Identity of this node.
@@ -66,22 +67,19 @@ pub struct Target {
 
 /// The node.
 pub struct Node {
-    pub(crate) cfg: HubConfig,
-    pub(crate) channels: Channels,
-    pub hub: Hub,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) presence: Arc<dyn PresenceManager>,
-    pub(crate) tokens: TokenVerifier,
-    pub(crate) sub_tokens: Option<TokenVerifier>,
-    pub timers: TimerWheel,
-    pub clock: Arc<dyn Clock>,
-    start_ms: i64,
+    cfg: HubConfig,
+    channels: Channels,
+    hub: Hub,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceManager>,
+    auth: Box<dyn Authenticator>,
+    time: Time,
     identity: NodeIdentity,
 }
 
 impl Node {
     /// Builds a node with the memory engine. Errors name the offending config key.
-    pub fn new(cfg: HubConfig, identity: NodeIdentity, clock: Arc<dyn Clock>) -> Result<Arc<Node>, String> {
+    pub fn new(cfg: HubConfig, identity: NodeIdentity, clock: Arc<dyn Clock>) -> Result<Arc<Node>, ConfigError> {
         let broker = Arc::new(MemoryBroker::new(clock.clone()));
         Node::with_engines(cfg, identity, clock, broker, Arc::new(MemoryPresence::default()))
     }
@@ -93,14 +91,9 @@ impl Node {
         clock: Arc<dyn Clock>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceManager>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, ConfigError> {
         let channels = Channels::new(cfg.channel.clone())?;
-        let tokens = TokenVerifier::new(&cfg.client.token, "client.token")?;
-        let sub_tokens = if cfg.client.subscription_token.enabled {
-            Some(TokenVerifier::new(&cfg.client.subscription_token, "client.subscription_token")?)
-        } else {
-            None
-        };
+        let auth = Box::new(JwtAuthenticator::new(&cfg.client)?);
         if let Some(ns) = cfg
             .client
             .subscribe_to_user_personal_channel
@@ -109,27 +102,24 @@ impl Node {
             .and(Some(&cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace))
             && channels.namespace(ns).is_none()
         {
-            return Err(format!(
-                "client.subscribe_to_user_personal_channel.personal_channel_namespace: namespace {ns:?} is not configured"
+            return Err(ConfigError::new(
+                "client.subscribe_to_user_personal_channel.personal_channel_namespace",
+                format!("namespace {ns:?} is not configured"),
             ));
         }
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
-            return Err("client.pong_timeout: must be shorter than client.ping_interval".into());
+            return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let timers = TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout));
-        let start_ms = clock.now_ms();
+        let time = Time::new(clock, TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let node = Arc::new(Node {
             hub: Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64),
             cfg,
             channels,
             broker,
             presence,
-            tokens,
-            sub_tokens,
-            timers,
-            clock,
-            start_ms,
+            auth,
+            time,
             identity,
         });
         let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&node) as Weak<dyn BrokerHandler>;
@@ -149,30 +139,34 @@ impl Node {
         &self.channels
     }
 
+    /// The local indexes of connections and subscriptions.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The timer wheel transports schedule their connections' deadlines on.
+    pub fn timers(&self) -> &TimerWheel {
+        self.time.timers()
+    }
+
     /// Seconds since the node started (the timer wheel's clock), starting at 1.
     pub fn tick(&self) -> u32 {
-        ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u32 + 1
+        self.time.tick()
     }
 
     /// Converts a Unix time in seconds into a wheel tick.
     pub fn tick_at(&self, unix_secs: i64) -> u32 {
-        let delta = unix_secs - self.clock.now_secs();
-        (self.tick() as i64 + delta).clamp(1, u32::MAX as i64) as u32
+        self.time.tick_at(unix_secs)
     }
 
     /// Drives timers and engine housekeeping; call about once a second.
     pub fn run_timers(&self) -> usize {
         let now = self.tick();
-        let fired = crate::wake::batch(|| self.timers.advance(now));
+        let fired = crate::wake::batch(|| self.time.timers().advance(now));
         if now.is_multiple_of(5) {
-            self.broker.housekeep(self.clock.now_ms());
+            self.broker.housekeep(self.time.now_ms());
         }
         fired
-    }
-
-    /// Verifier for subscription tokens.
-    pub(crate) fn sub_token_verifier(&self) -> &TokenVerifier {
-        self.sub_tokens.as_ref().unwrap_or(&self.tokens)
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -181,10 +175,39 @@ impl Node {
             num_users: self.hub.num_users(),
             num_channels: self.hub.num_channels(),
             num_subs: self.hub.num_subs(),
-            uptime_secs: ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u64,
+            uptime_secs: self.time.uptime_secs(),
         }
     }
 
+    /// The ports a session works through for one command.
+    pub(crate) fn ports(&self) -> Ports<'_> {
+        Ports {
+            auth: &*self.auth,
+            engine: self.engine(),
+            registry: Registry::new(&self.hub, self.cfg.client.user_connection_limit),
+            time: &self.time,
+            channels: &self.channels,
+            rules: &self.cfg.client,
+            version: &self.identity.version,
+        }
+    }
+
+    /// The engines with the rules client commands and the server API share.
+    pub(crate) fn engine(&self) -> Engine<'_> {
+        Engine { broker: &*self.broker, presence: &*self.presence, channels: &self.channels }
+    }
+}
+
+/// The broker and presence manager, with what client commands and the server API share around
+/// them: publish options and metrics, history reads with their epoch check.
+#[derive(Clone, Copy)]
+pub(crate) struct Engine<'a> {
+    pub(crate) broker: &'a dyn Broker,
+    pub(crate) presence: &'a dyn PresenceManager,
+    channels: &'a Channels,
+}
+
+impl Engine<'_> {
     /// Publish options of a namespace.
     pub(crate) fn publish_options(&self, options: &ChannelOptions) -> PublishOptions {
         PublishOptions {
@@ -197,7 +220,7 @@ impl Node {
     }
 
     pub(crate) fn meta_ttl(&self, options: &ChannelOptions) -> Duration {
-        if options.history_meta_ttl.is_zero() { self.cfg.channel.history_meta_ttl } else { options.history_meta_ttl }
+        self.channels.meta_ttl(options)
     }
 
     /// Publishes into a channel stream and delivers it (used by client and API publishes).
@@ -221,6 +244,29 @@ impl Node {
         }
     }
 
+    /// History read shared by the API and the client command.
+    pub(crate) async fn read_history(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistorySlice, ErrorCode> {
+        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(ERROR_BAD_REQUEST);
+        }
+        let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
+        let query = HistoryQuery { since, limit, reverse, meta_ttl: self.meta_ttl(options) };
+        let slice = self.broker.history(channel, query).await.map_err(|_| ERROR_INTERNAL)?;
+        if !since_epoch.is_empty() && since_epoch != slice.top.epoch {
+            return Err(ERROR_UNRECOVERABLE_POSITION);
+        }
+        Ok(slice)
+    }
+}
+
+impl Node {
     fn api_resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
         if channel.is_empty() {
             return Err(ERROR_BAD_REQUEST);
@@ -234,7 +280,7 @@ impl Node {
             return Err(ERROR_BAD_REQUEST);
         }
         let resolved = self.api_resolve(channel)?;
-        let mut opts = self.publish_options(resolved.options());
+        let mut opts = self.engine().publish_options(resolved.options());
         if req.skip_history {
             opts.history_size = 0;
         }
@@ -245,7 +291,7 @@ impl Node {
             opts.exclude_client = Some(Uuid::parse_str(&req.exclude_client).map_err(|_| ERROR_BAD_REQUEST)?);
         }
         let publication = Publication { data: req.data.clone(), tags: req.tags.clone(), ..Default::default() };
-        self.publish_with(channel, publication, &opts).await
+        self.engine().publish_with(channel, publication, &opts).await
     }
 
     fn targets(&self, target: &Target) -> Vec<Arc<dyn ClientLink>> {
@@ -324,28 +370,7 @@ impl Node {
         if !resolved.options().history_enabled() {
             return Err(ERROR_NOT_AVAILABLE);
         }
-        self.read_history(channel, resolved.options(), limit, since, reverse).await
-    }
-
-    /// History read shared by the API and the client command.
-    pub(crate) async fn read_history(
-        &self,
-        channel: &str,
-        options: &ChannelOptions,
-        limit: i64,
-        since: Option<StreamPosition>,
-        reverse: bool,
-    ) -> Result<HistorySlice, ErrorCode> {
-        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
-            return Err(ERROR_BAD_REQUEST);
-        }
-        let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
-        let query = HistoryQuery { since, limit, reverse, meta_ttl: self.meta_ttl(options) };
-        let slice = self.broker.history(channel, query).await.map_err(|_| ERROR_INTERNAL)?;
-        if !since_epoch.is_empty() && since_epoch != slice.top.epoch {
-            return Err(ERROR_UNRECOVERABLE_POSITION);
-        }
-        Ok(slice)
+        self.engine().read_history(channel, resolved.options(), limit, since, reverse).await
     }
 
     /// Server API `history_remove`.

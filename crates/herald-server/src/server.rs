@@ -236,7 +236,7 @@ fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
+    let node = Node::new(config.hub(), identity, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
     let ws = Arc::new(WsSettings {
         max_message: config.websocket.message_size_limit,
         queue_max: config.client.queue_max_size,
@@ -310,7 +310,7 @@ async fn run(
     }
     let _ = accepting_tx.send(false);
     state.shutting_down.store(true, Ordering::SeqCst);
-    tracing::info!("shutting down: closing {} clients", node.hub.num_clients());
+    tracing::info!("shutting down: closing {} clients", node.hub().num_clients());
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&node, cfg.client_close_window)).await;
     timers.abort();
@@ -321,7 +321,7 @@ async fn run(
 /// Closes every client with 3001 (reconnect), spread over `window` so they do not reconnect
 /// elsewhere all at once, then waits for their sessions to be cleaned up.
 async fn close_clients(node: &Node, window: Duration) {
-    let links = node.hub.all_links();
+    let links = node.hub().all_links();
     if !links.is_empty() {
         let batches = links.len().clamp(1, 20);
         let per_batch = links.len().div_ceil(batches);
@@ -336,7 +336,7 @@ async fn close_clients(node: &Node, window: Duration) {
         }
     }
     drop(links);
-    while node.hub.num_clients() > 0 {
+    while node.hub().num_clients() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the close frames reach the sockets.

@@ -490,7 +490,7 @@ pub fn new_link(
     let stale_at = node.tick() + settings.stale_after;
     link.timers.set_stale(stale_at);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    node.timers.schedule(&dyn_link, stale_at);
+    node.timers().schedule(&dyn_link, stale_at);
     link
 }
 

@@ -88,3 +88,19 @@ impl Authenticator for JwtAuthenticator {
         self.sub_tokens.as_ref().unwrap_or(&self.tokens).verify_subscribe(token, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_key_is_named_by_its_config_key() {
+        let mut cfg = ClientConfig::default();
+        cfg.subscription_token.enabled = true;
+        cfg.subscription_token.rsa_public_key = "not a pem".into();
+        let err = JwtAuthenticator::new(&cfg).err().expect("rejected");
+        assert_eq!(err.key, "client.subscription_token.rsa_public_key");
+        assert!(err.problem.starts_with("invalid PEM RSA public key"), "{err}");
+        assert!(err.to_string().starts_with("client.subscription_token.rsa_public_key: invalid PEM"), "{err}");
+    }
+}

@@ -25,7 +25,7 @@ use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
-use crate::ports::{Authenticator, Ports, Registry, Time};
+use crate::ports::{Authenticator, Ports, Time};
 use crate::timer::TimerWheel;
 
 /// Identity of this node.
@@ -181,15 +181,11 @@ impl Node {
 
     /// The ports a session works through for one command.
     pub(crate) fn ports(&self) -> Ports<'_> {
-        Ports {
-            auth: &*self.auth,
-            engine: self.engine(),
-            registry: Registry::new(&self.hub, self.cfg.client.user_connection_limit),
-            time: &self.time,
-            channels: &self.channels,
-            rules: &self.cfg.client,
-            version: &self.identity.version,
-        }
+        Ports::new(self, &*self.auth)
+    }
+
+    pub(crate) fn time(&self) -> &Time {
+        &self.time
     }
 
     /// The engines with the rules client commands and the server API share.

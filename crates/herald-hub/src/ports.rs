@@ -1,11 +1,11 @@
 //! The narrow ports a [`crate::session::Session`] works through instead of reaching into the
 //! node: who a client is ([`Authenticator`], answering with an [`Identity`]), the engine
-//! ([`Engine`]: broker and presence), the registry of local sessions and subscriptions
-//! ([`Registry`]), the clock and timers ([`Time`]), and the channel and client rules.
+//! (`node::Engine`: broker and presence), the registry of local sessions and subscriptions
+//! (`Registry`), the clock and timers (`Time`), and the channel and client rules.
 //!
-//! [`Ports`] bundles references to them; [`crate::node::Node::ports`] hands one out per command.
-//! Traits only where a second implementation is expected: the authenticator (JWT today, a
-//! backend deciding connects later) and the engine traits of [`crate::broker`].
+//! `Ports` bundles references to them; the node hands one out per command. Traits only where a
+//! second implementation is expected: the authenticator (JWT today, a backend deciding connects
+//! later) and the engine traits of [`crate::broker`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::config::ClientConfig;
 use crate::conn::ConnectionInfo;
 use crate::hub::{Hub, UserLimitReached};
 use crate::link::ClientLink;
-use crate::node::Engine;
+use crate::node::{Engine, Node};
 use crate::timer::TimerWheel;
 
 /// Why a command, or a connect, is refused: an error reply the client may recover from, or a
@@ -131,7 +131,7 @@ impl<'a> Registry<'a> {
 }
 
 /// The node's clock and timer wheel, and the tick arithmetic between them.
-pub struct Time {
+pub(crate) struct Time {
     clock: Arc<dyn Clock>,
     timers: TimerWheel,
     /// Clock reading when the node started (tick 1).
@@ -144,44 +144,73 @@ impl Time {
         Time { clock, timers, start_ms }
     }
 
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
 
-    pub fn now_secs(&self) -> i64 {
+    pub(crate) fn now_secs(&self) -> i64 {
         self.clock.now_secs()
     }
 
-    pub fn timers(&self) -> &TimerWheel {
+    pub(crate) fn timers(&self) -> &TimerWheel {
         &self.timers
     }
 
     /// Seconds since the node started (the timer wheel's clock), starting at 1.
-    pub fn tick(&self) -> u32 {
+    pub(crate) fn tick(&self) -> u32 {
         ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u32 + 1
     }
 
     /// Converts a Unix time in seconds into a wheel tick.
-    pub fn tick_at(&self, unix_secs: i64) -> u32 {
+    pub(crate) fn tick_at(&self, unix_secs: i64) -> u32 {
         let delta = unix_secs - self.clock.now_secs();
         (self.tick() as i64 + delta).clamp(1, u32::MAX as i64) as u32
     }
 
-    pub fn uptime_secs(&self) -> u64 {
+    pub(crate) fn uptime_secs(&self) -> u64 {
         ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u64
     }
 }
 
 /// What a session is given for one command.
+///
+/// A view of the node rather than a bundle of references: per-command futures carry it, and
+/// at 24 bytes it keeps the boxed command batch in a small allocator size class (a bundle of
+/// every port was 112 bytes).
 #[derive(Clone, Copy)]
 pub(crate) struct Ports<'a> {
     pub(crate) auth: &'a dyn Authenticator,
-    pub(crate) engine: Engine<'a>,
-    pub(crate) registry: Registry<'a>,
-    pub(crate) time: &'a Time,
-    pub(crate) channels: &'a Channels,
+    node: &'a Node,
+}
+
+impl<'a> Ports<'a> {
+    pub(crate) fn new(node: &'a Node, auth: &'a dyn Authenticator) -> Self {
+        Ports { auth, node }
+    }
+
+    pub(crate) fn engine(&self) -> Engine<'a> {
+        self.node.engine()
+    }
+
+    pub(crate) fn registry(&self) -> Registry<'a> {
+        Registry::new(self.node.hub(), self.node.config().client.user_connection_limit)
+    }
+
+    pub(crate) fn time(&self) -> &'a Time {
+        self.node.time()
+    }
+
+    pub(crate) fn channels(&self) -> &'a Channels {
+        self.node.channels()
+    }
+
     /// The `client` config section: limits, pings, expiry grace periods.
-    pub(crate) rules: &'a ClientConfig,
+    pub(crate) fn rules(&self) -> &'a ClientConfig {
+        &self.node.config().client
+    }
+
     /// Server version sent in connect replies.
-    pub(crate) version: &'a str,
+    pub(crate) fn version(&self) -> &'a str {
+        &self.node.identity().version
+    }
 }

@@ -21,7 +21,7 @@ use crate::ports::{ConnectAttempt, Identity, Ports};
 impl Session {
     pub(super) async fn connect(&mut self, p: &Ports<'_>, id: u32, req: &ConnectRequest) -> CmdResult {
         let conn = self.conn;
-        let attempt = ConnectAttempt { client: self.link.id(), conn: &conn, request: req, now: p.time.now_secs() };
+        let attempt = ConnectAttempt { client: self.link.id(), conn: &conn, request: req, now: p.time().now_secs() };
         let identity = p.auth.connect(attempt).await?;
         self.establish(p, id, req, identity).await
     }
@@ -36,8 +36,8 @@ impl Session {
         req: &ConnectRequest,
         identity: Identity,
     ) -> CmdResult {
-        let rules = p.rules;
-        let now = p.time.now_secs();
+        let rules = p.rules();
+        let now = p.time().now_secs();
         let Identity { user, expire_at, info, data, channels, subs } = identity;
         let mut server_subs: Vec<(String, SubSpec)> = Vec::new();
         // Granted channels: `subs` wins over `channels`. Namespace rules, not permissions, apply.
@@ -47,7 +47,7 @@ impl Session {
             channels.into_iter().map(|c| (c, SubOptions::default())).collect()
         };
         for (channel, options) in granted {
-            let resolved = p.channels.resolve(&channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+            let resolved = p.channels().resolve(&channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
             let mut spec = SubSpec::from_options(resolved.options(), &options.override_, true);
             spec.chan_info = options.info;
             spec.data = options.data;
@@ -55,8 +55,8 @@ impl Session {
         }
         let personal = &rules.subscribe_to_user_personal_channel;
         if personal.enabled && !user.is_empty() {
-            let channel = p.channels.personal_channel(&personal.personal_channel_namespace, &user);
-            let ns = p.channels.namespace(&personal.personal_channel_namespace).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+            let channel = p.channels().personal_channel(&personal.personal_channel_namespace, &user);
+            let ns = p.channels().namespace(&personal.personal_channel_namespace).ok_or(ERROR_UNKNOWN_CHANNEL)?;
             if !server_subs.iter().any(|(c, _)| *c == channel) {
                 server_subs.push((channel, SubSpec::from_options(&ns.options, &Override::default(), true)));
             }
@@ -67,11 +67,11 @@ impl Session {
             if server_subs.iter().any(|(c, _)| c == channel) {
                 continue;
             }
-            let Some(resolved) = p.channels.resolve(channel) else { return Err(DISCONNECT_BAD_REQUEST.into()) };
+            let Some(resolved) = p.channels().resolve(channel) else { return Err(DISCONNECT_BAD_REQUEST.into()) };
             let o = resolved.options();
-            let allowed = !p.channels.is_private(channel)
-                && p.channels.valid_name(channel, &resolved)
-                && match p.channels.user_limited(channel, o, &user) {
+            let allowed = !p.channels().is_private(channel)
+                && p.channels().valid_name(channel, &resolved)
+                && match p.channels().user_limited(channel, o, &user) {
                     Some(listed) => listed && !user.is_empty(),
                     None => o.allow_subscribe_for_client && (!user.is_empty() || o.allow_subscribe_for_anonymous),
                 };
@@ -89,7 +89,7 @@ impl Session {
         {
             return Err(ERROR_EXPIRED.into());
         }
-        if p.registry.add_user(&user, &self.link).is_err() {
+        if p.registry().add_user(&user, &self.link).is_err() {
             return Err(DISCONNECT_CONNECTION_LIMIT.into());
         }
         self.user = Arc::from(user);
@@ -109,7 +109,7 @@ impl Session {
                 }
                 Err(refusal) => {
                     self.drop_all(p).await;
-                    p.registry.remove_user(&self.user, &self.link);
+                    p.registry().remove_user(&self.user, &self.link);
                     return Err(refusal);
                 }
             }
@@ -117,7 +117,7 @@ impl Session {
         let ping = rules.ping_interval.as_secs() as u32;
         let mut result = ConnectResult {
             client: self.client_id(),
-            version: p.version.to_owned(),
+            version: p.version().to_owned(),
             data,
             ping,
             pong: ping > 0,
@@ -129,7 +129,7 @@ impl Session {
             result.ttl = ttl(self.expire_at, now);
         }
         if rules.connect_include_server_time {
-            result.time = p.time.now_ms();
+            result.time = p.time().now_ms();
         }
         let after: Vec<(String, u64)> = result.subs.iter().map(|(c, r)| (c.clone(), activation_offset(r))).collect();
         self.send(&Reply { id, connect: Some(result), ..Default::default() });
@@ -138,11 +138,11 @@ impl Session {
             self.activate(p, &channel, offset).await;
         }
         // Timers: first ping at a random point in [interval/2, interval] to spread load.
-        let tick = p.time.tick();
+        let tick = p.time().tick();
         let first_ping = if ping > 0 { tick + rand::rng().random_range(ping / 2..=ping).max(1) } else { 0 };
         self.link.timers().set_connected(first_ping, true);
         if first_ping > 0 {
-            p.time.timers().schedule(&self.link, first_ping);
+            p.time().timers().schedule(&self.link, first_ping);
         }
         self.reschedule(p);
         Ok(())
@@ -152,7 +152,7 @@ impl Session {
         if req.token.is_empty() {
             return Err(bad_request());
         }
-        let now = p.time.now_secs();
+        let now = p.time().now_secs();
         let identity = match p.auth.refresh_token(&req.token, now) {
             Ok(i) => i,
             Err(TokenError::Expired) => return Err(DISCONNECT_EXPIRED.into()),
@@ -187,7 +187,7 @@ impl Session {
         expire_at: Option<i64>,
         info: Option<Bytes>,
     ) -> Flow {
-        let now = p.time.now_secs();
+        let now = p.time().now_secs();
         if let Some(info) = info {
             self.conn_info = info;
         }
@@ -207,7 +207,7 @@ impl Session {
     /// Arms the session deadline on the link: the earliest connection or subscription expiry
     /// plus its grace period.
     pub(super) fn reschedule(&self, p: &Ports<'_>) {
-        let rules = p.rules;
+        let rules = p.rules();
         let conn = (self.expire_at > 0).then(|| self.expire_at + rules.expired_close_delay.as_secs() as i64);
         let subs = self
             .subs
@@ -218,9 +218,9 @@ impl Session {
         let timers = self.link.timers();
         match next {
             Some(at) => {
-                let tick = p.time.tick_at(at);
+                let tick = p.time().tick_at(at);
                 timers.set_session_deadline(tick);
-                p.time.timers().schedule(&self.link, tick);
+                p.time().timers().schedule(&self.link, tick);
             }
             None => timers.set_session_deadline(0),
         }
@@ -229,8 +229,8 @@ impl Session {
     /// The session deadline fired: closes an expired connection, unsubscribes expired
     /// subscriptions (a server-side one closes the connection), re-arms the deadline.
     pub(super) async fn check_expiry(&mut self, p: &Ports<'_>) -> Flow {
-        let rules = p.rules;
-        let now = p.time.now_secs();
+        let rules = p.rules();
+        let now = p.time().now_secs();
         if self.expire_at > 0 && now >= self.expire_at + rules.expired_close_delay.as_secs() as i64 {
             return self.disconnect(DISCONNECT_EXPIRED);
         }

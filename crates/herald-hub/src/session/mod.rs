@@ -275,7 +275,7 @@ impl Session {
             self.remove_sub(p, &channel, true).await;
         }
         if self.state == State::Connected || self.state == State::Unusable {
-            p.registry.remove_user(&self.user, &self.link);
+            p.registry().remove_user(&self.user, &self.link);
         }
     }
 }

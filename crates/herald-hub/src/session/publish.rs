@@ -17,8 +17,8 @@ impl Session {
         if channel.is_empty() {
             return Err(bad_request());
         }
-        let resolved = p.channels.resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        if !p.channels.valid_name(channel, &resolved) {
+        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+        if !p.channels().valid_name(channel, &resolved) {
             return Err(ERROR_BAD_REQUEST.into());
         }
         Ok(&resolved.ns.options)
@@ -46,8 +46,8 @@ impl Session {
         let chan_info = self.find(&req.channel).map(|i| self.subs[i].chan_info.clone()).unwrap_or_default();
         let publication =
             Publication { data: req.data.clone(), info: Some(self.client_info(chan_info)), ..Default::default() };
-        let opts = p.engine.publish_options(o);
-        p.engine.publish_with(&req.channel, publication, &opts).await?;
+        let opts = p.engine().publish_options(o);
+        p.engine().publish_with(&req.channel, publication, &opts).await?;
         self.send(&Reply { id, publish: Some(PublishResult {}), ..Default::default() });
         Ok(())
     }
@@ -70,7 +70,7 @@ impl Session {
 
     pub(super) async fn presence(&mut self, p: &Ports<'_>, id: u32, req: &PresenceRequest) -> CmdResult {
         self.presence_checks(p, &req.channel)?;
-        let map = p.engine.presence.presence(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
+        let map = p.engine().presence.presence(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
         let result = PresenceResult { presence: map.into_iter().collect() };
         self.send(&Reply { id, presence: Some(result), ..Default::default() });
         Ok(())
@@ -79,7 +79,7 @@ impl Session {
     pub(super) async fn presence_stats(&mut self, p: &Ports<'_>, id: u32, req: &PresenceStatsRequest) -> CmdResult {
         self.presence_checks(p, &req.channel)?;
         let (num_clients, num_users) =
-            p.engine.presence.presence_stats(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
+            p.engine().presence.presence_stats(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
         let result = PresenceStatsResult { num_clients, num_users };
         self.send(&Reply { id, presence_stats: Some(result), ..Default::default() });
         Ok(())
@@ -98,12 +98,12 @@ impl Session {
         ) {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
-        let max = p.rules.history_max_publication_limit as i64;
+        let max = p.rules().history_max_publication_limit as i64;
         let mut limit = req.limit as i64;
         if max > 0 && (limit < 0 || limit > max) {
             limit = max;
         }
-        let slice = p.engine.read_history(&req.channel, o, limit, req.since.clone(), req.reverse).await?;
+        let slice = p.engine().read_history(&req.channel, o, limit, req.since.clone(), req.reverse).await?;
         let result =
             HistoryResult { publications: slice.publications, epoch: slice.top.epoch, offset: slice.top.offset };
         self.send(&Reply { id, history: Some(result), ..Default::default() });

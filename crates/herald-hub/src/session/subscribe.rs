@@ -79,24 +79,24 @@ impl Session {
         if req.sub_type != 0 {
             return Err(ERROR_NOT_AVAILABLE.into());
         }
-        if p.channels.too_long(channel) || req.tf.is_some() {
+        if p.channels().too_long(channel) || req.tf.is_some() {
             return Err(ERROR_BAD_REQUEST.into());
         }
         if self.find(channel).is_some() {
             return Err(ERROR_ALREADY_SUBSCRIBED.into());
         }
-        if self.subs.len() >= p.rules.channel_limit {
+        if self.subs.len() >= p.rules().channel_limit {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
-        let resolved = p.channels.resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        if !p.channels.valid_name(channel, &resolved) {
+        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+        if !p.channels().valid_name(channel, &resolved) {
             return Err(ERROR_BAD_REQUEST.into());
         }
-        if p.channels.is_private(channel) && req.token.is_empty() {
+        if p.channels().is_private(channel) && req.token.is_empty() {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         let o = resolved.options();
-        let now = p.time.now_secs();
+        let now = p.time().now_secs();
         let mut spec;
         if !req.token.is_empty() {
             let claims = match p.auth.subscription_token(&req.token, now) {
@@ -120,7 +120,7 @@ impl Session {
                 spec.expire_at = t.min(now + MAX_EXPIRY_SECS);
             }
         } else {
-            let allowed = match p.channels.user_limited(channel, o, &self.user) {
+            let allowed = match p.channels().user_limited(channel, o, &self.user) {
                 Some(listed) => listed,
                 None => o.allow_subscribe_for_client && (!self.user.is_empty() || o.allow_subscribe_for_anonymous),
             };
@@ -180,7 +180,7 @@ impl Session {
         if req.token.is_empty() {
             return Err(ERROR_BAD_REQUEST.into());
         }
-        let now = p.time.now_secs();
+        let now = p.time().now_secs();
         let claims = match p.auth.subscription_token(&req.token, now) {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
@@ -222,7 +222,7 @@ impl Session {
     ) -> Result<SubscribeResult, Refusal> {
         let hub_flags = if spec.flags & PUSH_JOIN_LEAVE != 0 { hub::flags::PUSH_JOIN_LEAVE } else { 0 };
         let channel: Arc<str> = Arc::from(channel);
-        let first = p.registry.add_pending(&channel, &self.link, hub_flags);
+        let first = p.registry().add_pending(&channel, &self.link, hub_flags);
         // Exact growth: most sessions hold one or two subscriptions for hours, and the default
         // growth reserved four (256 bytes) per idle connection.
         self.subs.reserve_exact(1);
@@ -242,7 +242,7 @@ impl Session {
         };
         if spec.flags & PRESENCE != 0 {
             let info = self.client_info(spec.chan_info.clone());
-            if p.engine.presence.add_presence(&channel, info).await.is_err() {
+            if p.engine().presence.add_presence(&channel, info).await.is_err() {
                 self.remove_sub(p, &channel, false).await;
                 return Err(DISCONNECT_SERVER_ERROR.into());
             }
@@ -257,11 +257,11 @@ impl Session {
         spec: &SubSpec,
         first: bool,
     ) -> Result<SubscribeResult, Refusal> {
-        let broker = p.engine.broker;
+        let broker = p.engine().broker;
         if first && broker.subscribe(channel).await.is_err() {
             return Err(ERROR_INTERNAL.into());
         }
-        let now = p.time.now_secs();
+        let now = p.time().now_secs();
         let mut result =
             SubscribeResult { data: spec.data.clone(), was_recovering: spec.recover, ..Default::default() };
         if spec.expire_at > 0 {
@@ -271,12 +271,12 @@ impl Session {
         if spec.flags & (POSITIONED | RECOVERABLE) == 0 {
             return Ok(result);
         }
-        let resolved = p.channels.resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        let meta_ttl = p.engine.meta_ttl(resolved.options());
+        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+        let meta_ttl = p.engine().meta_ttl(resolved.options());
         result.positioned = true;
         result.recoverable = spec.flags & RECOVERABLE != 0;
         let recovering = spec.recover && result.recoverable;
-        let max = p.rules.recovery_max_publication_limit;
+        let max = p.rules().recovery_max_publication_limit;
         let query = match (recovering, spec.mode) {
             (true, RecoveryMode::Stream) => HistoryQuery {
                 since: Some(StreamPosition { offset: spec.offset, epoch: spec.epoch.clone() }),
@@ -311,12 +311,12 @@ impl Session {
 
     /// Makes a prepared subscription live (after its reply was queued) and emits the join.
     pub(super) async fn activate(&self, p: &Ports<'_>, channel: &str, after: u64) {
-        p.registry.activate(channel, &self.link, after);
+        p.registry().activate(channel, &self.link, after);
         if let Some(sub) = self.find(channel).map(|i| &self.subs[i])
             && sub.flags & EMIT_JOIN_LEAVE != 0
         {
             let info = self.client_info(sub.chan_info.clone());
-            if let Err(e) = p.engine.broker.publish_join(channel, info).await {
+            if let Err(e) = p.engine().broker.publish_join(channel, info).await {
                 tracing::warn!(channel, error = %e, "join publish failed");
             }
         }
@@ -326,16 +326,16 @@ impl Session {
     pub(super) async fn remove_sub(&mut self, p: &Ports<'_>, channel: &str, emit_leave: bool) {
         let Some(i) = self.find(channel) else { return };
         let sub = self.subs.swap_remove(i);
-        if p.registry.remove(channel, &self.link) {
-            let _ = p.engine.broker.unsubscribe(channel).await;
+        if p.registry().remove(channel, &self.link) {
+            let _ = p.engine().broker.unsubscribe(channel).await;
         }
         if sub.flags & PRESENCE != 0 {
             let client = self.client_id();
-            let _ = p.engine.presence.remove_presence(channel, &client).await;
+            let _ = p.engine().presence.remove_presence(channel, &client).await;
         }
         if emit_leave && sub.flags & EMIT_JOIN_LEAVE != 0 {
             let info = self.client_info(sub.chan_info);
-            if let Err(e) = p.engine.broker.publish_leave(channel, info).await {
+            if let Err(e) = p.engine().broker.publish_leave(channel, info).await {
                 tracing::warn!(channel, error = %e, "leave publish failed");
             }
         }
@@ -391,15 +391,15 @@ impl Session {
         if self.find(&sub.channel).is_some() {
             return Flow::Continue;
         }
-        if self.subs.len() >= p.rules.channel_limit {
+        if self.subs.len() >= p.rules().channel_limit {
             return self.disconnect(DISCONNECT_CHANNEL_LIMIT);
         }
-        let Some(resolved) = p.channels.resolve(&sub.channel) else { return Flow::Continue };
+        let Some(resolved) = p.channels().resolve(&sub.channel) else { return Flow::Continue };
         let mut spec = SubSpec::from_options(resolved.options(), &sub.override_, true);
         spec.chan_info = sub.info;
         spec.data = sub.data;
         if let Some(t) = sub.expire_at.filter(|t| *t > 0) {
-            if t <= p.time.now_secs() {
+            if t <= p.time().now_secs() {
                 return Flow::Continue;
             }
             spec.expire_at = t;

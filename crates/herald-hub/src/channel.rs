@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use regex::Regex;
 
@@ -145,12 +144,6 @@ impl Channels {
         }
         let (_, users) = channel.rsplit_once(self.cfg.user_boundary.as_str())?;
         Some(users.split(self.cfg.user_separator.as_str()).any(|u| u == user))
-    }
-
-    /// How long a stream's position outlives its last publication: the namespace's own
-    /// `history_meta_ttl`, else the channel section's.
-    pub fn meta_ttl(&self, options: &ChannelOptions) -> Duration {
-        if options.history_meta_ttl.is_zero() { self.cfg.history_meta_ttl } else { options.history_meta_ttl }
     }
 
     /// The personal channel of `user` (`#42` or `ns:#42`).

@@ -188,22 +188,11 @@ impl Node {
         &self.time
     }
 
-    /// The engines with the rules client commands and the server API share.
+    /// The engine as sessions see it.
     pub(crate) fn engine(&self) -> Engine<'_> {
-        Engine { broker: &*self.broker, presence: &*self.presence, channels: &self.channels }
+        Engine { node: self }
     }
-}
 
-/// The broker and presence manager, with what client commands and the server API share around
-/// them: publish options and metrics, history reads with their epoch check.
-#[derive(Clone, Copy)]
-pub(crate) struct Engine<'a> {
-    pub(crate) broker: &'a dyn Broker,
-    pub(crate) presence: &'a dyn PresenceManager,
-    channels: &'a Channels,
-}
-
-impl Engine<'_> {
     /// Publish options of a namespace.
     pub(crate) fn publish_options(&self, options: &ChannelOptions) -> PublishOptions {
         PublishOptions {
@@ -216,7 +205,7 @@ impl Engine<'_> {
     }
 
     pub(crate) fn meta_ttl(&self, options: &ChannelOptions) -> Duration {
-        self.channels.meta_ttl(options)
+        if options.history_meta_ttl.is_zero() { self.cfg.channel.history_meta_ttl } else { options.history_meta_ttl }
     }
 
     /// Publishes into a channel stream and delivers it (used by client and API publishes).
@@ -240,29 +229,6 @@ impl Engine<'_> {
         }
     }
 
-    /// History read shared by the API and the client command.
-    pub(crate) async fn read_history(
-        &self,
-        channel: &str,
-        options: &ChannelOptions,
-        limit: i64,
-        since: Option<StreamPosition>,
-        reverse: bool,
-    ) -> Result<HistorySlice, ErrorCode> {
-        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
-            return Err(ERROR_BAD_REQUEST);
-        }
-        let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
-        let query = HistoryQuery { since, limit, reverse, meta_ttl: self.meta_ttl(options) };
-        let slice = self.broker.history(channel, query).await.map_err(|_| ERROR_INTERNAL)?;
-        if !since_epoch.is_empty() && since_epoch != slice.top.epoch {
-            return Err(ERROR_UNRECOVERABLE_POSITION);
-        }
-        Ok(slice)
-    }
-}
-
-impl Node {
     fn api_resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
         if channel.is_empty() {
             return Err(ERROR_BAD_REQUEST);
@@ -276,7 +242,7 @@ impl Node {
             return Err(ERROR_BAD_REQUEST);
         }
         let resolved = self.api_resolve(channel)?;
-        let mut opts = self.engine().publish_options(resolved.options());
+        let mut opts = self.publish_options(resolved.options());
         if req.skip_history {
             opts.history_size = 0;
         }
@@ -287,7 +253,7 @@ impl Node {
             opts.exclude_client = Some(Uuid::parse_str(&req.exclude_client).map_err(|_| ERROR_BAD_REQUEST)?);
         }
         let publication = Publication { data: req.data.clone(), tags: req.tags.clone(), ..Default::default() };
-        self.engine().publish_with(channel, publication, &opts).await
+        self.publish_with(channel, publication, &opts).await
     }
 
     fn targets(&self, target: &Target) -> Vec<Arc<dyn ClientLink>> {
@@ -366,7 +332,28 @@ impl Node {
         if !resolved.options().history_enabled() {
             return Err(ERROR_NOT_AVAILABLE);
         }
-        self.engine().read_history(channel, resolved.options(), limit, since, reverse).await
+        self.read_history(channel, resolved.options(), limit, since, reverse).await
+    }
+
+    /// History read shared by the API and the client command.
+    pub(crate) async fn read_history(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistorySlice, ErrorCode> {
+        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(ERROR_BAD_REQUEST);
+        }
+        let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
+        let query = HistoryQuery { since, limit, reverse, meta_ttl: self.meta_ttl(options) };
+        let slice = self.broker.history(channel, query).await.map_err(|_| ERROR_INTERNAL)?;
+        if !since_epoch.is_empty() && since_epoch != slice.top.epoch {
+            return Err(ERROR_UNRECOVERABLE_POSITION);
+        }
+        Ok(slice)
     }
 
     /// Server API `history_remove`.
@@ -397,6 +384,56 @@ impl Node {
             l.close(reason.clone());
         }
         links.len()
+    }
+}
+
+/// The engine as a session sees it: the broker and presence manager, plus the publish and
+/// history rules it shares with the server API.
+//
+// A view of the node (8 bytes) rather than a copy of its references: command futures hold it
+// across awaits.
+#[derive(Clone, Copy)]
+pub(crate) struct Engine<'a> {
+    node: &'a Node,
+}
+
+impl<'a> Engine<'a> {
+    pub(crate) fn broker(self) -> &'a dyn Broker {
+        &*self.node.broker
+    }
+
+    pub(crate) fn presence(self) -> &'a dyn PresenceManager {
+        &*self.node.presence
+    }
+
+    pub(crate) fn publish_options(self, options: &ChannelOptions) -> PublishOptions {
+        self.node.publish_options(options)
+    }
+
+    pub(crate) fn meta_ttl(self, options: &ChannelOptions) -> Duration {
+        self.node.meta_ttl(options)
+    }
+
+    // The node's futures are returned as they are: an `async fn` here would wrap them in a
+    // second frame.
+    pub(crate) fn publish_with(
+        self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> impl Future<Output = Result<PublishOutcome, ErrorCode>> {
+        self.node.publish_with(channel, publication, opts)
+    }
+
+    pub(crate) fn read_history(
+        self,
+        channel: &str,
+        options: &ChannelOptions,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> impl Future<Output = Result<HistorySlice, ErrorCode>> {
+        self.node.read_history(channel, options, limit, since, reverse)
     }
 }
 

@@ -166,19 +166,26 @@ impl Session {
     }
 
     /// Handles one command from the client.
-    pub async fn handle_command(&mut self, node: &Node, cmd: &Command) -> Flow {
-        self.dispatch(&node.ports(), cmd).await
+    //
+    // Not an `async fn`: the returned future is `dispatch`'s own, without a wrapper frame
+    // holding the arguments a second time (the boxed command batch stays small).
+    pub fn handle_command<'a>(
+        &'a mut self,
+        node: &'a Node,
+        cmd: &'a Command,
+    ) -> impl Future<Output = Flow> + Send + 'a {
+        self.dispatch(node.ports(), cmd)
     }
 
     /// Handles one command through the given ports.
-    async fn dispatch(&mut self, p: &Ports<'_>, cmd: &Command) -> Flow {
+    async fn dispatch(&mut self, p: Ports<'_>, cmd: &Command) -> Flow {
         let method = cmd.method();
         let name = method.map(|m| m.name()).unwrap_or("pong");
         if self.state == State::Fresh {
             return match method {
                 Some(Method::Connect(req)) if cmd.id > 0 => {
                     // Boxed: the connect state is large and needed once per connection.
-                    let r = Box::pin(self.connect(p, cmd.id, req)).await;
+                    let r = Box::pin(self.connect(&p, cmd.id, req)).await;
                     let flow = self.finish(name, cmd.id, r);
                     if self.state == State::Fresh && flow == Flow::Continue {
                         // After a connect error the rest of the batch is dropped (as Go does)
@@ -214,17 +221,17 @@ impl Session {
         }
         let r = match method {
             Method::Connect(_) => Err(bad_request()),
-            Method::Subscribe(req) => Box::pin(self.subscribe(p, cmd.id, req)).await,
-            Method::Unsubscribe(req) => self.unsubscribe(p, cmd.id, req).await,
-            Method::Publish(req) => self.publish(p, cmd.id, req).await,
-            Method::Presence(req) => self.presence(p, cmd.id, req).await,
-            Method::PresenceStats(req) => self.presence_stats(p, cmd.id, req).await,
-            Method::History(req) => self.history(p, cmd.id, req).await,
+            Method::Subscribe(req) => Box::pin(self.subscribe(&p, cmd.id, req)).await,
+            Method::Unsubscribe(req) => self.unsubscribe(&p, cmd.id, req).await,
+            Method::Publish(req) => self.publish(&p, cmd.id, req).await,
+            Method::Presence(req) => self.presence(&p, cmd.id, req).await,
+            Method::PresenceStats(req) => self.presence_stats(&p, cmd.id, req).await,
+            Method::History(req) => self.history(&p, cmd.id, req).await,
             Method::Ping(_) => Err(ERROR_NOT_AVAILABLE.into()),
             Method::Send(req) => self.send_message(req),
             Method::Rpc(req) => self.rpc(req),
-            Method::Refresh(req) => self.refresh(p, cmd.id, req),
-            Method::SubRefresh(req) => self.sub_refresh(p, cmd.id, req),
+            Method::Refresh(req) => self.refresh(&p, cmd.id, req),
+            Method::SubRefresh(req) => self.sub_refresh(&p, cmd.id, req),
         };
         self.finish(name, cmd.id, r)
     }
@@ -249,30 +256,36 @@ impl Session {
     }
 
     /// Handles a server-side action or timer event.
-    pub async fn handle_control(&mut self, node: &Node, ctrl: Control) -> Flow {
+    pub fn handle_control<'a>(&'a mut self, node: &'a Node, ctrl: Control) -> impl Future<Output = Flow> + Send + 'a {
+        self.control(node.ports(), ctrl)
+    }
+
+    async fn control(&mut self, p: Ports<'_>, ctrl: Control) -> Flow {
         if self.state != State::Connected {
             return Flow::Continue;
         }
-        let p = &node.ports();
         match ctrl {
-            Control::CheckExpiry => self.check_expiry(p).await,
-            Control::Subscribe(sub) => self.server_subscribe(p, *sub).await,
+            Control::CheckExpiry => self.check_expiry(&p).await,
+            Control::Subscribe(sub) => self.server_subscribe(&p, *sub).await,
             Control::Unsubscribe { channel, code } => {
-                self.server_unsubscribe_matching(p, channel, code).await;
+                self.server_unsubscribe_matching(&p, channel, code).await;
                 Flow::Continue
             }
-            Control::Refresh { expired, expire_at, info } => self.server_refresh(p, expired, expire_at, info),
-            Control::Insufficient { channel } => self.insufficient(p, &channel).await,
+            Control::Refresh { expired, expire_at, info } => self.server_refresh(&p, expired, expire_at, info),
+            Control::Insufficient { channel } => self.insufficient(&p, &channel).await,
         }
     }
 
     /// Cleans up after the connection is gone: subscriptions, presence, leaves, user index.
-    pub async fn close(&mut self, node: &Node) {
-        let p = &node.ports();
+    pub fn close<'a>(&'a mut self, node: &'a Node) -> impl Future<Output = ()> + Send + 'a {
+        self.clean_up(node.ports())
+    }
+
+    async fn clean_up(&mut self, p: Ports<'_>) {
         self.link.timers().set_closed();
         while let Some(sub) = self.subs.last() {
             let channel = sub.channel.clone();
-            self.remove_sub(p, &channel, true).await;
+            self.remove_sub(&p, &channel, true).await;
         }
         if self.state == State::Connected || self.state == State::Unusable {
             p.registry().remove_user(&self.user, &self.link);

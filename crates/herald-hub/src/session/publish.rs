@@ -70,7 +70,7 @@ impl Session {
 
     pub(super) async fn presence(&mut self, p: &Ports<'_>, id: u32, req: &PresenceRequest) -> CmdResult {
         self.presence_checks(p, &req.channel)?;
-        let map = p.engine().presence.presence(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
+        let map = p.engine().presence().presence(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
         let result = PresenceResult { presence: map.into_iter().collect() };
         self.send(&Reply { id, presence: Some(result), ..Default::default() });
         Ok(())
@@ -79,7 +79,7 @@ impl Session {
     pub(super) async fn presence_stats(&mut self, p: &Ports<'_>, id: u32, req: &PresenceStatsRequest) -> CmdResult {
         self.presence_checks(p, &req.channel)?;
         let (num_clients, num_users) =
-            p.engine().presence.presence_stats(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
+            p.engine().presence().presence_stats(&req.channel).await.map_err(|_| ERROR_INTERNAL)?;
         let result = PresenceStatsResult { num_clients, num_users };
         self.send(&Reply { id, presence_stats: Some(result), ..Default::default() });
         Ok(())

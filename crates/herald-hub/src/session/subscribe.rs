@@ -242,7 +242,7 @@ impl Session {
         };
         if spec.flags & PRESENCE != 0 {
             let info = self.client_info(spec.chan_info.clone());
-            if p.engine().presence.add_presence(&channel, info).await.is_err() {
+            if p.engine().presence().add_presence(&channel, info).await.is_err() {
                 self.remove_sub(p, &channel, false).await;
                 return Err(DISCONNECT_SERVER_ERROR.into());
             }
@@ -257,7 +257,7 @@ impl Session {
         spec: &SubSpec,
         first: bool,
     ) -> Result<SubscribeResult, Refusal> {
-        let broker = p.engine().broker;
+        let broker = p.engine().broker();
         if first && broker.subscribe(channel).await.is_err() {
             return Err(ERROR_INTERNAL.into());
         }
@@ -316,7 +316,7 @@ impl Session {
             && sub.flags & EMIT_JOIN_LEAVE != 0
         {
             let info = self.client_info(sub.chan_info.clone());
-            if let Err(e) = p.engine().broker.publish_join(channel, info).await {
+            if let Err(e) = p.engine().broker().publish_join(channel, info).await {
                 tracing::warn!(channel, error = %e, "join publish failed");
             }
         }
@@ -327,15 +327,15 @@ impl Session {
         let Some(i) = self.find(channel) else { return };
         let sub = self.subs.swap_remove(i);
         if p.registry().remove(channel, &self.link) {
-            let _ = p.engine().broker.unsubscribe(channel).await;
+            let _ = p.engine().broker().unsubscribe(channel).await;
         }
         if sub.flags & PRESENCE != 0 {
             let client = self.client_id();
-            let _ = p.engine().presence.remove_presence(channel, &client).await;
+            let _ = p.engine().presence().remove_presence(channel, &client).await;
         }
         if emit_leave && sub.flags & EMIT_JOIN_LEAVE != 0 {
             let info = self.client_info(sub.chan_info);
-            if let Err(e) = p.engine().broker.publish_leave(channel, info).await {
+            if let Err(e) = p.engine().broker().publish_leave(channel, info).await {
                 tracing::warn!(channel, error = %e, "leave publish failed");
             }
         }

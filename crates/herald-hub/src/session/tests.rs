@@ -114,7 +114,7 @@ fn a_connect_decided_without_a_token_is_established() {
     let link = Arc::new(Recorder::default());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
 
-    let flow = session.dispatch(&ports, &connect(b"\"let me in\"")).now_or_never().expect("ready");
+    let flow = session.dispatch(ports, &connect(b"\"let me in\"")).now_or_never().expect("ready");
 
     assert_eq!(flow, Flow::Continue);
     assert!(session.is_connected());
@@ -145,7 +145,7 @@ fn a_refusal_from_the_authenticator_is_the_connect_outcome() {
     let link = Arc::new(Recorder::default());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
 
-    let flow = session.dispatch(&ports, &connect(b"\"no\"")).now_or_never().expect("ready");
+    let flow = session.dispatch(ports, &connect(b"\"no\"")).now_or_never().expect("ready");
 
     assert_eq!(flow, Flow::Stop);
     assert!(!session.is_connected());

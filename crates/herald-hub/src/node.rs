@@ -1,9 +1,9 @@
-//! The node: configuration, indexes, engines and token verifiers in one place, plus the
+//! The node: configuration, indexes, engines and the authenticator in one place, plus the
 //! operations behind the server API (publish, broadcast, server-side subscribe, disconnect,
 //! presence, history, channels, info).
 //!
 //! A [`crate::session::Session`] takes a `&Node` for every command and works through the
-//! [`Ports`] the node hands out; transports hold an `Arc<Node>`.
+//! `Ports` the node hands out; transports hold an `Arc<Node>`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};

@@ -3,7 +3,7 @@
 //! A session takes decoded commands (and [`Control`]s from the server API and timers) one at a
 //! time, applies the protocol rules (ordering, limits, permissions, tokens, recovery) and writes
 //! replies and pushes to its [`ClientLink`]. It owns no socket and reaches the rest of the node
-//! only through the [`Ports`] the node hands out, so it is tested without I/O (see
+//! only through the `Ports` the node hands out, so it is tested without I/O (see
 //! `tests/session.rs`).
 //!
 //! This file owns the session state, command and control dispatch, and the reply helpers. The

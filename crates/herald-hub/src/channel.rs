@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::config::{ChannelConfig, ChannelOptions, Namespace};
+use crate::config::{ChannelConfig, ChannelOptions, ConfigError, Namespace};
 
 /// A namespace with its compiled channel regex.
 #[derive(Debug)]
@@ -46,41 +46,40 @@ fn valid_namespace_name(name: &str) -> bool {
     name.len() >= 2 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn compile(ns: &Namespace, key: &str) -> Result<Arc<NamespaceInfo>, String> {
+fn compile(ns: &Namespace, key: &str) -> Result<Arc<NamespaceInfo>, ConfigError> {
     let regex = if ns.options.channel_regex.is_empty() {
         None
     } else {
-        Some(
-            Regex::new(&ns.options.channel_regex)
-                .map_err(|e| format!("{key}.channel_regex: invalid regular expression: {e}"))?,
-        )
+        Some(Regex::new(&ns.options.channel_regex).map_err(|e| {
+            ConfigError::new(format!("{key}.channel_regex"), format!("invalid regular expression: {e}"))
+        })?)
     };
     if ns.options.history_size > 0 && ns.options.history_ttl.is_zero() {
-        return Err(format!("{key}.history_ttl: must be set when history_size is set"));
+        return Err(ConfigError::new(format!("{key}.history_ttl"), "must be set when history_size is set"));
     }
     if ns.options.history_size == 0 && !ns.options.history_ttl.is_zero() {
-        return Err(format!("{key}.history_size: must be set when history_ttl is set"));
+        return Err(ConfigError::new(format!("{key}.history_size"), "must be set when history_ttl is set"));
     }
     if ns.options.force_recovery && !ns.options.history_enabled() {
-        return Err(format!("{key}.force_recovery: needs history_size and history_ttl"));
+        return Err(ConfigError::new(format!("{key}.force_recovery"), "needs history_size and history_ttl"));
     }
     Ok(Arc::new(NamespaceInfo { name: ns.name.clone(), options: ns.options.clone(), regex }))
 }
 
 impl Channels {
     /// Validates and compiles the channel section. Errors name the offending key.
-    pub fn new(cfg: ChannelConfig) -> Result<Self, String> {
+    pub fn new(cfg: ChannelConfig) -> Result<Self, ConfigError> {
         for (key, v) in [
             ("channel.namespace_boundary", &cfg.namespace_boundary),
             ("channel.user_boundary", &cfg.user_boundary),
             ("channel.user_separator", &cfg.user_separator),
         ] {
             if v.is_empty() {
-                return Err(format!("{key}: must not be empty"));
+                return Err(ConfigError::new(key, "must not be empty"));
             }
         }
         if cfg.max_length == 0 {
-            return Err("channel.max_length: must be positive".into());
+            return Err(ConfigError::new("channel.max_length", "must be positive"));
         }
         let without = compile(
             &Namespace { name: String::new(), options: cfg.without_namespace.clone() },
@@ -90,13 +89,13 @@ impl Channels {
         for (i, ns) in cfg.namespaces.iter().enumerate() {
             let key = format!("channel.namespaces[{i}]");
             if !valid_namespace_name(&ns.name) {
-                return Err(format!(
-                    "{key}.name: {:?} is not a valid namespace name (2+ characters of letters, digits, '-', '_')",
-                    ns.name
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("{:?} is not a valid namespace name (2+ characters of letters, digits, '-', '_')", ns.name),
                 ));
             }
             if namespaces.insert(ns.name.clone(), compile(ns, &key)?).is_some() {
-                return Err(format!("{key}.name: duplicate namespace {:?}", ns.name));
+                return Err(ConfigError::new(format!("{key}.name"), format!("duplicate namespace {:?}", ns.name)));
             }
         }
         Ok(Channels { cfg, without, namespaces })
@@ -220,15 +219,15 @@ mod tests {
     fn rejects_bad_config_with_key_names() {
         let mut cfg = ChannelConfig::default();
         cfg.namespaces.push(Namespace { name: "x".into(), ..Default::default() });
-        assert!(Channels::new(cfg).unwrap_err().contains("channel.namespaces[0].name"));
+        assert!(Channels::new(cfg).unwrap_err().to_string().contains("channel.namespaces[0].name"));
         let mut cfg = ChannelConfig::default();
         cfg.without_namespace.history_size = 10;
-        assert!(Channels::new(cfg).unwrap_err().contains("channel.without_namespace.history_ttl"));
+        assert!(Channels::new(cfg).unwrap_err().to_string().contains("channel.without_namespace.history_ttl"));
         let mut cfg = ChannelConfig::default();
         cfg.namespaces.push(Namespace {
             name: "ok".into(),
             options: ChannelOptions { channel_regex: "(".into(), ..Default::default() },
         });
-        assert!(Channels::new(cfg).unwrap_err().contains("channel.namespaces[0].channel_regex"));
+        assert!(Channels::new(cfg).unwrap_err().to_string().contains("channel.namespaces[0].channel_regex"));
     }
 }

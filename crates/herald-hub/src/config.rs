@@ -184,3 +184,35 @@ pub struct HubConfig {
     pub client: ClientConfig,
     pub channel: ChannelConfig,
 }
+
+/// A configuration value the hub cannot run with, named by its config key (e.g.
+/// `client.pong_timeout`) so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted config path of the offending value.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), problem: problem.into() }
+    }
+
+    /// From a `"key: problem"` message, the form herald-auth's verifier errors take.
+    pub(crate) fn from_message(message: String) -> Self {
+        match message.split_once(": ") {
+            Some((key, problem)) => ConfigError::new(key, problem),
+            None => ConfigError { key: String::new(), problem: message },
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() { f.write_str(&self.problem) } else { write!(f, "{}: {}", self.key, self.problem) }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,6 +1,8 @@
 //! Herald hub: everything between a decoded command and a queued frame, without I/O.
 //!
 //! - [`session`]: the per-client protocol state machine;
+//! - [`ports`]: what a session works through (authenticator, engine, registry, time), and
+//!   [`auth`]: the JWT authenticator;
 //! - [`hub`]: channel → subscribers and user → connections indexes, and fan-out;
 //! - [`broker`]: the engine contract (PUB/SUB, history, presence, node-to-node control, typed
 //!   errors), the delivery sink into the hub, and the memory engines;
@@ -10,6 +12,7 @@
 //! - [`conn`]: what a transport tells a session about its connection (peer address, transport);
 //! - [`channel`], [`config`], [`recovery`], [`duration`], [`clock`]: rules and helpers.
 
+pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod clock;
@@ -20,14 +23,16 @@ pub mod hub;
 pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 pub mod recovery;
 pub mod session;
 pub mod timer;
 pub mod wake;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::HubConfig;
+pub use config::{ConfigError, HubConfig};
 pub use conn::{ConnectionInfo, Transport};
 pub use link::{ClientLink, Control, LinkTimers, ServerSubscribe};
 pub use node::{Node, NodeIdentity};
+pub use ports::{Authenticator, ConnectAttempt, Identity, Refusal};
 pub use session::{Flow, Session};

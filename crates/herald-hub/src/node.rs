@@ -1,30 +1,31 @@
-//! The node: configuration, indexes, engines and token verifiers in one place, plus the
+//! The node: configuration, indexes, engines and the authenticator in one place, plus the
 //! operations behind the server API (publish, broadcast, server-side subscribe, disconnect,
 //! presence, history, channels, info).
 //!
-//! A [`crate::session::Session`] takes a `&Node` for every command; transports hold an
-//! `Arc<Node>`.
+//! A [`crate::session::Session`] takes a `&Node` for every command and works through the
+//! `Ports` the node hands out; transports hold an `Arc<Node>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_auth::TokenVerifier;
 use herald_proto::codes::*;
 use herald_proto::{ClientInfo, DisconnectReason, ErrorCode, Publication, StreamPosition};
 use uuid::Uuid;
 
+use crate::auth::JwtAuthenticator;
 use crate::broker::{
     Broker, BrokerError, Delivery, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence, PresenceManager,
     PublishOptions, PublishOutcome,
 };
 use crate::channel::{Channels, Resolved};
 use crate::clock::Clock;
-use crate::config::{ChannelOptions, HubConfig};
+use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
+use crate::ports::{Authenticator, Ports, Time};
 use crate::timer::TimerWheel;
 
 /// Identity of this node.
@@ -66,23 +67,20 @@ pub struct Target {
 
 /// The node.
 pub struct Node {
-    pub(crate) cfg: HubConfig,
-    pub(crate) channels: Channels,
+    cfg: HubConfig,
+    channels: Channels,
     /// Shared with the engine's delivery sink, which reaches the hub without the node.
-    pub hub: Arc<Hub>,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) presence: Arc<dyn PresenceManager>,
-    pub(crate) tokens: TokenVerifier,
-    pub(crate) sub_tokens: Option<TokenVerifier>,
-    pub timers: TimerWheel,
-    pub clock: Arc<dyn Clock>,
-    start_ms: i64,
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceManager>,
+    auth: Box<dyn Authenticator>,
+    time: Time,
     identity: NodeIdentity,
 }
 
 impl Node {
     /// Builds a node with the memory engine. Errors name the offending config key.
-    pub fn new(cfg: HubConfig, identity: NodeIdentity, clock: Arc<dyn Clock>) -> Result<Arc<Node>, String> {
+    pub fn new(cfg: HubConfig, identity: NodeIdentity, clock: Arc<dyn Clock>) -> Result<Arc<Node>, ConfigError> {
         let broker = Arc::new(MemoryBroker::new(clock.clone()));
         Node::with_engines(cfg, identity, clock, broker, Arc::new(MemoryPresence::default()))
     }
@@ -94,14 +92,9 @@ impl Node {
         clock: Arc<dyn Clock>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceManager>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, ConfigError> {
         let channels = Channels::new(cfg.channel.clone())?;
-        let tokens = TokenVerifier::new(&cfg.client.token, "client.token")?;
-        let sub_tokens = if cfg.client.subscription_token.enabled {
-            Some(TokenVerifier::new(&cfg.client.subscription_token, "client.subscription_token")?)
-        } else {
-            None
-        };
+        let auth = Box::new(JwtAuthenticator::new(&cfg.client)?);
         if let Some(ns) = cfg
             .client
             .subscribe_to_user_personal_channel
@@ -110,31 +103,21 @@ impl Node {
             .and(Some(&cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace))
             && channels.namespace(ns).is_none()
         {
-            return Err(format!(
-                "client.subscribe_to_user_personal_channel.personal_channel_namespace: namespace {ns:?} is not configured"
+            return Err(ConfigError::new(
+                "client.subscribe_to_user_personal_channel.personal_channel_namespace",
+                format!("namespace {ns:?} is not configured"),
             ));
         }
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
-            return Err("client.pong_timeout: must be shorter than client.ping_interval".into());
+            return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let timers = TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout));
-        let start_ms = clock.now_ms();
+        let time = Time::new(clock, TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
-        broker.set_handler(Arc::new(Delivery::new(hub.clone()))).map_err(|e| format!("broker: {e}"))?;
-        Ok(Arc::new(Node {
-            hub,
-            cfg,
-            channels,
-            broker,
-            presence,
-            tokens,
-            sub_tokens,
-            timers,
-            clock,
-            start_ms,
-            identity,
-        }))
+        broker
+            .set_handler(Arc::new(Delivery::new(hub.clone())))
+            .map_err(|e| ConfigError::new("engine", e.to_string()))?;
+        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, time, identity }))
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -149,30 +132,34 @@ impl Node {
         &self.channels
     }
 
+    /// The local indexes of connections and subscriptions.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The timer wheel transports schedule their connections' deadlines on.
+    pub fn timers(&self) -> &TimerWheel {
+        self.time.timers()
+    }
+
     /// Seconds since the node started (the timer wheel's clock), starting at 1.
     pub fn tick(&self) -> u32 {
-        ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u32 + 1
+        self.time.tick()
     }
 
     /// Converts a Unix time in seconds into a wheel tick.
     pub fn tick_at(&self, unix_secs: i64) -> u32 {
-        let delta = unix_secs - self.clock.now_secs();
-        (self.tick() as i64 + delta).clamp(1, u32::MAX as i64) as u32
+        self.time.tick_at(unix_secs)
     }
 
     /// Drives timers and engine housekeeping; call about once a second.
     pub fn run_timers(&self) -> usize {
         let now = self.tick();
-        let fired = crate::wake::batch(|| self.timers.advance(now));
+        let fired = crate::wake::batch(|| self.time.timers().advance(now));
         if now.is_multiple_of(5) {
-            self.broker.housekeep(self.clock.now_ms());
+            self.broker.housekeep(self.time.now_ms());
         }
         fired
-    }
-
-    /// Verifier for subscription tokens.
-    pub(crate) fn sub_token_verifier(&self) -> &TokenVerifier {
-        self.sub_tokens.as_ref().unwrap_or(&self.tokens)
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -181,8 +168,22 @@ impl Node {
             num_users: self.hub.num_users(),
             num_channels: self.hub.num_channels(),
             num_subs: self.hub.num_subs(),
-            uptime_secs: ((self.clock.now_ms() - self.start_ms).max(0) / 1000) as u64,
+            uptime_secs: self.time.uptime_secs(),
         }
+    }
+
+    /// The ports a session works through for one command.
+    pub(crate) fn ports(&self) -> Ports<'_> {
+        Ports::new(self, &*self.auth)
+    }
+
+    pub(crate) fn time(&self) -> &Time {
+        &self.time
+    }
+
+    /// The engine as sessions see it.
+    pub(crate) fn engine(&self) -> Engine<'_> {
+        Engine { node: self }
     }
 
     /// Publish options of a namespace.
@@ -380,6 +381,56 @@ impl Node {
 fn engine_failure(op: &'static str, channel: &str, e: BrokerError) -> ErrorCode {
     tracing::warn!(channel, error = %e, "{op} failed");
     ERROR_INTERNAL
+}
+
+/// The engine as a session sees it: the broker and presence manager, plus the publish and
+/// history rules it shares with the server API.
+//
+// A view of the node (8 bytes) rather than a copy of its references: command futures hold it
+// across awaits.
+#[derive(Clone, Copy)]
+pub(crate) struct Engine<'a> {
+    node: &'a Node,
+}
+
+impl<'a> Engine<'a> {
+    pub(crate) fn broker(self) -> &'a dyn Broker {
+        &*self.node.broker
+    }
+
+    pub(crate) fn presence(self) -> &'a dyn PresenceManager {
+        &*self.node.presence
+    }
+
+    pub(crate) fn publish_options(self, options: &ChannelOptions) -> PublishOptions {
+        self.node.publish_options(options)
+    }
+
+    pub(crate) fn meta_ttl(self, options: &ChannelOptions) -> Duration {
+        self.node.meta_ttl(options)
+    }
+
+    // The node's futures are returned as they are: an `async fn` here would wrap them in a
+    // second frame.
+    pub(crate) fn publish_with(
+        self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> impl Future<Output = Result<PublishOutcome, ErrorCode>> {
+        self.node.publish_with(channel, publication, opts)
+    }
+
+    pub(crate) fn read_history(
+        self,
+        channel: &str,
+        options: &ChannelOptions,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> impl Future<Output = Result<HistorySlice, ErrorCode>> {
+        self.node.read_history(channel, options, limit, since, reverse)
+    }
 }
 
 fn secs(d: Duration) -> u32 {

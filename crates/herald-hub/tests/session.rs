@@ -94,7 +94,7 @@ fn command_before_connect_is_bad_request() {
     // A connect without an id.
     let mut c = env.client();
     assert_eq!(c.disconnect_raw(node, connect_cmd(&user_token("42"))), 3501);
-    assert_eq!(node.hub.num_clients(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
 }
 
 #[test]
@@ -121,8 +121,8 @@ fn connect_with_valid_token() {
         assert!(c.session.is_connected());
         assert_eq!(c.session.user(), "42");
     }
-    assert_eq!(env.node.hub.num_clients(), 2);
-    assert_eq!(env.node.hub.num_users(), 1);
+    assert_eq!(env.node.hub().num_clients(), 2);
+    assert_eq!(env.node.hub().num_users(), 1);
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn expired_token_is_error_109_then_unusable() {
     let mut c = env.client();
     assert_eq!(c.error(node, connect_cmd(&token(json!({"sub": "42", "exp": now - 1})))), 109);
     assert_eq!(c.disconnect_raw(node, Command::default()), 3501, "even a pong");
-    assert_eq!(node.hub.num_clients(), 0, "failed connects are not registered");
+    assert_eq!(node.hub().num_clients(), 0, "failed connects are not registered");
 }
 
 #[test]
@@ -229,7 +229,7 @@ fn invalid_connection_token_is_3500() {
         let mut c = env.client();
         assert_eq!(c.disconnect(node, connect_cmd(&t)), 3500, "{t}");
     }
-    assert_eq!(node.hub.num_clients(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
 }
 
 #[test]
@@ -300,7 +300,7 @@ fn token_channels_create_server_side_subscriptions() {
     assert!(rec.recoverable && rec.positioned);
     assert_eq!(rec.offset, 0);
     assert_eq!(rec.epoch.len(), 4);
-    assert_eq!(node.hub.num_subscribers("plain:a"), 1);
+    assert_eq!(node.hub().num_subscribers("plain:a"), 1);
     assert_eq!(c.session.channels().count(), 2);
     // Publications flow to server-side subscriptions.
     env.publish("plain:a", r#"{"n":1}"#);
@@ -359,8 +359,8 @@ fn unknown_namespace_in_token_channels_is_error_102() {
         assert_eq!(c.error(node, connect_cmd(&t)), 102);
         assert_eq!(c.disconnect(node, subscribe_cmd("plain:a")), 3501);
     }
-    assert_eq!(node.hub.num_subscribers("plain:a"), 0);
-    assert_eq!(node.hub.num_clients(), 0);
+    assert_eq!(node.hub().num_subscribers("plain:a"), 0);
+    assert_eq!(node.hub().num_clients(), 0);
 }
 
 #[test]
@@ -466,7 +466,7 @@ fn channel_limit_at_connect_is_3505() {
     let mut c = env.client();
     let t = token(json!({"sub": "42", "channels": ["plain:a", "plain:b", "plain:c"]}));
     assert_eq!(c.disconnect(&env.node, connect_cmd(&t)), 3505);
-    assert_eq!(env.node.hub.num_subscribers("plain:a"), 0);
+    assert_eq!(env.node.hub().num_subscribers("plain:a"), 0);
     let mut c = env.client();
     let res = c.connect_ok(&env.node, &token(json!({"sub": "42", "channels": ["plain:a", "plain:b"]})));
     assert_eq!(res.subs.len(), 2);
@@ -511,7 +511,7 @@ fn subscribe_validation_errors() {
     // A request with id 0 that is not `send`.
     let mut c = env.connected("42");
     assert_eq!(c.disconnect_raw(node, subscribe_cmd("plain:a")), 3501);
-    assert_eq!(node.hub.num_subscribers("plain:a"), 0);
+    assert_eq!(node.hub().num_subscribers("plain:a"), 0);
 }
 
 #[test]
@@ -604,7 +604,7 @@ fn subscription_token_errors() {
     assert_eq!(c.error(node, with(t)), 110);
     let t = sub_token(json!({"sub": "42", "channel": "$plain:s", "expire_at": now}));
     assert_eq!(c.error(node, with(t)), 110);
-    assert_eq!(node.hub.num_subscribers("$plain:s"), 0);
+    assert_eq!(node.hub().num_subscribers("$plain:s"), 0);
     // Wrong channel, wrong user, wrong client → disconnect 3500.
     for claims in [
         json!({"sub": "42", "channel": "$plain:other"}),
@@ -904,7 +904,7 @@ fn reject_unrecovered_flag_is_error_112() {
         let req = SubscribeRequest { flag, ..recover_req("rec:a", 1, "_") };
         assert_eq!(c.error(node, subscribe_with(req)), 112);
         assert_eq!(c.session.channels().count(), 0, "nothing left behind");
-        assert_eq!(node.hub.num_subscribers("rec:a"), 0);
+        assert_eq!(node.hub().num_subscribers("rec:a"), 0);
     }
     // Recoverable positions are fine with the flag.
     let (r, _) = c.subscribe_req(node, SubscribeRequest { flag: 3, ..recover_req("rec:a", 1, &epoch) });
@@ -1065,7 +1065,7 @@ fn history_failure_during_subscribe_is_3004_and_cleans_up() {
     hooks.fail_history.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(c.disconnect(&env.node, subscribe_cmd("rec:a")), 3004);
     assert_eq!(c.session.channels().count(), 0);
-    assert_eq!(env.node.hub.num_subscribers("rec:a"), 0);
+    assert_eq!(env.node.hub().num_subscribers("rec:a"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1081,7 +1081,7 @@ fn unsubscribe_semantics() {
     assert_eq!(pubs(&c.take(), "plain:a").len(), 1);
     let id = c.next_id();
     assert_eq!(c.call_json(node, unsubscribe_cmd("plain:a")), [format!(r#"{{"id":{id},"unsubscribe":{{}}}}"#)]);
-    assert_eq!(node.hub.num_subscribers("plain:a"), 0);
+    assert_eq!(node.hub().num_subscribers("plain:a"), 0);
     env.publish("plain:a", "2");
     assert!(c.take().is_empty(), "no pushes after unsubscribe");
     // Unsubscribing from a channel that is not subscribed (or does not exist) succeeds.
@@ -1809,7 +1809,7 @@ fn subscription_expiry_client_side_is_unsubscribe_2501() {
         let u = got[0].push.as_ref().unwrap().unsubscribe.as_ref().unwrap();
         assert_eq!(u.reason, "subscription expired");
         assert_eq!(c.closed(), None);
-        assert_eq!(node.hub.num_subscribers("$plain:s"), 0);
+        assert_eq!(node.hub().num_subscribers("$plain:s"), 0);
         // The subscription is gone before the push: an immediate resubscribe works.
         let t = sub_token(json!({"sub": "42", "channel": "$plain:s", "exp": env.now() + 30}));
         c.subscribe_req(node, SubscribeRequest { token: t, ..sub_req("$plain:s") });
@@ -1993,7 +1993,7 @@ fn api_disconnect_with_whitelist() {
     for c in cs.iter_mut() {
         c.close(node);
     }
-    assert_eq!(node.hub.num_clients(), 1);
+    assert_eq!(node.hub().num_clients(), 1);
 }
 
 #[test]
@@ -2223,13 +2223,13 @@ fn close_cleans_up_everything() {
     c.connect_ok(node, &token(json!({"sub": "42", "channels": ["chat:srv"]})));
     c.subscribe_ok(node, "chat:room");
     c.subscribe_ok(node, "plain:x");
-    assert_eq!(node.hub.num_clients(), 1);
-    assert_eq!(node.hub.num_subs(), 3);
+    assert_eq!(node.hub().num_clients(), 1);
+    assert_eq!(node.hub().num_subs(), 3);
     c.close(node);
-    assert_eq!(node.hub.num_clients(), 0);
-    assert_eq!(node.hub.num_users(), 0);
-    assert_eq!(node.hub.num_subs(), 0);
-    assert_eq!(node.hub.num_channels(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
+    assert_eq!(node.hub().num_users(), 0);
+    assert_eq!(node.hub().num_subs(), 0);
+    assert_eq!(node.hub().num_channels(), 0);
     assert_eq!(node.api_presence_stats("chat:room").now_or_never().unwrap().unwrap(), (0, 0));
     assert_eq!(node.api_presence_stats("chat:srv").now_or_never().unwrap().unwrap(), (0, 0));
     // Closing a session that never connected is harmless.
@@ -2238,7 +2238,7 @@ fn close_cleans_up_everything() {
     let mut e = env.client();
     e.error(node, connect_cmd(&token(json!({"sub": "42", "exp": env.now() - 1}))));
     e.close(node);
-    assert_eq!(node.hub.num_clients(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
 }
 
 #[test]
@@ -2424,11 +2424,11 @@ fn node_config_validation() {
     let clock = std::sync::Arc::new(herald_hub::ManualClock::new(T0_MS));
     let id = herald_hub::NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
     let err = herald_hub::Node::new(cfg, id.clone(), clock.clone()).err().unwrap();
-    assert!(err.contains("personal_channel_namespace"), "{err}");
+    assert!(err.to_string().contains("personal_channel_namespace"), "{err}");
     let mut cfg = base_config();
     cfg.client.pong_timeout = Duration::from_secs(25);
     let err = herald_hub::Node::new(cfg, id, clock).err().unwrap();
-    assert!(err.contains("client.pong_timeout"), "{err}");
+    assert!(err.to_string().contains("client.pong_timeout"), "{err}");
 }
 
 #[test]
@@ -2443,8 +2443,8 @@ fn engine_failures_during_connect_and_subscribe_clean_up() {
     let mut c = env.client();
     assert_eq!(c.disconnect(node, connect_cmd(&t)), 3004);
     hooks.fail_history.store(false, SeqCst);
-    assert_eq!(node.hub.num_clients(), 0);
-    assert_eq!(node.hub.num_subs(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
+    assert_eq!(node.hub().num_subs(), 0);
     // Node subscription failure: error 100 (temporary); the connection is unusable.
     hooks.fail_subscribe.store(true, SeqCst);
     let mut c = env.client();
@@ -2454,15 +2454,15 @@ fn engine_failures_during_connect_and_subscribe_clean_up() {
     assert_eq!(replies[0].id, id);
     let e = replies[0].error.as_ref().unwrap();
     assert_eq!((e.code, e.temporary), (100, true));
-    assert_eq!(node.hub.num_clients(), 0);
-    assert_eq!(node.hub.num_subs(), 0);
+    assert_eq!(node.hub().num_clients(), 0);
+    assert_eq!(node.hub().num_subs(), 0);
     assert_eq!(c.disconnect(node, subscribe_cmd("plain:x")), 3501);
     // Client subscribe: error 100, nothing left behind; works once the engine recovers.
     let mut d = env.connected("43");
     let replies = d.call(node, subscribe_cmd("plain:x"));
     assert_eq!(replies[0].error.as_ref().unwrap().code, 100);
     assert_eq!(d.session.channels().count(), 0);
-    assert_eq!(node.hub.num_subscribers("plain:x"), 0);
+    assert_eq!(node.hub().num_subscribers("plain:x"), 0);
     hooks.fail_subscribe.store(false, SeqCst);
     d.subscribe_ok(node, "plain:x");
 }

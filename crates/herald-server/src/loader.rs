@@ -165,7 +165,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         name: cfg.node.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ())
+    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Settings that are valid but probably not what was meant.

@@ -330,7 +330,7 @@ async fn run(
     }
     let _ = accepting_tx.send(false);
     state.shutting_down.store(true, Ordering::SeqCst);
-    tracing::info!("shutting down: closing {} clients", node.hub.num_clients());
+    tracing::info!("shutting down: closing {} clients", node.hub().num_clients());
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
@@ -342,7 +342,7 @@ async fn run(
 /// elsewhere all at once, then waits for their sessions to be cleaned up.
 async fn close_clients(state: &AppState, window: Duration) {
     let node = &state.node;
-    let links = node.hub.all_links();
+    let links = node.hub().all_links();
     if !links.is_empty() {
         let batches = links.len().clamp(1, 20);
         let per_batch = links.len().div_ceil(batches);
@@ -357,7 +357,7 @@ async fn close_clients(state: &AppState, window: Duration) {
         }
     }
     drop(links);
-    while node.hub.num_clients() > 0 {
+    while node.hub().num_clients() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the close frames reach the sockets.

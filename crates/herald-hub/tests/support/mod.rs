@@ -281,7 +281,7 @@ impl Client {
         let dyn_link: Arc<dyn ClientLink> = link.clone();
         let stale_at = node.tick() + node.config().client.stale_close_delay.as_secs() as u32;
         link.timers().set_stale(stale_at);
-        node.timers.schedule(&dyn_link, stale_at);
+        node.timers().schedule(&dyn_link, stale_at);
         let session = Session::new(dyn_link.clone(), ConnectionInfo::default());
         Client { link, dyn_link, session, envelope, next_id: 0, seen: 0 }
     }

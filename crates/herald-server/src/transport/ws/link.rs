@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use herald_hub::{ClientLink, Control, LinkTimers, Node};
 use herald_proto::codes::DISCONNECT_SLOW;
-use herald_proto::ws::{self, Opcode};
 use herald_proto::envelope::{self, Envelope};
+use herald_proto::ws::{self, Opcode};
 use herald_proto::{DisconnectReason, Encoding};
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -243,6 +243,6 @@ pub(super) fn new_link(
     let stale_at = node.tick() + settings.stale_after;
     link.timers.set_stale(stale_at);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    node.timers.schedule(&dyn_link, stale_at);
+    node.timers().schedule(&dyn_link, stale_at);
     link
 }

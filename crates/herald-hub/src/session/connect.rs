@@ -1,0 +1,253 @@
+//! Connect, refresh and connection expiry.
+//!
+//! Connect is two steps: the [`Authenticator`](crate::ports::Authenticator) decides who the
+//! client is (an [`Identity`]), then [`Session::establish`] applies that identity: channel
+//! expansion, authorization of requested channels, limits, registration, timers and the reply.
+//! Either step can be answered by a backend without touching the other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_auth::{Override, SubOptions, TokenError};
+use herald_proto::codes::*;
+use herald_proto::{ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, Reply};
+use rand::Rng;
+
+use super::subscribe::{SubSpec, activation_offset};
+use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, State, bad_request, ttl};
+use crate::ports::{ConnectAttempt, Identity, Ports};
+
+impl Session {
+    pub(super) async fn connect(&mut self, p: &Ports<'_>, id: u32, req: &ConnectRequest) -> CmdResult {
+        let conn = self.conn;
+        let attempt = ConnectAttempt { client: self.link.id(), conn: &conn, request: req, now: p.time().now_secs() };
+        let identity = p.auth.connect(attempt).await?;
+        self.establish(p, id, req, identity).await
+    }
+
+    /// Applies an identity to this fresh session: server-side subscriptions from the identity's
+    /// `subs` (or `channels`), the user's personal channel and the permitted channels of the
+    /// request's `subs`; limits; registration; the connect reply; timers.
+    pub(super) async fn establish(
+        &mut self,
+        p: &Ports<'_>,
+        id: u32,
+        req: &ConnectRequest,
+        identity: Identity,
+    ) -> CmdResult {
+        let rules = p.rules();
+        let now = p.time().now_secs();
+        let Identity { user, expire_at, info, data, channels, subs } = identity;
+        let mut server_subs: Vec<(String, SubSpec)> = Vec::new();
+        // Granted channels: `subs` wins over `channels`. Namespace rules, not permissions, apply.
+        let granted: Vec<(String, SubOptions)> = if !subs.is_empty() {
+            subs.into_iter().collect()
+        } else {
+            channels.into_iter().map(|c| (c, SubOptions::default())).collect()
+        };
+        for (channel, options) in granted {
+            let resolved = p.channels().resolve(&channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+            let mut spec = SubSpec::from_options(resolved.options(), &options.override_, true);
+            spec.chan_info = options.info;
+            spec.data = options.data;
+            server_subs.push((channel, spec));
+        }
+        let personal = &rules.subscribe_to_user_personal_channel;
+        if personal.enabled && !user.is_empty() {
+            let channel = p.channels().personal_channel(&personal.personal_channel_namespace, &user);
+            let ns = p.channels().namespace(&personal.personal_channel_namespace).ok_or(ERROR_UNKNOWN_CHANNEL)?;
+            if !server_subs.iter().any(|(c, _)| *c == channel) {
+                server_subs.push((channel, SubSpec::from_options(&ns.options, &Override::default(), true)));
+            }
+        }
+        // Channels the client asks for in `subs` become server-side subscriptions when it may
+        // subscribe to them without a token (the unidirectional use case).
+        for channel in req.subs.keys() {
+            if server_subs.iter().any(|(c, _)| c == channel) {
+                continue;
+            }
+            let Some(resolved) = p.channels().resolve(channel) else { return Err(DISCONNECT_BAD_REQUEST.into()) };
+            let o = resolved.options();
+            let allowed = !p.channels().is_private(channel)
+                && p.channels().valid_name(channel, &resolved)
+                && match p.channels().user_limited(channel, o, &user) {
+                    Some(listed) => listed && !user.is_empty(),
+                    None => o.allow_subscribe_for_client && (!user.is_empty() || o.allow_subscribe_for_anonymous),
+                };
+            if allowed {
+                let spec = SubSpec::from_options(o, &Override::default(), true);
+                server_subs.push((channel.clone(), spec));
+            }
+        }
+        if server_subs.len() > rules.channel_limit {
+            return Err(DISCONNECT_CHANNEL_LIMIT.into());
+        }
+        let expires_at = expire_at.map(|t| t.min(now + MAX_EXPIRY_SECS));
+        if let Some(t) = expires_at
+            && t < now
+        {
+            return Err(ERROR_EXPIRED.into());
+        }
+        if p.registry().add_user(&user, &self.link).is_err() {
+            return Err(DISCONNECT_CONNECTION_LIMIT.into());
+        }
+        self.user = Arc::from(user);
+        self.conn_info = info;
+        self.expire_at = expires_at.unwrap_or(0);
+
+        let mut results = BTreeMap::new();
+        for (channel, mut spec) in server_subs {
+            if let Some(r) = req.subs.get(&channel) {
+                spec.recover = r.recover;
+                spec.offset = r.offset;
+                spec.epoch = r.epoch.clone();
+            }
+            match self.prepare_subscription(p, &channel, spec).await {
+                Ok(result) => {
+                    results.insert(channel, result);
+                }
+                Err(refusal) => {
+                    self.drop_all(p).await;
+                    p.registry().remove_user(&self.user, &self.link);
+                    return Err(refusal);
+                }
+            }
+        }
+        let ping = rules.ping_interval.as_secs() as u32;
+        let mut result = ConnectResult {
+            client: self.client_id(),
+            version: p.version().to_owned(),
+            data,
+            ping,
+            pong: ping > 0,
+            subs: results,
+            ..Default::default()
+        };
+        if self.expire_at > 0 {
+            result.expires = true;
+            result.ttl = ttl(self.expire_at, now);
+        }
+        if rules.connect_include_server_time {
+            result.time = p.time().now_ms();
+        }
+        let after: Vec<(String, u64)> = result.subs.iter().map(|(c, r)| (c.clone(), activation_offset(r))).collect();
+        self.send(&Reply { id, connect: Some(result), ..Default::default() });
+        self.state = State::Connected;
+        for (channel, offset) in after {
+            self.activate(p, &channel, offset).await;
+        }
+        // Timers: first ping at a random point in [interval/2, interval] to spread load.
+        let tick = p.time().tick();
+        let first_ping = if ping > 0 { tick + rand::rng().random_range(ping / 2..=ping).max(1) } else { 0 };
+        self.link.timers().set_connected(first_ping);
+        if first_ping > 0 {
+            p.time().timers().schedule(&self.link, first_ping);
+        }
+        self.reschedule(p);
+        Ok(())
+    }
+
+    pub(super) fn refresh(&mut self, p: &Ports<'_>, id: u32, req: &RefreshRequest) -> CmdResult {
+        if req.token.is_empty() {
+            return Err(bad_request());
+        }
+        let now = p.time().now_secs();
+        let identity = match p.auth.refresh_token(&req.token, now) {
+            Ok(i) => i,
+            Err(TokenError::Expired) => return Err(DISCONNECT_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(DISCONNECT_INVALID_TOKEN.into()),
+        };
+        if identity.user != *self.user {
+            return Err(DISCONNECT_INVALID_TOKEN.into());
+        }
+        let mut result = RefreshResult::default();
+        match identity.expire_at {
+            Some(t) if t <= now => return Err(ERROR_EXPIRED.into()),
+            Some(t) => {
+                self.expire_at = t.min(now + MAX_EXPIRY_SECS);
+                result.expires = true;
+                result.ttl = ttl(self.expire_at, now);
+            }
+            None => self.expire_at = 0,
+        }
+        if !identity.info.is_empty() {
+            self.conn_info = identity.info;
+        }
+        self.send(&Reply { id, refresh: Some(result), ..Default::default() });
+        self.reschedule(p);
+        Ok(())
+    }
+
+    /// Server API `refresh`: new info and expiry, or an immediate expiry.
+    pub(super) fn server_refresh(
+        &mut self,
+        p: &Ports<'_>,
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Bytes>,
+    ) -> Flow {
+        let now = p.time().now_secs();
+        if let Some(info) = info {
+            self.conn_info = info;
+        }
+        if expired {
+            return self.disconnect(DISCONNECT_EXPIRED);
+        }
+        match expire_at {
+            Some(t) if t > 0 && t <= now => return self.disconnect(DISCONNECT_EXPIRED),
+            Some(t) if t > 0 => self.expire_at = t.min(now + MAX_EXPIRY_SECS),
+            Some(_) => self.expire_at = 0,
+            None => {}
+        }
+        self.reschedule(p);
+        Flow::Continue
+    }
+
+    /// Arms the session deadline on the link: the earliest connection or subscription expiry
+    /// plus its grace period.
+    pub(super) fn reschedule(&self, p: &Ports<'_>) {
+        let rules = p.rules();
+        let conn = (self.expire_at > 0).then(|| self.expire_at + rules.expired_close_delay.as_secs() as i64);
+        let subs = self
+            .subs
+            .iter()
+            .filter(|s| s.expire_at > 0)
+            .map(|s| s.expire_at + rules.expired_sub_close_delay.as_secs() as i64);
+        let next = conn.into_iter().chain(subs).min();
+        let timers = self.link.timers();
+        match next {
+            Some(at) => {
+                let tick = p.time().tick_at(at);
+                timers.set_session_deadline(tick);
+                p.time().timers().schedule(&self.link, tick);
+            }
+            None => timers.set_session_deadline(0),
+        }
+    }
+
+    /// The session deadline fired: closes an expired connection, unsubscribes expired
+    /// subscriptions (a server-side one closes the connection), re-arms the deadline.
+    pub(super) async fn check_expiry(&mut self, p: &Ports<'_>) -> Flow {
+        let rules = p.rules();
+        let now = p.time().now_secs();
+        if self.expire_at > 0 && now >= self.expire_at + rules.expired_close_delay.as_secs() as i64 {
+            return self.disconnect(DISCONNECT_EXPIRED);
+        }
+        let grace = rules.expired_sub_close_delay.as_secs() as i64;
+        let expired: Vec<(Arc<str>, bool)> = self
+            .subs
+            .iter()
+            .filter(|s| s.expire_at > 0 && now >= s.expire_at + grace)
+            .map(|s| (s.channel.clone(), s.flags & super::SERVER_SIDE != 0))
+            .collect();
+        for (channel, server_side) in expired {
+            if server_side {
+                return self.disconnect(DISCONNECT_SUB_EXPIRED);
+            }
+            self.server_unsubscribe(p, &channel, UNSUBSCRIBE_EXPIRED).await;
+        }
+        self.reschedule(p);
+        Flow::Continue
+    }
+}

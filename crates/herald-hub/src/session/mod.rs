@@ -1,0 +1,294 @@
+//! The per-client protocol state machine: connect, then commands, then close.
+//!
+//! A session takes decoded commands (and [`Control`]s from the server API and timers) one at a
+//! time, applies the protocol rules (ordering, limits, permissions, tokens, recovery) and writes
+//! replies and pushes to its [`ClientLink`]. It owns no socket and reaches the rest of the node
+//! only through the `Ports` the node hands out, so it is tested without I/O (see
+//! `tests/session.rs`).
+//!
+//! This file owns the session state, command and control dispatch, and the reply helpers. The
+//! command families live in `connect` (connect, refresh, expiry), `subscribe` (subscriptions,
+//! recovery, server-side subscriptions), `publish` (publish, presence, history) and `rpc`
+//! (rpc and send).
+//!
+//! Where Centrifugo's behaviour is ambiguous or surprising, Herald's choices are listed in
+//! `docs/protocol.md` ("Herald choices").
+
+mod connect;
+mod publish;
+mod rpc;
+mod subscribe;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_proto::codes::*;
+use herald_proto::envelope;
+use herald_proto::{ClientInfo, Command, DisconnectReason, Method, Push, Reply};
+
+use crate::conn::ConnectionInfo;
+use crate::link::{ClientLink, Control};
+use crate::metrics;
+use crate::node::Node;
+use crate::ports::{Ports, Refusal};
+
+/// Per-subscription flags kept in the session.
+mod sub_flags {
+    pub(super) const SERVER_SIDE: u8 = 1;
+    pub(super) const POSITIONED: u8 = 2;
+    pub(super) const RECOVERABLE: u8 = 4;
+    pub(super) const PUSH_JOIN_LEAVE: u8 = 8;
+    pub(super) const PRESENCE: u8 = 16;
+    pub(super) const EMIT_JOIN_LEAVE: u8 = 32;
+}
+use sub_flags::*;
+
+/// One subscription of this session.
+#[derive(Debug)]
+struct Sub {
+    channel: Arc<str>,
+    flags: u8,
+    /// Unix seconds when the subscription expires (0: never).
+    expire_at: i64,
+    chan_info: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for connect.
+    Fresh,
+    Connected,
+    /// Connect failed with an error reply: any further command is a bad request.
+    Unusable,
+}
+
+/// What the caller should do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop processing the rest of this batch (the session usually asked its link to close).
+    Stop,
+}
+
+type CmdResult = Result<(), Refusal>;
+
+/// The protocol state of one client connection.
+pub struct Session {
+    link: Arc<dyn ClientLink>,
+    state: State,
+    conn: ConnectionInfo,
+    user: Arc<str>,
+    conn_info: Bytes,
+    /// Unix seconds when the connection expires (0: never).
+    expire_at: i64,
+    subs: Vec<Sub>,
+}
+
+fn bad_request() -> Refusal {
+    Refusal::Disconnect(DISCONNECT_BAD_REQUEST)
+}
+
+fn ttl(expire_at: i64, now: i64) -> u32 {
+    (expire_at - now).clamp(0, u32::MAX as i64) as u32
+}
+
+const MAX_EXPIRY_SECS: i64 = 365 * 24 * 3600;
+
+impl Session {
+    pub fn new(link: Arc<dyn ClientLink>, conn: ConnectionInfo) -> Session {
+        Session {
+            link,
+            state: State::Fresh,
+            conn,
+            user: Arc::from(""),
+            conn_info: Bytes::new(),
+            expire_at: 0,
+            subs: Vec::new(),
+        }
+    }
+
+    pub fn link(&self) -> &Arc<dyn ClientLink> {
+        &self.link
+    }
+
+    /// The connection as its transport accepted it (peer address, transport).
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.conn
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Channels this session is subscribed to.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.subs.iter().map(|s| &*s.channel)
+    }
+
+    fn client_id(&self) -> String {
+        self.link.id().to_string()
+    }
+
+    fn client_info(&self, chan_info: Bytes) -> ClientInfo {
+        ClientInfo {
+            user: self.user.to_string(),
+            client: self.client_id(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    fn find(&self, channel: &str) -> Option<usize> {
+        self.subs.iter().position(|s| &*s.channel == channel)
+    }
+
+    /// Encodes and queues one reply; a payload the client's encoding cannot carry closes it.
+    fn send(&self, reply: &Reply) {
+        match envelope::encode(self.link.envelope(), reply) {
+            Some(frame) => self.link.send(frame),
+            None => self.link.close(DISCONNECT_INAPPROPRIATE_PROTOCOL),
+        }
+    }
+
+    fn push(&self, push: Push) {
+        self.send(&Reply::push(push));
+    }
+
+    fn disconnect(&self, reason: DisconnectReason) -> Flow {
+        self.link.close(reason);
+        Flow::Stop
+    }
+
+    /// Handles one command from the client.
+    //
+    // Not an `async fn`: the returned future is `dispatch`'s own, without a wrapper frame
+    // holding the arguments a second time (the boxed command batch stays small).
+    pub fn handle_command<'a>(
+        &'a mut self,
+        node: &'a Node,
+        cmd: &'a Command,
+    ) -> impl Future<Output = Flow> + Send + 'a {
+        self.dispatch(node.ports(), cmd)
+    }
+
+    /// Handles one command through the given ports.
+    async fn dispatch(&mut self, p: Ports<'_>, cmd: &Command) -> Flow {
+        let method = cmd.method();
+        let name = method.map(|m| m.name()).unwrap_or("pong");
+        if self.state == State::Fresh {
+            return match method {
+                Some(Method::Connect(req)) if cmd.id > 0 => {
+                    // Boxed: the connect state is large and needed once per connection.
+                    let r = Box::pin(self.connect(&p, cmd.id, req)).await;
+                    let flow = self.finish(name, cmd.id, r);
+                    if self.state == State::Fresh && flow == Flow::Continue {
+                        // After a connect error the rest of the batch is dropped (as Go does)
+                        // and the next message closes the connection with 3501. Closing at once
+                        // would race an SDK that is fetching a new token after 109.
+                        self.state = State::Unusable;
+                        return Flow::Stop;
+                    }
+                    flow
+                }
+                _ => {
+                    metrics::command(name, "disconnect");
+                    self.disconnect(DISCONNECT_BAD_REQUEST)
+                }
+            };
+        }
+        if self.state == State::Unusable {
+            metrics::command(name, "disconnect");
+            return self.disconnect(DISCONNECT_BAD_REQUEST);
+        }
+        let Some(method) = method else {
+            if cmd.id == 0 {
+                // Pong. Herald accepts pongs leniently (no ping outstanding is not an error).
+                self.link.timers().pong_received();
+                return Flow::Continue;
+            }
+            metrics::command("unknown", "disconnect");
+            return self.disconnect(DISCONNECT_BAD_REQUEST);
+        };
+        if cmd.id == 0 && !matches!(method, Method::Send(_)) {
+            metrics::command(name, "disconnect");
+            return self.disconnect(DISCONNECT_BAD_REQUEST);
+        }
+        let r = match method {
+            Method::Connect(_) => Err(bad_request()),
+            Method::Subscribe(req) => Box::pin(self.subscribe(&p, cmd.id, req)).await,
+            Method::Unsubscribe(req) => self.unsubscribe(&p, cmd.id, req).await,
+            Method::Publish(req) => self.publish(&p, cmd.id, req).await,
+            Method::Presence(req) => self.presence(&p, cmd.id, req).await,
+            Method::PresenceStats(req) => self.presence_stats(&p, cmd.id, req).await,
+            Method::History(req) => self.history(&p, cmd.id, req).await,
+            Method::Ping(_) => Err(ERROR_NOT_AVAILABLE.into()),
+            Method::Send(req) => self.send_message(req),
+            Method::Rpc(req) => self.rpc(req),
+            Method::Refresh(req) => self.refresh(&p, cmd.id, req),
+            Method::SubRefresh(req) => self.sub_refresh(&p, cmd.id, req),
+        };
+        self.finish(name, cmd.id, r)
+    }
+
+    fn finish(&mut self, name: &'static str, id: u32, r: CmdResult) -> Flow {
+        match r {
+            Ok(()) => {
+                metrics::command(name, "ok");
+                Flow::Continue
+            }
+            Err(Refusal::Error(e)) => {
+                metrics::command(name, "error");
+                metrics::error_reply(e.code);
+                self.send(&Reply::error(id, e.into()));
+                Flow::Continue
+            }
+            Err(Refusal::Disconnect(d)) => {
+                metrics::command(name, "disconnect");
+                self.disconnect(d)
+            }
+        }
+    }
+
+    /// Handles a server-side action or timer event.
+    pub fn handle_control<'a>(&'a mut self, node: &'a Node, ctrl: Control) -> impl Future<Output = Flow> + Send + 'a {
+        self.control(node.ports(), ctrl)
+    }
+
+    async fn control(&mut self, p: Ports<'_>, ctrl: Control) -> Flow {
+        if self.state != State::Connected {
+            return Flow::Continue;
+        }
+        match ctrl {
+            Control::CheckExpiry => self.check_expiry(&p).await,
+            Control::Subscribe(sub) => self.server_subscribe(&p, *sub).await,
+            Control::Unsubscribe { channel, code } => {
+                self.server_unsubscribe_matching(&p, channel, code).await;
+                Flow::Continue
+            }
+            Control::Refresh { expired, expire_at, info } => self.server_refresh(&p, expired, expire_at, info),
+            Control::Insufficient { channel } => self.insufficient(&p, &channel).await,
+        }
+    }
+
+    /// Cleans up after the connection is gone: subscriptions, presence, leaves, user index.
+    pub fn close<'a>(&'a mut self, node: &'a Node) -> impl Future<Output = ()> + Send + 'a {
+        self.clean_up(node.ports())
+    }
+
+    async fn clean_up(&mut self, p: Ports<'_>) {
+        self.link.timers().set_closed();
+        while let Some(sub) = self.subs.last() {
+            let channel = sub.channel.clone();
+            self.remove_sub(&p, &channel, true).await;
+        }
+        if self.state == State::Connected || self.state == State::Unusable {
+            p.registry().remove_user(&self.user, &self.link);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Unit tests of the connect seam: a session established from an identity that no token
+//! carried, through a test [`Authenticator`]. The protocol itself is tested end to end in
+//! `tests/session.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use herald_auth::{SubOptions, SubscribeClaims, TokenError};
+use herald_proto::codes::*;
+use herald_proto::envelope::{self, Envelope};
+use herald_proto::{Command, ConnectRequest, DisconnectReason, SubscribeRequest};
+use uuid::Uuid;
+
+use super::{Flow, Session};
+use crate::broker::BoxFuture;
+use crate::clock::ManualClock;
+use crate::config::{ChannelOptions, HubConfig, Namespace};
+use crate::conn::ConnectionInfo;
+use crate::link::{ClientLink, Control, LinkTimers};
+use crate::node::{Node, NodeIdentity};
+use crate::ports::{Authenticator, ConnectAttempt, Identity, Refusal};
+
+const NOW: i64 = 1_700_000_000;
+
+/// Answers connects the way a backend would: from the connect request's `data`, not a token.
+struct Backend {
+    seen: Mutex<Vec<(Uuid, Bytes)>>,
+}
+
+impl Authenticator for Backend {
+    fn connect<'a>(&'a self, attempt: ConnectAttempt<'a>) -> BoxFuture<'a, Result<Identity, Refusal>> {
+        self.seen.lock().unwrap().push((attempt.client, attempt.request.data.clone()));
+        let answer = if attempt.request.data.as_ref() == b"\"let me in\"" {
+            let mut subs = BTreeMap::new();
+            let options = SubOptions { info: Bytes::from_static(b"{\"role\":\"reader\"}"), ..Default::default() };
+            subs.insert("news:a".to_owned(), options);
+            Ok(Identity {
+                user: "backend-user".into(),
+                expire_at: Some(attempt.now + 600),
+                info: Bytes::from_static(b"{\"name\":\"Ann\"}"),
+                data: Bytes::from_static(b"{\"welcome\":true}"),
+                channels: vec!["ignored:because-subs-win".into()],
+                subs,
+            })
+        } else {
+            Err(DISCONNECT_PERMISSION_DENIED.into())
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn refresh_token(&self, _token: &str, _now: i64) -> Result<Identity, TokenError> {
+        Err(TokenError::Invalid("no tokens here".into()))
+    }
+
+    fn subscription_token(&self, _token: &str, _now: i64) -> Result<SubscribeClaims, TokenError> {
+        Err(TokenError::Invalid("no tokens here".into()))
+    }
+}
+
+struct Recorder {
+    frames: Mutex<Vec<Bytes>>,
+    closes: Mutex<Vec<DisconnectReason>>,
+    timers: LinkTimers,
+}
+
+impl ClientLink for Recorder {
+    fn id(&self) -> Uuid {
+        Uuid::from_u128(7)
+    }
+    fn envelope(&self) -> Envelope {
+        Envelope::WsJson
+    }
+    fn ping_frame(&self) -> Bytes {
+        envelope::ping(Envelope::WsJson)
+    }
+    fn send(&self, frame: Bytes) {
+        self.frames.lock().unwrap().push(frame);
+    }
+    fn close(&self, reason: DisconnectReason) {
+        self.closes.lock().unwrap().push(reason);
+    }
+    fn control(&self, _ctrl: Control) {}
+    fn timers(&self) -> &LinkTimers {
+        &self.timers
+    }
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder { frames: Mutex::default(), closes: Mutex::default(), timers: LinkTimers::new(true) }
+    }
+
+    /// Whether a queued frame contains `text` (frames are JSON here).
+    fn sent(&self, text: &str) -> bool {
+        self.frames.lock().unwrap().iter().any(|f| f.windows(text.len()).any(|w| w == text.as_bytes()))
+    }
+}
+
+fn node() -> Arc<Node> {
+    let mut cfg = HubConfig::default();
+    let sub = ChannelOptions { allow_subscribe_for_client: true, ..Default::default() };
+    cfg.channel.namespaces = vec![Namespace { name: "news".into(), options: sub }];
+    let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    Node::new(cfg, identity, Arc::new(ManualClock::new(NOW * 1000))).expect("valid config")
+}
+
+fn connect(data: &'static [u8]) -> Command {
+    let mut req = ConnectRequest { data: Bytes::from_static(data), ..Default::default() };
+    req.subs.insert("news:b".into(), SubscribeRequest::default());
+    Command { id: 1, connect: Some(req), ..Default::default() }
+}
+
+#[test]
+fn a_connect_decided_without_a_token_is_established() {
+    let node = node();
+    let backend = Backend { seen: Mutex::new(Vec::new()) };
+    let mut ports = node.ports();
+    ports.auth = &backend;
+    let link = Arc::new(Recorder::new());
+    let mut session = Session::new(link.clone(), ConnectionInfo::default());
+
+    let flow = session.dispatch(ports, &connect(b"\"let me in\"")).now_or_never().expect("ready");
+
+    assert_eq!(flow, Flow::Continue);
+    assert!(session.is_connected());
+    assert_eq!(session.user(), "backend-user");
+    assert_eq!(backend.seen.lock().unwrap()[0], (link.id(), Bytes::from_static(b"\"let me in\"")));
+    // The identity's `subs` (not its `channels`) plus the permitted channel the client asked for.
+    let mut channels: Vec<&str> = session.channels().collect();
+    channels.sort();
+    assert_eq!(channels, ["news:a", "news:b"]);
+    assert_eq!(node.hub().num_clients(), 1);
+    assert_eq!(node.hub().num_subscribers("news:a"), 1);
+    assert!(link.sent("\"data\":{\"welcome\":true}"), "connect data reaches the client");
+    assert!(link.sent("\"expires\":true,\"ttl\":600"), "the identity's expiry applies");
+    assert!(link.timers.session_deadline() > 0, "expiry is armed");
+    assert!(link.closes.lock().unwrap().is_empty());
+
+    session.close(&node).now_or_never().expect("ready");
+    assert_eq!(node.hub().num_clients(), 0);
+    assert_eq!(node.hub().num_subscribers("news:a"), 0);
+}
+
+#[test]
+fn a_refusal_from_the_authenticator_is_the_connect_outcome() {
+    let node = node();
+    let backend = Backend { seen: Mutex::new(Vec::new()) };
+    let mut ports = node.ports();
+    ports.auth = &backend;
+    let link = Arc::new(Recorder::new());
+    let mut session = Session::new(link.clone(), ConnectionInfo::default());
+
+    let flow = session.dispatch(ports, &connect(b"\"no\"")).now_or_never().expect("ready");
+
+    assert_eq!(flow, Flow::Stop);
+    assert!(!session.is_connected());
+    assert_eq!(link.closes.lock().unwrap().as_slice(), [DISCONNECT_PERMISSION_DENIED]);
+    assert_eq!(node.hub().num_clients(), 0);
+}
+
+/// Transports keep a `Session` per connection: it must not grow unnoticed.
+#[test]
+fn session_stays_small() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 128, "Session grew to {size} bytes");
+}

@@ -20,7 +20,7 @@ use herald_proto::{
 use serde_json::json;
 use support::*;
 
-const FRAMINGS: [Envelope; 2] = [Envelope::WsJson, Envelope::WsProtobuf];
+const ENVELOPES: [Envelope; 2] = [Envelope::WsJson, Envelope::WsProtobuf];
 
 fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -107,8 +107,8 @@ fn second_connect_is_bad_request() {
 #[test]
 fn connect_with_valid_token() {
     let env = Env::base();
-    for framing in FRAMINGS {
-        let mut c = env.client_with(framing);
+    for envelope in ENVELOPES {
+        let mut c = env.client_with(envelope);
         let res = c.connect_ok(&env.node, &user_token("42"));
         assert_eq!(res.client, c.id());
         assert_eq!(res.version, VERSION);
@@ -163,9 +163,9 @@ fn connect_token_expiry_sets_expires_and_ttl() {
         (json!({"sub": "42", "expire_at": now + 7}), Some(7)),
         (json!({"sub": "42"}), None),
     ];
-    for framing in FRAMINGS {
+    for envelope in ENVELOPES {
         for (claims, ttl) in &cases {
-            let mut c = env.client_with(framing);
+            let mut c = env.client_with(envelope);
             let res = c.connect_ok(node, &token(claims.clone()));
             assert_eq!(res.expires, ttl.is_some(), "{claims}");
             assert_eq!(res.ttl, ttl.unwrap_or(0), "{claims}");
@@ -329,8 +329,8 @@ fn token_subs_claim_wins_over_channels_and_applies_overrides() {
             "hist:c": {}
         }
     }));
-    for framing in FRAMINGS {
-        let mut c = env.client_with(framing);
+    for envelope in ENVELOPES {
+        let mut c = env.client_with(envelope);
         let (res, after) = c.connect_full(node, ConnectRequest { token: t.clone(), ..Default::default() });
         assert_eq!(res.subs.keys().collect::<Vec<_>>(), ["hist:b", "hist:c", "plain:a"]);
         assert_eq!(text(&res.subs["plain:a"].data), r#"{"hello":1}"#);
@@ -406,8 +406,8 @@ fn connect_subs_recover_server_side_subscription() {
     let (top, epoch) = env.top("rec:feed");
     assert_eq!(top, 3);
     let t = token(json!({"sub": "42", "channels": ["rec:feed"]}));
-    for framing in FRAMINGS {
-        let mut c = env.client_with(framing);
+    for envelope in ENVELOPES {
+        let mut c = env.client_with(envelope);
         let mut subs = BTreeMap::new();
         subs.insert("rec:feed".to_owned(), recover_req("", 1, &epoch));
         let (res, after) = c.connect_full(node, ConnectRequest { token: t.clone(), subs, ..Default::default() });
@@ -555,8 +555,8 @@ fn subscribe_with_subscription_token() {
     let env = Env::base();
     let node = &env.node;
     let now = env.now();
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         let t = sub_token(json!({
             "sub": "42", "channel": "$plain:s", "exp": now + 60, "info": {"i": 1}, "data": {"d": 2}
         }));
@@ -723,7 +723,7 @@ fn recoverable_without_recover_returns_top() {
 fn recovery_possible_returns_missed_publications() {
     let env = Env::base();
     let mut round = 0;
-    for framing in FRAMINGS {
+    for envelope in ENVELOPES {
         for wildcard_epoch in [false, true] {
             round += 1;
             let channel = format!("rec:a{round}");
@@ -733,7 +733,7 @@ fn recovery_possible_returns_missed_publications() {
             let (top, epoch) = env.top(&channel);
             assert_eq!(top, 5);
             let req_epoch = if wildcard_epoch { "" } else { epoch.as_str() };
-            let mut c = env.connected_with(framing, "42");
+            let mut c = env.connected_with(envelope, "42");
             let (r, rest) = c.subscribe_req(&env.node, recover_req(&channel, 2, req_epoch));
             assert!(rest.is_empty(), "recovered publications are in the reply only");
             assert!(r.recovered && r.was_recovering && r.recoverable && r.positioned);
@@ -953,7 +953,7 @@ fn cache_recovery_mode_returns_latest_only() {
 /// reply otherwise.
 #[test]
 fn publications_during_pending_subscribe_come_after_the_reply_once() {
-    for framing in FRAMINGS {
+    for envelope in ENVELOPES {
         let env = Env::with_hooks(base_config());
         let hooks = env.hooks.clone().unwrap();
         let node = &env.node;
@@ -962,7 +962,7 @@ fn publications_during_pending_subscribe_come_after_the_reply_once() {
         let (_, epoch) = env.top("rec:a");
         hooks.inject(Phase::BeforeRead, "rec:a", "3", history_opts(10, 300));
         hooks.inject(Phase::AfterRead, "rec:a", "4", history_opts(10, 300));
-        let mut c = env.connected_with(framing, "42");
+        let mut c = env.connected_with(envelope, "42");
         let (r, rest) = c.subscribe_req(node, recover_req("rec:a", 1, &epoch));
         assert!(r.recovered);
         assert_eq!(r.offset, 1);
@@ -1132,10 +1132,10 @@ fn publish_env() -> Env {
 fn publish_delivers_with_client_info() {
     let env = Env::base();
     let node = &env.node;
-    for framing in FRAMINGS {
-        let mut sub = env.connected_with(framing, "7");
+    for envelope in ENVELOPES {
+        let mut sub = env.connected_with(envelope, "7");
         sub.subscribe_ok(node, "hist:room");
-        let mut p = env.client_with(framing);
+        let mut p = env.client_with(envelope);
         p.connect_ok(node, &token(json!({"sub": "42", "info": {"name": "Ann"}})));
         let id = p.next_id();
         let replies = p.call(node, publish_cmd("hist:room", r#"{"text":"hi"}"#));
@@ -1491,8 +1491,8 @@ fn join_leave_needs_namespace_and_presence_access() {
 fn rpc_ping_send_and_pong() {
     let env = Env::base();
     let node = &env.node;
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         let rpc = Command { rpc: Some(RpcRequest { method: "m".into(), data: bytes("{}") }), ..Default::default() };
         assert_eq!(c.error(node, rpc), 104);
         assert_eq!(c.error(node, Command { ping: Some(PingRequest {}), ..Default::default() }), 108);
@@ -1505,7 +1505,7 @@ fn rpc_ping_send_and_pong() {
         // send: no backend.
         let send = Command { send: Some(SendRequest { data: bytes("{}") }), ..Default::default() };
         assert_eq!(c.disconnect_raw(node, send.clone()), 3508);
-        let mut c = env.connected_with(framing, "42");
+        let mut c = env.connected_with(envelope, "42");
         assert_eq!(c.disconnect(node, send), 3508, "with an id too");
     }
 }
@@ -1697,18 +1697,18 @@ fn wait_for_frame(env: &Env, c: &mut Client, max: u32) -> Option<(u32, Vec<Bytes
 }
 
 #[test]
-fn pings_at_interval_with_framing_specific_frames() {
+fn pings_at_interval_with_envelope_specific_frames() {
     let env = Env::base();
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         let frames_before = c.link.frames().len();
         let (first, raw) = wait_for_frame(&env, &mut c, 30).expect("a ping");
         assert!((12..=25).contains(&first), "first ping after {first} s");
         assert_eq!(raw.len(), 1);
         // The whole frame is the envelope's ping (its bytes are pinned in herald-proto's tests).
         let frame = c.link.frames()[frames_before].clone();
-        assert_eq!(frame, herald_proto::envelope::ping(framing));
-        let decoded = decode_frame(framing, &frame);
+        assert_eq!(frame, herald_proto::envelope::ping(envelope));
+        let decoded = decode_frame(envelope, &frame);
         assert_eq!(decoded, [herald_proto::Reply::default()], "an empty reply");
         // Answer, and the next pings follow every 25 s.
         c.run(&env.node, Command::default());
@@ -1797,8 +1797,8 @@ fn subscription_expiry_client_side_is_unsubscribe_2501() {
     let env = Env::new(cfg);
     let node = &env.node;
     let now = env.now();
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         let t = sub_token(json!({"sub": "42", "channel": "$plain:s", "exp": env.now() + 30}));
         c.subscribe_req(node, SubscribeRequest { token: t, ..sub_req("$plain:s") });
         env.advance(54, &mut [&mut c]);
@@ -1856,8 +1856,8 @@ fn server_side_subscription_expiry_is_3006() {
 fn api_subscribe_pushes_subscribe_then_publications() {
     let env = Env::base();
     let node = &env.node;
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         env.publish("rec:x", r#"{"old":1}"#);
         let (top, epoch) = env.top("rec:x");
         let sub = ServerSubscribe { channel: "rec:x".into(), data: bytes(r#"{"s":1}"#), ..Default::default() };
@@ -1944,8 +1944,8 @@ fn api_subscribe_with_recovery_position() {
 fn api_unsubscribe() {
     let env = Env::base();
     let node = &env.node;
-    for framing in FRAMINGS {
-        let mut c = env.connected_with(framing, "42");
+    for envelope in ENVELOPES {
+        let mut c = env.connected_with(envelope, "42");
         c.subscribe_ok(node, "plain:a");
         c.subscribe_ok(node, "plain:b");
         c.subscribe_ok(node, "plain:c");
@@ -2385,12 +2385,12 @@ fn empty_results_are_present_in_protobuf() {
 }
 
 #[test]
-fn large_payloads_in_both_framings() {
+fn large_payloads_in_both_envelopes() {
     let env = Env::base();
     let node = &env.node;
     let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(70_000));
     let medium = format!(r#"{{"blob":"{}"}}"#, "y".repeat(500));
-    let mut cs: Vec<Client> = FRAMINGS.iter().map(|f| env.connected_with(*f, "42")).collect();
+    let mut cs: Vec<Client> = ENVELOPES.iter().map(|f| env.connected_with(*f, "42")).collect();
     for c in cs.iter_mut() {
         c.subscribe_ok(node, "plain:big");
     }

@@ -25,6 +25,7 @@ use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::config_error::ConfigError;
 use crate::loader::{self, CONFIG_ENV, Loaded, Overrides};
 use crate::server::StartupError;
 use crate::telemetry;
@@ -160,7 +161,7 @@ pub fn main() -> ExitCode {
         Some(Command::Genconfig(args)) => genconfig(args),
         Some(Command::Gentoken(args)) => gentoken(args),
         Some(Command::Gensubtoken(args)) => gensubtoken(args),
-        Some(Command::Checkconfig(args)) => checkconfig(args),
+        Some(Command::Checkconfig(args)) => checkconfig(args).map_err(|e| e.to_string()),
         Some(Command::Defaultconfig) => defaultconfig(),
         Some(Command::Version) => {
             println!("herald {VERSION} ({}-{})", std::env::consts::ARCH, std::env::consts::OS);
@@ -192,7 +193,7 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
-fn load_and_warn(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
+fn load_and_warn(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let Loaded { config, warnings } = loader::load(file, process_env(), overrides)?;
     print_warnings(&warnings);
     Ok(config)
@@ -202,17 +203,17 @@ fn serve(args: ServeArgs) -> Result<(), StartupError> {
     let overrides =
         Overrides { port: args.port, address: args.address, log_level: args.log_level, api_key: args.api_key };
     let file = config_file(args.config);
-    let config = load_and_warn(file.as_deref(), &overrides).map_err(StartupError::Config)?;
+    let config = load_and_warn(file.as_deref(), &overrides)?;
     // Before anything creates metric handles (validation builds a hub): handles created
     // without a recorder stay no-ops. The server asks for the same handle again.
     telemetry::install_metrics().map_err(StartupError::Metrics)?;
-    loader::validate(&config).map_err(StartupError::Config)?;
+    loader::validate(&config)?;
     print_warnings(&loader::warnings(&config));
     telemetry::init_logging(&config.log);
     crate::server::serve(config)
 }
 
-fn checkconfig(args: CheckconfigArgs) -> Result<(), String> {
+fn checkconfig(args: CheckconfigArgs) -> Result<(), ConfigError> {
     let file = config_file(args.file.or(args.config));
     let config = load_and_warn(file.as_deref(), &Overrides::default())?;
     loader::validate(&config)?;
@@ -329,7 +330,7 @@ fn describe(alg: &str, kind: &str, user: &str, ttl: u64) -> String {
 
 fn gentoken(args: GentokenArgs) -> Result<(), String> {
     let file = config_file(args.config);
-    let config = load_and_warn(file.as_deref(), &Overrides::default())?;
+    let config = load_and_warn(file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
     let tc = &config.client.token;
     let mut claims = base_claims(tc, &args.user, args.ttl, args.info.as_deref())?;
     if !args.channels.is_empty() {
@@ -346,7 +347,7 @@ fn gensubtoken(args: GensubtokenArgs) -> Result<(), String> {
         return Err("--channel must not be empty".into());
     }
     let file = config_file(args.config);
-    let config = load_and_warn(file.as_deref(), &Overrides::default())?;
+    let config = load_and_warn(file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
     let (tc, key) = if config.client.subscription_token.enabled {
         (&config.client.subscription_token, "client.subscription_token")
     } else {

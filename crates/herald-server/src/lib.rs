@@ -6,6 +6,7 @@
 //! share [`state`].
 //!
 //! - [`config`] / [`loader`]: the configuration and how it is layered (flags > env > file);
+//!   [`config_error`]: why loading or validating it failed (source, key, problem);
 //! - [`cli`]: the `herald` command line (serve, genconfig, gentoken, checkconfig, version);
 //! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
 //!   shutdown;
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod config_error;
 pub mod entry;
 pub mod loader;
 pub mod router;

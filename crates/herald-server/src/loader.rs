@@ -26,6 +26,7 @@
 //! count as unset too.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ use serde_json::{Map, Value};
 use serde_path_to_error::Segment;
 
 use crate::config::Config;
+use crate::config_error::{ConfigError, FileFormat, FileProblem, Source};
 
 /// Prefix of the environment variables read by [`load`].
 pub const ENV_PREFIX: &str = "HERALD_";
@@ -74,7 +76,7 @@ pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
-) -> Result<Loaded, String> {
+) -> Result<Loaded, ConfigError> {
     let schema = Schema::new();
     let mut tree = match file {
         Some(path) => read_file(path)?,
@@ -90,9 +92,9 @@ pub fn load(
     warnings.extend(env_warnings);
 
     strip_nulls(&mut tree);
-    let config = to_config(&tree).map_err(|(path, msg)| match source_of(&sources, &path) {
-        Some(source) => format!("{msg} (set by {source})"),
-        None => msg,
+    let config = to_config(&tree).map_err(|(key, message)| {
+        let set_by = source_of(&sources, &key).cloned();
+        ConfigError::Deserialize { key, message, set_by }
     })?;
     Ok(Loaded { config, warnings })
 }
@@ -104,23 +106,32 @@ pub fn env_var_names() -> Vec<(String, String)> {
 
 /// Checks what deserialization cannot: values in range, engines that exist, and everything the
 /// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
-pub fn validate(cfg: &Config) -> Result<(), String> {
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.engine.kind != "memory" {
-        return Err(format!(
-            "engine.type: {:?} is not available yet; only \"memory\" is supported (Redis and NATS engines are planned)",
-            cfg.engine.kind
+        return Err(ConfigError::invalid(
+            "engine.type",
+            format!(
+                "{:?} is not available yet; only \"memory\" is supported (Redis and NATS engines are planned)",
+                cfg.engine.kind
+            ),
         ));
     }
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "none"];
     if !LEVELS.contains(&cfg.log.level.as_str()) {
-        return Err(format!("log.level: {:?} is not one of {}", cfg.log.level, LEVELS.join(", ")));
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("{:?} is not one of {}", cfg.log.level, LEVELS.join(", ")),
+        ));
     }
     if !["text", "json"].contains(&cfg.log.format.as_str()) {
-        return Err(format!("log.format: {:?} is not one of text, json", cfg.log.format));
+        return Err(ConfigError::invalid("log.format", format!("{:?} is not one of text, json", cfg.log.format)));
     }
     let schedulers = [crate::config::THREAD_PER_CORE, crate::config::WORK_STEALING];
     if !schedulers.contains(&cfg.runtime.scheduler.as_str()) {
-        return Err(format!("runtime.scheduler: {:?} is not one of {}", cfg.runtime.scheduler, schedulers.join(", ")));
+        return Err(ConfigError::invalid(
+            "runtime.scheduler",
+            format!("{:?} is not one of {}", cfg.runtime.scheduler, schedulers.join(", ")),
+        ));
     }
 
     let endpoints = [
@@ -131,7 +142,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     ];
     for (key, prefix, _) in &endpoints {
         if !prefix.starts_with('/') {
-            return Err(format!("{key}: {prefix:?} must start with '/'"));
+            return Err(ConfigError::invalid(*key, format!("{prefix:?} must start with '/'")));
         }
     }
     for (i, (key, prefix, on)) in endpoints.iter().enumerate() {
@@ -139,25 +150,34 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         if let Some((other, _, _)) =
             endpoints[i + 1..].iter().find(|(_, p, o)| *on && *o && normalized(p) == normalized(prefix))
         {
-            return Err(format!("{other}: {prefix:?} is already used by {key}"));
+            return Err(ConfigError::invalid(*other, format!("{prefix:?} is already used by {key}")));
         }
     }
 
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
-        return Err(format!(
-            "shutdown.client_close_window: must be shorter than shutdown.timeout ({} >= {})",
-            herald_hub::duration::format(cfg.shutdown.client_close_window),
-            herald_hub::duration::format(cfg.shutdown.timeout)
+        return Err(ConfigError::invalid(
+            "shutdown.client_close_window",
+            format!(
+                "must be shorter than shutdown.timeout ({} >= {})",
+                herald_hub::duration::format(cfg.shutdown.client_close_window),
+                herald_hub::duration::format(cfg.shutdown.timeout)
+            ),
         ));
     }
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
     let limit = cfg.websocket.message_size_limit;
     if !(KIB..=64 * MIB).contains(&limit) {
-        return Err(format!("websocket.message_size_limit: {limit} is out of range (1024 to 67108864 bytes)"));
+        return Err(ConfigError::invalid(
+            "websocket.message_size_limit",
+            format!("{limit} is out of range (1024 to 67108864 bytes)"),
+        ));
     }
     if cfg.client.queue_max_size < KIB {
-        return Err(format!("client.queue_max_size: {} is too small (at least 1024 bytes)", cfg.client.queue_max_size));
+        return Err(ConfigError::invalid(
+            "client.queue_max_size",
+            format!("{} is too small (at least 1024 bytes)", cfg.client.queue_max_size),
+        ));
     }
 
     let identity = NodeIdentity {
@@ -165,7 +185,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         name: cfg.node.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(|e| e.to_string())
+    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(ConfigError::from)
 }
 
 /// Settings that are valid but probably not what was meant.
@@ -198,33 +218,29 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-fn read_file(path: &Path) -> Result<Value, String> {
-    let shown = path.display();
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let fail = |problem| ConfigError::File { path: path.to_owned(), problem };
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let format = match ext.as_deref() {
-        Some("json") => "json",
-        Some("yaml" | "yml") => "yaml",
-        Some("toml") => "toml",
-        _ => {
-            return Err(format!(
-                "config file \"{shown}\": unknown format (the name must end in .json, .yaml, .yml or .toml)"
-            ));
-        }
+        Some("json") => FileFormat::Json,
+        Some("yaml" | "yml") => FileFormat::Yaml,
+        Some("toml") => FileFormat::Toml,
+        _ => return Err(fail(FileProblem::UnknownFormat)),
     };
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("config file \"{shown}\" not found"),
-        _ => format!("cannot read config file \"{shown}\": {e}"),
+        io::ErrorKind::NotFound => fail(FileProblem::NotFound),
+        _ => fail(FileProblem::Unreadable(e)),
     })?;
     let parsed: Result<Value, String> = match format {
-        "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
-        "yaml" => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
-        _ => toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_owned()),
+        FileFormat::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        FileFormat::Yaml => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
+        FileFormat::Toml => toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_owned()),
     };
-    match parsed.map_err(|e| format!("cannot parse config file \"{shown}\" as {}: {e}", format.to_uppercase()))? {
+    match parsed.map_err(|message| fail(FileProblem::Unparsable { format, message }))? {
         // An empty YAML document.
         Value::Null => Ok(Value::Object(Map::new())),
         v @ Value::Object(_) => Ok(v),
-        _ => Err(format!("config file \"{shown}\": the top level must be a map of sections")),
+        _ => Err(fail(FileProblem::NotAMap)),
     }
 }
 
@@ -340,9 +356,9 @@ fn apply_env(
     tree: &mut Value,
     env: impl IntoIterator<Item = (String, String)>,
     schema: &Schema,
-    sources: &mut Vec<(String, String)>,
+    sources: &mut Vec<(String, Source)>,
     warnings: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     let table = schema.env_table();
     let mut matched = Vec::new();
     let mut unknown = Vec::new();
@@ -364,17 +380,24 @@ fn apply_env(
     for (target, name, text) in matched {
         let value = env_value(target, &name, &text)?;
         set_path(tree, &target.path, value, target.kind == Kind::Section);
-        sources.push((target.path.join("."), format!("environment variable {name}")));
+        sources.push((target.path.join("."), Source::Env(name)));
     }
     Ok(())
 }
 
-fn env_value(target: &EnvTarget, name: &str, text: &str) -> Result<Value, String> {
-    let key = target.path.join(".");
-    let bad =
-        |what: &str| format!("invalid value for environment variable {name} ({key}): expected {what}, got {text:?}");
+fn env_value(target: &EnvTarget, name: &str, text: &str) -> Result<Value, ConfigError> {
+    let error = |expected: &'static str, parse_error: Option<String>| ConfigError::Env {
+        variable: name.to_owned(),
+        key: target.path.join("."),
+        expected,
+        got: text.to_owned(),
+        parse_error,
+    };
+    let bad = |expected: &'static str| error(expected, None);
     let trimmed = text.trim();
-    let json = |what: &str| serde_json::from_str::<Value>(trimmed).map_err(|e| format!("{}: {e}", bad(what)));
+    let json = |expected: &'static str| {
+        serde_json::from_str::<Value>(trimmed).map_err(|e| error(expected, Some(e.to_string())))
+    };
     Ok(match target.kind {
         Kind::Bool => Value::Bool(parse_bool(trimmed).ok_or_else(|| bad("a boolean (true/false, 1/0, yes/no)"))?),
         Kind::Int => {
@@ -445,11 +468,11 @@ fn merge_into(target: &mut Value, value: Value) {
     }
 }
 
-fn apply_overrides(tree: &mut Value, o: &Overrides, sources: &mut Vec<(String, String)>) {
+fn apply_overrides(tree: &mut Value, o: &Overrides, sources: &mut Vec<(String, Source)>) {
     let path = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
-    let mut set = |key: &str, flag: &str, value: Value| {
+    let mut set = |key: &str, flag: &'static str, value: Value| {
         set_path(tree, &path(key), value, false);
-        sources.push((key.to_owned(), format!("--{flag}")));
+        sources.push((key.to_owned(), Source::Flag(flag)));
     };
     if let Some(port) = o.port {
         set("http_server.port", "port", Value::from(port));
@@ -466,16 +489,16 @@ fn apply_overrides(tree: &mut Value, o: &Overrides, sources: &mut Vec<(String, S
 }
 
 /// The layer that last set `path` (or a section containing it), if not the file.
-fn source_of<'a>(sources: &'a [(String, String)], path: &str) -> Option<&'a str> {
+fn source_of<'a>(sources: &'a [(String, Source)], path: &str) -> Option<&'a Source> {
     let within = |p: &str| path == p || path.starts_with(&format!("{p}.")) || path.starts_with(&format!("{p}["));
-    sources.iter().rev().find(|(p, _)| !path.is_empty() && within(p)).map(|(_, s)| s.as_str())
+    sources.iter().rev().find(|(p, _)| !path.is_empty() && within(p)).map(|(_, s)| s)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Typed config
 
-/// Deserializes the merged tree. The error carries the dotted path of the bad value and the
-/// message to show.
+/// Deserializes the merged tree. The error carries the dotted path of the bad value (empty when
+/// it cannot be named) and the deserializer's message.
 fn to_config(tree: &Value) -> Result<Config, (String, String)> {
     let err = match serde_path_to_error::deserialize::<_, Config>(tree) {
         Ok(config) => return Ok(config),
@@ -491,12 +514,7 @@ fn to_config(tree: &Value) -> Result<Config, (String, String)> {
         path = p;
         inner = msg;
     }
-    let msg = if path.is_empty() {
-        format!("invalid configuration: {inner}")
-    } else {
-        format!("invalid value for {path}: {inner}")
-    };
-    Err((path, msg))
+    Err((path, inner))
 }
 
 fn namespace_error(tree: &Value) -> Option<(String, String)> {
@@ -547,8 +565,15 @@ mod tests {
         vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn load_env(vars: &[(&str, &str)]) -> Result<Loaded, String> {
+    fn load_env(vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
         load(None, env(vars), &Overrides::default())
+    }
+
+    /// The error of loading `vars`, and its message.
+    fn env_error(vars: &[(&str, &str)]) -> (ConfigError, String) {
+        let err = load_env(vars).unwrap_err();
+        let text = err.to_string();
+        (err, text)
     }
 
     #[test]
@@ -612,28 +637,28 @@ mod tests {
 
     #[test]
     fn bad_integer_env_names_variable() {
-        let err = load_env(&[("HERALD_HTTP_SERVER_PORT", "eighty")]).unwrap_err();
+        let (_, err) = env_error(&[("HERALD_HTTP_SERVER_PORT", "eighty")]);
         assert!(err.contains("HERALD_HTTP_SERVER_PORT"), "{err}");
-        let err = load_env(&[("HERALD_HTTP_SERVER_PORT", "70000")]).unwrap_err();
+        let (_, err) = env_error(&[("HERALD_HTTP_SERVER_PORT", "70000")]);
         assert!(err.contains("http_server.port") && err.contains("HERALD_HTTP_SERVER_PORT"), "{err}");
     }
 
     #[test]
     fn bad_duration_from_env_names_key_and_variable() {
-        let err = load_env(&[("HERALD_CLIENT_PONG_TIMEOUT", "8 sec")]).unwrap_err();
+        let (_, err) = env_error(&[("HERALD_CLIENT_PONG_TIMEOUT", "8 sec")]);
         assert!(err.starts_with("invalid value for client.pong_timeout: "), "{err}");
         assert!(err.ends_with("(set by environment variable HERALD_CLIENT_PONG_TIMEOUT)"), "{err}");
     }
 
     #[test]
     fn namespace_option_errors_name_the_key() {
-        let err = load_env(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"ok"},{"name":"b","history_ttl":"5x"}]"#)])
-            .unwrap_err();
+        let (_, err) =
+            env_error(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"ok"},{"name":"b","history_ttl":"5x"}]"#)]);
         assert!(
             err.starts_with(r#"invalid value for channel.namespaces[1].history_ttl: invalid duration "5x""#),
             "{err}"
         );
-        let err = load_env(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":5}]"#)]).unwrap_err();
+        let (_, err) = env_error(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":5}]"#)]);
         assert!(err.starts_with("invalid value for channel.namespaces[0].name: "), "{err}");
     }
 
@@ -650,7 +675,9 @@ mod tests {
             let mut c = Config::default();
             f(&mut c);
             let err = validate(&c).unwrap_err();
-            assert!(err.starts_with(key), "{key}: {err}");
+            assert!(matches!(&err, ConfigError::Invalid { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().starts_with(&format!("{key}: ")), "{key}: {err}");
         };
         check(&|c| c.engine.kind = "redis".into(), "engine.type");
         check(&|c| c.log.level = "loud".into(), "log.level");
@@ -671,6 +698,81 @@ mod tests {
         c.prometheus.enabled = false;
         c.prometheus.handler_prefix = "/api".into();
         validate(&c).unwrap();
+    }
+
+    #[test]
+    fn bad_env_value_is_an_env_error() {
+        let (err, text) = env_error(&[("HERALD_CLIENT_CHANNEL_LIMIT", "lots")]);
+        let ConfigError::Env { variable, expected, got, parse_error, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(variable, "HERALD_CLIENT_CHANNEL_LIMIT");
+        assert_eq!((*expected, got.as_str(), parse_error), ("an integer", "lots", &None));
+        assert_eq!(err.key(), Some("client.channel_limit"));
+        assert_eq!(
+            text,
+            r#"invalid value for environment variable HERALD_CLIENT_CHANNEL_LIMIT (client.channel_limit): expected an integer, got "lots""#
+        );
+
+        // JSON values carry the parser's message after the expectation.
+        let (err, text) = env_error(&[("HERALD_CLIENT_TOKEN", "{")]);
+        assert!(matches!(&err, ConfigError::Env { parse_error: Some(_), .. }), "{err:?}");
+        assert_eq!(err.key(), Some("client.token"));
+        assert!(
+            text.starts_with(
+                r#"invalid value for environment variable HERALD_CLIENT_TOKEN (client.token): expected a JSON object, got "{": "#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_port_is_a_deserialize_error_with_its_source() {
+        let (err, text) = env_error(&[("HERALD_HTTP_SERVER_PORT", "70000")]);
+        let ConfigError::Deserialize { set_by, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(set_by, &Some(Source::Env("HERALD_HTTP_SERVER_PORT".into())));
+        assert_eq!(err.key(), Some("http_server.port"));
+        assert!(text.starts_with("invalid value for http_server.port: "), "{text}");
+        assert!(text.ends_with(" (set by environment variable HERALD_HTTP_SERVER_PORT)"), "{text}");
+
+        // A whole section from the environment is the source of the keys inside it.
+        let (err, _) = env_error(&[("HERALD_HTTP_SERVER", r#"{"port":"x"}"#)]);
+        assert!(
+            matches!(&err, ConfigError::Deserialize { set_by: Some(Source::Env(v)), .. } if v == "HERALD_HTTP_SERVER")
+        );
+        assert_eq!(err.key(), Some("http_server.port"));
+
+        // Flags are named the way they are typed.
+        let mut sources = Vec::new();
+        let flags = Overrides { log_level: Some("x".into()), ..Default::default() };
+        apply_overrides(&mut Value::Object(Map::new()), &flags, &mut sources);
+        assert_eq!(source_of(&sources, "log.level"), Some(&Source::Flag("log-level")));
+        assert_eq!(Source::Flag("log-level").to_string(), "--log-level");
+    }
+
+    #[test]
+    fn namespace_option_error_is_keyed() {
+        let (err, _) =
+            env_error(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"ok"},{"name":"b","history_ttl":"5x"}]"#)]);
+        assert!(matches!(&err, ConfigError::Deserialize { .. }), "{err:?}");
+        assert_eq!(err.key(), Some("channel.namespaces[1].history_ttl"));
+
+        // The hub's checks become `Invalid` with the hub's key.
+        let mut c = Config::default();
+        c.channel.namespaces.push(Namespace { name: "ok".into(), ..Default::default() });
+        c.channel.namespaces[0].options.history_size = 10;
+        let err = validate(&c).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { .. }), "{err:?}");
+        assert_eq!(err.key(), Some("channel.namespaces[0].history_ttl"));
+        assert_eq!(err.to_string(), "channel.namespaces[0].history_ttl: must be set when history_size is set");
+    }
+
+    #[test]
+    fn missing_file_is_a_file_error() {
+        let path = std::env::temp_dir().join("herald-loader-test-missing.yaml");
+        let err = load(Some(&path), Vec::new(), &Overrides::default()).unwrap_err();
+        let ConfigError::File { path: at, problem: FileProblem::NotFound } = &err else { panic!("{err:?}") };
+        assert_eq!(at, &path);
+        assert_eq!(err.key(), None);
+        assert_eq!(err.to_string(), format!("config file \"{}\" not found", path.display()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use herald_proto::codes::DISCONNECT_SHUTDOWN;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, WORK_STEALING};
+use crate::config_error::ConfigError;
 use crate::entry::handle_connection;
 use crate::state::AppState;
 use crate::telemetry;
@@ -31,14 +32,20 @@ pub enum StartupError {
     Runtime(io::Error),
     WorkerThread(io::Error),
     Metrics(metrics_exporter_prometheus::BuildError),
-    /// The configuration (or a part only the node checks) is invalid: `key: problem`.
-    Config(String),
+    /// The configuration could not be loaded, or it (or a part only the node checks) is invalid.
+    Config(ConfigError),
 }
 
-impl StartupError {
-    /// A configuration problem, from anything that displays as `key: problem`.
-    pub fn config(problem: impl fmt::Display) -> Self {
-        StartupError::Config(problem.to_string())
+impl From<ConfigError> for StartupError {
+    fn from(e: ConfigError) -> Self {
+        StartupError::Config(e)
+    }
+}
+
+/// What [`Node::new`] rejects is a configuration problem like any other.
+impl From<herald_hub::ConfigError> for StartupError {
+    fn from(e: herald_hub::ConfigError) -> Self {
+        StartupError::Config(e.into())
     }
 }
 
@@ -50,7 +57,7 @@ impl fmt::Display for StartupError {
             StartupError::Runtime(e) => write!(f, "cannot start runtime: {e}"),
             StartupError::WorkerThread(e) => write!(f, "cannot start worker thread: {e}"),
             StartupError::Metrics(e) => write!(f, "cannot install the Prometheus metrics recorder: {e}"),
-            StartupError::Config(problem) => f.write_str(problem),
+            StartupError::Config(e) => write!(f, "{e}"),
         }
     }
 }
@@ -63,7 +70,7 @@ impl std::error::Error for StartupError {
             | StartupError::Runtime(e)
             | StartupError::WorkerThread(e) => Some(e),
             StartupError::Metrics(e) => Some(e),
-            StartupError::Config(_) => None,
+            StartupError::Config(e) => Some(e),
         }
     }
 }
@@ -266,7 +273,7 @@ fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = Node::new(config.hub(), identity, Arc::new(SystemClock)).map_err(StartupError::config)?;
+    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
     Ok(Arc::new(AppState::new(config, node, metrics, pinned_workers)))
 }
 

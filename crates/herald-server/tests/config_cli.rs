@@ -20,8 +20,9 @@ fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Loads `path` alone; errors as the text `herald` prints.
 fn load_file(path: &Path) -> Result<Loaded, String> {
-    loader::load(Some(path), Vec::new(), &Overrides::default())
+    loader::load(Some(path), Vec::new(), &Overrides::default()).map_err(|e| e.to_string())
 }
 
 fn now() -> i64 {
@@ -278,15 +279,19 @@ fn invalid_env_values_name_the_variable() {
         env(&[("HERALD_CLIENT_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN", "maybe")]),
         &Overrides::default(),
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("HERALD_CLIENT_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN"), "{err}");
     assert!(err.contains("\"maybe\""), "{err}");
 
-    let err = loader::load(None, env(&[("HERALD_CLIENT_CHANNEL_LIMIT", "lots")]), &Overrides::default()).unwrap_err();
+    let err = loader::load(None, env(&[("HERALD_CLIENT_CHANNEL_LIMIT", "lots")]), &Overrides::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("HERALD_CLIENT_CHANNEL_LIMIT"), "{err}");
 
-    let err =
-        loader::load(None, env(&[("HERALD_CHANNEL_NAMESPACES", "chat news")]), &Overrides::default()).unwrap_err();
+    let err = loader::load(None, env(&[("HERALD_CHANNEL_NAMESPACES", "chat news")]), &Overrides::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("HERALD_CHANNEL_NAMESPACES"), "{err}");
 }
 
@@ -336,11 +341,11 @@ fn invalid_namespace_is_named_by_validate() {
     let dir = TempDir::new().unwrap();
     let file = write(&dir, "c.json", r#"{"channel": {"namespaces": [{"name": "c h a t"}]}}"#);
     let cfg = load_file(&file).unwrap().config;
-    let err = loader::validate(&cfg).unwrap_err();
+    let err = loader::validate(&cfg).unwrap_err().to_string();
     assert!(err.starts_with("channel.namespaces[0].name: "), "{err}");
 
     let file = write(&dir, "e.json", r#"{"engine": {"type": "redis"}}"#);
-    let err = loader::validate(&load_file(&file).unwrap().config).unwrap_err();
+    let err = loader::validate(&load_file(&file).unwrap().config).unwrap_err().to_string();
     assert!(err.starts_with("engine.type: ") && err.contains("not available"), "{err}");
 }
 

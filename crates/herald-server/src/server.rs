@@ -65,12 +65,11 @@ impl fmt::Display for StartupError {
 impl std::error::Error for StartupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartupError::Bind { error: e, .. }
-            | StartupError::Listener(e)
-            | StartupError::Runtime(e)
-            | StartupError::WorkerThread(e) => Some(e),
+            StartupError::Bind { error: e, .. } | StartupError::Runtime(e) | StartupError::WorkerThread(e) => Some(e),
             StartupError::Metrics(e) => Some(e),
-            StartupError::Config(e) => Some(e),
+            // Displayed as the inner error itself: its cause, not itself, comes next in a chain.
+            StartupError::Listener(e) => e.source(),
+            StartupError::Config(e) => e.source(),
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The fanout (one channel, every connection subscribed) and personal (one channel per
+//! connection) scenarios: the same run around a different publishing plan.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::publish::{Backlog, Plan, delivery_fields, print_delivery_summary, publish_phase};
+use super::{JobSpec, Setup, base, client_fields, connect_all, finish, merge, setup};
+use crate::cli::{FanoutArgs, PersonalArgs};
+use crate::job::{Channels, Cmd, Target};
+use crate::worker::MAX_SEQ;
+
+/// A fanout or personal run.
+struct PublishRun {
+    scenario: &'static str,
+    plan: Plan,
+    channels: Channels,
+    duration: Duration,
+    /// Deliveries per successful publish (default: every connection).
+    per_publish: Option<f64>,
+    backlog: Option<Backlog>,
+    extra: Map<String, Value>,
+}
+
+async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
+    let PublishRun { scenario, plan, channels, duration, per_publish: per_publish_override, backlog, extra } = run;
+    let max_seq = plan.max_seq();
+    if max_seq > MAX_SEQ {
+        return Err(format!("too many publications/rounds ({max_seq}, at most {MAX_SEQ})"));
+    }
+    let spec = JobSpec { channels, strict_order: true, max_seq, churn_percent: None, handshake: None, api: None };
+    let mut m = base(&s, scenario);
+    m.extend(extra);
+    let (mut fleet, _) = connect_all(&s, &spec, &mut m).await?;
+    let open = fleet.ready_open();
+    let per_publish = per_publish_override.unwrap_or(open as f64 / s.urls.len() as f64);
+    fleet.send_all(Cmd::Start).await;
+    eprintln!("  publishing ...");
+    let out = publish_phase(&s, s.c.drain, &mut fleet, &plan, duration, per_publish, backlog).await;
+    fleet.stop(Instant::now() + Duration::from_secs(20)).await;
+    let merged = merge(&fleet.results)?;
+    fleet.shutdown().await;
+    delivery_fields(&mut m, &merged, &out, per_publish, true);
+    client_fields(&mut m, &merged);
+    m.insert("connections_at_end".into(), json!(merged.open));
+    print_delivery_summary(&m);
+    finish(&s, m)
+}
+
+pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
+    let s = setup(&a.common, 1000, None, true)?;
+    let rate = s.c.rate.unwrap_or(20.0);
+    if rate <= 0.0 {
+        return Err("--rate must be positive".into());
+    }
+    let duration = s.c.duration.unwrap_or(Duration::from_secs(20));
+    let count = s.c.count.unwrap_or_else(|| (rate * duration.as_secs_f64()).ceil() as u64).max(1);
+    let duration = if s.c.count.is_some() && s.c.duration.is_none() { Duration::from_secs(3600) } else { duration };
+    let channel = s.c.channel.clone().unwrap_or_else(|| "bench_fanout".into());
+    eprintln!(
+        "fanout: {} subscribers of {channel} on {} ({}), {rate}/s for up to {:.0} s / {count} publications",
+        s.n,
+        s.hosts(),
+        s.c.target.as_str(),
+        duration.as_secs_f64()
+    );
+    let mut extra = Map::new();
+    extra.insert("rate".into(), json!(rate));
+    extra.insert("duration_s".into(), json!(duration.as_secs_f64()));
+    extra.insert("count".into(), json!(count));
+    extra.insert("max_backlog_ms".into(), json!(a.max_backlog.map(|d| d.as_millis() as u64)));
+    let backlog = a.max_backlog.map(|threshold| Backlog { threshold, secs: a.max_backlog_secs.max(1) });
+    let plan = Plan::Fanout { channel: channel.clone(), rate, count };
+    let run = PublishRun {
+        scenario: "fanout",
+        plan,
+        channels: Channels::Shared(channel),
+        duration,
+        per_publish: None,
+        backlog,
+        extra,
+    };
+    publish_scenario(s, run).await
+}
+
+pub async fn personal(a: PersonalArgs) -> Result<(), String> {
+    let s = setup(&a.common, 1000, None, true)?;
+    let rate = s.c.rate.unwrap_or(s.n as f64);
+    if rate <= 0.0 {
+        return Err("--rate must be positive".into());
+    }
+    let duration = s.c.duration.unwrap_or(Duration::from_secs(20));
+    let rounds = s.c.count.unwrap_or_else(|| ((rate * duration.as_secs_f64()) / s.n as f64).floor() as u64).max(1);
+    let duration = if s.c.count.is_some() && s.c.duration.is_none() { Duration::from_secs(3600) } else { duration };
+    let prefix = s.c.channel.clone().unwrap_or_else(|| match s.c.target {
+        Target::Herald => "personal:".into(),
+        Target::Nchan => "personal_".into(),
+    });
+    eprintln!(
+        "personal: {} subscribers on {prefix}<i> at {} ({}), {rate} messages/s, {rounds} round(s)",
+        s.n,
+        s.hosts(),
+        s.c.target.as_str()
+    );
+    let mut extra = Map::new();
+    extra.insert("rate".into(), json!(rate));
+    extra.insert("duration_s".into(), json!(duration.as_secs_f64()));
+    extra.insert("rounds".into(), json!(rounds));
+    extra.insert("publishers".into(), json!(a.publishers));
+    let backlog = a.max_backlog.map(|threshold| Backlog { threshold, secs: a.max_backlog_secs.max(1) });
+    let plan = Plan::Personal { prefix: prefix.clone(), n: s.n, rate, rounds, publishers: a.publishers.max(1) };
+    let run = PublishRun {
+        scenario: "personal",
+        plan,
+        channels: Channels::PerConn(prefix),
+        duration,
+        per_publish: Some(1.0),
+        backlog,
+        extra,
+    };
+    publish_scenario(s, run).await
+}

@@ -1,0 +1,110 @@
+//! The server API load of a worker: `conns` keep-alive HTTP connections, each publishing one
+//! request at a time until the deadline, timed and counted in the shared `Ctx`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Ctx, emit, publish_ok, result, wait_start, wait_stop};
+use crate::http::HttpConn;
+use crate::job::{ApiJob, Cmd, Msg, Ready};
+use crate::payload;
+use crate::stats;
+use crate::util::now_ns;
+use crate::wsclient::WsError;
+
+/// Server API load: `conns` keep-alive connections, each sending one request at a time.
+pub(super) async fn run_api(ctx: Rc<Ctx>, api: ApiJob, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut conns = Vec::with_capacity(api.conns);
+    for i in 0..api.conns {
+        let job = &ctx.job;
+        let source = (!job.source_ips.is_empty()).then(|| job.source_ips[i % job.source_ips.len()]);
+        let (addr, host) = &job.servers[(i + job.worker * api.conns) % job.servers.len()];
+        let mut c = HttpConn::new(*addr, host, source);
+        match c.connect().await {
+            Ok(()) => {
+                conns.push(c);
+                ctx.open.set(ctx.open.get() + 1);
+            }
+            Err(e) => ctx.fail(&WsError::io("api_connect", &e)),
+        }
+    }
+    let (errors, error_kinds) = {
+        let st = ctx.stats.borrow();
+        (st.errors, st.error_kinds.clone())
+    };
+    emit(&Msg::Ready(Ready { stage: 0, open: ctx.open.get(), errors, elapsed_ms: 0, error_kinds }));
+    if !wait_start(&mut rx).await {
+        emit(&Msg::Result(Box::new(result(&ctx, Duration::ZERO, Duration::ZERO))));
+        return;
+    }
+    ctx.measuring.set(true);
+    let t0 = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(api.duration_ms);
+    let seq = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let ctx = ctx.clone();
+        let api = api.clone();
+        let seq = seq.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut body = Vec::with_capacity(api.payload + 128);
+            while tokio::time::Instant::now() < deadline {
+                let s = seq.get() + 1;
+                seq.set(s);
+                body.clear();
+                if let Some(ch) = &api.herald_channel {
+                    body.extend_from_slice(b"{\"channel\":\"");
+                    body.extend_from_slice(ch.as_bytes());
+                    body.extend_from_slice(b"\",\"data\":");
+                }
+                let sent = Instant::now();
+                payload::write(&mut body, s, now_ns(), api.payload);
+                if api.herald_channel.is_some() {
+                    body.push(b'}');
+                }
+                let r = tokio::time::timeout_at(
+                    deadline + Duration::from_secs(5),
+                    conn.post(&api.path, &api.headers, &body),
+                )
+                .await;
+                let ok = match &r {
+                    Ok(Ok(resp)) => publish_ok(api.herald_channel.is_some(), resp.status, &resp.body),
+                    _ => false,
+                };
+                let mut st = ctx.stats.borrow_mut();
+                st.api_requests += 1;
+                if ok {
+                    stats::record(&mut ctx.api_hist.borrow_mut(), sent.elapsed().as_micros() as u64);
+                } else {
+                    st.api_errors += 1;
+                    let timed_out = r.is_err();
+                    if st.api_errors <= 3 {
+                        match r {
+                            Ok(Ok(resp)) => eprintln!(
+                                "worker {}: API answered {}: {}",
+                                ctx.job.worker,
+                                resp.status,
+                                String::from_utf8_lossy(&resp.body)
+                            ),
+                            Ok(Err(e)) => eprintln!("worker {}: API request failed: {e}", ctx.job.worker),
+                            Err(_) => eprintln!("worker {}: API request timed out", ctx.job.worker),
+                        }
+                    }
+                    drop(st);
+                    if timed_out {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = t0.elapsed();
+    emit(&Msg::Result(Box::new(result(&ctx, elapsed, elapsed))));
+    wait_stop(&mut rx).await;
+}

@@ -112,8 +112,9 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadJson> {
     let body = if is_blank(body) { b"{}" as &[u8] } else { body };
     // Fast path without path tracking; on failure parse again to name the bad field.
     serde_json::from_slice(body).map_err(|first| {
-        if first.is_syntax() || first.is_eof() {
-            return BadJson(format!("invalid JSON: {first}"));
+        // A type error can come before a syntax error further on (`[1,2`): the syntax first.
+        if let Err(e) = serde_json::from_slice::<IgnoredAny>(body) {
+            return BadJson(format!("invalid JSON: {e}"));
         }
         if body.trim_ascii_start().first() != Some(&b'{') {
             return BadJson("invalid request: the body must be a JSON object".into());
@@ -718,9 +719,8 @@ async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult,
 /// Runs one batch command: the first key, in key order, that names a method other than batch
 /// itself.
 async fn batch_command(ctx: &ApiContext<'_>, command: &RawValue) -> Result<(&'static str, Box<RawValue>), ApiError> {
-    let command: BTreeMap<String, &RawValue> = serde_json::from_str(command.get()).map_err(|_| {
-        bad_request(r#"a batch command must be an object naming one method, e.g. {"publish": {...}}"#)
-    })?;
+    let command: BTreeMap<String, &RawValue> = serde_json::from_str(command.get())
+        .map_err(|_| bad_request(r#"a batch command must be an object naming one method, e.g. {"publish": {...}}"#))?;
     let found = command.iter().find_map(|(k, params)| Some((find(k).filter(|m| m.wrap_result)?, params)));
     let Some((method, params)) = found else {
         return Err(match command.keys().next() {
@@ -778,7 +778,10 @@ mod tests {
                 BatchReply::Error { error: missing("channel") },
             ],
         };
-        assert_eq!(json(&replies), r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}},{"error":{"code":107,"message":"bad request: missing field `channel`"}}]}"#);
+        assert_eq!(
+            json(&replies),
+            r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}},{"error":{"code":107,"message":"bad request: missing field `channel`"}}]}"#
+        );
     }
 
     #[test]

@@ -43,15 +43,16 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, json!({ "error": message }).to_string().into_bytes())
 }
 
-/// How an API request ended, for `herald_api_requests_total`: a method error is HTTP 200 like
-/// a success, so the status alone cannot tell them apart.
+/// How an API request ended, for `herald_api_requests_total` (the `result` label, as in
+/// `herald_client_commands_total`): a method error is HTTP 200 like a success, so the status
+/// alone cannot tell them apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Tally {
-    /// `outcome="ok"`.
+    /// `result="ok"`.
     Ok,
-    /// `outcome="error"` with the API error code (one of the protocol's codes, a bounded set).
+    /// `result="error"` with the API error code (one of the protocol's codes, a bounded set).
     Error(u32),
-    /// `outcome="rejected"`: refused before the method ran (401, 400, 404, 405, 413).
+    /// `result="rejected"`: refused before the method ran (401, 400, 404, 405, 413).
     Rejected,
 }
 
@@ -61,14 +62,14 @@ fn api_metric(method: &'static str, status: u16, tally: Tally) {
     use herald_hub::metrics::{Handles, cached};
     static H: Handles<(&'static str, u16, Tally)> = OnceLock::new();
     cached(&H, (method, status, tally), || {
-        let (outcome, code) = match tally {
+        let (result, code) = match tally {
             Tally::Ok => ("ok", String::new()),
             Tally::Error(code) => ("error", code.to_string()),
             Tally::Rejected => ("rejected", String::new()),
         };
         metrics::counter!(
             "herald_api_requests_total",
-            "method" => method, "status" => status.to_string(), "outcome" => outcome, "code" => code
+            "method" => method, "status" => status.to_string(), "result" => result, "code" => code
         )
     })
     .increment(1);

@@ -141,6 +141,8 @@ async fn batch_commands_say_what_is_wrong_and_the_count_is_limited() {
     let three = json!({"commands": vec![json!({"publish": {"channel": "news", "data": {"n": 1}}}); 3]});
     assert_eq!(herald.api_ok("batch", three).await["replies"].as_array().map(Vec::len), Some(3));
     assert_eq!(next_publication(&mut client, "news").await.0, json!({"n": 1}), "the refused batch published");
+    let metrics = herald.metrics().await;
+    assert!(metrics.lines().any(|l| l == "herald_api_batches_over_limit_total 1"), "{metrics}");
 }
 
 /// A batch at a generous limit runs while `/api/info` keeps answering quickly on the same

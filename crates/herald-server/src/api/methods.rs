@@ -698,6 +698,7 @@ const YIELD_EVERY: usize = 16;
 async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult, ApiError> {
     let limit = ctx.state.config.http_api.max_batch_commands;
     if b.commands.len() > limit {
+        metrics::counter!("herald_api_batches_over_limit_total").increment(1);
         return Err(bad_request(format_args!(
             "too many commands in batch: {}, the limit is {limit} (http_api.max_batch_commands)",
             b.commands.len()
@@ -782,6 +783,32 @@ mod tests {
             json(&replies),
             r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}},{"error":{"code":107,"message":"bad request: missing field `channel`"}}]}"#
         );
+    }
+
+    #[test]
+    fn request_fields_are_read_from_the_derived_deserialize() {
+        assert_eq!(fields_of::<ChannelRequest>(), ["channel"]);
+        assert_eq!(fields_of::<SubscribeRequest>().last(), Some(&"override"));
+        assert_eq!(fields_of::<InfoRequest>(), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn a_bad_request_names_the_unknown_fields_and_only_a_bad_request() {
+        let known = fields_of::<ChannelRequest>();
+        let explained = |e: ErrorCode, params: &[u8]| {
+            let mut e = ApiError::from(e);
+            explain_unknown_fields(&mut e, params, known);
+            e.message.into_owned()
+        };
+        let many = br#"{"e": 1, "d": 1, "c": 1, "b": 1, "a": 1, "channel": ""}"#;
+        assert_eq!(
+            explained(ERROR_BAD_REQUEST, many),
+            "bad request; unknown fields `a`, `b`, `c` and 2 more, expected one of `channel`"
+        );
+        assert_eq!(explained(ERROR_BAD_REQUEST, b" "), "bad request (the request body is empty)");
+        assert_eq!(explained(ERROR_BAD_REQUEST, br#"{"channel": "x"}"#), "bad request");
+        assert_eq!(explained(ERROR_UNKNOWN_CHANNEL, br#"{"chanel": "x"}"#), "unknown channel");
+        assert_eq!(Short(&"é".repeat(70)).to_string(), format!("{}…", "é".repeat(64)));
     }
 
     #[test]

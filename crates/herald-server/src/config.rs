@@ -74,6 +74,9 @@ pub struct HttpApiConfig {
     pub handler_prefix: String,
     /// Largest accepted request body, bytes.
     pub max_body_size: usize,
+    /// Most commands in one `batch`: with `max_body_size` it bounds the work and the answer a
+    /// single request can make a worker build.
+    pub max_batch_commands: usize,
 }
 
 impl Default for HttpApiConfig {
@@ -84,6 +87,7 @@ impl Default for HttpApiConfig {
             disabled: false,
             handler_prefix: "/api".into(),
             max_body_size: 10 * 1024 * 1024,
+            max_batch_commands: 1000,
         }
     }
 }

@@ -49,17 +49,28 @@ async fn transport_level_errors() {
     let herald = Herald::start(&[("HERALD_HTTP_API_MAX_BODY_SIZE", "1024")]);
     let key = [("X-API-Key", API_KEY)];
 
-    // Malformed JSON and JSON of the wrong shape: 400 with a JSON error body.
-    for body in [&br#"{"channel":"#[..], b"[1,2", br#"{"channel":5,"data":{}}"#] {
+    // Malformed JSON and JSON of the wrong shape: 400 with a JSON error body saying what is wrong.
+    for (body, error) in [
+        (&br#"{"channel":"#[..], "invalid JSON: EOF while parsing a value at line 1 column 11"),
+        (b"[1,2", "invalid JSON: EOF while parsing a list at line 1 column 4"),
+        (b"[1,2]", "invalid request: the body must be a JSON object"),
+        (
+            br#"{"channel":5,"data":{}}"#,
+            "invalid request: field `channel`: invalid type: integer `5`, expected a string at line 1 column 12",
+        ),
+    ] {
         let resp = herald.http("POST", "/api/publish", &key, body).await;
         assert_eq!(resp.status, 400, "{}: {resp:?}", String::from_utf8_lossy(body));
         assert_eq!(resp.header("Content-Type"), Some("application/json"));
-        assert!(resp.json()["error"].as_str().is_some_and(|e| e.starts_with("invalid request")), "{}", resp.text());
+        assert_eq!(resp.json(), json!({ "error": error }), "{}", String::from_utf8_lossy(body));
     }
 
     let resp = herald.http("POST", "/api/no_such_method", &key, b"{}").await;
     assert_eq!(resp.status, 404, "{resp:?}");
-    assert_eq!(resp.json(), json!({"error": "unknown API method"}));
+    assert_eq!(resp.json(), json!({"error": "unknown API method `no_such_method`"}));
+    let resp = herald.http("POST", "/api/", &key, b"{}").await;
+    assert_eq!(resp.status, 404, "{resp:?}");
+    assert_eq!(resp.json(), json!({"error": "no API method in the path: use POST /api/<method>"}));
 
     let resp = herald.http("GET", "/api/publish", &key, b"").await;
     assert_eq!(resp.status, 405, "{resp:?}");
@@ -99,18 +110,24 @@ async fn publish_results_and_errors() {
     let (status, body) = herald.api("publish", json!({"channel": "news", "b64data": "aGVsbG8="})).await;
     assert_eq!((status, body), (200, json!({"result": {}})));
 
-    let bad_request = json!({"error": {"code": 107, "message": "bad request"}});
+    let bad_request = |detail: &str| json!({"error": {"code": 107, "message": format!("bad request: {detail}")}});
     let unknown_channel = json!({"error": {"code": 102, "message": "unknown channel"}});
     for (body, expected) in [
-        (json!({"channel": "", "data": {"a": 1}}), &bad_request),
-        (json!({"data": {"a": 1}}), &bad_request),
-        (json!({"channel": "news"}), &bad_request),
-        (json!({"channel": "news", "b64data": "not base64!"}), &bad_request),
-        (json!({"channel": "news", "data": {}, "exclude_client": "not-a-uuid"}), &bad_request),
-        (json!({"channel": "nope:x", "data": {"a": 1}}), &unknown_channel),
+        (json!({"channel": "", "data": {"a": 1}}), bad_request("missing field `channel`")),
+        (json!({"data": {"a": 1}}), bad_request("missing field `channel`")),
+        (json!({"channel": "news"}), bad_request("missing field `data` (or `b64data`)")),
+        (
+            json!({"channel": "news", "b64data": "not base64!"}),
+            bad_request("`b64data` is not valid base64: Invalid symbol 32, offset 3."),
+        ),
+        (
+            json!({"channel": "news", "data": {}, "exclude_client": "not-a-uuid"}),
+            bad_request("`exclude_client` is not a client ID (a UUID)"),
+        ),
+        (json!({"channel": "nope:x", "data": {"a": 1}}), unknown_channel),
     ] {
         let (status, reply) = herald.api("publish", body.clone()).await;
-        assert_eq!((status, &reply), (200, expected), "{body}");
+        assert_eq!((status, &reply), (200, &expected), "{body}");
     }
 
     // Transport error mode: HTTP status from the code, bare error object.
@@ -122,7 +139,7 @@ async fn publish_results_and_errors() {
         assert_eq!(resp.json(), json!({"code": 102, "message": "unknown channel"}));
         let resp = herald.http("POST", "/api/publish", &headers, br#"{"channel":"news"}"#).await;
         assert_eq!(resp.status, 400, "{resp:?}");
-        assert_eq!(resp.json(), json!({"code": 107, "message": "bad request"}));
+        assert_eq!(resp.json(), json!({"code": 107, "message": "bad request: missing field `data` (or `b64data`)"}));
         let resp = herald.http("POST", "/api/publish", &headers, br#"{"channel":"news","data":1}"#).await;
         assert_eq!(resp.status, 200, "{resp:?}");
         assert_eq!(resp.json(), json!({"result": {}}));
@@ -142,13 +159,16 @@ async fn broadcast_answers_per_channel() {
     assert!(responses[0]["result"]["epoch"].is_string(), "{body}");
     assert_eq!(responses[1], json!({"result": {}}));
     assert_eq!(responses[2], json!({"error": {"code": 102, "message": "unknown channel"}}));
-    assert_eq!(responses[3], json!({"error": {"code": 107, "message": "bad request"}}));
+    assert_eq!(responses[3], json!({"error": {"code": 107, "message": "bad request: empty channel name"}}));
     assert_eq!(next_publication(&mut client, "news").await.0, json!({"b": 1}));
 
-    for body in [json!({"channels": [], "data": {"b": 1}}), json!({"channels": ["news"]})] {
+    for (body, message) in [
+        (json!({"channels": [], "data": {"b": 1}}), "bad request: missing field `channels`"),
+        (json!({"channels": ["news"]}), "bad request: missing field `data` (or `b64data`)"),
+    ] {
         assert_eq!(
             herald.api("broadcast", body.clone()).await,
-            (200, json!({"error": {"code": 107, "message": "bad request"}})),
+            (200, json!({"error": {"code": 107, "message": message}})),
             "{body}"
         );
     }
@@ -268,8 +288,11 @@ async fn batch_answers_every_command_in_order() {
         replies[2],
         json!({"history": {"publications": [{"data": {"n": 1}, "offset": 1}], "offset": 1, "epoch": epoch}})
     );
-    assert_eq!(replies[3], json!({"error": {"code": 104, "message": "not found"}}));
-    assert_eq!(replies[4], json!({"error": {"code": 107, "message": "bad request"}}));
+    assert_eq!(replies[3], json!({"error": {"code": 104, "message": "not found: unknown API method `bogus`"}}));
+    assert_eq!(
+        replies[4],
+        json!({"error": {"code": 107, "message": "bad request: field `channel`: invalid type: integer `5`, expected a string at line 1 column 12"}})
+    );
     assert_eq!(replies[5]["info"]["nodes"][0]["num_clients"], 0, "{body}");
     assert_eq!(herald.api_ok("batch", json!({"commands": []})).await, json!({"replies": []}));
 }
@@ -382,7 +405,10 @@ async fn disconnect_closes_the_targeted_connections() {
         let body = json!({"user": "8", "disconnect": {"code": code, "reason": "x"}});
         assert_eq!(
             herald.api("disconnect", body).await,
-            (200, json!({"error": {"code": 107, "message": "bad request"}})),
+            (
+                200,
+                json!({"error": {"code": 107, "message": format!("bad request: `disconnect.code` {code} is not between 3001 and 4999")}})
+            ),
             "code {code}"
         );
     }
@@ -449,7 +475,7 @@ async fn health_and_metrics() {
     };
     assert!(has("herald_client_commands_total", &["method=\"connect\"", "result=\"ok\""]), "{text}");
     assert!(has("herald_client_commands_total", &["method=\"subscribe\"", "result=\"ok\""]), "{text}");
-    assert!(has("herald_api_requests_total", &["method=\"publish\"", "status=\"200\""]), "{text}");
+    assert!(has("herald_api_requests_total", &["method=\"publish\"", "status=\"200\"", "result=\"ok\""]), "{text}");
     assert!(has("herald_api_requests_total", &["method=\"publish\"", "status=\"401\""]), "{text}");
     for name in ["herald_connections", "herald_api_requests_total", "herald_messages_published_total"] {
         assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE line for {name}:\n{text}");

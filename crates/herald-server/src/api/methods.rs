@@ -6,7 +6,9 @@
 //! the answers used to be built as `serde_json::Value` objects, whose keys serialize sorted,
 //! and the bytes on the wire stay the same.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::{self, Display};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +20,7 @@ use herald_hub::ServerSubscribe;
 use herald_hub::node::{ApiPublish, Target};
 use herald_proto::codes::*;
 use herald_proto::{ClientInfo, DisconnectReason, ErrorCode, Publication, StreamPosition, raw};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -31,12 +34,12 @@ pub struct ApiContext<'a> {
     pub peer: SocketAddr,
 }
 
-/// The body is not valid JSON for the method (HTTP 400).
+/// The body is not valid JSON for the method (HTTP 400); the message says what is wrong.
 pub struct BadJson(pub String);
 
 /// A handler's answer, serialized, or the API error; `Err(BadJson)` when the params did not
 /// parse.
-pub type Outcome = Result<Result<Box<RawValue>, ErrorCode>, BadJson>;
+pub type Outcome = Result<Result<Box<RawValue>, ApiError>, BadJson>;
 
 /// Parses the params (a method's JSON body) and runs the method. Boxed: the table holds plain
 /// function pointers, and `batch` calls back into it.
@@ -60,7 +63,17 @@ macro_rules! method {
         ApiMethod {
             name: $name,
             wrap_result: $wrap,
-            call: |ctx, params| Box::pin(async move { Ok(answer($handler(ctx, parse(params)?).await)) }),
+            call: |ctx, params| {
+                Box::pin(async move {
+                    let request = parse(params)?;
+                    let known = fields_of_value(&request);
+                    let mut answer = answer($handler(ctx, request).await);
+                    if let Err(e) = &mut answer {
+                        explain_unknown_fields(e, params, known());
+                    }
+                    Ok(answer)
+                })
+            },
         }
     };
 }
@@ -87,42 +100,156 @@ pub fn find(name: &str) -> Option<&'static ApiMethod> {
     METHODS.iter().find(|m| m.name == name)
 }
 
-fn answer<T: Serialize>(result: Result<T, ErrorCode>) -> Result<Box<RawValue>, ErrorCode> {
+fn answer<T: Serialize>(result: Result<T, ApiError>) -> Result<Box<RawValue>, ApiError> {
     result.map(|value| serde_json::value::to_raw_value(&value).expect("API answers serialize"))
 }
 
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadJson> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}" as &[u8] } else { body };
+    let body = if is_blank(body) { b"{}" as &[u8] } else { body };
     // Fast path without path tracking; on failure parse again to name the bad field.
-    serde_json::from_slice(body).map_err(|_| {
+    serde_json::from_slice(body).map_err(|first| {
+        // A type error can come before a syntax error further on (`[1,2`): the syntax first.
+        if let Err(e) = serde_json::from_slice::<IgnoredAny>(body) {
+            return BadJson(format!("invalid JSON: {e}"));
+        }
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return BadJson("invalid request: the body must be a JSON object".into());
+        }
         let de = &mut serde_json::Deserializer::from_slice(body);
         match serde_path_to_error::deserialize::<_, T>(de) {
-            Err(e) if e.path().to_string() != "." => BadJson(format!("{}: {}", e.path(), e.inner())),
-            Err(e) => BadJson(e.inner().to_string()),
-            Ok(_) => BadJson("invalid JSON".into()),
+            Err(e) if e.path().to_string() != "." => {
+                BadJson(format!("invalid request: field `{}`: {}", e.path(), e.inner()))
+            }
+            Err(e) => BadJson(format!("invalid request: {}", e.inner())),
+            Ok(_) => BadJson(format!("invalid request: {first}")),
         }
     })
 }
 
-/// An API error as answers carry it: `{"code", "message"}`.
-#[derive(Serialize)]
+/// The field names a request type accepts, as its derived `Deserialize` hands them to
+/// `deserialize_struct`: read by a deserializer that stops right there.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+/// [`fields_of`] for the type of `request`, as a function so the list is only built when an
+/// error needs it.
+fn fields_of_value<'de, T: Deserialize<'de>>(_: &T) -> fn() -> &'static [&'static str] {
+    fields_of::<'de, T>
+}
+
+/// Unknown fields are ignored, as Centrifugo does (SDKs send fields Herald does not have yet);
+/// when a request fails, though, a misspelt field is the likely cause, so a "bad request" names
+/// the fields it ignored, and says so when the body was empty.
+fn explain_unknown_fields(e: &mut ApiError, params: &[u8], known: &[&str]) {
+    if e.code != ERROR_BAD_REQUEST.code {
+        return;
+    }
+    if is_blank(params) {
+        e.message.to_mut().push_str(" (the request body is empty)");
+        return;
+    }
+    let Ok(keys) = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(params) else { return };
+    let unknown: Vec<&String> = keys.keys().filter(|k| !known.contains(&k.as_str())).collect();
+    if unknown.is_empty() {
+        return;
+    }
+    // Bounded: at most a few names, each cut short; the body could hold thousands.
+    const SHOWN: usize = 3;
+    let names: Vec<String> = unknown.iter().take(SHOWN).map(|k| format!("`{}`", Short(k))).collect();
+    let message = e.message.to_mut();
+    let noun = if unknown.len() == 1 { "field" } else { "fields" };
+    message.push_str(&format!("; unknown {noun} {}", names.join(", ")));
+    if unknown.len() > SHOWN {
+        message.push_str(&format!(" and {} more", unknown.len() - SHOWN));
+    }
+    let expected: Vec<String> = known.iter().map(|f| format!("`{f}`")).collect();
+    message.push_str(&format!(", expected one of {}", expected.join(", ")));
+}
+
+/// A name from a request, cut to a length an error message can carry.
+pub(super) struct Short<'a>(pub(super) &'a str);
+
+impl Display for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 64;
+        match self.0.char_indices().nth(MAX) {
+            Some((end, _)) => write!(f, "{}…", &self.0[..end]),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+/// An API error as answers carry it: `{"code", "message"}`. The message starts with the code's
+/// own text, as Centrifugo's does, and may say after a colon what was wrong
+/// ("bad request: missing field `channel`").
+#[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct ApiError {
-    code: u32,
-    message: &'static str,
+    pub code: u32,
+    pub message: Cow<'static, str>,
 }
 
 impl From<ErrorCode> for ApiError {
     fn from(e: ErrorCode) -> Self {
-        ApiError { code: e.code, message: super::api_message(e) }
+        ApiError { code: e.code, message: Cow::Borrowed(super::api_message(e)) }
     }
+}
+
+impl ApiError {
+    /// `e` with `detail` after its message.
+    fn with(e: ErrorCode, detail: impl Display) -> Self {
+        ApiError { code: e.code, message: Cow::Owned(format!("{}: {detail}", super::api_message(e))) }
+    }
+}
+
+/// A 107 "bad request" that says what is wrong.
+fn bad_request(detail: impl Display) -> ApiError {
+    ApiError::with(ERROR_BAD_REQUEST, detail)
+}
+
+/// A required field that is absent or empty.
+fn missing(field: &str) -> ApiError {
+    bad_request(format_args!("missing field `{field}`"))
+}
+
+/// Requires a non-empty `channel`-like field.
+fn require(value: &str, field: &str) -> Result<(), ApiError> {
+    if value.is_empty() { Err(missing(field)) } else { Ok(()) }
 }
 
 /// The answer of methods that answer nothing: `{}`.
 #[derive(Serialize)]
 pub struct Empty {}
 
-/// Payload from `data` (raw JSON) or `b64data` (base64 bytes).
-fn payload(data: &Option<Box<RawValue>>, b64data: &str) -> Result<Bytes, ErrorCode> {
+/// Payload from `data` (raw JSON) or its base64 form (`b64_field`, named in the error).
+fn payload(data: &Option<Box<RawValue>>, b64data: &str, b64_field: &str) -> Result<Bytes, ApiError> {
     if let Some(raw) = data {
         return Ok(raw::json_payload(raw));
     }
@@ -130,7 +257,7 @@ fn payload(data: &Option<Box<RawValue>>, b64data: &str) -> Result<Bytes, ErrorCo
         return base64::engine::general_purpose::STANDARD
             .decode(b64data)
             .map(Bytes::from)
-            .map_err(|_| ERROR_BAD_REQUEST);
+            .map_err(|e| bad_request(format_args!("`{b64_field}` is not valid base64: {e}")));
     }
     Ok(Bytes::new())
 }
@@ -177,7 +304,8 @@ impl From<Option<StreamPosition>> for PublishResult {
     }
 }
 
-/// The publish options shared by `publish` and `broadcast` bodies.
+/// The publish options shared by `publish` and `broadcast` bodies; `data` (or `b64data`) is
+/// required.
 fn publish_request(
     data: &Option<Box<RawValue>>,
     b64data: &str,
@@ -185,11 +313,19 @@ fn publish_request(
     tags: BTreeMap<String, String>,
     idempotency_key: String,
     exclude_client: String,
-) -> Result<ApiPublish, ErrorCode> {
-    Ok(ApiPublish { data: payload(data, b64data)?, skip_history, tags, idempotency_key, exclude_client })
+) -> Result<ApiPublish, ApiError> {
+    let data = payload(data, b64data, "b64data")?;
+    if data.is_empty() {
+        return Err(bad_request("missing field `data` (or `b64data`)"));
+    }
+    if !exclude_client.is_empty() && uuid::Uuid::parse_str(&exclude_client).is_err() {
+        return Err(bad_request("`exclude_client` is not a client ID (a UUID)"));
+    }
+    Ok(ApiPublish { data, skip_history, tags, idempotency_key, exclude_client })
 }
 
-async fn publish(ctx: &ApiContext<'_>, b: PublishRequest) -> Result<PublishResult, ErrorCode> {
+async fn publish(ctx: &ApiContext<'_>, b: PublishRequest) -> Result<PublishResult, ApiError> {
+    require(&b.channel, "channel")?;
     let req = publish_request(&b.data, &b.b64data, b.skip_history, b.tags, b.idempotency_key, b.exclude_client)?;
     let outcome = ctx.state.node.api_publish(&b.channel, &req).await?;
     Ok(outcome.position.into())
@@ -220,16 +356,20 @@ enum BroadcastReply {
     Error(ApiError),
 }
 
-async fn broadcast(ctx: &ApiContext<'_>, b: BroadcastRequest) -> Result<BroadcastResult, ErrorCode> {
+async fn broadcast(ctx: &ApiContext<'_>, b: BroadcastRequest) -> Result<BroadcastResult, ApiError> {
     if b.channels.is_empty() {
-        return Err(ERROR_BAD_REQUEST);
+        return Err(missing("channels"));
     }
     let req = publish_request(&b.data, &b.b64data, b.skip_history, b.tags, b.idempotency_key, b.exclude_client)?;
-    if req.data.is_empty() {
-        return Err(ERROR_BAD_REQUEST);
-    }
     let mut responses = Vec::with_capacity(b.channels.len());
-    for channel in &b.channels {
+    for (i, channel) in b.channels.iter().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+        if channel.is_empty() {
+            responses.push(BroadcastReply::Error(bad_request("empty channel name")));
+            continue;
+        }
         responses.push(match ctx.state.node.api_publish(channel, &req).await {
             Ok(o) => BroadcastReply::Result(o.position.into()),
             Err(e) => BroadcastReply::Error(e.into()),
@@ -254,11 +394,12 @@ pub struct SubscribeRequest {
     override_: Override,
 }
 
-async fn subscribe(ctx: &ApiContext<'_>, b: SubscribeRequest) -> Result<Empty, ErrorCode> {
+async fn subscribe(ctx: &ApiContext<'_>, b: SubscribeRequest) -> Result<Empty, ApiError> {
+    require(&b.channel, "channel")?;
     let sub = ServerSubscribe {
         channel: b.channel,
-        info: payload(&b.info, &b.b64info)?,
-        data: payload(&b.data, &b.b64data)?,
+        info: payload(&b.info, &b.b64info, "b64info")?,
+        data: payload(&b.data, &b.b64data, "b64data")?,
         recover_since: b.recover_since,
         expire_at: (b.expire_at > 0).then_some(b.expire_at),
         override_: b.override_,
@@ -275,7 +416,7 @@ pub struct UnsubscribeRequest {
     client: String,
 }
 
-async fn unsubscribe(ctx: &ApiContext<'_>, b: UnsubscribeRequest) -> Result<Empty, ErrorCode> {
+async fn unsubscribe(ctx: &ApiContext<'_>, b: UnsubscribeRequest) -> Result<Empty, ApiError> {
     ctx.state.node.api_unsubscribe(&Target { user: b.user, client: b.client }, &b.channel)?;
     Ok(Empty {})
 }
@@ -296,13 +437,13 @@ struct DisconnectSpec {
     reason: String,
 }
 
-async fn disconnect(ctx: &ApiContext<'_>, b: DisconnectRequest) -> Result<Empty, ErrorCode> {
+async fn disconnect(ctx: &ApiContext<'_>, b: DisconnectRequest) -> Result<Empty, ApiError> {
     let reason = match b.disconnect {
         None => DISCONNECT_FORCE_NO_RECONNECT,
         Some(d) => {
             // Must be a code a WebSocket close frame can carry, outside the reserved 3000.
             if !(3001..=4999).contains(&d.code) {
-                return Err(ERROR_BAD_REQUEST);
+                return Err(bad_request(format_args!("`disconnect.code` {} is not between 3001 and 4999", d.code)));
             }
             DisconnectReason { code: d.code, reason: d.reason.into() }
         }
@@ -322,8 +463,8 @@ pub struct RefreshRequest {
     b64info: String,
 }
 
-async fn refresh(ctx: &ApiContext<'_>, b: RefreshRequest) -> Result<Empty, ErrorCode> {
-    let info = payload(&b.info, &b.b64info)?;
+async fn refresh(ctx: &ApiContext<'_>, b: RefreshRequest) -> Result<Empty, ApiError> {
+    let info = payload(&b.info, &b.b64info, "b64info")?;
     let info = (!info.is_empty()).then_some(info);
     ctx.state.node.api_refresh(&Target { user: b.user, client: b.client }, b.expired, b.expire_at, info);
     Ok(Empty {})
@@ -370,7 +511,8 @@ fn client_infos<S: Serializer>(map: &BTreeMap<String, ClientInfo>, s: S) -> Resu
     s.collect_map(map.iter().map(|(client, info)| (client, ClientInfoOut::from(info))))
 }
 
-async fn presence(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceResult, ErrorCode> {
+async fn presence(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceResult, ApiError> {
+    require(&b.channel, "channel")?;
     Ok(PresenceResult { presence: ctx.state.node.api_presence(&b.channel).await? })
 }
 
@@ -380,7 +522,8 @@ pub struct PresenceStatsResult {
     num_users: u32,
 }
 
-async fn presence_stats(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceStatsResult, ErrorCode> {
+async fn presence_stats(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceStatsResult, ApiError> {
+    require(&b.channel, "channel")?;
     let (num_clients, num_users) = ctx.state.node.api_presence_stats(&b.channel).await?;
     Ok(PresenceStatsResult { num_clients, num_users })
 }
@@ -437,12 +580,17 @@ fn publications<S: Serializer>(list: &[Publication], s: S) -> Result<S::Ok, S::E
     s.collect_seq(list.iter().map(PublicationOut::from))
 }
 
-async fn history(ctx: &ApiContext<'_>, b: HistoryRequest) -> Result<HistoryResult, ErrorCode> {
+async fn history(ctx: &ApiContext<'_>, b: HistoryRequest) -> Result<HistoryResult, ApiError> {
+    require(&b.channel, "channel")?;
+    if b.reverse && b.since.as_ref().is_some_and(|s| s.offset == 0) {
+        return Err(bad_request("`since.offset` must be above 0 with `reverse`"));
+    }
     let slice = ctx.state.node.api_history(&b.channel, b.limit, b.since, b.reverse).await?;
     Ok(HistoryResult { epoch: slice.top.epoch, offset: slice.top.offset, publications: slice.publications })
 }
 
-async fn history_remove(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<Empty, ErrorCode> {
+async fn history_remove(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<Empty, ApiError> {
+    require(&b.channel, "channel")?;
     ctx.state.node.api_history_remove(&b.channel).await?;
     Ok(Empty {})
 }
@@ -463,8 +611,13 @@ struct ChannelInfo {
     num_clients: usize,
 }
 
-async fn channels(ctx: &ApiContext<'_>, b: ChannelsRequest) -> Result<ChannelsResult, ErrorCode> {
-    let channels = ctx.state.node.api_channels(&b.pattern)?;
+async fn channels(ctx: &ApiContext<'_>, b: ChannelsRequest) -> Result<ChannelsResult, ApiError> {
+    // The pattern is the only thing that can be wrong here.
+    let channels = ctx
+        .state
+        .node
+        .api_channels(&b.pattern)
+        .map_err(|e| ApiError::with(e, format_args!("`pattern` `{}` is not a valid pattern", Short(&b.pattern))))?;
     Ok(ChannelsResult {
         channels: channels.into_iter().map(|(name, num_clients)| (name, ChannelInfo { num_clients })).collect(),
     })
@@ -496,7 +649,7 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ErrorCode> {
+async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiError> {
     let id = ctx.state.node.identity();
     let stats = ctx.state.node.stats();
     let node = NodeInfo {
@@ -512,13 +665,13 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ErrorC
     Ok(InfoResult { nodes: [node] })
 }
 
-/// Commands, each an object naming one method: `{"publish": {...}}`. Params stay borrowed raw
-/// JSON until their method parses them.
+/// Commands, each an object naming one method: `{"publish": {...}}`. Commands stay borrowed
+/// raw JSON until they run, so an over-long batch is refused before anything is built for it.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct BatchRequest<'a> {
     #[serde(borrow)]
-    commands: Vec<BTreeMap<String, &'a RawValue>>,
+    commands: Vec<&'a RawValue>,
     /// Accepted for compatibility; commands run in order either way.
     #[allow(dead_code)]
     parallel: bool,
@@ -537,22 +690,50 @@ enum BatchReply {
     Error { error: ApiError },
 }
 
-async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult, ErrorCode> {
+/// Long API work (`batch`, `broadcast`) gives the worker thread back to its other tasks after
+/// this many items: a worker's runtime is single-threaded, so a long loop without an await
+/// point would stall every WebSocket client and request on that worker until it ends.
+const YIELD_EVERY: usize = 16;
+
+async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult, ApiError> {
+    let limit = ctx.state.config.http_api.max_batch_commands;
+    if b.commands.len() > limit {
+        metrics::counter!("herald_api_batches_over_limit_total").increment(1);
+        return Err(bad_request(format_args!(
+            "too many commands in batch: {}, the limit is {limit} (http_api.max_batch_commands)",
+            b.commands.len()
+        )));
+    }
     let mut replies = Vec::with_capacity(b.commands.len());
-    for command in &b.commands {
-        // The first key, in key order, that names a method other than batch itself.
-        let found = command.iter().find_map(|(k, params)| Some((find(k).filter(|m| m.wrap_result)?, params)));
-        let Some((method, params)) = found else {
-            replies.push(BatchReply::Error { error: ERROR_METHOD_NOT_FOUND.into() });
-            continue;
-        };
-        replies.push(match (method.call)(ctx, params.get().as_bytes()).await {
-            Ok(Ok(answer)) => BatchReply::Answer(BTreeMap::from([(method.name, answer)])),
-            Ok(Err(e)) => BatchReply::Error { error: e.into() },
-            Err(BadJson(_)) => BatchReply::Error { error: ERROR_BAD_REQUEST.into() },
+    for (i, command) in b.commands.iter().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+        replies.push(match batch_command(ctx, command).await {
+            Ok((name, answer)) => BatchReply::Answer(BTreeMap::from([(name, answer)])),
+            Err(error) => BatchReply::Error { error },
         });
     }
     Ok(BatchResult { replies })
+}
+
+/// Runs one batch command: the first key, in key order, that names a method other than batch
+/// itself.
+async fn batch_command(ctx: &ApiContext<'_>, command: &RawValue) -> Result<(&'static str, Box<RawValue>), ApiError> {
+    let command: BTreeMap<String, &RawValue> = serde_json::from_str(command.get())
+        .map_err(|_| bad_request(r#"a batch command must be an object naming one method, e.g. {"publish": {...}}"#))?;
+    let found = command.iter().find_map(|(k, params)| Some((find(k).filter(|m| m.wrap_result)?, params)));
+    let Some((method, params)) = found else {
+        return Err(match command.keys().next() {
+            Some(name) if name == "batch" => ApiError::with(ERROR_METHOD_NOT_FOUND, "a batch cannot contain `batch`"),
+            Some(name) => ApiError::with(ERROR_METHOD_NOT_FOUND, format_args!("unknown API method `{}`", Short(name))),
+            None => ApiError::with(ERROR_METHOD_NOT_FOUND, "the command names no method"),
+        });
+    };
+    match (method.call)(ctx, params.get().as_bytes()).await {
+        Ok(answer) => answer.map(|a| (method.name, a)),
+        Err(BadJson(msg)) => Err(bad_request(msg.strip_prefix("invalid request: ").unwrap_or(&msg))),
+    }
 }
 
 #[cfg(test)]
@@ -595,9 +776,39 @@ mod tests {
             replies: vec![
                 BatchReply::Answer(BTreeMap::from([("publish", serde_json::value::to_raw_value(&Empty {}).unwrap())])),
                 BatchReply::Error { error: ERROR_METHOD_NOT_FOUND.into() },
+                BatchReply::Error { error: missing("channel") },
             ],
         };
-        assert_eq!(json(&replies), r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}}]}"#);
+        assert_eq!(
+            json(&replies),
+            r#"{"replies":[{"publish":{}},{"error":{"code":104,"message":"not found"}},{"error":{"code":107,"message":"bad request: missing field `channel`"}}]}"#
+        );
+    }
+
+    #[test]
+    fn request_fields_are_read_from_the_derived_deserialize() {
+        assert_eq!(fields_of::<ChannelRequest>(), ["channel"]);
+        assert_eq!(fields_of::<SubscribeRequest>().last(), Some(&"override"));
+        assert_eq!(fields_of::<InfoRequest>(), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn a_bad_request_names_the_unknown_fields_and_only_a_bad_request() {
+        let known = fields_of::<ChannelRequest>();
+        let explained = |e: ErrorCode, params: &[u8]| {
+            let mut e = ApiError::from(e);
+            explain_unknown_fields(&mut e, params, known);
+            e.message.into_owned()
+        };
+        let many = br#"{"e": 1, "d": 1, "c": 1, "b": 1, "a": 1, "channel": ""}"#;
+        assert_eq!(
+            explained(ERROR_BAD_REQUEST, many),
+            "bad request; unknown fields `a`, `b`, `c` and 2 more, expected one of `channel`"
+        );
+        assert_eq!(explained(ERROR_BAD_REQUEST, b" "), "bad request (the request body is empty)");
+        assert_eq!(explained(ERROR_BAD_REQUEST, br#"{"channel": "x"}"#), "bad request");
+        assert_eq!(explained(ERROR_UNKNOWN_CHANNEL, br#"{"chanel": "x"}"#), "unknown channel");
+        assert_eq!(Short(&"é".repeat(70)).to_string(), format!("{}…", "é".repeat(64)));
     }
 
     #[test]

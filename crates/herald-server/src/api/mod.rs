@@ -6,7 +6,9 @@
 //! request object, the answer is HTTP 200 with `{"result": ...}` or `{"error": {code, message}}`.
 //! Transport-level problems get a status and a JSON body `{"error": "..."}`: 401 without a valid
 //! key, 400 for a body that is not valid JSON for the method, 404 for an unknown method, 405
-//! for a method other than POST, 413 for a body over `http_api.max_body_size`.
+//! for a method other than POST, 413 for a body over `http_api.max_body_size`. The two shapes
+//! differ as Centrifugo's do: SDKs parse `error.code` of a 200 answer and only the status of the
+//! others.
 //! With `X-Herald-Error-Mode: transport` (or `X-Centrifugo-Error-Mode`) API errors are returned
 //! as bare `{code, message}` objects with a matching HTTP status instead.
 
@@ -41,16 +43,35 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, json!({ "error": message }).to_string().into_bytes())
 }
 
-/// Counts an API request. Handles are cached per (method, status): a registry lookup with
-/// label allocation on every request showed up in profiles of the publish path.
-fn api_metric(method: &'static str, status: u16) {
+/// How an API request ended, for `herald_api_requests_total` (the `result` label, as in
+/// `herald_client_commands_total`): a method error is HTTP 200 like a success, so the status
+/// alone cannot tell them apart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Tally {
+    /// `result="ok"`.
+    Ok,
+    /// `result="error"` with the API error code (one of the protocol's codes, a bounded set).
+    Error(u32),
+    /// `result="rejected"`: refused before the method ran (401, 400, 404, 405, 413).
+    Rejected,
+}
+
+/// Counts an API request. Handles are cached per label set: a registry lookup with label
+/// allocation on every request showed up in profiles of the publish path.
+fn api_metric(method: &'static str, status: u16, tally: Tally) {
     use herald_hub::metrics::{Handles, cached};
-    static H: Handles<(&'static str, u16)> = OnceLock::new();
-    cached(
-        &H,
-        (method, status),
-        || metrics::counter!("herald_api_requests_total", "method" => method, "status" => status.to_string()),
-    )
+    static H: Handles<(&'static str, u16, Tally)> = OnceLock::new();
+    cached(&H, (method, status, tally), || {
+        let (result, code) = match tally {
+            Tally::Ok => ("ok", String::new()),
+            Tally::Error(code) => ("error", code.to_string()),
+            Tally::Rejected => ("rejected", String::new()),
+        };
+        metrics::counter!(
+            "herald_api_requests_total",
+            "method" => method, "status" => status.to_string(), "result" => result, "code" => code
+        )
+    })
     .increment(1);
 }
 
@@ -89,8 +110,8 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let response = call(state, method, req, peer).await;
-    api_metric(method.map_or("unknown", |m| m.name), response.status().as_u16());
+    let (response, tally) = call(state, method, req, peer).await;
+    api_metric(method.map_or("unknown", |m| m.name), response.status().as_u16(), tally);
     response
 }
 
@@ -133,41 +154,53 @@ fn transport_mode(req: &Request<Incoming>) -> bool {
         .any(|h| req.headers().get(*h).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport")))
 }
 
+/// The method name in an API path (`/api/<name>`), for the 404 that names it.
+fn method_in_path<'a>(state: &AppState, req: &'a Request<Incoming>) -> &'a str {
+    let prefix = state.config.http_api.handler_prefix.trim_end_matches('/');
+    let path = req.uri().path();
+    path.strip_prefix(prefix).and_then(|m| m.strip_prefix('/')).unwrap_or(path)
+}
+
 async fn call(
     state: &AppState,
     method: Option<&'static ApiMethod>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Body> {
+) -> (Response<Body>, Tally) {
+    let rejected = |status, message: &str| (transport_error(status, message), Tally::Rejected);
     if req.method() != Method::POST {
         // RFC 9110 §15.5.6: a 405 names the allowed methods.
         let mut response = transport_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
         response.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-        return response;
+        return (response, Tally::Rejected);
     }
     if !authorized(state, &req) {
-        return transport_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid API key");
+        return rejected(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid API key");
     }
     let Some(method) = method else {
-        return transport_error(StatusCode::NOT_FOUND, "unknown API method");
+        let message = match method_in_path(state, &req) {
+            "" => "no API method in the path: use POST /api/<method>".to_owned(),
+            name => format!("unknown API method `{}`", methods::Short(name)),
+        };
+        return rejected(StatusCode::NOT_FOUND, &message);
     };
     let transport = transport_mode(&req);
     let limit = state.config.http_api.max_body_size;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            return rejected(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
-        Err(_) => return transport_error(StatusCode::BAD_REQUEST, "cannot read request body"),
+        Err(_) => return rejected(StatusCode::BAD_REQUEST, "cannot read request body"),
     };
     let ctx = ApiContext { state, peer };
     let result = match (method.call)(&ctx, &body).await {
         Ok(r) => r,
-        Err(BadJson(msg)) => return transport_error(StatusCode::BAD_REQUEST, &format!("invalid request: {msg}")),
+        Err(BadJson(msg)) => return rejected(StatusCode::BAD_REQUEST, &msg),
     };
     match result {
         Ok(value) if !method.wrap_result => {
-            json_response(StatusCode::OK, Box::<str>::from(value).into_string().into_bytes())
+            (json_response(StatusCode::OK, Box::<str>::from(value).into_string().into_bytes()), Tally::Ok)
         }
         Ok(value) => {
             let value = value.get();
@@ -175,14 +208,15 @@ async fn call(
             body.extend_from_slice(b"{\"result\":");
             body.extend_from_slice(value.as_bytes());
             body.push(b'}');
-            json_response(StatusCode::OK, body)
+            (json_response(StatusCode::OK, body), Tally::Ok)
         }
-        Err(e) if transport => json_response(
-            error_status(e.code),
-            json!({ "code": e.code, "message": api_message(e) }).to_string().into_bytes(),
-        ),
+        Err(e) if transport => {
+            let tally = Tally::Error(e.code);
+            (json_response(error_status(e.code), serde_json::to_vec(&e).expect("API errors serialize")), tally)
+        }
         Err(e) => {
-            json_response(StatusCode::OK, json!({ "error": methods::ApiError::from(e) }).to_string().into_bytes())
+            let tally = Tally::Error(e.code);
+            (json_response(StatusCode::OK, json!({ "error": e }).to_string().into_bytes()), tally)
         }
     }
 }

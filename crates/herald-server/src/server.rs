@@ -303,7 +303,7 @@ fn socket_limit(limit: Option<u64>, open: usize, reserve: usize) -> Result<usize
 
 /// The soft limit on open file descriptors (`RLIMIT_NOFILE`); `None` when unlimited or unknown.
 #[cfg(unix)]
-#[allow(unsafe_code)]
+#[allow(unsafe_code, clippy::useless_conversion)] // `rlim_t` is 32 bits on some targets
 fn open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes the struct it is given, which lives for the whole call.
@@ -486,6 +486,15 @@ mod tests {
         config.http_server.address = "127.0.0.1".into();
         config.http_server.port = port;
         config
+    }
+
+    #[test]
+    fn socket_limit_leaves_the_open_descriptors_and_the_reserve() {
+        assert_eq!(socket_limit(Some(1024), 20, 64).unwrap(), 940);
+        assert_eq!(socket_limit(None, 20, 64).unwrap(), usize::MAX);
+        let err = socket_limit(Some(80), 20, 64).unwrap_err();
+        assert_eq!(err.key(), Some("http_server.file_limit_reserve"));
+        assert!(err.to_string().contains("file limit of 80"), "{err}");
     }
 
     #[test]

@@ -45,15 +45,11 @@ async fn read_response(stream: &mut TcpStream) -> u16 {
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
     let start = Instant::now();
     let mut chunk = [0u8; 256];
-    let wait = async {
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| panic!("not closed within {limit:?}"));
+    let read = tokio::time::timeout(limit, stream.read(&mut chunk)).await;
+    match read.unwrap_or_else(|_| panic!("not closed within {limit:?}")) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
+    }
     start.elapsed()
 }
 

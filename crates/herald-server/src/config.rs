@@ -45,9 +45,18 @@ pub struct HttpServerConfig {
     pub port: u16,
     /// Largest accepted HTTP request head (request line + headers), bytes.
     pub max_request_head_size: usize,
-    /// Time allowed to send a complete request head (slow-loris guard).
+    /// Time allowed to send a complete request head, counted from its first byte; applies to
+    /// every request on a keep-alive connection (slow-loris guard).
     #[serde(with = "herald_hub::duration")]
     pub request_head_timeout: Duration,
+    /// How long a keep-alive HTTP connection may wait, after an answer, for the first byte of
+    /// its next request before it is closed. Not applied to WebSocket connections.
+    #[serde(with = "herald_hub::duration")]
+    pub idle_timeout: Duration,
+    /// File descriptors kept free for everything but client connections: new connections are
+    /// accepted and closed at once while the open ones reach the process's file limit
+    /// (`RLIMIT_NOFILE`) minus this reserve.
+    pub file_limit_reserve: usize,
 }
 
 impl Default for HttpServerConfig {
@@ -57,6 +66,8 @@ impl Default for HttpServerConfig {
             port: 8000,
             max_request_head_size: 16 * 1024,
             request_head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20),
+            file_limit_reserve: 64,
         }
     }
 }

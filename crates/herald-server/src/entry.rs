@@ -4,21 +4,25 @@
 //! ([`crate::router`]). A route served by a transport that owns the raw socket (the WebSocket
 //! upgrade) gets the socket and the bytes read so far; anything else goes to hyper with those
 //! bytes replayed (API, health, metrics, keep-alive), and hyper's requests are routed the same
-//! way.
+//! way. On a keep-alive connection every later head has the same deadline, counted from its
+//! first byte, and the wait for it is bounded by `http_server.idle_timeout` ([`Deadline`]).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::api::{self, Body};
 use crate::router::{Route, route};
@@ -35,7 +39,8 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
         match tokio::time::timeout(http.request_head_timeout, read_head(&stream, http.max_request_head_size)).await {
             Ok(Ok(head)) => head,
             Ok(Err(HeadError::TooLarge)) => return transport::reject(stream, 431, "request head too large", "").await,
-            Ok(Err(HeadError::Closed)) | Err(_) => return,
+            Ok(Err(HeadError::Closed)) => return,
+            Err(_) => return timed_out(Phase::Head),
         };
     let first = {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -104,12 +109,145 @@ enum HeadError {
 }
 
 async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
-    let io = TokioIo::new(Rewind { prefix: head, inner: stream });
-    let service = hyper::service::service_fn(move |req| http_request(state.clone(), req, peer));
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+    let http = &state.config.http_server;
+    let busy = Arc::new(AtomicUsize::new(0));
+    let deadline = Deadline {
+        busy: busy.clone(),
+        idle_timeout: http.idle_timeout,
+        head_timeout: http.request_head_timeout,
+        phase: Phase::Busy,
+        sleep: None,
+    };
+    let max_head = http.max_request_head_size;
+    // hyper's own head timer starts when the connection goes idle: set to both of ours together
+    // it never fires first, but with it hyper reads as soon as it is idle, which starts ours.
+    let backstop = http.idle_timeout + http.request_head_timeout;
+    let io = TokioIo::new(Rewind { prefix: head, inner: stream, deadline });
+    let service = hyper::service::service_fn(move |req| {
+        let answering = Answering::new(&busy);
+        let state = state.clone();
+        async move {
+            let response = http_request(state, req, peer).await?;
+            Ok::<_, Infallible>(response.map(|body| Answer { body, _answering: answering }))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_header_size(max_head)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(backstop)
+        .serve_connection(io, service);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
     }
+}
+
+/// Marks a request as being answered, from its complete head until hyper has taken the last
+/// byte of its response (the guard travels in the response body): no read deadline applies
+/// meanwhile, so a slow API call or a large answer is never cut.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn new(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Answering(busy.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its request's [`Answering`] until hyper drops it.
+struct Answer {
+    body: Body,
+    _answering: Answering,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Where a keep-alive connection is between requests.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Phase {
+    /// A request is being answered, or nothing was read since the last one was.
+    Busy,
+    /// Answered; waiting for the first byte of the next request (`idle_timeout`).
+    Idle,
+    /// Part of the next head arrived (`request_head_timeout` from its first byte).
+    Head,
+}
+
+/// The read deadlines of a keep-alive connection, applied in [`Rewind::poll_read`].
+///
+/// hyper's own `header_read_timeout` starts when the connection goes idle, so one setting would
+/// bound the idle wait and the head together; Herald keeps the two apart like Go's
+/// `IdleTimeout` and `ReadHeaderTimeout` (docs/architecture.md, "Keep-alive deadlines").
+struct Deadline {
+    /// Requests being answered ([`Answering`]).
+    busy: Arc<AtomicUsize>,
+    idle_timeout: Duration,
+    head_timeout: Duration,
+    phase: Phase,
+    /// Allocated at the first wait, then reset.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// Called after each read of the socket: `got` bytes arrived, or it is `pending`. An error
+    /// means the deadline of the current phase passed.
+    fn after_read(&mut self, cx: &mut Context<'_>, got: bool, pending: bool) -> Option<io::Error> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            self.phase = Phase::Busy;
+            return None;
+        }
+        if got && self.phase != Phase::Head {
+            self.enter(Phase::Head, self.head_timeout);
+        } else if pending && self.phase == Phase::Busy {
+            self.enter(Phase::Idle, self.idle_timeout);
+        }
+        if !pending {
+            return None;
+        }
+        let sleep = self.sleep.as_mut()?;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        timed_out(self.phase);
+        let what = if self.phase == Phase::Head { "request head timeout" } else { "idle timeout" };
+        Some(io::Error::new(io::ErrorKind::TimedOut, what))
+    }
+
+    fn enter(&mut self, phase: Phase, timeout: Duration) {
+        self.phase = phase;
+        let at = Instant::now() + timeout;
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+}
+
+/// Counts a connection closed by a deadline.
+fn timed_out(phase: Phase) {
+    let kind = if phase == Phase::Idle { "idle" } else { "request_head" };
+    metrics::counter!("herald_http_timeouts_total", "kind" => kind).increment(1);
 }
 
 /// Answers one request hyper read. Upgrades are not honoured here: hyper owns the connection.
@@ -133,10 +271,12 @@ async fn http_request(
     })
 }
 
-/// A stream that first replays bytes already read from it.
+/// A stream that first replays bytes already read from it, and applies the keep-alive read
+/// deadlines.
 struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    deadline: Deadline,
 }
 
 impl AsyncRead for Rewind {
@@ -147,7 +287,13 @@ impl AsyncRead for Rewind {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len() > before;
+        match self.deadline.after_read(cx, got, polled.is_pending()) {
+            Some(expired) => Poll::Ready(Err(expired)),
+            None => polled,
+        }
     }
 }
 

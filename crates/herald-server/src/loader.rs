@@ -164,6 +164,19 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    // Zero would not mean "no limit" but "close at once": name the mistake instead.
+    let http = &cfg.http_server;
+    for (key, value) in [
+        ("http_server.request_head_timeout", http.request_head_timeout),
+        ("http_server.idle_timeout", http.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::invalid(
+                key,
+                "must be longer than 0s (an idle connection has to be closed at some point)",
+            ));
+        }
+    }
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
     let limit = cfg.websocket.message_size_limit;
@@ -688,6 +701,8 @@ mod tests {
         check(&|c| c.shutdown.client_close_window = c.shutdown.timeout, "shutdown.client_close_window");
         check(&|c| c.websocket.message_size_limit = 100, "websocket.message_size_limit");
         check(&|c| c.client.queue_max_size = 10, "client.queue_max_size");
+        check(&|c| c.http_server.idle_timeout = std::time::Duration::ZERO, "http_server.idle_timeout");
+        check(&|c| c.http_server.request_head_timeout = std::time::Duration::ZERO, "http_server.request_head_timeout");
         check(&|c| c.client.pong_timeout = c.client.ping_interval, "client.pong_timeout");
         check(
             &|c| c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() }),

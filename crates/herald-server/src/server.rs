@@ -273,26 +273,126 @@ fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
     let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
-    Ok(Arc::new(AppState::new(config, node, metrics, pinned_workers)))
+    let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
+    let mut state = AppState::new(config, node, metrics, pinned_workers);
+    state.socket_limit = socket_limit;
+    Ok(Arc::new(state))
+}
+
+/// How many sockets connections may hold: the file limit minus the descriptors already open
+/// (listeners, runtimes, standard streams) and the reserve; unlimited when the limit is unknown.
+fn socket_limit(limit: Option<u64>, open: usize, reserve: usize) -> Result<usize, ConfigError> {
+    let Some(limit) = limit else { return Ok(usize::MAX) };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match limit.checked_sub(open).and_then(|free| free.checked_sub(reserve)).filter(|n| *n > 0) {
+        Some(n) => {
+            tracing::info!(
+                "accepting up to {n} connections (file limit {limit}, {open} descriptors open at start, {reserve} reserved)"
+            );
+            Ok(n)
+        }
+        None => Err(ConfigError::invalid(
+            "http_server.file_limit_reserve",
+            format!(
+                "{reserve} leaves no room for connections under the file limit of {limit} ({open} descriptors already open); \
+                 raise the limit (ulimit -n, LimitNOFILE=) or lower the reserve"
+            ),
+        )),
+    }
+}
+
+/// The soft limit on open file descriptors (`RLIMIT_NOFILE`); `None` when unlimited or unknown.
+#[cfg(unix)]
+#[allow(unsafe_code, clippy::useless_conversion)] // `rlim_t` is 32 bits on some targets
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the whole call.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then(|| u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX))
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Descriptors open now (Linux: `/proc/self/fd`; elsewhere a small guess).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(16)
 }
 
 /// Accepts connections on `listener` until `accepting` turns false. Each connection gets a
 /// task on the current thread's runtime.
+///
+/// At `AppState::socket_limit` open sockets a new connection is accepted and closed at once:
+/// the client sees a closed connection instead of waiting in the backlog, and the process keeps
+/// descriptors for everything else (docs/architecture.md, "Near the file limit").
 async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting: tokio::sync::watch::Receiver<bool>) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(handle_connection(state.clone(), stream, peer));
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    let open = state.connections.sockets();
+                    if open >= state.socket_limit {
+                        drop(stream);
+                        refused(state, open);
+                        continue;
+                    }
+                    state.connections.entered();
+                    let entered = Entered(state.clone());
+                    tokio::spawn(async move {
+                        handle_connection(entered.0.clone(), stream, peer).await;
+                        drop(entered);
+                    });
                 }
                 Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Usually out of file descriptors: the connection stays in the backlog;
+                    // back off (longer while it lasts) instead of spinning, and say it rarely.
+                    metrics::counter!("herald_accept_errors_total").increment(1);
+                    if let Some((n, _)) = state.accept_failures.note(Instant::now()) {
+                        tracing::warn!(error = %e, failures = n, "accept failed ({n} times since the last report; retrying with back-off)");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             },
             _ = stopped(&mut accepting) => break,
         }
+    }
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Counts a connection in `Connections::entered` until its entry task ends (or is dropped).
+struct Entered(Arc<AppState>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.connections.left();
+    }
+}
+
+/// A connection was closed unserved at the socket limit: count it; log the first, then once a
+/// minute.
+fn refused(state: &AppState, open: usize) {
+    metrics::counter!("herald_connections_refused_total", "reason" => "file_limit").increment(1);
+    match state.refusals.note(Instant::now()) {
+        Some((_, true)) => tracing::warn!(
+            open,
+            limit = state.socket_limit,
+            "refusing new connections: {open} open connections reach the limit of {} set by the file limit \
+             (http_server.file_limit_reserve; raise ulimit -n)",
+            state.socket_limit
+        ),
+        Some((n, false)) => tracing::warn!(
+            open,
+            refused = n,
+            "refused {n} new connections since the last report: the file limit is still reached"
+        ),
+        None => {}
     }
 }
 
@@ -386,6 +486,15 @@ mod tests {
         config.http_server.address = "127.0.0.1".into();
         config.http_server.port = port;
         config
+    }
+
+    #[test]
+    fn socket_limit_leaves_the_open_descriptors_and_the_reserve() {
+        assert_eq!(socket_limit(Some(1024), 20, 64).unwrap(), 940);
+        assert_eq!(socket_limit(None, 20, 64).unwrap(), usize::MAX);
+        let err = socket_limit(Some(80), 20, 64).unwrap_err();
+        assert_eq!(err.key(), Some("http_server.file_limit_reserve"));
+        assert!(err.to_string().contains("file limit of 80"), "{err}");
     }
 
     #[test]

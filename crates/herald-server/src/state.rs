@@ -1,9 +1,11 @@
 //! What every part of the server shares: [`AppState`] (node, configuration, metrics handle,
-//! transport settings, shutdown flag) and [`Connections`], the open-connection counters that
-//! transports update and `/metrics` and shutdown read.
+//! transport settings, shutdown flag), [`Connections`], the open-connection counters that
+//! transports update and `/metrics`, shutdown and the accept loops read, and [`LogThrottle`]
+//! for warnings that could otherwise repeat once per connection.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use herald_hub::wake::MAX_WORKERS;
 use herald_hub::{Node, Transport};
@@ -20,11 +22,19 @@ pub struct AppState {
     pub ws: WsSettings,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
+    /// Open sockets ([`Connections::sockets`]) at which new connections are refused: the file
+    /// limit minus what was open at start and `http_server.file_limit_reserve`.
+    pub socket_limit: usize,
+    /// Connections refused at `socket_limit`.
+    pub refusals: LogThrottle,
+    /// `accept` failures (usually out of file descriptors anyway).
+    pub accept_failures: LogThrottle,
 }
 
 impl AppState {
     /// `pinned_workers`: worker threads that own their connections (thread-per-core); 0 with
     /// work stealing.
+    /// `socket_limit` starts unlimited; start-up sets it from the file limit.
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         AppState {
@@ -34,6 +44,9 @@ impl AppState {
             ws,
             shutting_down: AtomicBool::new(false),
             connections: Connections::new(pinned_workers),
+            socket_limit: usize::MAX,
+            refusals: LogThrottle::new(LOG_EVERY),
+            accept_failures: LogThrottle::new(LOG_EVERY),
         }
     }
 }
@@ -56,6 +69,8 @@ pub struct Connections {
     open: [AtomicUsize; TRANSPORTS.len()],
     per_worker: [AtomicUsize; MAX_WORKERS],
     pinned_workers: usize,
+    /// Accepted sockets not (yet) owned by a transport: reading the first head, plain HTTP.
+    entering: AtomicUsize,
 }
 
 impl Connections {
@@ -64,7 +79,22 @@ impl Connections {
             open: [const { AtomicUsize::new(0) }; TRANSPORTS.len()],
             per_worker: [const { AtomicUsize::new(0) }; MAX_WORKERS],
             pinned_workers: pinned_workers.min(MAX_WORKERS),
+            entering: AtomicUsize::new(0),
         }
+    }
+
+    /// An accepted socket starts its first request; [`Connections::left`] when that task ends.
+    pub fn entered(&self) {
+        self.entering.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn left(&self) {
+        self.entering.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Every accepted socket still open: transport connections and those in [`Connections::entered`].
+    pub fn sockets(&self) -> usize {
+        self.total() + self.entering.load(Ordering::Relaxed)
     }
 
     /// A connection of `transport` was accepted by the task on `worker`.
@@ -100,9 +130,67 @@ impl Connections {
     }
 }
 
+/// How often a repeated warning is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets a warning that may happen thousands of times a second be logged once, then at most once
+/// per interval with the number of occurrences since the last line.
+pub struct LogThrottle {
+    every: Duration,
+    state: Mutex<Throttled>,
+}
+
+struct Throttled {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    pub fn new(every: Duration) -> Self {
+        LogThrottle { every, state: Mutex::new(Throttled { last_logged: None, unlogged: 0 }) }
+    }
+
+    /// Records one occurrence at `now`. `Some(n)` means: log now, `n` occurrences (this one
+    /// included) since the last line; `first` is true when nothing was logged before.
+    pub fn note(&self, now: Instant) -> Option<(u64, bool)> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.unlogged += 1;
+        let first = state.last_logged.is_none();
+        if state.last_logged.is_some_and(|at| now.saturating_duration_since(at) < self.every) {
+            return None;
+        }
+        state.last_logged = Some(now);
+        Some((std::mem::take(&mut state.unlogged), first))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_warning_is_logged_once_then_once_per_interval_with_a_count() {
+        let t = LogThrottle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(t.note(start), Some((1, true)));
+        for i in 1..=100 {
+            assert_eq!(t.note(start + Duration::from_millis(i * 100)), None);
+        }
+        assert_eq!(t.note(start + Duration::from_secs(60)), Some((101, false)));
+        assert_eq!(t.note(start + Duration::from_secs(61)), None);
+        assert_eq!(t.note(start + Duration::from_secs(600)), Some((2, false)));
+    }
+
+    #[test]
+    fn sockets_count_entering_and_transport_connections() {
+        let c = Connections::new(1);
+        c.entered();
+        c.entered();
+        c.opened(Transport::WebSocket, 0);
+        assert_eq!(c.sockets(), 3);
+        c.left();
+        assert_eq!((c.sockets(), c.total()), (2, 1));
+    }
 
     #[test]
     fn counts_per_transport_and_pinned_worker() {

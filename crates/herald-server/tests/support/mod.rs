@@ -85,7 +85,18 @@ impl Herald {
     }
 
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Herald {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        Herald::spawn(Command::new(env!("CARGO_BIN_EXE_herald")), env, args)
+    }
+
+    /// `start` under a file-descriptor limit of `files` (set by `sh`, which then `exec`s herald,
+    /// so the PID is herald's).
+    pub fn start_with_file_limit(files: u32, env: &[(&str, &str)]) -> Herald {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_herald")]);
+        Herald::spawn(cmd, env, &[])
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)], args: &[&str]) -> Herald {
         cmd.args(["--port", "0", "--address", "127.0.0.1"]).args(args);
         for (name, _) in std::env::vars_os() {
             if name.to_str().is_some_and(|n| n.starts_with("HERALD_") || n == "RUST_LOG") {

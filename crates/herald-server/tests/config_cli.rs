@@ -169,6 +169,7 @@ fn env_overrides_file_and_flags_override_env() {
         address: Some("0.0.0.0".into()),
         log_level: Some("error".into()),
         api_key: Some("from-flag".into()),
+        strict: false,
     };
     let c = loader::load(Some(&file), vars, &flags).unwrap().config;
     assert_eq!(c.http_server.port, 9200);

@@ -131,7 +131,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "engine.type",
             format!(
-                "{:?} is not available yet; only \"memory\" is supported (Redis and NATS engines are planned)",
+                "{:?} is not available yet: Herald does not support this Centrifugo option yet; only \"memory\" \
+                 (a single node) is, and a node running alone would lose the messages published on other nodes",
                 cfg.engine.kind
             ),
         ));
@@ -896,6 +897,114 @@ mod tests {
         assert_eq!(at, &path);
         assert_eq!(err.key(), None);
         assert_eq!(err.to_string(), format!("config file \"{}\" not found", path.display()));
+    }
+
+    #[test]
+    fn unimplemented_centrifugo_options_are_not_herald_keys() {
+        // A stale entry would never fire: remove it when the option lands in `Config`.
+        let known = Schema::new().paths();
+        let namespace: Vec<String> =
+            Schema::new().namespace.as_object().unwrap().keys().map(|k| format!("{NAMESPACES_PATH}[].{k}")).collect();
+        for path in config_keys::unimplemented_paths() {
+            assert!(!known.contains(&path) && !namespace.contains(&path), "{path} is a Herald key");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest() {
+        let tree = serde_json::json!({
+            "client": {"allowed_orgins": ["x"], "hmac_secret_key": "s", "zzz": 1},
+            "allowed_origins": [],
+            "channel": {"namespaces": [{"name": "a", "presense": true}]},
+        });
+        let schema = Schema::new();
+        let (mut warnings, mut refusals) = (Vec::new(), Vec::new());
+        unknown_keys(&tree, &schema.defaults, "", &schema, &mut warnings, &mut refusals);
+        assert!(refusals.is_empty());
+        assert_eq!(
+            warnings,
+            [
+                r#"unknown configuration key "allowed_origins" (ignored; did you mean client.allowed_origins?)"#,
+                r#"unknown configuration key "channel.namespaces[0].presense" (ignored; did you mean channel.namespaces[0].presence?)"#,
+                r#"unknown configuration key "client.allowed_orgins" (ignored; did you mean client.allowed_origins?)"#,
+                r#"unknown configuration key "client.hmac_secret_key" (ignored; did you mean client.token.hmac_secret_key?)"#,
+                r#"unknown configuration key "client.zzz" (ignored)"#,
+            ]
+        );
+
+        let w = load_env(&[("HERALD_CLIENT_ALLOWED_ORGINS", "x"), ("HERALD_NOTHING_LIKE_IT", "1")]).unwrap().warnings;
+        assert_eq!(
+            w,
+            [
+                r#"unknown environment variable "HERALD_CLIENT_ALLOWED_ORGINS" (ignored; did you mean HERALD_CLIENT_ALLOWED_ORIGINS?)"#,
+                r#"unknown environment variable "HERALD_NOTHING_LIKE_IT" (ignored)"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn strict_mode_refuses_ignored_settings() {
+        let strict = Overrides { strict: true, ..Default::default() };
+        let err = load(None, env(&[("HERALD_CLIENT_PING_INTERVALS", "5s")]), &strict).unwrap_err();
+        let ConfigError::Ignored { warnings } = &err else { panic!("{err:?}") };
+        assert_eq!(warnings.len(), 1);
+        assert!(err.to_string().starts_with("strict mode: 1 setting(s) would be ignored: "), "{err}");
+        assert!(err.to_string().contains("HERALD_CLIENT_PING_INTERVAL?"), "{err}");
+        assert!(load(None, env(&[("HERALD_ADMIN_ENABLED", "true")]), &strict).is_err());
+        load(None, env(&[("HERALD_CLIENT_PING_INTERVAL", "5s")]), &strict).unwrap();
+    }
+
+    #[test]
+    fn unsafe_centrifugo_options_are_refused_with_their_source() {
+        let (err, text) = env_error(&[("HERALD_HTTP_SERVER_TLS_ENABLED", "true")]);
+        assert!(matches!(&err, ConfigError::Unsupported { .. }), "{err:?}");
+        assert_eq!(err.key(), Some("http_server.tls.enabled"));
+        assert!(
+            text.starts_with("http_server.tls.enabled: Herald does not support this Centrifugo option yet (TLS); "),
+            "{text}"
+        );
+        assert!(text.ends_with("(set by environment variable HERALD_HTTP_SERVER_TLS_ENABLED)"), "{text}");
+
+        // Inside a section set as JSON by a variable Herald knows.
+        let (err, text) = env_error(&[("HERALD_CLIENT_TOKEN", r#"{"audience_regex": "^app$"}"#)]);
+        assert_eq!(err.key(), Some("client.token.audience_regex"), "{text}");
+        assert!(text.ends_with("(set by environment variable HERALD_CLIENT_TOKEN)"), "{text}");
+
+        let w = load_env(&[("HERALD_SSE_ENABLED", "true")]).unwrap().warnings;
+        assert_eq!(
+            w,
+            [
+                r#"environment variable "HERALD_SSE_ENABLED" (sse) is a Centrifugo option Herald does not implement yet (the SSE transport); ignored"#
+            ]
+        );
+    }
+
+    #[test]
+    fn integer_errors_name_the_range() {
+        let (_, text) = env_error(&[("HERALD_HTTP_SERVER_PORT", "80000")]);
+        assert_eq!(
+            text,
+            "invalid value for http_server.port: expected a port between 1 and 65535 (0 picks a free port), \
+             got 80000 (set by environment variable HERALD_HTTP_SERVER_PORT)"
+        );
+        let (_, text) = env_error(&[("HERALD_CLIENT_CHANNEL_LIMIT", "-1")]);
+        assert_eq!(
+            text,
+            "invalid value for client.channel_limit: expected a whole number, 0 or more, got -1 (set by environment variable HERALD_CLIENT_CHANNEL_LIMIT)"
+        );
+        let (_, text) = env_error(&[("HERALD_CLIENT", r#"{"ping_interval": -5}"#)]);
+        assert!(
+            text.starts_with("invalid value for client.ping_interval: expected a duration such as \"25s\""),
+            "{text}"
+        );
+        let (_, text) = env_error(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"ok","history_size":-2}]"#)]);
+        assert!(
+            text.starts_with("invalid value for channel.namespaces[0].history_size: expected a whole number"),
+            "{text}"
+        );
+        assert!(text.contains("got -2"), "{text}");
+        let (_, text) = env_error(&[("HERALD_CLIENT", r#"{"connect_include_server_time": "yes"}"#)]);
+        assert!(text.contains(r#"expected true or false, got "yes""#), "{text}");
     }
 
     #[test]

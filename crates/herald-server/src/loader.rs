@@ -131,8 +131,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "engine.type",
             format!(
-                "{:?} is not available yet: Herald does not support this Centrifugo option yet; only \"memory\" \
-                 (a single node) is, and a node running alone would lose the messages published on other nodes",
+                "{:?} is not available: Herald does not support this Centrifugo option yet, only \"memory\" \
+                 (a single node); a node running alone would lose the messages published on other nodes",
                 cfg.engine.kind
             ),
         ));

@@ -778,7 +778,8 @@ fn other_unsafe_centrifugo_options_are_refused() {
     let out = herald(&["checkconfig"], dir.path(), &[("HERALD_ENGINE_TYPE", "redis")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("engine.type: \"redis\" is not available yet: Herald does not support"),
+        stderr(&out)
+            .contains("engine.type: \"redis\" is not available: Herald does not support this Centrifugo option yet"),
         "{}",
         stderr(&out)
     );

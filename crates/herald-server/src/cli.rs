@@ -1,12 +1,12 @@
 //! The `herald` command line.
 //!
-//! - `herald [serve] [-c FILE] [--port N] [--address A] [--log-level L] [--api-key K]`: run the
-//!   server (the config file may also be named by `HERALD_CONFIG`);
+//! - `herald [serve] [-c FILE] [--port N] [--address A] [--log-level L] [--api-key K]
+//!   [--strict-config]`: run the server (the config file may also be named by `HERALD_CONFIG`);
 //! - `herald genconfig [--output FILE] [--force]`: write a commented starter config with fresh
 //!   secrets;
 //! - `herald gentoken` / `herald gensubtoken`: sign connection / subscription tokens with the
 //!   configured HMAC secret;
-//! - `herald checkconfig FILE`: load and validate a config without starting;
+//! - `herald checkconfig [--strict] FILE`: load and validate a config without starting;
 //! - `herald defaultconfig`: print every option with its default value (JSON);
 //! - `herald version`.
 //!
@@ -85,6 +85,10 @@ struct ServeArgs {
     /// Server API key (http_api.key).
     #[arg(long = "api-key", value_name = "KEY")]
     api_key: Option<String>,
+    /// Refuse to start when a setting would be ignored (unknown keys or HERALD_* variables,
+    /// Centrifugo options Herald does not implement yet).
+    #[arg(long = "strict-config")]
+    strict_config: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +153,10 @@ struct CheckconfigArgs {
     file: Option<PathBuf>,
     #[arg(short = 'c', long = "config", value_name = "FILE", conflicts_with = "file")]
     config: Option<PathBuf>,
+    /// Fail when a setting would be ignored (unknown keys or HERALD_* variables, Centrifugo
+    /// options Herald does not implement yet), as `serve --strict-config` does.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Entry point of the `herald` binary.
@@ -200,8 +208,13 @@ fn load_and_warn(file: Option<&Path>, overrides: &Overrides) -> Result<Config, C
 }
 
 fn serve(args: ServeArgs) -> Result<(), StartupError> {
-    let overrides =
-        Overrides { port: args.port, address: args.address, log_level: args.log_level, api_key: args.api_key };
+    let overrides = Overrides {
+        port: args.port,
+        address: args.address,
+        log_level: args.log_level,
+        api_key: args.api_key,
+        strict: args.strict_config,
+    };
     let file = config_file(args.config);
     let config = load_and_warn(file.as_deref(), &overrides)?;
     // Before anything creates metric handles (validation builds a hub): handles created
@@ -215,7 +228,8 @@ fn serve(args: ServeArgs) -> Result<(), StartupError> {
 
 fn checkconfig(args: CheckconfigArgs) -> Result<(), ConfigError> {
     let file = config_file(args.file.or(args.config));
-    let config = load_and_warn(file.as_deref(), &Overrides::default())?;
+    let overrides = Overrides { strict: args.strict, ..Overrides::default() };
+    let config = load_and_warn(file.as_deref(), &overrides)?;
     loader::validate(&config)?;
     print_warnings(&loader::warnings(&config));
     println!("config is valid");

@@ -33,6 +33,23 @@ pub enum ConfigError {
         /// The layer that set the key, when it was not the file.
         set_by: Option<Source>,
     },
+    /// A Centrifugo option Herald does not implement yet is turned on, and ignoring it would
+    /// weaken security or lose messages.
+    Unsupported {
+        /// Dotted key that turns it on.
+        key: String,
+        /// What the option is.
+        what: &'static str,
+        /// What ignoring it would do, and what to do instead.
+        why: &'static str,
+        /// The layer that set the key, when it was not the file.
+        set_by: Option<Source>,
+    },
+    /// Strict mode (`checkconfig --strict`, `serve --strict-config`): settings would be ignored.
+    Ignored {
+        /// The warnings that name them (unknown keys and variables, unimplemented options).
+        warnings: Vec<String>,
+    },
     /// A value that deserializes but breaks a rule.
     Invalid {
         /// Dotted key at fault; empty when the check could not name one.
@@ -82,10 +99,11 @@ impl ConfigError {
     /// The dotted key at fault, when the error names one (file errors do not).
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::File { .. } => None,
-            ConfigError::Env { key, .. } | ConfigError::Deserialize { key, .. } | ConfigError::Invalid { key, .. } => {
-                (!key.is_empty()).then_some(key.as_str())
-            }
+            ConfigError::File { .. } | ConfigError::Ignored { .. } => None,
+            ConfigError::Env { key, .. }
+            | ConfigError::Deserialize { key, .. }
+            | ConfigError::Invalid { key, .. }
+            | ConfigError::Unsupported { key, .. } => (!key.is_empty()).then_some(key.as_str()),
         }
     }
 }
@@ -136,6 +154,16 @@ impl fmt::Display for ConfigError {
                     Some(source) => write!(f, " (set by {source})"),
                     None => Ok(()),
                 }
+            }
+            ConfigError::Unsupported { key, what, why, set_by } => {
+                write!(f, "{key}: Herald does not support this Centrifugo option yet ({what}); {why}")?;
+                match set_by {
+                    Some(source) => write!(f, " (set by {source})"),
+                    None => Ok(()),
+                }
+            }
+            ConfigError::Ignored { warnings } => {
+                write!(f, "strict mode: {} setting(s) would be ignored: {}", warnings.len(), warnings.join("; "))
             }
             // Same form as the hub's errors, which become this variant.
             ConfigError::Invalid { key, problem } if key.is_empty() => f.write_str(problem),

@@ -7,6 +7,8 @@
 //!
 //! - [`config`] / [`loader`]: the configuration and how it is layered (flags > env > file);
 //!   [`config_error`]: why loading or validating it failed (source, key, problem);
+//!   [`config_keys`]: keys Herald does not use (nearest known key, Centrifugo options not
+//!   implemented yet);
 //! - [`cli`]: the `herald` command line (serve, genconfig, gentoken, checkconfig, version);
 //! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
 //!   shutdown;
@@ -23,6 +25,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod config_error;
+pub mod config_keys;
 pub mod entry;
 pub mod loader;
 pub mod router;

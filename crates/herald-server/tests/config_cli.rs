@@ -169,6 +169,7 @@ fn env_overrides_file_and_flags_override_env() {
         address: Some("0.0.0.0".into()),
         log_level: Some("error".into()),
         api_key: Some("from-flag".into()),
+        strict: false,
     };
     let c = loader::load(Some(&file), vars, &flags).unwrap().config;
     assert_eq!(c.http_server.port, 9200);
@@ -205,8 +206,8 @@ channel:
         r#"unknown configuration key "bogus_section" (ignored)"#,
         r#"unknown configuration key "client.foo" (ignored)"#,
         r#"unknown configuration key "client.token.hmac_secret" (ignored)"#,
-        r#"unknown configuration key "channel.without_namespace.presense" (ignored)"#,
-        r#"unknown configuration key "channel.namespaces[1].histroy_size" (ignored)"#,
+        r#"unknown configuration key "channel.without_namespace.presense" (ignored; did you mean channel.without_namespace.presence?)"#,
+        r#"unknown configuration key "channel.namespaces[1].histroy_size" (ignored; did you mean channel.namespaces[1].history_size?)"#,
     ];
     for w in want {
         assert!(loaded.warnings.iter().any(|got| got == w), "missing {w}: {:?}", loaded.warnings);
@@ -221,7 +222,12 @@ channel:
 fn unknown_env_variables_are_warned() {
     let vars = env(&[("HERALD_CLIENT_PING_INTERVALS", "5s"), ("HERALD_CONFIG", "x.json"), ("CENTRIFUGO_X", "1")]);
     let loaded = loader::load(None, vars, &Overrides::default()).unwrap();
-    assert_eq!(loaded.warnings, [r#"unknown environment variable "HERALD_CLIENT_PING_INTERVALS" (ignored)"#]);
+    assert_eq!(
+        loaded.warnings,
+        [
+            r#"unknown environment variable "HERALD_CLIENT_PING_INTERVALS" (ignored; did you mean HERALD_CLIENT_PING_INTERVAL?)"#
+        ]
+    );
 }
 
 #[test]
@@ -320,7 +326,12 @@ fn namespaces_from_env_json() {
     // Unknown keys inside env JSON are reported like file keys.
     let vars = env(&[("HERALD_CHANNEL_NAMESPACES", r#"[{"name":"chat","presense":true}]"#)]);
     let loaded = loader::load(None, vars, &Overrides::default()).unwrap();
-    assert_eq!(loaded.warnings, [r#"unknown configuration key "channel.namespaces[0].presense" (ignored)"#]);
+    assert_eq!(
+        loaded.warnings,
+        [
+            r#"unknown configuration key "channel.namespaces[0].presense" (ignored; did you mean channel.namespaces[0].presence?)"#
+        ]
+    );
 }
 
 #[test]
@@ -625,4 +636,206 @@ fn a_port_in_use_is_refused() {
         assert_eq!(out.status.code(), Some(1), "port {port}: {}", stderr(&out));
         assert!(stderr(&out).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", stderr(&out));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys Herald does not use: suggestions, Centrifugo options not implemented yet, strict mode
+
+/// Runs `herald` and waits at most 20 s for it to exit (a server that starts by mistake is
+/// killed, and the test fails).
+fn herald_exit(args: &[&str], cwd: &Path, vars: &[(&str, &str)]) -> Output {
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(vars.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("herald {args:?} did not exit: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+const SECRETS: &str = "[http_api]\nkey = \"k\"\n[client.token]\nhmac_secret_key = \"s\"\n";
+
+#[test]
+fn misspelt_key_gets_a_suggestion_and_strict_mode_fails() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "typo.toml", &format!("{SECRETS}[client]\nallowed_orgins = [\"https://example.com\"]\n"));
+    let out = herald(&["checkconfig", "typo.toml"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"warning: unknown configuration key "client.allowed_orgins" (ignored; did you mean client.allowed_origins?)"#
+    );
+    assert_eq!(stdout(&out).trim(), "config is valid");
+
+    let out = herald(&["checkconfig", "--strict", "typo.toml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"error: strict mode: 1 setting(s) would be ignored: unknown configuration key "client.allowed_orgins" (ignored; did you mean client.allowed_origins?)"#
+    );
+    assert!(stdout(&out).is_empty());
+
+    // Environment variables too, and nothing is suggested when nothing is close.
+    let out = herald(
+        &["checkconfig", "--strict"],
+        dir.path(),
+        &[("HERALD_CONFIG", "typo.toml"), ("HERALD_CLIENT_PING_INTERVL", "5s"), ("HERALD_WHATEVER", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: strict mode: 3 setting(s) would be ignored: "), "{err}");
+    assert!(
+        err.contains(r#""HERALD_CLIENT_PING_INTERVL" (ignored; did you mean HERALD_CLIENT_PING_INTERVAL?)"#),
+        "{err}"
+    );
+    assert!(err.contains(r#""HERALD_WHATEVER" (ignored)"#), "{err}");
+
+    // The server refuses to start in strict mode, before listening.
+    let out =
+        herald_exit(&["--strict-config", "-c", "typo.toml", "--port", "0", "--address", "127.0.0.1"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("error: strict mode: 1 setting(s) would be ignored: "), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did you mean client.allowed_origins?"), "{}", stderr(&out));
+}
+
+#[test]
+fn tls_enabled_stops_start_up() {
+    let dir = TempDir::new().unwrap();
+    write(
+        &dir,
+        "tls.toml",
+        &format!("{SECRETS}[http_server.tls]\nenabled = true\ncert_pem = \"cert.pem\"\nkey_pem = \"key.pem\"\n"),
+    );
+    let want = "error: http_server.tls.enabled: Herald does not support this Centrifugo option yet (TLS); clients \
+                would be served without TLS; terminate TLS in a reverse proxy in front of Herald and turn this off";
+    let out = herald_exit(&["serve", "-c", "tls.toml", "--port", "0", "--address", "127.0.0.1"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), want);
+    let out = herald(&["checkconfig", "tls.toml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim(), want);
+
+    // From the environment, the variable is named.
+    let out = herald_exit(
+        &["--port", "0", "--address", "127.0.0.1"],
+        dir.path(),
+        &[("HERALD_HTTP_API_KEY", "k"), ("HERALD_HTTP_SERVER_TLS_ENABLED", "true")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).trim().ends_with("(set by environment variable HERALD_HTTP_SERVER_TLS_ENABLED)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Turned off, it is only named.
+    write(&dir, "off.toml", &format!("{SECRETS}[http_server.tls]\nenabled = false\n"));
+    let out = herald(&["checkconfig", "off.toml"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"warning: "http_server.tls" is a Centrifugo option Herald does not implement yet (TLS); ignored"#
+    );
+}
+
+#[test]
+fn other_unsafe_centrifugo_options_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let cases = [
+        ("broker.json", r#"{"broker": {"enabled": true, "type": "nats"}}"#, "broker.enabled"),
+        ("proxy.yaml", "client:\n  proxy:\n    connect:\n      enabled: true\n", "client.proxy.connect.enabled"),
+        (
+            "ns.json",
+            r#"{"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true}]}}"#,
+            "channel.namespaces[0].subscribe_proxy_enabled",
+        ),
+        ("grpc.toml", "[grpc_api]\nenabled = true\n[grpc_api.tls]\nenabled = true\n", "grpc_api.tls.enabled"),
+        ("aud.toml", "[client.token]\naudience_regex = \"^app$\"\n", "client.token.audience_regex"),
+    ];
+    for (name, text, key) in cases {
+        write(&dir, name, text);
+        let out = herald(&["checkconfig", name], dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!("error: {key}: Herald does not support this Centrifugo option yet (")),
+            "{err}"
+        );
+    }
+    let out = herald(&["checkconfig"], dir.path(), &[("HERALD_ENGINE_TYPE", "redis")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("engine.type: \"redis\" is not available: Herald does not support this Centrifugo option yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unimplemented_centrifugo_options_are_warned_by_name() {
+    let dir = TempDir::new().unwrap();
+    write(
+        &dir,
+        "c.yaml",
+        "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nadmin:\n  enabled: true\n  password: p\n\
+         uni_sse:\n  enabled: true\nopentelemetry:\n  enabled: true\n",
+    );
+    let out = herald(&["checkconfig", "c.yaml"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for (key, what) in [
+        ("admin", "the admin web UI"),
+        ("opentelemetry", "OpenTelemetry tracing"),
+        ("uni_sse", "the unidirectional SSE transport"),
+    ] {
+        let line = format!("warning: {key:?} is a Centrifugo option Herald does not implement yet ({what}); ignored");
+        assert!(err.lines().any(|l| l == line), "missing {line}: {err}");
+    }
+    assert_eq!(err.lines().count(), 3, "{err}");
+    let out = herald(&["checkconfig", "--strict", "c.yaml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("error: strict mode: 3 setting(s) would be ignored: "), "{}", stderr(&out));
+}
+
+#[test]
+fn out_of_range_integers_name_the_range() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "port.toml", "[http_server]\nport = 80000\n");
+    let out = herald(&["checkconfig", "port.toml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: invalid value for http_server.port: expected a port between 1 and 65535 (0 picks a free port), got 80000"
+    );
+    write(&dir, "limit.yaml", "client:\n  channel_limit: -3\n");
+    let out = herald(&["checkconfig", "limit.yaml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: invalid value for client.channel_limit: expected a whole number, 0 or more, got -3"
+    );
+    write(&dir, "dur.json", r#"{"client": {"ping_interval": -10}}"#);
+    let out = herald(&["checkconfig", "dur.json"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .trim()
+            .starts_with(r#"error: invalid value for client.ping_interval: expected a duration such as "25s""#),
+        "{}",
+        stderr(&out)
+    );
 }

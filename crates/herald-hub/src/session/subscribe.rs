@@ -13,7 +13,7 @@ use herald_proto::{
 };
 
 use super::sub_flags::*;
-use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, Sub, bad_request, ttl};
+use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, Sub, bad_request, check_channel, ttl};
 use crate::broker::HistoryQuery;
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::hub;
@@ -88,10 +88,7 @@ impl Session {
         if self.subs.len() >= p.rules().channel_limit {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
-        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        if !p.channels().valid_name(channel, &resolved) {
-            return Err(ERROR_BAD_REQUEST.into());
-        }
+        let resolved = check_channel(p, channel)?;
         if p.channels().is_private(channel) && req.token.is_empty() {
             return Err(ERROR_PERMISSION_DENIED.into());
         }

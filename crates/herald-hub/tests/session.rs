@@ -182,7 +182,7 @@ fn expired_token_is_error_109_then_unusable() {
         json!({"sub": "42", "exp": now - 1}),
         // exp must be strictly after now.
         json!({"sub": "42", "exp": now}),
-        // nbf in the future counts as expired.
+        // nbf in the future is 109 too ("token not yet valid", below).
         json!({"sub": "42", "nbf": now + 10}),
     ] {
         let mut c = env.client();
@@ -2558,4 +2558,40 @@ fn connect_subs_with_bad_names_are_not_subscribed() {
     let mut c = env.client();
     let res = c.connect_req_ok(&env.node, ConnectRequest { token: user_token("42"), subs, ..Default::default() });
     assert_eq!(res.subs.keys().collect::<Vec<_>>(), ["plain:ok"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens not valid yet
+
+#[test]
+fn nbf_in_the_future_is_109_token_not_yet_valid() {
+    let env = Env::base();
+    let node = &env.node;
+    let now = env.now();
+    let error_of = |replies: &[herald_proto::Reply]| {
+        let e = replies[0].error.as_ref().unwrap_or_else(|| panic!("error reply: {replies:?}"));
+        (e.code, e.message.clone())
+    };
+    let not_yet = (109, "token not yet valid".to_owned());
+    // Connect: the code SDKs refresh on, the message saying why.
+    let mut c = env.client();
+    let replies = c.call(node, connect_cmd(&token(json!({"sub": "42", "nbf": now + 10}))));
+    assert_eq!(error_of(&replies), not_yet);
+    // An expired token still says expired.
+    let mut c = env.client();
+    let replies = c.call(node, connect_cmd(&token(json!({"sub": "42", "exp": now - 1}))));
+    assert_eq!(error_of(&replies), (109, "token expired".to_owned()));
+    // Subscribe and sub_refresh tokens.
+    let mut c = env.connected("42");
+    let early = sub_token(json!({"sub": "42", "channel": "$plain:s", "nbf": now + 10}));
+    let replies = c.call(node, subscribe_with(SubscribeRequest { token: early.clone(), ..sub_req("$plain:s") }));
+    assert_eq!(error_of(&replies), not_yet);
+    let t = sub_token(json!({"sub": "42", "channel": "$plain:s", "exp": now + 60}));
+    c.subscribe_req(node, SubscribeRequest { token: t, ..sub_req("$plain:s") });
+    let replies = c.call(node, sub_refresh_cmd("$plain:s", &early));
+    assert_eq!(error_of(&replies), not_yet);
+    // Refresh: 3005 as for an expired token, with a reason that says why.
+    assert_eq!(c.disconnect(node, refresh_cmd(&token(json!({"sub": "42", "nbf": now + 10})))), 3005);
+    let reason = c.link.close_reason().expect("closed");
+    assert_eq!((reason.code, reason.reason.as_ref()), (3005, "connection token not yet valid"));
 }

@@ -734,3 +734,21 @@ async fn fan_out_across_worker_threads_is_complete_and_ordered() {
         }
     }
 }
+
+/// A connection token with `nbf` in the future: 109 (SDKs fetch a new token on it), worded
+/// "token not yet valid" rather than "token expired".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_not_yet_valid_is_109_with_its_own_message() {
+    let herald = Herald::start(&[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for (claims, message) in [
+        (json!({"sub": "42", "nbf": now + 600, "exp": now + 3600}), "token not yet valid"),
+        (json!({"sub": "42", "exp": now - 1}), "token expired"),
+    ] {
+        let early = herald_auth::sign_hmac(&claims, SECRET, "HS256").unwrap();
+        let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
+        ws.send_json(&json!({"id": 1, "connect": {"token": early}})).await;
+        let replies = ws.recv_json().await;
+        assert_eq!(replies, [json!({"id": 1, "error": {"code": 109, "message": message}})], "{claims}");
+    }
+}

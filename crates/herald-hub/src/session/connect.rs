@@ -16,6 +16,7 @@ use rand::Rng;
 
 use super::subscribe::{SubSpec, activation_offset};
 use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, State, bad_request, ttl};
+use crate::auth::DISCONNECT_TOKEN_NOT_YET_VALID;
 use crate::channel::ChannelError;
 use crate::metrics;
 use crate::ports::{ConnectAttempt, Identity, Ports};
@@ -166,6 +167,7 @@ impl Session {
         let identity = match p.auth.refresh_token(&req.token, now) {
             Ok(i) => i,
             Err(TokenError::Expired) => return Err(DISCONNECT_EXPIRED.into()),
+            Err(TokenError::NotYetValid) => return Err(DISCONNECT_TOKEN_NOT_YET_VALID.into()),
             Err(TokenError::Invalid(_)) => return Err(DISCONNECT_INVALID_TOKEN.into()),
         };
         if identity.user != *self.user {

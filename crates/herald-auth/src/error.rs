@@ -6,7 +6,8 @@ use std::fmt;
 ///
 /// The transports map these to Centrifugo's outcomes: for a connection token `Invalid` is
 /// disconnect 3500 and `Expired` is error 109; for a subscription token `Invalid` is error 103
-/// and `Expired` is error 109.
+/// and `Expired` is error 109. `NotYetValid` gets the same code as `Expired` (Centrifugo answers
+/// a future `nbf` with 109, and SDKs fetch a new token on it), with its own message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
     /// The token cannot be accepted: malformed, bad signature, algorithm not allowed by the
@@ -14,8 +15,10 @@ pub enum TokenError {
     /// base64 in `b64info`/`b64data`, a connection token carrying a `channel` claim, or a
     /// subscription token without one. The text says which, for logs.
     Invalid(String),
-    /// `exp` is not after now, or `nbf` is after now.
+    /// `exp` is not after now.
     Expired,
+    /// `nbf` is after now (and `exp`, if any, is not past).
+    NotYetValid,
 }
 
 impl TokenError {
@@ -29,6 +32,7 @@ impl fmt::Display for TokenError {
         match self {
             TokenError::Invalid(msg) => write!(f, "invalid token: {msg}"),
             TokenError::Expired => f.write_str("token expired"),
+            TokenError::NotYetValid => f.write_str("token not yet valid (`nbf` is in the future)"),
         }
     }
 }

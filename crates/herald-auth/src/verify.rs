@@ -204,7 +204,7 @@ impl TokenVerifier {
         Ok(claims)
     }
 
-    /// `aud`/`iss` (invalid) and then `exp`/`nbf` (expired), without leeway.
+    /// `aud`/`iss` (invalid), then `exp` (expired), then `nbf` (not yet valid), without leeway.
     fn check_common(&self, raw: &RawClaims<'_>, now: i64) -> Result<(), TokenError> {
         if !self.audience.is_empty() && !raw.aud_match {
             return Err(TokenError::invalid("`aud` does not contain the configured audience"));
@@ -212,8 +212,11 @@ impl TokenVerifier {
         if !self.issuer.is_empty() && raw.iss.as_deref() != Some(self.issuer.as_str()) {
             return Err(TokenError::invalid("`iss` does not match the configured issuer"));
         }
-        if raw.exp.is_some_and(|exp| exp <= now) || raw.nbf.is_some_and(|nbf| nbf > now) {
+        if raw.exp.is_some_and(|exp| exp <= now) {
             return Err(TokenError::Expired);
+        }
+        if raw.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(TokenError::NotYetValid);
         }
         Ok(())
     }

@@ -5,10 +5,21 @@ use std::future::ready;
 
 use herald_auth::{ConnectClaims, SubscribeClaims, TokenError, TokenVerifier};
 use herald_proto::codes::*;
+use herald_proto::{DisconnectReason, ErrorCode};
 
 use crate::broker::BoxFuture;
 use crate::config::{ClientConfig, ConfigError};
 use crate::ports::{Authenticator, ConnectAttempt, Identity, Refusal};
+
+/// Error 109 for a connection or subscription token whose `nbf` is still ahead: the code
+/// Centrifugo answers and SDKs act on (fetch a new token, retry with backoff), with a message
+/// that says what is wrong.
+pub const ERROR_TOKEN_NOT_YET_VALID: ErrorCode =
+    ErrorCode { code: ERROR_TOKEN_EXPIRED.code, message: "token not yet valid", temporary: false };
+
+/// Disconnect 3005 (`DISCONNECT_EXPIRED`, as for an expired one) for a `refresh` token whose `nbf` is still ahead.
+pub const DISCONNECT_TOKEN_NOT_YET_VALID: DisconnectReason =
+    DisconnectReason::new(3005, "connection token not yet valid");
 
 /// Authenticates clients by the tokens they present.
 pub struct JwtAuthenticator {
@@ -50,6 +61,10 @@ impl JwtAuthenticator {
         let claims = match self.tokens.verify_connect(token, now) {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::NotYetValid) => {
+                tracing::debug!("connection token not yet valid (`nbf` is in the future)");
+                return Err(ERROR_TOKEN_NOT_YET_VALID.into());
+            }
             Err(TokenError::Invalid(e)) => {
                 tracing::debug!(error = %e, "invalid connection token");
                 return Err(DISCONNECT_INVALID_TOKEN.into());

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use herald_proto::ErrorCode;
+use herald_proto::codes::{ERROR_BAD_REQUEST, ERROR_UNKNOWN_CHANNEL};
 use regex::Regex;
 
 use crate::config::{ChannelConfig, ChannelOptions, ConfigError, Namespace};
@@ -39,6 +41,58 @@ pub struct Resolved<'a> {
 impl Resolved<'_> {
     pub fn options(&self) -> &ChannelOptions {
         &self.ns.options
+    }
+}
+
+/// Why [`Channels::check`] refuses a channel name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    Empty,
+    /// Longer than `channel.max_length` bytes.
+    TooLong,
+    /// Contains a NUL byte.
+    Nul,
+    /// The namespace before the boundary is not configured.
+    UnknownNamespace,
+    /// Fails the namespace's `channel_regex` (without one: not ASCII).
+    Invalid,
+}
+
+impl ChannelError {
+    /// The error a client command or an API method answers with. An empty channel is 107 here;
+    /// client commands disconnect with 3501 for it instead, as Centrifugo does.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            ChannelError::UnknownNamespace => ERROR_UNKNOWN_CHANNEL,
+            ChannelError::Empty | ChannelError::TooLong | ChannelError::Nul | ChannelError::Invalid => {
+                ERROR_BAD_REQUEST
+            }
+        }
+    }
+}
+
+impl ChannelError {
+    /// A metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ChannelError::Empty => "empty",
+            ChannelError::TooLong => "too_long",
+            ChannelError::Nul => "nul",
+            ChannelError::UnknownNamespace => "unknown_namespace",
+            ChannelError::Invalid => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChannelError::Empty => "channel is empty",
+            ChannelError::TooLong => "channel is longer than channel.max_length",
+            ChannelError::Nul => "channel contains a NUL byte",
+            ChannelError::UnknownNamespace => "channel namespace is not configured",
+            ChannelError::Invalid => "channel does not match the namespace's channel_regex (or is not ASCII)",
+        })
     }
 }
 
@@ -119,9 +173,32 @@ impl Channels {
         if name.is_empty() { Some(&self.without) } else { self.namespaces.get(name) }
     }
 
+    /// Every rule a channel name named by a client command or a server API method must pass,
+    /// in the order answers are decided: not empty, at most `channel.max_length` bytes, no NUL
+    /// byte, a configured namespace, then the namespace's name rules. The one place these are
+    /// decided, so clients and the API cannot drift apart.
+    pub fn check<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ChannelError> {
+        if channel.is_empty() {
+            return Err(ChannelError::Empty);
+        }
+        if self.too_long(channel) {
+            return Err(ChannelError::TooLong);
+        }
+        // NUL is ASCII, so the default rule alone would let it through; a regex such as `.*`
+        // would too. Names with NUL break C clients, logs and engines that use C strings.
+        if channel.contains('\0') {
+            return Err(ChannelError::Nul);
+        }
+        let resolved = self.resolve(channel).ok_or(ChannelError::UnknownNamespace)?;
+        if !self.valid_name(channel, &resolved) {
+            return Err(ChannelError::Invalid);
+        }
+        Ok(resolved)
+    }
+
     /// Name rules: the namespace's `channel_regex` must match the rest of the name; without a
     /// regex the whole name must be ASCII.
-    pub fn valid_name(&self, channel: &str, resolved: &Resolved<'_>) -> bool {
+    fn valid_name(&self, channel: &str, resolved: &Resolved<'_>) -> bool {
         match &resolved.ns.regex {
             Some(re) => re.is_match(resolved.rest),
             None => channel.is_ascii(),
@@ -192,14 +269,30 @@ mod tests {
     #[test]
     fn validates_names() {
         let c = channels();
-        let r = c.resolve("chat:Room").unwrap();
-        assert!(!c.valid_name("chat:Room", &r));
-        let r = c.resolve("chat:room").unwrap();
-        assert!(c.valid_name("chat:room", &r));
-        let r = c.resolve("café").unwrap();
-        assert!(!c.valid_name("café", &r));
-        assert!(c.too_long(&"x".repeat(256)));
-        assert!(!c.too_long(&"x".repeat(255)));
+        let check = |name: &str| c.check(name).map(|r| r.ns.name.clone());
+        assert_eq!(check("chat:Room"), Err(ChannelError::Invalid));
+        assert_eq!(check("chat:room"), Ok("chat".into()));
+        assert_eq!(check("café"), Err(ChannelError::Invalid));
+        assert_eq!(check(""), Err(ChannelError::Empty));
+        assert_eq!(check(&"x".repeat(255)), Ok("".into()));
+        assert_eq!(check(&"x".repeat(256)), Err(ChannelError::TooLong));
+        // Length is decided before the namespace: a too long name in an unknown namespace is 107.
+        assert_eq!(check(&format!("nope:{}", "x".repeat(300))), Err(ChannelError::TooLong));
+        assert_eq!(check("nope:x"), Err(ChannelError::UnknownNamespace));
+        // NUL is refused with and without a regex (`news` has none, `chat` one that would
+        // not match anyway).
+        assert_eq!(check("a\0b"), Err(ChannelError::Nul));
+        assert_eq!(check("news:a\0"), Err(ChannelError::Nul));
+        let mut cfg = ChannelConfig::default();
+        cfg.without_namespace.channel_regex = ".*".into();
+        cfg.max_length = 8;
+        let open = Channels::new(cfg).unwrap();
+        assert_eq!(open.check("any\0").map(|_| ()), Err(ChannelError::Nul));
+        assert_eq!(open.check("café").map(|_| ()), Ok(()));
+        assert_eq!(open.check("123456789").map(|_| ()), Err(ChannelError::TooLong));
+        assert_eq!(ChannelError::TooLong.code().code, 107);
+        assert_eq!(ChannelError::Nul.code().code, 107);
+        assert_eq!(ChannelError::UnknownNamespace.code().code, 102);
     }
 
     #[test]

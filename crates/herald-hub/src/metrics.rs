@@ -48,6 +48,17 @@ pub fn command(method: &'static str, result: &'static str) {
     .increment(1);
 }
 
+/// A channel name refused by `Channels::check`, by who named it (`client`, `api`) and why.
+pub fn channel_refused(source: &'static str, reason: &'static str) {
+    static H: Handles<(&'static str, &'static str)> = OnceLock::new();
+    cached(
+        &H,
+        (source, reason),
+        || metrics::counter!("herald_channel_refused_total", "source" => source, "reason" => reason),
+    )
+    .increment(1);
+}
+
 /// A client error reply, by code.
 pub fn error_reply(code: u32) {
     by_code("herald_client_errors_total", code);

@@ -219,11 +219,14 @@ impl Node {
         }
     }
 
+    /// The channel rules clients get (`Channels::check`), answered as API errors: 107 for an
+    /// empty, too long, NUL-carrying or invalid name, 102 for an unknown namespace.
     fn api_resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
-        if channel.is_empty() {
-            return Err(ERROR_BAD_REQUEST);
-        }
-        self.channels.resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)
+        self.channels.check(channel).map_err(|e| {
+            metrics::channel_refused("api", e.label());
+            tracing::debug!(error = %e, len = channel.len(), "server API channel refused");
+            e.code()
+        })
     }
 
     /// Server API `publish`.

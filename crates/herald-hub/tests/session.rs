@@ -182,7 +182,7 @@ fn expired_token_is_error_109_then_unusable() {
         json!({"sub": "42", "exp": now - 1}),
         // exp must be strictly after now.
         json!({"sub": "42", "exp": now}),
-        // nbf in the future counts as expired.
+        // nbf in the future is 109 too ("token not yet valid", below).
         json!({"sub": "42", "nbf": now + 10}),
     ] {
         let mut c = env.client();
@@ -2496,4 +2496,102 @@ fn api_server_side_subscription_join_leave_and_presence() {
     assert_eq!(unsubscribes(&c.take(), "chat:x"), [2000]);
     assert_eq!(leaves(&watcher.take(), "chat:x")[0].client, c.id());
     assert!(!node.api_presence("chat:x").now_or_never().unwrap().unwrap().contains_key(&c.id()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel rules: one check for client commands and the server API
+
+#[test]
+fn channel_rules_are_the_same_for_clients_and_the_api() {
+    let env = Env::base();
+    let node = &env.node;
+    let mut c = env.connected("42");
+    let cases = [
+        ("x".repeat(256), 107, "over channel.max_length"),
+        (format!("hist:{}", "x".repeat(1 << 20)), 107, "1 MB name"),
+        ("hist:a\0b".to_owned(), 107, "NUL byte"),
+        ("\0".to_owned(), 107, "only a NUL byte"),
+        ("strict:a\0".to_owned(), 107, "NUL byte where a regex would decide"),
+        ("nope:x".to_owned(), 102, "unknown namespace"),
+        ("strict:UP".to_owned(), 107, "fails channel_regex"),
+        ("café".to_owned(), 107, "not ASCII without a regex"),
+    ];
+    let api = |r: Result<(), herald_proto::ErrorCode>| r.map_err(|e| e.code).unwrap_err();
+    for (channel, code, what) in &cases {
+        let channel = channel.as_str();
+        let hist = HistoryRequest { channel: channel.into(), limit: 10, ..Default::default() };
+        let client = [
+            ("subscribe", c.error(node, subscribe_cmd(channel))),
+            ("publish", c.error(node, publish_cmd(channel, "1"))),
+            ("presence", c.error(node, presence_cmd(channel))),
+            ("presence_stats", c.error(node, presence_stats_cmd(channel))),
+            ("history", c.error(node, history_cmd(hist))),
+        ];
+        let req = ApiPublish { data: bytes("1"), ..Default::default() };
+        let sub = ServerSubscribe { channel: channel.into(), ..Default::default() };
+        let server = [
+            ("api publish", api_publish(&env, channel, &req).map(|_| ()).unwrap_err()),
+            ("api subscribe", api(node.api_subscribe(&target("42"), sub))),
+            ("api unsubscribe", api(node.api_unsubscribe(&target("42"), channel))),
+            ("api presence", api(node.api_presence(channel).now_or_never().unwrap().map(|_| ()))),
+            ("api presence_stats", api(node.api_presence_stats(channel).now_or_never().unwrap().map(|_| ()))),
+            ("api history", api(node.api_history(channel, 10, None, false).now_or_never().unwrap().map(|_| ()))),
+            ("api history_remove", api(node.api_history_remove(channel).now_or_never().unwrap())),
+        ];
+        for (method, got) in client.iter().chain(&server) {
+            assert_eq!(got, code, "{method}: {what}");
+        }
+    }
+    // The connection survived every refusal, and a valid name still works both ways.
+    c.subscribe_ok(node, "hist:ok");
+    api_publish(&env, "hist:ok", &ApiPublish { data: bytes("1"), ..Default::default() }).unwrap();
+    assert_eq!(pubs(&c.take(), "hist:ok").len(), 1);
+}
+
+#[test]
+fn connect_subs_with_bad_names_are_not_subscribed() {
+    let env = Env::base();
+    let mut subs = BTreeMap::new();
+    for ch in ["plain:ok", "plain:a\0", &format!("plain:{}", "x".repeat(300))] {
+        subs.insert(ch.to_owned(), SubscribeRequest::default());
+    }
+    let mut c = env.client();
+    let res = c.connect_req_ok(&env.node, ConnectRequest { token: user_token("42"), subs, ..Default::default() });
+    assert_eq!(res.subs.keys().collect::<Vec<_>>(), ["plain:ok"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens not valid yet
+
+#[test]
+fn nbf_in_the_future_is_109_token_not_yet_valid() {
+    let env = Env::base();
+    let node = &env.node;
+    let now = env.now();
+    let error_of = |replies: &[herald_proto::Reply]| {
+        let e = replies[0].error.as_ref().unwrap_or_else(|| panic!("error reply: {replies:?}"));
+        (e.code, e.message.clone())
+    };
+    let not_yet = (109, "token not yet valid".to_owned());
+    // Connect: the code SDKs refresh on, the message saying why.
+    let mut c = env.client();
+    let replies = c.call(node, connect_cmd(&token(json!({"sub": "42", "nbf": now + 10}))));
+    assert_eq!(error_of(&replies), not_yet);
+    // An expired token still says expired.
+    let mut c = env.client();
+    let replies = c.call(node, connect_cmd(&token(json!({"sub": "42", "exp": now - 1}))));
+    assert_eq!(error_of(&replies), (109, "token expired".to_owned()));
+    // Subscribe and sub_refresh tokens.
+    let mut c = env.connected("42");
+    let early = sub_token(json!({"sub": "42", "channel": "$plain:s", "nbf": now + 10}));
+    let replies = c.call(node, subscribe_with(SubscribeRequest { token: early.clone(), ..sub_req("$plain:s") }));
+    assert_eq!(error_of(&replies), not_yet);
+    let t = sub_token(json!({"sub": "42", "channel": "$plain:s", "exp": now + 60}));
+    c.subscribe_req(node, SubscribeRequest { token: t, ..sub_req("$plain:s") });
+    let replies = c.call(node, sub_refresh_cmd("$plain:s", &early));
+    assert_eq!(error_of(&replies), not_yet);
+    // Refresh: 3005 as for an expired token, with a reason that says why.
+    assert_eq!(c.disconnect(node, refresh_cmd(&token(json!({"sub": "42", "nbf": now + 10})))), 3005);
+    let reason = c.link.close_reason().expect("closed");
+    assert_eq!((reason.code, reason.reason.as_ref()), (3005, "connection token not yet valid"));
 }

@@ -235,6 +235,77 @@ async fn frames_pipelined_with_the_handshake_are_processed() {
     assert_eq!(replies[1], json!({"id": 2, "subscribe": {}}));
 }
 
+/// Collects `n` replies (skipping pushes), failing on a close or a timeout.
+async fn replies_until(ws: &mut RawWs, n: usize) -> Vec<Value> {
+    let mut replies = Vec::new();
+    while replies.len() < n {
+        let frame = ws.read_frame().await;
+        assert_ne!(frame.opcode, op::CLOSE, "closed after {} replies: {:?}", replies.len(), frame.close());
+        if frame.opcode != op::TEXT {
+            continue;
+        }
+        replies.extend(
+            frame
+                .text()
+                .split('\n')
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    replies
+}
+
+/// Subscribe / unsubscribe pairs, one command per message, all in one buffer.
+fn pipelined_messages(count: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for id in 2..2 + count {
+        let cmd = if id % 2 == 0 {
+            json!({"id": id, "subscribe": {"channel": "pipelined"}})
+        } else {
+            json!({"id": id, "unsubscribe": {"channel": "pipelined"}})
+        };
+        bytes.extend(client_frame(true, op::TEXT, cmd.to_string().as_bytes(), true));
+    }
+    bytes
+}
+
+/// `client.max_commands_per_frame` counts the commands of one message: many one-command
+/// messages arriving in one read are all answered, in order, whatever their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pipelined_messages_in_one_write_are_all_answered() {
+    let herald = Herald::start(&[]);
+    // 300 (over the default limit of 256) and 3,000 (more than one 64 KiB read).
+    for count in [300u32, 3000] {
+        let mut ws = RawWs::connected(&herald, "pipeliner").await;
+        ws.send_bytes(&pipelined_messages(count)).await;
+        let replies = replies_until(&mut ws, count as usize).await;
+        let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, (2..2 + count as u64).collect::<Vec<_>>(), "{count} messages: replies out of order");
+        assert!(replies.iter().all(|r| r.get("error").is_none()), "{count} messages: an error reply");
+        // Still open and usable.
+        ws.send_json(&json!({"id": 1_000_000, "subscribe": {"channel": "after"}})).await;
+        let after = replies_until(&mut ws, 1).await;
+        assert_eq!(after[0]["id"], 1_000_000, "{after:?}");
+    }
+}
+
+/// A message with one command too many still closes with 3501, also behind pipelined
+/// messages (which are answered first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_over_max_commands_per_frame_closes_with_3501() {
+    let herald = Herald::start(&[("HERALD_CLIENT_MAX_COMMANDS_PER_FRAME", "10")]);
+    let mut ws = RawWs::connected(&herald, "pipeliner").await;
+    let mut bytes = pipelined_messages(20);
+    let over: Vec<String> =
+        (100..111).map(|id| json!({"id": id, "subscribe": {"channel": format!("c{id}")}}).to_string()).collect();
+    bytes.extend(client_frame(true, op::TEXT, over.join("\n").as_bytes(), true));
+    ws.send_bytes(&bytes).await;
+    let replies = replies_until(&mut ws, 20).await;
+    assert_eq!(replies.last().unwrap()["id"], 21, "{replies:?}");
+    let reason = ws.assert_closed_with(3501, "11 commands in one message, limit 10").await;
+    assert_eq!(reason, "bad request");
+}
+
 /// One kind of bad input and the close code it must produce.
 struct BadInput {
     what: &'static str,
@@ -661,5 +732,23 @@ async fn fan_out_across_worker_threads_is_complete_and_ordered() {
             assert_eq!(per_worker.iter().sum::<u64>(), SUBSCRIBERS as u64, "{per_worker:?}");
             assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "all on one worker: {per_worker:?}");
         }
+    }
+}
+
+/// A connection token with `nbf` in the future: 109 (SDKs fetch a new token on it), worded
+/// "token not yet valid" rather than "token expired".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_not_yet_valid_is_109_with_its_own_message() {
+    let herald = Herald::start(&[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for (claims, message) in [
+        (json!({"sub": "42", "nbf": now + 600, "exp": now + 3600}), "token not yet valid"),
+        (json!({"sub": "42", "exp": now - 1}), "token expired"),
+    ] {
+        let early = herald_auth::sign_hmac(&claims, SECRET, "HS256").unwrap();
+        let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
+        ws.send_json(&json!({"id": 1, "connect": {"token": early}})).await;
+        let replies = ws.recv_json().await;
+        assert_eq!(replies, [json!({"id": 1, "error": {"code": 109, "message": message}})], "{claims}");
     }
 }

@@ -281,12 +281,15 @@ fn exp_is_checked_without_leeway() {
 }
 
 #[test]
-fn nbf_in_the_future_is_expired() {
+fn nbf_in_the_future_is_not_yet_valid() {
     let v = hmac_verifier();
-    assert_expired(v.verify_connect(&hs256(json!({"nbf": NOW + 1})), NOW));
+    let not_yet = Err(TokenError::NotYetValid);
+    assert_eq!(v.verify_connect(&hs256(json!({"nbf": NOW + 1})), NOW).map(|_| ()), not_yet);
     assert!(v.verify_connect(&hs256(json!({"nbf": NOW})), NOW).is_ok());
     assert!(v.verify_connect(&hs256(json!({"nbf": NOW - 100, "exp": NOW + 100})), NOW).is_ok());
-    assert_expired(v.verify_subscribe(&hs256(json!({"channel": "$a", "nbf": NOW + 5})), NOW));
+    assert_eq!(v.verify_subscribe(&hs256(json!({"channel": "$a", "nbf": NOW + 5})), NOW).map(|_| ()), not_yet);
+    // A token both past its `exp` and before its `nbf` is expired: it will never be valid.
+    assert_expired(v.verify_connect(&hs256(json!({"nbf": NOW + 5, "exp": NOW - 5})), NOW));
 }
 
 #[test]
@@ -696,6 +699,7 @@ fn override_serde_form() {
 #[test]
 fn token_error_display() {
     assert_eq!(TokenError::Expired.to_string(), "token expired");
+    assert_eq!(TokenError::NotYetValid.to_string(), "token not yet valid (`nbf` is in the future)");
     assert_eq!(TokenError::Invalid("bad signature".into()).to_string(), "invalid token: bad signature");
 }
 

@@ -16,6 +16,9 @@ use rand::Rng;
 
 use super::subscribe::{SubSpec, activation_offset};
 use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, State, bad_request, ttl};
+use crate::auth::DISCONNECT_TOKEN_NOT_YET_VALID;
+use crate::channel::ChannelError;
+use crate::metrics;
 use crate::ports::{ConnectAttempt, Identity, Ports};
 
 impl Session {
@@ -67,10 +70,18 @@ impl Session {
             if server_subs.iter().any(|(c, _)| c == channel) {
                 continue;
             }
-            let Some(resolved) = p.channels().resolve(channel) else { return Err(DISCONNECT_BAD_REQUEST.into()) };
+            // As before: an unknown namespace fails the connect, a name that breaks the other
+            // rules is just not subscribed.
+            let resolved = match p.channels().check(channel) {
+                Ok(r) => r,
+                Err(ChannelError::UnknownNamespace) => return Err(DISCONNECT_BAD_REQUEST.into()),
+                Err(e) => {
+                    metrics::channel_refused("client", e.label());
+                    continue;
+                }
+            };
             let o = resolved.options();
             let allowed = !p.channels().is_private(channel)
-                && p.channels().valid_name(channel, &resolved)
                 && match p.channels().user_limited(channel, o, &user) {
                     Some(listed) => listed && !user.is_empty(),
                     None => o.allow_subscribe_for_client && (!user.is_empty() || o.allow_subscribe_for_anonymous),
@@ -156,6 +167,7 @@ impl Session {
         let identity = match p.auth.refresh_token(&req.token, now) {
             Ok(i) => i,
             Err(TokenError::Expired) => return Err(DISCONNECT_EXPIRED.into()),
+            Err(TokenError::NotYetValid) => return Err(DISCONNECT_TOKEN_NOT_YET_VALID.into()),
             Err(TokenError::Invalid(_)) => return Err(DISCONNECT_INVALID_TOKEN.into()),
         };
         if identity.user != *self.user {

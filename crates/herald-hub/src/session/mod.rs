@@ -28,6 +28,7 @@ use herald_proto::codes::*;
 use herald_proto::envelope;
 use herald_proto::{ClientInfo, Command, DisconnectReason, Method, Push, Reply};
 
+use crate::channel::{ChannelError, Resolved};
 use crate::conn::ConnectionInfo;
 use crate::link::{ClientLink, Control};
 use crate::metrics;
@@ -88,6 +89,15 @@ pub struct Session {
 
 fn bad_request() -> Refusal {
     Refusal::Disconnect(DISCONNECT_BAD_REQUEST)
+}
+
+/// `Channels::check` as a client command answers it: an empty channel disconnects with 3501 (as
+/// Centrifugo does), any other refusal is an error reply (107 or 102), as in the server API.
+fn check_channel<'p>(p: &Ports<'p>, channel: &'p str) -> Result<Resolved<'p>, Refusal> {
+    p.channels().check(channel).map_err(|e| {
+        metrics::channel_refused("client", e.label());
+        if e == ChannelError::Empty { bad_request() } else { e.code().into() }
+    })
 }
 
 fn ttl(expire_at: i64, now: i64) -> u32 {

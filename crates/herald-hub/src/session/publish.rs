@@ -7,21 +7,14 @@ use herald_proto::{
     Publication, PublishRequest, PublishResult, Reply,
 };
 
-use super::{CmdResult, Session, bad_request};
+use super::{CmdResult, Session, check_channel};
 use crate::config::ChannelOptions;
 use crate::ports::{Ports, Refusal};
 
 impl Session {
-    /// Namespace checks shared by publish, presence and history: 3501, 102, 107.
+    /// Channel checks shared by publish, presence and history: 3501, 107, 102.
     fn resolve_for_command<'p>(&self, p: &Ports<'p>, channel: &'p str) -> Result<&'p ChannelOptions, Refusal> {
-        if channel.is_empty() {
-            return Err(bad_request());
-        }
-        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        if !p.channels().valid_name(channel, &resolved) {
-            return Err(ERROR_BAD_REQUEST.into());
-        }
-        Ok(&resolved.ns.options)
+        Ok(&check_channel(p, channel)?.ns.options)
     }
 
     /// The for_client / for_subscriber / for_anonymous permission pattern.

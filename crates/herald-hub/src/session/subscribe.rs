@@ -13,7 +13,8 @@ use herald_proto::{
 };
 
 use super::sub_flags::*;
-use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, Sub, bad_request, ttl};
+use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, Sub, bad_request, check_channel, ttl};
+use crate::auth::ERROR_TOKEN_NOT_YET_VALID;
 use crate::broker::HistoryQuery;
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::hub;
@@ -88,10 +89,7 @@ impl Session {
         if self.subs.len() >= p.rules().channel_limit {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
-        let resolved = p.channels().resolve(channel).ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        if !p.channels().valid_name(channel, &resolved) {
-            return Err(ERROR_BAD_REQUEST.into());
-        }
+        let resolved = check_channel(p, channel)?;
         if p.channels().is_private(channel) && req.token.is_empty() {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
@@ -102,6 +100,7 @@ impl Session {
             let claims = match p.auth.subscription_token(&req.token, now) {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+                Err(TokenError::NotYetValid) => return Err(ERROR_TOKEN_NOT_YET_VALID.into()),
                 Err(TokenError::Invalid(e)) => {
                     tracing::debug!(error = %e, "invalid subscription token");
                     return Err(ERROR_PERMISSION_DENIED.into());
@@ -184,6 +183,7 @@ impl Session {
         let claims = match p.auth.subscription_token(&req.token, now) {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::NotYetValid) => return Err(ERROR_TOKEN_NOT_YET_VALID.into()),
             Err(TokenError::Invalid(_)) => return Err(DISCONNECT_INVALID_TOKEN.into()),
         };
         if claims.channel != req.channel

@@ -74,18 +74,24 @@ enum ReadOutcome {
 /// Per-connection read state: a partial frame (only while one is incomplete) and fragments.
 struct ReadState {
     partial: Vec<u8>,
-    /// `partial` holds bytes not parsed yet (sent right after the handshake).
+    /// `partial` holds complete input not parsed yet: sent right after the handshake, or left
+    /// over when a pass had enough commands.
     unparsed: bool,
     reader: MessageReader,
 }
 
 impl ReadState {
-    /// Reads what the socket has and decodes complete messages.
+    /// Reads what the socket has and decodes complete messages, at most about one message's
+    /// worth of commands (`client.max_commands_per_frame`) per pass: complete messages left
+    /// over stay in `partial` (`unparsed` set) and are handled on the next pass, before any
+    /// further read, so none is dropped, order holds and the buffer stays bounded.
     fn read(&mut self, link: &WsLink, settings: &WsSettings) -> ReadOutcome {
         let encoding = link.envelope.encoding();
         let mut cmds = Vec::new();
         for _ in 0..MAX_READS_PER_WAKE {
-            let res = if self.partial.is_empty() {
+            let res = if self.unparsed {
+                self.parse_pending(link, settings, encoding, &mut cmds)
+            } else if self.partial.is_empty() {
                 SCRATCH_BUF.with(|s| {
                     let mut scratch = s.borrow_mut();
                     let scratch = &mut *scratch;
@@ -106,8 +112,8 @@ impl ReadState {
                 self.read_partial(link, settings, encoding, &mut cmds)
             };
             match res {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok(true) if !self.unparsed && cmds.len() < settings.max_commands => continue,
+                Ok(_) => break,
                 Err(ReadOutcome::BadRequest(_)) => return ReadOutcome::BadRequest(cmds),
                 Err(other) => {
                     if cmds.is_empty() {
@@ -127,6 +133,21 @@ impl ReadState {
         ReadOutcome::Commands(cmds)
     }
 
+    /// Parses bytes already in `partial` (left over by a full pass, or sent right after the
+    /// handshake) without reading.
+    fn parse_pending(
+        &mut self,
+        link: &WsLink,
+        settings: &WsSettings,
+        encoding: Encoding,
+        cmds: &mut Vec<Command>,
+    ) -> Result<bool, ReadOutcome> {
+        let mut buf = std::mem::take(&mut self.partial);
+        let consumed = self.parse(link, &mut buf, settings, encoding, cmds)?;
+        self.keep_rest(buf, consumed);
+        Ok(true)
+    }
+
     /// Continues an incomplete frame: reads straight into the partial buffer.
     fn read_partial(
         &mut self,
@@ -141,17 +162,22 @@ impl ReadState {
         let n = match read_some(&link.stream, &mut self.partial[len..]) {
             Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
             Ok(n) => n,
-            Err(e) if retry_later(&e) && self.unparsed => 0,
             Err(e) => {
                 self.partial.truncate(len);
                 return if retry_later(&e) { Ok(false) } else { Err(ReadOutcome::PeerClosed(None)) };
             }
         };
-        self.unparsed = false;
         bytes_in(n);
         self.partial.truncate(len + n);
         let mut buf = std::mem::take(&mut self.partial);
         let consumed = self.parse(link, &mut buf, settings, encoding, cmds)?;
+        self.keep_rest(buf, consumed);
+        Ok(n == want)
+    }
+
+    /// Keeps what `parse` did not consume. A fully consumed large buffer is dropped so an idle
+    /// connection keeps nothing.
+    fn keep_rest(&mut self, mut buf: Vec<u8>, consumed: usize) {
         if consumed < buf.len() {
             buf.drain(..consumed);
             self.partial = buf;
@@ -159,8 +185,6 @@ impl ReadState {
             buf.clear();
             self.partial = buf;
         }
-        // A larger buffer is dropped here so an idle connection keeps nothing.
-        Ok(n > 0 && n == want)
     }
 
     /// Parses complete frames, answers pings, decodes commands. Returns bytes consumed.
@@ -172,22 +196,24 @@ impl ReadState {
         encoding: Encoding,
         cmds: &mut Vec<Command>,
     ) -> Result<usize, ReadOutcome> {
+        self.unparsed = false;
         let mut failure = None;
+        let mut full = false;
         let progress = self.reader.parse(buf, settings.max_message, |event| match event {
-            Event::Text(data) | Event::Binary(data) => {
-                let budget = settings.max_commands.saturating_sub(cmds.len());
-                match decode_commands(encoding, data, budget) {
-                    Ok(mut decoded) => {
-                        cmds.append(&mut decoded);
-                        true
-                    }
-                    Err(e) => {
-                        tracing::debug!(client = %link.id, error = %e, "bad client message");
-                        failure = Some(ReadOutcome::BadRequest(Vec::new()));
-                        false
-                    }
+            // The limit is per message, however many messages one read holds.
+            Event::Text(data) | Event::Binary(data) => match decode_commands(encoding, data, settings.max_commands) {
+                Ok(mut decoded) => {
+                    cmds.append(&mut decoded);
+                    // Enough for one pass; the rest waits in `partial`.
+                    full = cmds.len() >= settings.max_commands;
+                    !full
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(client = %link.id, error = %e, "bad client message");
+                    failure = Some(ReadOutcome::BadRequest(Vec::new()));
+                    false
+                }
+            },
             Event::Ping(payload) => {
                 link.send(ws::frame(Opcode::Pong, payload));
                 true
@@ -206,7 +232,11 @@ impl ReadState {
         match progress {
             Err(e) => Err(ReadOutcome::WsError(e.code, e.reason)),
             Ok(_) if failure.is_some() => Err(failure.expect("checked")),
-            Ok(Progress::Partial { consumed, .. }) | Ok(Progress::Closed { consumed }) => Ok(consumed),
+            Ok(Progress::Partial { consumed, .. }) => {
+                self.unparsed = full && consumed < buf.len();
+                Ok(consumed)
+            }
+            Ok(Progress::Closed { consumed }) => Ok(consumed),
         }
     }
 }
@@ -220,10 +250,13 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
     let mut session = Box::new(Session::new(dyn_link, conn));
     let unparsed = !early.is_empty();
     let mut read = ReadState { partial: early, unparsed, reader: MessageReader::new() };
-    // Bytes sent right after the handshake are parsed before waiting for readiness.
-    let mut pending_early = unparsed;
+    // Input already read (sent right after the handshake, or left over by a full pass) is
+    // parsed before waiting for readiness.
+    let mut pending_input = unparsed;
     let reason = loop {
-        let wake = if std::mem::take(&mut pending_early) {
+        let wake = if std::mem::take(&mut pending_input) {
+            // Lets other connections of this worker run once this task's budget is spent.
+            tokio::task::consume_budget().await;
             Wake { readable: true, ..Wake::default() }
         } else {
             poll_fn(|cx| link.poll_wake(cx, true)).await
@@ -235,7 +268,9 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
             Box::pin(handle_controls(&mut session, &state.node, link.take_controls())).await;
         }
         if wake.readable && !link.is_closing() {
-            match read.read(&link, &state.ws) {
+            let outcome = read.read(&link, &state.ws);
+            pending_input = read.unparsed;
+            match outcome {
                 // The most common message on an idle connection: answer it without a batch.
                 ReadOutcome::Commands(cmds)
                     if cmds.len() == 1 && cmds[0].id == 0 && cmds[0].method().is_none() && session.is_connected() =>

@@ -19,7 +19,7 @@ use crate::broker::{
     Broker, BrokerError, Delivery, HistoryQuery, HistorySlice, MemoryBroker, MemoryPresence, PresenceManager,
     PublishOptions, PublishOutcome,
 };
-use crate::channel::{Channels, Resolved};
+use crate::channel::{ChannelError, Channels, Resolved};
 use crate::clock::Clock;
 use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
@@ -222,10 +222,16 @@ impl Node {
     /// The channel rules clients get (`Channels::check`), answered as API errors: 107 for an
     /// empty, too long, NUL-carrying or invalid name, 102 for an unknown namespace.
     fn api_resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
-        self.channels.check(channel).map_err(|e| {
+        self.api_check(channel).map_err(ChannelError::code)
+    }
+
+    /// The channel rules clients get, for a channel named in a server API call: what is wrong
+    /// with it, counted like every refusal. The API checks first with this so that its answer
+    /// can say why (the `api_*` operations check again and answer only the code).
+    pub fn api_check<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ChannelError> {
+        self.channels.check(channel).inspect_err(|e| {
             metrics::channel_refused("api", e.label());
             tracing::debug!(error = %e, len = channel.len(), "server API channel refused");
-            e.code()
         })
     }
 

@@ -111,7 +111,8 @@ async fn publish_results_and_errors() {
     assert_eq!((status, body), (200, json!({"result": {}})));
 
     let bad_request = |detail: &str| json!({"error": {"code": 107, "message": format!("bad request: {detail}")}});
-    let unknown_channel = json!({"error": {"code": 102, "message": "unknown channel"}});
+    let unknown_channel =
+        json!({"error": {"code": 102, "message": "unknown channel: channel namespace is not configured"}});
     for (body, expected) in [
         (json!({"channel": "", "data": {"a": 1}}), bad_request("missing field `channel`")),
         (json!({"data": {"a": 1}}), bad_request("missing field `channel`")),
@@ -136,7 +137,10 @@ async fn publish_results_and_errors() {
         let headers = [key, (mode_header, "transport")];
         let resp = herald.http("POST", "/api/publish", &headers, br#"{"channel":"nope:x","data":{}}"#).await;
         assert_eq!(resp.status, 404, "{resp:?}");
-        assert_eq!(resp.json(), json!({"code": 102, "message": "unknown channel"}));
+        assert_eq!(
+            resp.json(),
+            json!({"code": 102, "message": "unknown channel: channel namespace is not configured"})
+        );
         let resp = herald.http("POST", "/api/publish", &headers, br#"{"channel":"news"}"#).await;
         assert_eq!(resp.status, 400, "{resp:?}");
         assert_eq!(resp.json(), json!({"code": 107, "message": "bad request: missing field `data` (or `b64data`)"}));
@@ -158,7 +162,10 @@ async fn broadcast_answers_per_channel() {
     assert_eq!(responses[0]["result"]["offset"], 1, "{body}");
     assert!(responses[0]["result"]["epoch"].is_string(), "{body}");
     assert_eq!(responses[1], json!({"result": {}}));
-    assert_eq!(responses[2], json!({"error": {"code": 102, "message": "unknown channel"}}));
+    assert_eq!(
+        responses[2],
+        json!({"error": {"code": 102, "message": "unknown channel: channel namespace is not configured"}})
+    );
     assert_eq!(responses[3], json!({"error": {"code": 107, "message": "bad request: empty channel name"}}));
     assert_eq!(next_publication(&mut client, "news").await.0, json!({"b": 1}));
 
@@ -194,7 +201,7 @@ async fn presence_history_channels_and_info_shapes() {
     assert_eq!(herald.api("history", json!({"channel": "news"})).await, not_available);
     assert_eq!(
         herald.api("presence", json!({"channel": "nope:x"})).await,
-        (200, json!({"error": {"code": 102, "message": "unknown channel"}}))
+        (200, json!({"error": {"code": 102, "message": "unknown channel: channel namespace is not configured"}}))
     );
 
     // History: empty stream, then two publications.
@@ -283,7 +290,10 @@ async fn batch_answers_every_command_in_order() {
     assert_eq!(replies.len(), 6, "{body}");
     let epoch = replies[0]["publish"]["epoch"].clone();
     assert_eq!(replies[0], json!({"publish": {"offset": 1, "epoch": epoch}}));
-    assert_eq!(replies[1], json!({"error": {"code": 102, "message": "unknown channel"}}));
+    assert_eq!(
+        replies[1],
+        json!({"error": {"code": 102, "message": "unknown channel: channel namespace is not configured"}})
+    );
     assert_eq!(
         replies[2],
         json!({"history": {"publications": [{"data": {"n": 1}, "offset": 1}], "offset": 1, "epoch": epoch}})
@@ -371,7 +381,7 @@ async fn server_side_subscribe_and_unsubscribe_reach_live_clients() {
     assert_eq!(herald.api_ok("subscribe", json!({"user": "nobody", "channel": "news"})).await, json!({}));
     assert_eq!(
         herald.api("subscribe", json!({"user": "7", "channel": "nope:x"})).await,
-        (200, json!({"error": {"code": 102, "message": "unknown channel"}}))
+        (200, json!({"error": {"code": 102, "message": "unknown channel: channel namespace is not configured"}}))
     );
 }
 

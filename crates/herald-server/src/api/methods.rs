@@ -244,6 +244,14 @@ fn require(value: &str, field: &str) -> Result<(), ApiError> {
     if value.is_empty() { Err(missing(field)) } else { Ok(()) }
 }
 
+/// Requires `channel` (named `field` in the request) and applies the channel rules clients get,
+/// answering what is wrong: e.g. 107 "bad request: channel contains a NUL byte" or 102 "unknown
+/// channel: channel namespace is not configured".
+fn check_channel(ctx: &ApiContext<'_>, channel: &str, field: &str) -> Result<(), ApiError> {
+    require(channel, field)?;
+    ctx.state.node.api_check(channel).map(|_| ()).map_err(|e| ApiError::with(e.code(), e))
+}
+
 /// The answer of methods that answer nothing: `{}`.
 #[derive(Serialize)]
 pub struct Empty {}
@@ -325,7 +333,7 @@ fn publish_request(
 }
 
 async fn publish(ctx: &ApiContext<'_>, b: PublishRequest) -> Result<PublishResult, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     let req = publish_request(&b.data, &b.b64data, b.skip_history, b.tags, b.idempotency_key, b.exclude_client)?;
     let outcome = ctx.state.node.api_publish(&b.channel, &req).await?;
     Ok(outcome.position.into())
@@ -366,8 +374,13 @@ async fn broadcast(ctx: &ApiContext<'_>, b: BroadcastRequest) -> Result<Broadcas
         if i % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
         }
-        if channel.is_empty() {
-            responses.push(BroadcastReply::Error(bad_request("empty channel name")));
+        let checked = match ctx.state.node.api_check(channel) {
+            _ if channel.is_empty() => Err(bad_request("empty channel name")),
+            Err(e) => Err(ApiError::with(e.code(), e)),
+            Ok(_) => Ok(()),
+        };
+        if let Err(e) = checked {
+            responses.push(BroadcastReply::Error(e));
             continue;
         }
         responses.push(match ctx.state.node.api_publish(channel, &req).await {
@@ -395,7 +408,7 @@ pub struct SubscribeRequest {
 }
 
 async fn subscribe(ctx: &ApiContext<'_>, b: SubscribeRequest) -> Result<Empty, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     let sub = ServerSubscribe {
         channel: b.channel,
         info: payload(&b.info, &b.b64info, "b64info")?,
@@ -417,6 +430,10 @@ pub struct UnsubscribeRequest {
 }
 
 async fn unsubscribe(ctx: &ApiContext<'_>, b: UnsubscribeRequest) -> Result<Empty, ApiError> {
+    // An empty channel means every channel of the user.
+    if !b.channel.is_empty() {
+        check_channel(ctx, &b.channel, "channel")?;
+    }
     ctx.state.node.api_unsubscribe(&Target { user: b.user, client: b.client }, &b.channel)?;
     Ok(Empty {})
 }
@@ -512,7 +529,7 @@ fn client_infos<S: Serializer>(map: &BTreeMap<String, ClientInfo>, s: S) -> Resu
 }
 
 async fn presence(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceResult, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     Ok(PresenceResult { presence: ctx.state.node.api_presence(&b.channel).await? })
 }
 
@@ -523,7 +540,7 @@ pub struct PresenceStatsResult {
 }
 
 async fn presence_stats(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<PresenceStatsResult, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     let (num_clients, num_users) = ctx.state.node.api_presence_stats(&b.channel).await?;
     Ok(PresenceStatsResult { num_clients, num_users })
 }
@@ -581,7 +598,7 @@ fn publications<S: Serializer>(list: &[Publication], s: S) -> Result<S::Ok, S::E
 }
 
 async fn history(ctx: &ApiContext<'_>, b: HistoryRequest) -> Result<HistoryResult, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     if b.reverse && b.since.as_ref().is_some_and(|s| s.offset == 0) {
         return Err(bad_request("`since.offset` must be above 0 with `reverse`"));
     }
@@ -590,7 +607,7 @@ async fn history(ctx: &ApiContext<'_>, b: HistoryRequest) -> Result<HistoryResul
 }
 
 async fn history_remove(ctx: &ApiContext<'_>, b: ChannelRequest) -> Result<Empty, ApiError> {
-    require(&b.channel, "channel")?;
+    check_channel(ctx, &b.channel, "channel")?;
     ctx.state.node.api_history_remove(&b.channel).await?;
     Ok(Empty {})
 }

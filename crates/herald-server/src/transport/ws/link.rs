@@ -232,7 +232,12 @@ pub(super) fn new_link(
 }
 
 /// Builds a link without timers: the echo endpoint has no session to ping or time out.
-pub(super) fn build_link(stream: TcpStream, encoding: Encoding, native_ping: bool, settings: &WsSettings) -> Arc<WsLink> {
+pub(super) fn build_link(
+    stream: TcpStream,
+    encoding: Encoding,
+    native_ping: bool,
+    settings: &WsSettings,
+) -> Arc<WsLink> {
     Arc::new(WsLink {
         id: Uuid::new_v4(),
         envelope: Envelope::websocket(encoding),

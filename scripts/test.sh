@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test Herald has: formatting, lints, Rust unit and integration tests (against real
-# `herald` processes), the official centrifuge-js SDK tests in compat/, and the README
-# walkthrough. Installs the node packages it needs on first run.
+# `herald` processes), the Autobahn WebSocket conformance cases, the official centrifuge-js SDK
+# tests in compat/, and the README walkthrough. Installs the node and Python packages it needs
+# on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ cargo test --workspace --locked
 
 step "build herald for the SDK tests"
 cargo build -p herald-server --locked
+
+step "WebSocket conformance (Autobahn cases via kosoku)"
+HERALD_BIN="$PWD/target/debug/herald" ./scripts/autobahn.sh
 
 for dir in compat examples/node; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then

@@ -89,7 +89,28 @@ pub enum Event<'a> {
 struct Fragmented {
     opcode: Opcode,
     data: Vec<u8>,
+    /// Text: the length of the prefix of `data` known to be UTF-8 (a character boundary).
+    checked: usize,
 }
+
+impl Fragmented {
+    /// Checks the text received so far, so that invalid UTF-8 fails the fragment that carries
+    /// it, not only the end of the message (RFC 6455 §8.1 "fail fast"; Autobahn 6.4.1, 6.4.2).
+    /// A character cut by a fragment boundary is checked when its rest arrives.
+    fn check_text(&mut self) -> Result<(), ProtocolError> {
+        if self.opcode != Opcode::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(NOT_UTF8),
+        }
+        Ok(())
+    }
+}
+
+const NOT_UTF8: ProtocolError = ProtocolError::new(close::INVALID_PAYLOAD, "text message is not UTF-8");
 
 /// Per-connection message reader state: only the fragments of an unfinished message.
 /// Partial *frames* are the transport's to keep (it owns the read buffers).
@@ -166,9 +187,11 @@ impl MessageReader {
                         return Err(ProtocolError::new(close::PROTOCOL_ERROR, "expected continuation frame"));
                     }
                     if head.fin {
-                        deliver(head.opcode, payload, &mut on_event)?
+                        deliver(head.opcode, payload, 0, &mut on_event)?
                     } else {
-                        self.frag = Some(Box::new(Fragmented { opcode: head.opcode, data: payload.to_vec() }));
+                        let mut frag = Box::new(Fragmented { opcode: head.opcode, data: payload.to_vec(), checked: 0 });
+                        frag.check_text()?;
+                        self.frag = Some(frag);
                         true
                     }
                 }
@@ -182,8 +205,9 @@ impl MessageReader {
                     frag.data.extend_from_slice(payload);
                     if head.fin {
                         let frag = self.frag.take().expect("checked above");
-                        deliver(frag.opcode, &frag.data, &mut on_event)?
+                        deliver(frag.opcode, &frag.data, frag.checked, &mut on_event)?
                     } else {
+                        frag.check_text()?;
                         true
                     }
                 }
@@ -195,10 +219,16 @@ impl MessageReader {
     }
 }
 
-fn deliver(opcode: Opcode, data: &[u8], on_event: &mut impl FnMut(Event<'_>) -> bool) -> Result<bool, ProtocolError> {
+/// Delivers a complete message; for text, `data[..checked]` is already known to be UTF-8.
+fn deliver(
+    opcode: Opcode,
+    data: &[u8],
+    checked: usize,
+    on_event: &mut impl FnMut(Event<'_>) -> bool,
+) -> Result<bool, ProtocolError> {
     if opcode == Opcode::Text {
-        if std::str::from_utf8(data).is_err() {
-            return Err(ProtocolError::new(close::INVALID_PAYLOAD, "text message is not UTF-8"));
+        if std::str::from_utf8(&data[checked..]).is_err() {
+            return Err(NOT_UTF8);
         }
         Ok(on_event(Event::Text(data)))
     } else {
@@ -548,6 +578,27 @@ mod tests {
             let (p, _) = collect(&mut MessageReader::new(), &mut buf);
             assert_eq!(p.unwrap_err().code, code, "frame {buf:?}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_its_fragment() {
+        // The message is never finished: the error comes from the fragment that breaks it.
+        let mut buf = client_frame(false, 1, b"hel", [1, 2, 3, 4]);
+        buf.extend(client_frame(false, 0, &[b'l', 0xff], [1, 2, 3, 4]));
+        let (p, ev) = collect(&mut MessageReader::new(), &mut buf);
+        assert_eq!(p.unwrap_err(), NOT_UTF8);
+        assert!(ev.is_empty());
+        let mut buf = client_frame(false, 1, &[0xc0, 0x80], [0; 4]);
+        assert_eq!(collect(&mut MessageReader::new(), &mut buf).0.unwrap_err(), NOT_UTF8);
+        // A character split across fragments is fine; a dangling one at the end is not.
+        let check = "a✓b".as_bytes();
+        let mut buf = client_frame(false, 1, &check[..2], [5; 4]);
+        buf.extend(client_frame(false, 0, &check[2..3], [6; 4]));
+        buf.extend(client_frame(true, 0, &check[3..], [7; 4]));
+        assert_eq!(collect(&mut MessageReader::new(), &mut buf).1, vec!["text:a✓b"]);
+        let mut buf = client_frame(false, 1, b"a", [5; 4]);
+        buf.extend(client_frame(true, 0, &check[1..3], [6; 4]));
+        assert_eq!(collect(&mut MessageReader::new(), &mut buf).0.unwrap_err(), NOT_UTF8);
     }
 
     #[test]

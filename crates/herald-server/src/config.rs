@@ -112,11 +112,21 @@ pub struct WebsocketConfig {
     /// Largest client message (frame payload or assembled message), bytes. Above it the
     /// connection is closed with 1009.
     pub message_size_limit: usize,
+    /// Test-only: a path where WebSocket messages are echoed back through the real frame codec
+    /// and transport, for the Autobahn conformance suite (`scripts/autobahn.sh`). Empty (the
+    /// default) means off; it needs no token and runs no client protocol, so never set it on a
+    /// production node.
+    pub echo_endpoint_for_conformance_tests: String,
 }
 
 impl Default for WebsocketConfig {
     fn default() -> Self {
-        WebsocketConfig { disabled: false, handler_prefix: "/connection/websocket".into(), message_size_limit: 65536 }
+        WebsocketConfig {
+            disabled: false,
+            handler_prefix: "/connection/websocket".into(),
+            message_size_limit: 65536,
+            echo_endpoint_for_conformance_tests: String::new(),
+        }
     }
 }
 

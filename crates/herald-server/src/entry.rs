@@ -49,14 +49,18 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
             Ok(httparse::Status::Complete(_)) => {
                 let path = req.path.and_then(|p| p.split('?').next()).unwrap_or("");
                 let upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-                route(&state.config, path, upgrade) == Route::WebSocket
+                match route(&state.config, path, upgrade) {
+                    Route::WebSocket => Some(ws::Endpoint::Client),
+                    Route::WebSocketEcho => Some(ws::Endpoint::Echo),
+                    _ => None,
+                }
             }
             // Hyper answers a head it cannot parse.
-            _ => false,
+            _ => None,
         }
     };
-    if first {
-        ws::upgrade(state, stream, head, peer).await;
+    if let Some(endpoint) = first {
+        ws::upgrade(state, stream, head, peer, endpoint).await;
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
@@ -263,7 +267,7 @@ async fn http_request(
             let method = api::methods::find(name);
             api::handle(&state, method, req, peer).await
         }
-        Route::WebSocket | Route::WebSocketNotFirst => api::transport_error(
+        Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst => api::transport_error(
             StatusCode::BAD_REQUEST,
             "expected a WebSocket upgrade (it must be the first request on its connection)",
         ),

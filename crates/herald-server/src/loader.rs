@@ -174,6 +174,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(*other, format!("{prefix:?} is already used by {key}")));
         }
     }
+    validate_echo_endpoint(cfg, &endpoints)?;
 
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(
@@ -222,6 +223,37 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(ConfigError::from)
 }
 
+/// The conformance echo endpoint answers anyone without a token: it is accepted only on a
+/// loopback listener, so that a test setting copied into a deployed config stops start-up
+/// instead of opening an unauthenticated endpoint.
+fn validate_echo_endpoint(cfg: &Config, endpoints: &[(&str, &String, bool)]) -> Result<(), ConfigError> {
+    const KEY: &str = "websocket.echo_endpoint_for_conformance_tests";
+    let echo = &cfg.websocket.echo_endpoint_for_conformance_tests;
+    if echo.is_empty() {
+        return Ok(());
+    }
+    if !echo.starts_with('/') {
+        return Err(ConfigError::invalid(KEY, format!("{echo:?} must start with '/'")));
+    }
+    let normalized = |p: &str| p.trim_end_matches('/').to_owned();
+    if let Some((key, _, _)) = endpoints.iter().find(|(_, p, on)| *on && normalized(p) == normalized(echo)) {
+        return Err(ConfigError::invalid(KEY, format!("{echo:?} is already used by {key}")));
+    }
+    let address = cfg.http_server.address.trim_matches(['[', ']']);
+    let loopback = address == "localhost" || address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "the test-only echo endpoint needs http_server.address on loopback (127.0.0.1 or ::1), not {:?}: \
+                 it echoes to anyone without a token; leave it empty outside conformance tests",
+                cfg.http_server.address
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Settings that are valid but probably not what was meant.
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -237,6 +269,13 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         if api.insecure {
             out.push("http_api.insecure is on: the server API accepts requests without a key".to_owned());
         }
+    }
+    let echo = &cfg.websocket.echo_endpoint_for_conformance_tests;
+    if !echo.is_empty() {
+        out.push(format!(
+            "websocket.echo_endpoint_for_conformance_tests is set: {echo} echoes WebSocket messages without a token \
+             (for conformance tests only)"
+        ));
     }
     let client = &cfg.client;
     if !client.token.has_keys() && !client.allow_anonymous_connect_without_token {
@@ -832,6 +871,25 @@ mod tests {
             &|c| c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() }),
             "channel.namespaces[0].name",
         );
+        let echo = |path: &str, address: &str| {
+            let path = path.to_owned();
+            let address = address.to_owned();
+            move |c: &mut Config| {
+                c.websocket.echo_endpoint_for_conformance_tests = path.clone();
+                c.http_server.address = address.clone();
+            }
+        };
+        let key = "websocket.echo_endpoint_for_conformance_tests";
+        check(&echo("echo", "127.0.0.1"), key);
+        check(&echo("/connection/websocket/", "127.0.0.1"), key);
+        check(&echo("/echo", ""), key);
+        check(&echo("/echo", "0.0.0.0"), key);
+        for address in ["127.0.0.1", "::1", "[::1]", "localhost"] {
+            let mut c = Config::default();
+            echo("/echo", address)(&mut c);
+            validate(&c).unwrap();
+            assert!(warnings(&c).iter().any(|w| w.starts_with(key)), "warned about the echo endpoint");
+        }
         // A disabled endpoint may share a prefix.
         let mut c = Config::default();
         c.prometheus.enabled = false;

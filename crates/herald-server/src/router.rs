@@ -11,6 +11,9 @@ use crate::config::Config;
 pub enum Route<'a> {
     /// A WebSocket upgrade on the WebSocket path: the WebSocket transport takes the socket.
     WebSocket,
+    /// A WebSocket upgrade on the test-only echo path
+    /// (`websocket.echo_endpoint_for_conformance_tests`): the echo transport takes the socket.
+    WebSocketEcho,
     /// The WebSocket path without an upgrade, or with one that was not the connection's first
     /// request (hyper owns the connection by then): 400.
     WebSocketNotFirst,
@@ -33,6 +36,10 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     // Checked before the other paths, as the raw-socket transports see the request first.
     if on_ws_path && upgrade {
         return Route::WebSocket;
+    }
+    let echo = &ws.echo_endpoint_for_conformance_tests;
+    if upgrade && !echo.is_empty() && path == echo {
+        return Route::WebSocketEcho;
     }
     if config.health.enabled && path == config.health.handler_prefix {
         return Route::Health;
@@ -68,6 +75,16 @@ mod tests {
         assert_eq!(route(&config, "/api/", true), Route::Api(""));
         assert_eq!(route(&config, "/api", false), Route::NotFound);
         assert_eq!(route(&config, "/elsewhere", true), Route::NotFound);
+        assert_eq!(route(&config, "", true), Route::NotFound, "the echo endpoint is off by default");
+    }
+
+    #[test]
+    fn echo_endpoint_only_when_set_and_upgrading() {
+        let mut config = Config::default();
+        config.websocket.echo_endpoint_for_conformance_tests = "/debug/ws-echo".into();
+        assert_eq!(route(&config, "/debug/ws-echo", true), Route::WebSocketEcho);
+        assert_eq!(route(&config, "/debug/ws-echo", false), Route::NotFound);
+        assert_eq!(route(&config, &config.websocket.handler_prefix.clone(), true), Route::WebSocket);
     }
 
     #[test]

@@ -34,7 +34,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// `WouldBlock` (one syscall less per message; on idle connections that is half the reads).
 /// Race-free: `try_io` snapshots readiness before the read and clears only that snapshot, so
 /// data arriving after the read marks the socket ready again.
-fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut short = 0;
     let result = stream.try_io(tokio::io::Interest::READABLE, || {
         let n = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
@@ -51,7 +51,7 @@ fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Errors after which the socket is simply read again later.
-fn retry_later(e: &io::Error) -> bool {
+pub(super) fn retry_later(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
@@ -64,8 +64,10 @@ thread_local! {
 enum ReadOutcome {
     /// Decoded commands (possibly none) and control answers already queued.
     Commands(Vec<Command>),
-    /// The peer sent a close frame (its code) or hung up.
+    /// The peer sent a close frame (its code, if the frame had one).
     PeerClosed(Option<u16>),
+    /// The peer hung up (end of stream or a read error) without a close frame.
+    HungUp,
     /// A framing or decoding violation: close with this WebSocket code or disconnect reason.
     WsError(u16, &'static str),
     BadRequest(Vec<Command>),
@@ -96,10 +98,10 @@ impl ReadState {
                     let mut scratch = s.borrow_mut();
                     let scratch = &mut *scratch;
                     let n = match read_some(&link.stream, scratch) {
-                        Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
+                        Ok(0) => return Err(ReadOutcome::HungUp),
                         Ok(n) => n,
                         Err(e) if retry_later(&e) => return Ok(false),
-                        Err(_) => return Err(ReadOutcome::PeerClosed(None)),
+                        Err(_) => return Err(ReadOutcome::HungUp),
                     };
                     bytes_in(n);
                     let consumed = self.parse(link, &mut scratch[..n], settings, encoding, &mut cmds)?;
@@ -123,6 +125,10 @@ impl ReadState {
                     return match other {
                         ReadOutcome::PeerClosed(code) => {
                             link.close(DisconnectReason { code: code.unwrap_or(3000) as u32, reason: "".into() });
+                            ReadOutcome::Commands(cmds)
+                        }
+                        ReadOutcome::HungUp => {
+                            link.close(DISCONNECT_CONNECTION_CLOSED);
                             ReadOutcome::Commands(cmds)
                         }
                         o => o,
@@ -160,11 +166,11 @@ impl ReadState {
         let want = (settings.max_message + 14).saturating_sub(len).clamp(4096, SCRATCH);
         self.partial.resize(len + want, 0);
         let n = match read_some(&link.stream, &mut self.partial[len..]) {
-            Ok(0) => return Err(ReadOutcome::PeerClosed(None)),
+            Ok(0) => return Err(ReadOutcome::HungUp),
             Ok(n) => n,
             Err(e) => {
                 self.partial.truncate(len);
-                return if retry_later(&e) { Ok(false) } else { Err(ReadOutcome::PeerClosed(None)) };
+                return if retry_later(&e) { Ok(false) } else { Err(ReadOutcome::HungUp) };
             }
         };
         bytes_in(n);
@@ -288,6 +294,9 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
                 ReadOutcome::PeerClosed(code) => {
                     break Closing::Peer(code);
                 }
+                ReadOutcome::HungUp => {
+                    break Closing::HungUp;
+                }
                 ReadOutcome::WsError(code, reason) => {
                     break Closing::Protocol(code, reason);
                 }
@@ -302,7 +311,7 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
     };
     let code = match &reason {
         Closing::Server(r) => r.code,
-        Closing::Peer(_) => DISCONNECT_CONNECTION_CLOSED.code,
+        Closing::Peer(_) | Closing::HungUp => DISCONNECT_CONNECTION_CLOSED.code,
         Closing::Protocol(..) => DISCONNECT_BAD_REQUEST.code,
         Closing::Broken => 3009,
     };
@@ -333,16 +342,19 @@ async fn handle_controls(session: &mut Session, node: &Node, controls: Vec<Contr
 }
 
 /// Why the connection ends.
-enum Closing {
+pub(super) enum Closing {
     Server(DisconnectReason),
+    /// The peer's close frame, with its code if it had one.
     Peer(Option<u16>),
+    /// The peer hung up without a close frame.
+    HungUp,
     Protocol(u16, &'static str),
     Broken,
 }
 
 /// Flushes what may be flushed, sends the close frame, and lingers briefly so the peer reads it
 /// before the socket goes away.
-async fn goodbye(link: &WsLink, reason: Closing) {
+pub(super) async fn goodbye(link: &WsLink, reason: Closing) {
     // Whether we start the close handshake (then the peer may still be sending, so we shut down
     // our side and drain until it closes) or answer the peer's close frame (nothing more comes).
     let (frame, linger) = match &reason {
@@ -350,8 +362,11 @@ async fn goodbye(link: &WsLink, reason: Closing) {
         Closing::Server(r) => (ws::close_frame(r.code as u16, &r.reason), true),
         Closing::Protocol(code, reason) => (ws::close_frame(*code, reason), true),
         Closing::Peer(Some(code)) => (ws::close_frame(*code, ""), false),
+        // A close frame without a code is answered with one without a code (RFC 6455 §5.5.1:
+        // every close frame gets a close frame back).
+        Closing::Peer(None) => (ws::frame(Opcode::Close, b""), false),
         // The peer hung up without a close frame: nobody is left to read one.
-        Closing::Peer(None) | Closing::Broken => return,
+        Closing::HungUp | Closing::Broken => return,
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         let mut pending = link.out.lock().expect("ws out").queue.take_all();

@@ -11,13 +11,19 @@ use herald_proto::Encoding;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{conn, link};
+use super::{Endpoint, conn, echo, link};
 use crate::state::AppState;
 use crate::transport::reject;
 
 /// Answers a WebSocket upgrade request whose head (and any bytes after it) is `head`, and on
 /// success spawns the connection task.
-pub(crate) async fn upgrade(state: Arc<AppState>, mut stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
+pub(crate) async fn upgrade(
+    state: Arc<AppState>,
+    mut stream: TcpStream,
+    head: Vec<u8>,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+) {
     if state.shutting_down.load(Ordering::Relaxed) {
         return reject(stream, 503, "shutting down", "").await;
     }
@@ -36,7 +42,11 @@ pub(crate) async fn upgrade(state: Arc<AppState>, mut stream: TcpStream, head: V
                 if !origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
                     Err((403, "origin not allowed"))
                 } else {
-                    let (encoding, protocol) = negotiate(&up.protocols, query);
+                    // The echo endpoint speaks no client protocol: no subprotocol to choose.
+                    let (encoding, protocol) = match endpoint {
+                        Endpoint::Client => negotiate(&up.protocols, query),
+                        Endpoint::Echo => (Encoding::Json, None),
+                    };
                     let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
                     Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len))
                 }
@@ -59,6 +69,11 @@ pub(crate) async fn upgrade(state: Arc<AppState>, mut stream: TcpStream, head: V
         return;
     }
     let early = head[head_len..].to_vec();
+    if endpoint == Endpoint::Echo {
+        let link = link::build_link(stream, encoding, false, &state.ws);
+        tokio::spawn(echo::run(link, state, early));
+        return;
+    }
     let link = link::new_link(stream, encoding, native_ping, &state.node, &state.ws);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, Transport::WebSocket);

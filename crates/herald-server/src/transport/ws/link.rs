@@ -215,7 +215,7 @@ impl WsLink {
     }
 }
 
-/// Builds the link for an accepted, upgraded connection.
+/// Builds the link for an accepted, upgraded client connection, with its stale timer.
 pub(super) fn new_link(
     stream: TcpStream,
     encoding: Encoding,
@@ -223,7 +223,22 @@ pub(super) fn new_link(
     node: &Node,
     settings: &WsSettings,
 ) -> Arc<WsLink> {
-    let link = Arc::new(WsLink {
+    let link = build_link(stream, encoding, native_ping, settings);
+    let stale_at = node.tick() + settings.stale_after;
+    link.timers.set_stale(stale_at);
+    let dyn_link: Arc<dyn ClientLink> = link.clone();
+    node.timers().schedule(&dyn_link, stale_at);
+    link
+}
+
+/// Builds a link without timers: the echo endpoint has no session to ping or time out.
+pub(super) fn build_link(
+    stream: TcpStream,
+    encoding: Encoding,
+    native_ping: bool,
+    settings: &WsSettings,
+) -> Arc<WsLink> {
+    Arc::new(WsLink {
         id: Uuid::new_v4(),
         envelope: Envelope::websocket(encoding),
         native_ping,
@@ -239,10 +254,5 @@ pub(super) fn new_link(
         timers: LinkTimers::new(true),
         queue_max: settings.queue_max,
         worker: herald_hub::wake::current_worker(),
-    });
-    let stale_at = node.tick() + settings.stale_after;
-    link.timers.set_stale(stale_at);
-    let dyn_link: Arc<dyn ClientLink> = link.clone();
-    node.timers().schedule(&dyn_link, stale_at);
-    link
+    })
 }

@@ -3,7 +3,8 @@
 //! - `handshake`: upgrade checks, origin policy, encoding negotiation, the 101 response;
 //! - `link`: [`WsLink`], the connection's `ClientLink` (outbound queue and writes);
 //! - `conn`: the connection task (reads, commands, goodbye);
-//! - `queue`: the outbound frame queue.
+//! - `queue`: the outbound frame queue;
+//! - `echo`: the test-only echo endpoint for the Autobahn conformance suite.
 //!
 //! Idle cost is the design constraint (docs/architecture.md, "Where an idle connection's memory goes"):
 //! - no read buffer per connection: the task waits for readiness, then reads into a per-thread
@@ -19,6 +20,7 @@
 //! with one vectored write.
 
 mod conn;
+mod echo;
 mod handshake;
 mod link;
 mod queue;
@@ -33,6 +35,15 @@ use crate::config::Config;
 
 pub(crate) use handshake::upgrade;
 pub use link::WsLink;
+
+/// Which endpoint an upgrade request was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// The client protocol (`websocket.handler_prefix`).
+    Client,
+    /// The test-only echo (`websocket.echo_endpoint_for_conformance_tests`).
+    Echo,
+}
 
 /// Per-transport limits, fixed at start-up.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use herald_hub::{ClientLink, ConnectionInfo, HubConfig, Node, NodeIdentity, Sess
 use herald_proto::Encoding;
 use tokio::net::TcpStream;
 
-use super::conn::{handle_commands, run};
+use super::conn::{Closing, goodbye, handle_commands, run};
 use super::link::new_link;
 use super::{WsLink, WsSettings};
 use crate::config::Config;
@@ -70,4 +70,17 @@ async fn send_now_writes_without_the_task_and_keeps_order() {
     let mut got = [0u8; 12];
     tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
     assert_eq!(&got, b"queuedping-2");
+}
+
+/// RFC 6455 §5.5.1: every close frame is answered with one. A close frame without a code used
+/// to end the connection silently, like a peer that hung up (Autobahn case 7.3.1).
+#[tokio::test]
+async fn close_frame_without_code_is_answered() {
+    use tokio::io::AsyncReadExt;
+    let (link, mut client, _state) = loopback_link().await;
+    link.send(Bytes::from_static(b"queued"));
+    goodbye(&link, Closing::Peer(None)).await;
+    let mut got = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"queued\x88\x00", "queued frames, then an empty close frame");
 }

@@ -20,16 +20,11 @@ use herald_server::config_error::FileFormat;
 use herald_server::loader::{self, Overrides};
 use smoke::smoke;
 
-/// The committed seed files of `target`, sorted by name.
+/// The committed seeds of `target`: at least a few.
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("a seed file").path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3, "{}: too few seeds", dir.display());
-    files.iter().map(|f| std::fs::read(f).expect("a readable seed")).collect()
+    let seeds = smoke::committed_seeds(env!("CARGO_MANIFEST_DIR"), target);
+    assert!(seeds.len() >= 3, "{target}: too few seeds");
+    seeds
 }
 
 #[test]

@@ -200,7 +200,9 @@ pub fn http_head(data: &[u8]) {
         input
     };
     let chunk = &(chunk & 0x7F);
-    let end = input.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    // Empty lines before the request line are skipped (as httparse does), not taken for the end.
+    let lead = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let end = input[lead..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| lead + i + 4);
     let expected = match end {
         Some(end) if end <= max => HeadScan::Complete,
         _ if input.len() >= max => HeadScan::TooLarge,

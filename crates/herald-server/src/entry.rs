@@ -103,6 +103,9 @@ pub struct HeadBuffer {
     buf: Vec<u8>,
     /// Bytes already searched for the end of the head.
     checked: usize,
+    /// Leading CR and LF bytes: empty lines before the request line, which parsers skip (RFC
+    /// 9112 §2.2), so a blank line among them does not end the head.
+    lead: usize,
     max: usize,
 }
 
@@ -119,7 +122,7 @@ pub enum HeadScan {
 
 impl HeadBuffer {
     pub fn new(max: usize) -> Self {
-        HeadBuffer { buf: Vec::with_capacity(1024.min(max)), checked: 0, max }
+        HeadBuffer { buf: Vec::with_capacity(1024.min(max)), checked: 0, lead: 0, max }
     }
 
     /// Room for the next read, grown (up to `max` bytes in all) when full; `None` when `max`
@@ -142,7 +145,10 @@ impl HeadBuffer {
     /// `n` bytes were read into the room [`HeadBuffer::spare`] gave.
     pub fn filled(&mut self, n: usize) -> HeadScan {
         self.buf.truncate(self.checked + n);
-        let from = self.checked.saturating_sub(3);
+        if self.lead == self.checked {
+            self.lead += self.buf[self.checked..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        }
+        let from = self.checked.saturating_sub(3).max(self.lead);
         if self.buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return HeadScan::Complete;
         }
@@ -416,6 +422,22 @@ mod tests {
             long.extend_from_slice(b"\r\n\r\n");
             assert_eq!(scan(&long, max, 10_000).0, HeadScan::TooLarge, "max {max}");
         }
+    }
+
+    /// Regression (found by the `http_head` fuzz target): a blank line before the request line
+    /// ended the head, so the route of an upgrade sent after empty lines depended on whether
+    /// they arrived in the same read as the request (WebSocket) or before it (hyper, 400).
+    #[test]
+    fn empty_lines_before_the_request_line_do_not_end_the_head() {
+        let config = Config::default();
+        let ws = &config.websocket.handler_prefix;
+        let request = format!("\r\n\r\n\n\r\nGET {ws} HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        for chunk in [1, 2, 4, 5, 4096] {
+            let (outcome, bytes) = scan(request.as_bytes(), 4096, chunk);
+            assert_eq!((outcome, bytes.len()), (HeadScan::Complete, request.len()), "reads of {chunk}");
+            assert_eq!(first_route(&config, &bytes), Some(Route::WebSocket));
+        }
+        assert_eq!(scan(&b"\r\n".repeat(100), 64, 7).0, HeadScan::TooLarge);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Stable-toolchain driver for the fuzz harnesses: runs a target on its seeds, on deterministic
 //! mutations of them and on random bytes. Shared with `#[path]` by the smoke tests of
-//! `herald-proto` and `herald-auth` (cargo-fuzz itself needs nightly).
+//! `herald-proto`, `herald-auth` and `herald-server` (cargo-fuzz itself needs nightly).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 
 /// xorshift64*: tiny, deterministic, good enough to pick mutations.
 pub struct Rng(pub u64);
@@ -24,6 +25,19 @@ impl Rng {
     pub fn byte(&mut self) -> u8 {
         self.next() as u8
     }
+}
+
+/// The committed seed files of `target` (`fuzz/seeds/<target>/`, the libFuzzer seed corpus),
+/// sorted by name; `crate_dir` is the smoke test's `CARGO_MANIFEST_DIR` (`crates/<name>`).
+pub fn committed_seeds(crate_dir: &str, target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(crate_dir).join("../../fuzz/seeds").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("a seed file").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: no seeds", dir.display());
+    files.iter().map(|f| std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))).collect()
 }
 
 /// Bytes that matter to the parsers: JSON structure, frame-length edges, token separators.

@@ -71,5 +71,7 @@ fn jwt_smoke() {
     // Whole signed tokens too, so that mutations hit the header, the dots and the signature.
     let mut seeds: Vec<Vec<u8>> = claims.iter().map(|c| signed(c).into_bytes()).collect();
     seeds.extend(claims);
+    // The committed corpus seeds are claim sets too.
+    seeds.extend(smoke::committed_seeds(env!("CARGO_MANIFEST_DIR"), "jwt"));
     smoke::smoke("jwt", 0x5EED_0005, &seeds, 3000, 500, &|input: &[u8]| jwt(&v, input));
 }

@@ -264,9 +264,15 @@ fn envelope_seeds() -> Vec<Vec<u8>> {
 // Runs
 // ---------------------------------------------------------------------------------------------
 
+/// `seeds` and the target's committed seed files (`fuzz/seeds/<target>/`).
+fn with_committed(mut seeds: Vec<Vec<u8>>, target: &str) -> Vec<Vec<u8>> {
+    seeds.extend(smoke::committed_seeds(env!("CARGO_MANIFEST_DIR"), target));
+    seeds
+}
+
 #[test]
 fn smoke_ws_frames() {
-    smoke("ws_frames", 0x5EED_0001, &ws_seeds(), 5000, 1000, &harness::ws_frames);
+    smoke("ws_frames", 0x5EED_0001, &with_committed(ws_seeds(), "ws_frames"), 5000, 1000, &harness::ws_frames);
 }
 
 #[test]
@@ -277,22 +283,29 @@ fn smoke_decode_json() {
         herald_proto::decode_commands(Encoding::Json, Bytes::copy_from_slice(seed), harness::MAX_COMMANDS)
             .expect("seed decodes");
     }
-    smoke("decode_json", 0x5EED_0002, &seeds, 5000, 1000, &harness::decode_json);
+    smoke("decode_json", 0x5EED_0002, &with_committed(seeds, "decode_json"), 5000, 1000, &harness::decode_json);
 }
 
 #[test]
 fn smoke_decode_protobuf() {
-    smoke("decode_protobuf", 0x5EED_0003, &protobuf_seeds(), 5000, 1000, &harness::decode_protobuf);
+    smoke(
+        "decode_protobuf",
+        0x5EED_0003,
+        &with_committed(protobuf_seeds(), "decode_protobuf"),
+        5000,
+        1000,
+        &harness::decode_protobuf,
+    );
 }
 
 #[test]
 fn smoke_ws_upgrade() {
-    smoke("ws_upgrade", 0x5EED_0004, &upgrade_seeds(), 5000, 1000, &harness::ws_upgrade);
+    smoke("ws_upgrade", 0x5EED_0004, &with_committed(upgrade_seeds(), "ws_upgrade"), 5000, 1000, &harness::ws_upgrade);
 }
 
 #[test]
 fn smoke_envelopes() {
-    smoke("envelopes", 0x5EED_0005, &envelope_seeds(), 5000, 1000, &harness::envelopes);
+    smoke("envelopes", 0x5EED_0005, &with_committed(envelope_seeds(), "envelopes"), 5000, 1000, &harness::envelopes);
 }
 
 #[test]
@@ -309,5 +322,20 @@ fn harness_accepts_its_valid_seeds() {
     assert!(herald_proto::ws::check_upgrade("GET", req.headers).is_ok());
     for seed in envelope_seeds() {
         harness::envelopes(&seed);
+    }
+}
+
+#[test]
+fn committed_command_seeds_decode() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds");
+    for (path, encoding) in [
+        ("decode_json/connect", Encoding::Json),
+        ("decode_json/pipelined", Encoding::Json),
+        ("decode_protobuf/connect", Encoding::Protobuf),
+        ("decode_protobuf/subscribe_publish", Encoding::Protobuf),
+    ] {
+        let seed = std::fs::read(format!("{dir}/{path}")).expect("seed");
+        herald_proto::decode_commands(encoding, Bytes::from(seed), harness::MAX_COMMANDS)
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
     }
 }

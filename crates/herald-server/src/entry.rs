@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::api::{self, Body};
+use crate::config::Config;
 use crate::router::{Route, route};
 use crate::state::AppState;
 use crate::transport::{self, ws};
@@ -42,24 +43,12 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
-    let first = {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
-                let path = req.path.and_then(|p| p.split('?').next()).unwrap_or("");
-                let upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-                match route(&state.config, path, upgrade) {
-                    Route::WebSocket => Some(ws::Endpoint::Client),
-                    Route::WebSocketEcho => Some(ws::Endpoint::Echo),
-                    _ => None,
-                }
-            }
-            // Hyper answers a head it cannot parse.
-            _ => None,
-        }
+    let endpoint = match first_route(&state.config, &head) {
+        Some(Route::WebSocket) => Some(ws::Endpoint::Client),
+        Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
+        _ => None,
     };
-    if let Some(endpoint) = first {
+    if let Some(endpoint) = endpoint {
         ws::upgrade(state, stream, head, peer, endpoint).await;
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
@@ -68,10 +57,24 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
     }
 }
 
+/// Routes a connection's first request from its raw head, honouring an upgrade; `None` when
+/// the head does not parse (hyper answers it).
+pub fn first_route<'h>(config: &Config, head: &'h [u8]) -> Option<Route<'h>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.and_then(|p| p.split('?').next()).unwrap_or("");
+            let upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+            Some(route(config, path, upgrade))
+        }
+        _ => None,
+    }
+}
+
 /// Reads a request head: returns the bytes read (head and possibly more).
 async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
-    let mut buf = Vec::with_capacity(1024.min(max));
-    let mut checked: usize = 0;
+    let mut head = HeadBuffer::new(max);
     let mut first = true;
     loop {
         // The request usually arrives with the connection: try reading before waiting for a
@@ -79,30 +82,16 @@ async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError>
         if !std::mem::take(&mut first) {
             stream.readable().await.map_err(|_| HeadError::Closed)?;
         }
-        if buf.len() == buf.capacity() {
-            if buf.capacity() >= max {
-                return Err(HeadError::TooLarge);
-            }
-            buf.reserve((buf.capacity() * 2).min(max) - buf.len());
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        match stream.try_read(&mut buf[len..]) {
+        let n = match stream.try_read(head.spare().ok_or(HeadError::TooLarge)?) {
             Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(len);
-                continue;
-            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return Err(HeadError::Closed),
-        }
-        let from = checked.saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(buf);
-        }
-        checked = buf.len();
-        if buf.len() >= max {
-            return Err(HeadError::TooLarge);
+        };
+        match head.filled(n) {
+            HeadScan::Complete => return Ok(head.into_bytes()),
+            HeadScan::TooLarge => return Err(HeadError::TooLarge),
+            HeadScan::Partial => {}
         }
     }
 }
@@ -110,6 +99,71 @@ async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError>
 enum HeadError {
     Closed,
     TooLarge,
+}
+
+/// The bytes of a request head as they are read, at most `max` of them: the I/O-free part of
+/// reading a head (fuzzed by `fuzz/fuzz_targets/http_head.rs`).
+pub struct HeadBuffer {
+    buf: Vec<u8>,
+    /// Bytes already searched for the end of the head.
+    checked: usize,
+    /// Leading CR and LF bytes: empty lines before the request line, which parsers skip (RFC
+    /// 9112 §2.2), so a blank line among them does not end the head.
+    lead: usize,
+    max: usize,
+}
+
+/// Where a head being read stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadScan {
+    /// The bytes so far hold a blank line: the head is complete.
+    Complete,
+    /// Read more.
+    Partial,
+    /// `max` bytes without the end of the head.
+    TooLarge,
+}
+
+impl HeadBuffer {
+    pub fn new(max: usize) -> Self {
+        HeadBuffer { buf: Vec::with_capacity(1024.min(max)), checked: 0, lead: 0, max }
+    }
+
+    /// Room for the next read, grown (up to `max` bytes in all) when full; `None` when `max`
+    /// bytes are already held. Call [`HeadBuffer::filled`] after every read into it.
+    pub fn spare(&mut self) -> Option<&mut [u8]> {
+        // Every byte before the room has been searched already (`filled`).
+        let len = self.checked;
+        if len >= self.max {
+            return None;
+        }
+        if len == self.buf.capacity() {
+            self.buf.reserve_exact((len * 2).min(self.max) - len);
+        }
+        // An allocation can be larger than asked for: the limit is `max`, not the capacity.
+        let end = self.buf.capacity().min(self.max);
+        self.buf.resize(end, 0);
+        Some(&mut self.buf[len..])
+    }
+
+    /// `n` bytes were read into the room [`HeadBuffer::spare`] gave.
+    pub fn filled(&mut self, n: usize) -> HeadScan {
+        self.buf.truncate(self.checked + n);
+        if self.lead == self.checked {
+            self.lead += self.buf[self.checked..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        }
+        let from = self.checked.saturating_sub(3).max(self.lead);
+        if self.buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return HeadScan::Complete;
+        }
+        self.checked = self.buf.len();
+        if self.buf.len() >= self.max { HeadScan::TooLarge } else { HeadScan::Partial }
+    }
+
+    /// The bytes read: the head and possibly more.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
 async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
@@ -324,5 +378,82 @@ impl AsyncWrite for Rewind {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` to a [`HeadBuffer`] in reads of at most `chunk` bytes.
+    fn scan(input: &[u8], max: usize, chunk: usize) -> (HeadScan, Vec<u8>) {
+        let mut head = HeadBuffer::new(max);
+        let mut rest = input;
+        loop {
+            let Some(room) = head.spare() else { return (HeadScan::TooLarge, head.into_bytes()) };
+            let n = room.len().min(chunk).min(rest.len());
+            room[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            match head.filled(n) {
+                HeadScan::Partial if n == 0 => return (HeadScan::Partial, head.into_bytes()),
+                HeadScan::Partial => {}
+                done => return (done, head.into_bytes()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_ends_at_a_blank_line_whatever_the_reads() {
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody";
+        for chunk in [1, 2, 3, 7, 4096] {
+            let (outcome, bytes) = scan(request, 64, chunk);
+            assert_eq!(outcome, HeadScan::Complete, "reads of {chunk}");
+            assert!(request.starts_with(&bytes) && bytes.len() >= request.len() - 4, "reads of {chunk}: {bytes:?}");
+        }
+        assert_eq!(scan(request, 20, 4096).0, HeadScan::TooLarge);
+        assert_eq!(scan(b"GET / HTTP/1.1\r\n", 64, 5).0, HeadScan::Partial);
+    }
+
+    /// Regression (found while writing the `http_head` fuzz target's size invariant): growing
+    /// the buffer with `reserve` doubled it past a `max` that is not a power of two, so a head
+    /// of up to twice `http_server.max_request_head_size` was read.
+    #[test]
+    fn no_more_than_max_bytes_are_read() {
+        for max in [1, 1000, 1025, 1500, 3000, 4096] {
+            let (outcome, bytes) = scan(&vec![b'a'; 10_000], max, 10_000);
+            assert_eq!((outcome, bytes.len()), (HeadScan::TooLarge, max));
+            let mut long = vec![b'a'; max + 100];
+            long.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(scan(&long, max, 10_000).0, HeadScan::TooLarge, "max {max}");
+        }
+    }
+
+    /// Regression (found by the `http_head` fuzz target): a blank line before the request line
+    /// ended the head, so the route of an upgrade sent after empty lines depended on whether
+    /// they arrived in the same read as the request (WebSocket) or before it (hyper, 400).
+    #[test]
+    fn empty_lines_before_the_request_line_do_not_end_the_head() {
+        let config = Config::default();
+        let ws = &config.websocket.handler_prefix;
+        let request = format!("\r\n\r\n\n\r\nGET {ws} HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        for chunk in [1, 2, 4, 5, 4096] {
+            let (outcome, bytes) = scan(request.as_bytes(), 4096, chunk);
+            assert_eq!((outcome, bytes.len()), (HeadScan::Complete, request.len()), "reads of {chunk}");
+            assert_eq!(first_route(&config, &bytes), Some(Route::WebSocket));
+        }
+        assert_eq!(scan(&b"\r\n".repeat(100), 64, 7).0, HeadScan::TooLarge);
+    }
+
+    #[test]
+    fn the_first_request_is_routed_with_its_upgrade() {
+        let config = Config::default();
+        let ws = &config.websocket.handler_prefix;
+        let upgrade = format!("GET {ws}?x=1 HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(first_route(&config, upgrade.as_bytes()), Some(Route::WebSocket));
+        let plain = format!("GET {ws} HTTP/1.1\r\n\r\n");
+        assert_eq!(first_route(&config, plain.as_bytes()), Some(Route::WebSocketNotFirst));
+        assert_eq!(first_route(&config, b"POST /api/info HTTP/1.1\r\n\r\n"), Some(Route::Api("info")));
+        assert_eq!(first_route(&config, b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(first_route(&config, b"\xff\r\n\r\n"), None);
     }
 }

@@ -84,11 +84,31 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigError> {
-    let schema = Schema::new();
-    let mut tree = match file {
+    let tree = match file {
         Some(path) => read_file(path)?,
         None => Value::Object(Map::new()),
     };
+    load_tree(tree, env, overrides)
+}
+
+/// [`load`] with the file's text already in hand (`path` only names it in errors): nothing is
+/// read from the filesystem or the process environment. Used by the `config` fuzz target.
+pub fn load_text(
+    path: &Path,
+    format: FileFormat,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigError> {
+    load_tree(parse_file(path, format, text)?, env, overrides)
+}
+
+fn load_tree(
+    mut tree: Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigError> {
+    let schema = Schema::new();
     let mut sources = Vec::new();
     let mut env_warnings = Vec::new();
     let mut refusals = Vec::new();
@@ -304,10 +324,16 @@ fn read_file(path: &Path) -> Result<Value, ConfigError> {
         io::ErrorKind::NotFound => fail(FileProblem::NotFound),
         _ => fail(FileProblem::Unreadable(e)),
     })?;
+    parse_file(path, format, &text)
+}
+
+/// A config file's text as a tree of sections.
+fn parse_file(path: &Path, format: FileFormat, text: &str) -> Result<Value, ConfigError> {
+    let fail = |problem| ConfigError::File { path: path.to_owned(), problem };
     let parsed: Result<Value, String> = match format {
-        FileFormat::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
-        FileFormat::Yaml => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
-        FileFormat::Toml => toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_owned()),
+        FileFormat::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
+        FileFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| e.to_string()),
+        FileFormat::Toml => toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned()),
     };
     match parsed.map_err(|message| fail(FileProblem::Unparsable { format, message }))? {
         // An empty YAML document.

@@ -52,20 +52,25 @@ pub struct ApiMethod {
     /// `{"replies": [...]}` bare, as Centrifugo does, and cannot be nested in a batch.
     pub wrap_result: bool,
     pub call: Handler,
+    /// Only the first step of `call`: parses the params into the request type (for
+    /// [`parse_request`] and the fuzz targets).
+    pub parse: fn(&[u8]) -> Result<(), BadJson>,
 }
 
-/// A table entry: parses the params into the handler's request type and serializes its answer.
+/// A table entry: parses the params into the handler's request type `$req` and serializes its
+/// answer. `call` and `parse` share the one parse step, so checking `parse` checks `call`'s.
 macro_rules! method {
-    ($name:literal, $handler:ident) => {
-        method!($name, $handler, true)
+    ($name:literal, $handler:ident, $req:ty) => {
+        method!($name, $handler, $req, true)
     };
-    ($name:literal, $handler:ident, $wrap:expr) => {
+    ($name:literal, $handler:ident, $req:ty, $wrap:expr) => {
         ApiMethod {
             name: $name,
             wrap_result: $wrap,
+            parse: |params| parse::<$req>(params).map(drop),
             call: |ctx, params| {
                 Box::pin(async move {
-                    let request = parse(params)?;
+                    let request = parse::<$req>(params)?;
                     let known = fields_of_value(&request);
                     let mut answer = answer($handler(ctx, request).await);
                     if let Err(e) = &mut answer {
@@ -80,24 +85,44 @@ macro_rules! method {
 
 /// Every API method.
 pub static METHODS: [ApiMethod; 13] = [
-    method!("publish", publish),
-    method!("broadcast", broadcast),
-    method!("subscribe", subscribe),
-    method!("unsubscribe", unsubscribe),
-    method!("disconnect", disconnect),
-    method!("refresh", refresh),
-    method!("presence", presence),
-    method!("presence_stats", presence_stats),
-    method!("history", history),
-    method!("history_remove", history_remove),
-    method!("channels", channels),
-    method!("info", info),
-    method!("batch", batch, false),
+    method!("publish", publish, PublishRequest),
+    method!("broadcast", broadcast, BroadcastRequest),
+    method!("subscribe", subscribe, SubscribeRequest),
+    method!("unsubscribe", unsubscribe, UnsubscribeRequest),
+    method!("disconnect", disconnect, DisconnectRequest),
+    method!("refresh", refresh, RefreshRequest),
+    method!("presence", presence, ChannelRequest),
+    method!("presence_stats", presence_stats, ChannelRequest),
+    method!("history", history, HistoryRequest),
+    method!("history_remove", history_remove, ChannelRequest),
+    method!("channels", channels, ChannelsRequest),
+    method!("info", info, InfoRequest),
+    method!("batch", batch, BatchRequest<'_>, false),
 ];
 
 /// The method named `name`.
 pub fn find(name: &str) -> Option<&'static ApiMethod> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// Parses `body` as the params of `method` exactly as a request to `/api/<method>` would,
+/// without running it: the message of a 400 (or of a 404 for an unknown method) on failure.
+/// For `batch` only the command list; [`parse_batch_commands`] goes into the commands.
+pub fn parse_request(method: &str, body: &[u8]) -> Result<(), String> {
+    let method = find(method).ok_or_else(|| format!("unknown API method `{}`", Short(method)))?;
+    (method.parse)(body).map_err(|BadJson(message)| message)
+}
+
+/// Parses a `batch` body and each of its commands as `batch` would before running them: per
+/// command, the method it names or the message of its error reply. `Err`: the body's 400.
+pub fn parse_batch_commands(body: &[u8]) -> Result<Vec<Result<&'static str, String>>, String> {
+    let request = parse::<BatchRequest<'_>>(body).map_err(|BadJson(message)| message)?;
+    let parsed = request.commands.iter().map(|command| {
+        let (method, params) = batch_method(command).map_err(|e| e.message.into_owned())?;
+        (method.parse)(params.get().as_bytes()).map_err(|bad| batch_bad_json(bad).message.into_owned())?;
+        Ok(method.name)
+    });
+    Ok(parsed.collect())
 }
 
 fn answer<T: Serialize>(result: Result<T, ApiError>) -> Result<Box<RawValue>, ApiError> {
@@ -737,9 +762,18 @@ async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult,
 /// Runs one batch command: the first key, in key order, that names a method other than batch
 /// itself.
 async fn batch_command(ctx: &ApiContext<'_>, command: &RawValue) -> Result<(&'static str, Box<RawValue>), ApiError> {
+    let (method, params) = batch_method(command)?;
+    match (method.call)(ctx, params.get().as_bytes()).await {
+        Ok(answer) => answer.map(|a| (method.name, a)),
+        Err(bad) => Err(batch_bad_json(bad)),
+    }
+}
+
+/// The method a batch command names, and its params.
+fn batch_method(command: &RawValue) -> Result<(&'static ApiMethod, &RawValue), ApiError> {
     let command: BTreeMap<String, &RawValue> = serde_json::from_str(command.get())
         .map_err(|_| bad_request(r#"a batch command must be an object naming one method, e.g. {"publish": {...}}"#))?;
-    let found = command.iter().find_map(|(k, params)| Some((find(k).filter(|m| m.wrap_result)?, params)));
+    let found = command.iter().find_map(|(k, params)| Some((find(k).filter(|m| m.wrap_result)?, *params)));
     let Some((method, params)) = found else {
         return Err(match command.keys().next() {
             Some(name) if name == "batch" => ApiError::with(ERROR_METHOD_NOT_FOUND, "a batch cannot contain `batch`"),
@@ -747,10 +781,12 @@ async fn batch_command(ctx: &ApiContext<'_>, command: &RawValue) -> Result<(&'st
             None => ApiError::with(ERROR_METHOD_NOT_FOUND, "the command names no method"),
         });
     };
-    match (method.call)(ctx, params.get().as_bytes()).await {
-        Ok(answer) => answer.map(|a| (method.name, a)),
-        Err(BadJson(msg)) => Err(bad_request(msg.strip_prefix("invalid request: ").unwrap_or(&msg))),
-    }
+    Ok((method, params))
+}
+
+/// Params of a batch command that do not parse: its 107 reply.
+fn batch_bad_json(BadJson(msg): BadJson) -> ApiError {
+    bad_request(msg.strip_prefix("invalid request: ").unwrap_or(&msg))
 }
 
 #[cfg(test)]
@@ -826,6 +862,24 @@ mod tests {
         assert_eq!(explained(ERROR_BAD_REQUEST, br#"{"channel": "x"}"#), "bad request");
         assert_eq!(explained(ERROR_UNKNOWN_CHANNEL, br#"{"chanel": "x"}"#), "unknown channel");
         assert_eq!(Short(&"é".repeat(70)).to_string(), format!("{}…", "é".repeat(64)));
+    }
+
+    #[test]
+    fn requests_parse_as_the_api_parses_them() {
+        for method in &METHODS {
+            assert_eq!(parse_request(method.name, b" "), Ok(()), "{}", method.name);
+        }
+        let wrong = parse_request("publish", br#"{"channel": 1}"#).unwrap_err();
+        assert!(wrong.starts_with("invalid request: field `channel`: invalid type: integer `1`"), "{wrong}");
+        assert!(parse_request("publish", b"{").unwrap_err().starts_with("invalid JSON: "));
+        assert_eq!(parse_request("publsh", b"{}").unwrap_err(), "unknown API method `publsh`");
+        let batch = br#"{"commands": [{"info": {}}, {"publish": {"channel": []}}, {"batch": {}}, 1]}"#;
+        let commands = parse_batch_commands(batch).unwrap();
+        assert_eq!(commands[0], Ok("info"));
+        assert!(commands[1].as_ref().unwrap_err().starts_with("bad request: field `channel`: invalid type: sequence"));
+        assert_eq!(commands[2], Err("not found: a batch cannot contain `batch`".to_owned()));
+        assert!(commands[3].as_ref().unwrap_err().starts_with("bad request: a batch command must be an object"));
+        assert!(parse_batch_commands(br#"{"commands": {}}"#).unwrap_err().contains("`commands`"));
     }
 
     #[test]

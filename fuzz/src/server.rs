@@ -281,6 +281,9 @@ fn raw_route(input: &[u8]) {
             assert_eq!(route, self::route(config, &path, upgrade), "routing is deterministic");
             match route {
                 Route::WebSocket => assert!(upgrade && path == config.websocket.handler_prefix),
+                Route::WebSocketEcho => {
+                    assert!(upgrade && path == config.websocket.echo_endpoint_for_conformance_tests)
+                }
                 Route::Api(name) => assert!(path.ends_with(name) && !config.http_api.disabled),
                 Route::Health => assert_eq!(path, config.health.handler_prefix),
                 _ => {}

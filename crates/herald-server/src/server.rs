@@ -302,18 +302,17 @@ fn socket_limit(limit: Option<u64>, open: usize, reserve: usize) -> Result<usize
 }
 
 /// The soft limit on open file descriptors (`RLIMIT_NOFILE`); `None` when unlimited or unknown.
-#[cfg(unix)]
-#[allow(unsafe_code, clippy::useless_conversion)] // `rlim_t` is 32 bits on some targets
+///
+/// Read from `/proc/self/limits` (Linux), like the descriptor count below: no `unsafe` call to
+/// `getrlimit` for a number read once at start.
 fn open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes the struct it is given, which lives for the whole call.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then(|| u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX))
+    soft_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
 }
 
-#[cfg(not(unix))]
-fn open_file_limit() -> Option<u64> {
-    None
+/// The soft limit in the "Max open files" row of a `/proc/<pid>/limits` text.
+fn soft_file_limit(limits: &str) -> Option<u64> {
+    let row = limits.lines().find_map(|line| line.strip_prefix("Max open files"))?;
+    row.split_whitespace().next()?.parse().ok()
 }
 
 /// Descriptors open now (Linux: `/proc/self/fd`; elsewhere a small guess).
@@ -479,6 +478,18 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reads_the_soft_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            20000                524288               files     \n";
+        assert_eq!(soft_file_limit(limits), Some(20000));
+        let unlimited = "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(soft_file_limit(unlimited), None);
+        assert_eq!(soft_file_limit("nothing here"), None);
+    }
+
     use super::*;
 
     fn loopback(port: u16) -> Config {

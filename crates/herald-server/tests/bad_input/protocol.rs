@@ -171,10 +171,41 @@ fn cases() -> Vec<Case> {
             bad_request(),
         ),
         case("a text frame on a Protobuf connection", Conn::Protobuf, text("{}"), bad_request()),
+        case(
+            "a method whose body has the wrong type",
+            Conn::Json,
+            text(r#"{"id":2,"subscribe":"news"}"#),
+            bad_request(),
+        ),
+        case(
+            "subscribe: a 1 MB channel (over websocket.message_size_limit)",
+            Conn::Json,
+            subscribe(&"x".repeat(1 << 20)),
+            close(1009, "message too big"),
+        ),
+        case(
+            "a ping command",
+            Conn::Json,
+            text(r#"{"id":2,"ping":{}}"#),
+            Answer::Replies(vec![error(2, 108, "not available")]),
+        ),
+        case(
+            "rpc without an RPC backend",
+            Conn::Json,
+            text(r#"{"id":2,"rpc":{"method":"m","data":{}}}"#),
+            Answer::Replies(vec![error(2, 104, "method not found")]),
+        ),
+        case(
+            "send without a message backend",
+            Conn::Json,
+            text(r#"{"send":{"data":{}}}"#),
+            close(3508, "not available"),
+        ),
+        case("no connect within client.stale_close_delay", Conn::Fresh, Vec::new(), close(3502, "stale")),
     ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol() {
-    run_group("protocol", &[], cases()).await;
+    run_group("protocol", &[("HERALD_CLIENT_STALE_CLOSE_DELAY", "2s")], cases()).await;
 }

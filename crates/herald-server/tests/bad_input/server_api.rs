@@ -73,6 +73,22 @@ fn cases() -> Vec<Case> {
             http(400, refused("invalid JSON: expected `:` at line 1 column 12")),
         ),
         Case::new(
+            "a field of the wrong type",
+            raw(post("publish", Some(API_KEY), br#"{"channel":5,"data":{}}"#)),
+            http(
+                400,
+                refused(
+                    "invalid request: field `channel`: invalid type: integer `5`, expected a string at line 1 column 12",
+                ),
+            ),
+        ),
+        Case::new(
+            "a wrong API key in Authorization: apikey",
+            raw("POST /api/info HTTP/1.1\r\nHost: herald\r\nConnection: close\r\nAuthorization: apikey nope\r\n\
+                 Content-Length: 2\r\n\r\n{}"),
+            http(401, refused("unauthorized: invalid API key")),
+        ),
+        Case::new(
             "a body over http_api.max_body_size",
             raw(post("publish", Some(API_KEY), &vec![b' '; MAX_BODY + 1])),
             http(413, refused("request body too large")),

@@ -211,6 +211,11 @@ fn cases() -> Vec<Case> {
             http(426, refused("unsupported Sec-WebSocket-Version")),
         ),
         Case::new(
+            "upgrade whose Upgrade header is not websocket",
+            raw(upgrade(&[("Upgrade", "h2c"), CONNECTION, KEY, VERSION])),
+            http(400, refused("missing Upgrade: websocket")),
+        ),
+        Case::new(
             "upgrade without Connection: upgrade",
             raw(upgrade(&[UPGRADE, KEY, VERSION])),
             http(400, refused("missing Connection: upgrade")),

@@ -84,5 +84,5 @@ async fn websocket_frames() {
             Case::new(name, ws(Conn::Json, bytes, &expect), expect)
         })
         .collect();
-    run_group("websocket_frames", &[("HERALD_WEBSOCKET_MESSAGE_SIZE_LIMIT", limit.as_str())], cases).await;
+    run_group("websocket_frames", &[("HERALD_WEBSOCKET_MESSAGE_SIZE_LIMIT", limit.as_str())], cases, &[]).await;
 }

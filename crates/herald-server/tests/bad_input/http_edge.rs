@@ -250,5 +250,16 @@ async fn http_edge() {
         ("HERALD_HTTP_SERVER_IDLE_TIMEOUT", idle.as_str()),
         ("HERALD_HTTP_SERVER_MAX_REQUEST_HEAD_SIZE", max.as_str()),
     ];
-    run_group("http_edge", &env, cases()).await;
+    // Counted from the table: five heads never completed (two trickles, a silent connection,
+    // the TLS bytes, blank lines), one idle keep-alive; the answers Herald writes itself.
+    let metrics = [
+        (r#"herald_http_timeouts_total{kind="request_head"}"#, 5),
+        (r#"herald_http_timeouts_total{kind="idle"}"#, 1),
+        (r#"herald_transport_rejected_total{status="400"}"#, 5),
+        (r#"herald_transport_rejected_total{status="403"}"#, 1),
+        (r#"herald_transport_rejected_total{status="405"}"#, 1),
+        (r#"herald_transport_rejected_total{status="426"}"#, 2),
+        (r#"herald_transport_rejected_total{status="431"}"#, 2),
+    ];
+    run_group("http_edge", &env, cases(), &metrics).await;
 }

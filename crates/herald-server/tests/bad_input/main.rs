@@ -19,6 +19,7 @@ mod protocol;
 mod server_api;
 mod slow_consumer;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -64,6 +65,56 @@ pub enum Answer {
     Other(String),
 }
 
+impl Answer {
+    /// The code a disconnect with this answer is counted under.
+    fn disconnect_code(&self) -> Option<u16> {
+        match self {
+            Answer::Close(code, _) | Answer::RepliesThenClose(_, code, _) | Answer::Disconnected(code) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The value of the sample named `sample` (name and labels, as rendered) in a Prometheus text.
+pub fn sample(text: &str, sample: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+}
+
+/// Disconnects by code must be exactly those the answers imply (3000, a client that hung up, is
+/// not an answer), and each of `expected` must have its value.
+async fn check_metrics(
+    herald: &Herald,
+    disconnects: &BTreeMap<u16, u64>,
+    expected: &[(&str, u64)],
+) -> Result<(), String> {
+    let text = herald.metrics().await;
+    let mut wrong = Vec::new();
+    let prefix = "herald_client_disconnects_total{code=\"";
+    let mut codes: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.split('"').next()?.parse().ok())
+        .filter(|&code| code != 3000)
+        .collect();
+    codes.extend(disconnects.keys());
+    codes.sort_unstable();
+    codes.dedup();
+    for code in codes {
+        let got = sample(&text, &format!("{prefix}{code}\"}}")).unwrap_or(0);
+        let want = disconnects.get(&code).copied().unwrap_or(0);
+        if got != want {
+            wrong
+                .push(format!("herald_client_disconnects_total{{code=\"{code}\"}} is {got}, the answers imply {want}"));
+        }
+    }
+    for (name, want) in expected {
+        let got = sample(&text, name);
+        if got != Some(*want) {
+            wrong.push(format!("{name} is {got:?}, expected {want}"));
+        }
+    }
+    if wrong.is_empty() { Ok(()) } else { Err(format!("metrics:\n  {}", wrong.join("\n  "))) }
+}
+
 /// An HTTP answer without a header check.
 pub fn http(status: u16, body: Value) -> Answer {
     Answer::Http { status, body, header: None }
@@ -103,9 +154,10 @@ impl Case {
 }
 
 /// Runs `cases` concurrently against a node started with `env` while the healthy subscriber
-/// and the publisher run, then checks the subscriber got everything and the node is healthy.
-/// Panics with every failed case's name.
-pub async fn run_group(group: &str, env: &[(&str, &str)], cases: Vec<Case>) {
+/// and the publisher run, then checks the metrics (`herald_client_disconnects_total` by code
+/// as the answers imply, and `metrics`: exact values of whole sample names), that the
+/// subscriber got everything and that the node is healthy. Panics with every failed case's name.
+pub async fn run_group(group: &str, env: &[(&str, &str)], cases: Vec<Case>, metrics: &[(&str, u64)]) {
     let started = Instant::now();
     let herald = Herald::start(env);
     let watch = Watch::start(&herald).await;
@@ -113,6 +165,12 @@ pub async fn run_group(group: &str, env: &[(&str, &str)], cases: Vec<Case>) {
 
     let mut running = JoinSet::new();
     let count = cases.len();
+    let mut disconnects = BTreeMap::new();
+    for case in &cases {
+        if let Some(code) = case.expect.disconnect_code() {
+            *disconnects.entry(code).or_insert(0u64) += 1;
+        }
+    }
     for case in cases {
         let Case { name, input, expect } = case;
         running.spawn(async move {
@@ -130,10 +188,13 @@ pub async fn run_group(group: &str, env: &[(&str, &str)], cases: Vec<Case>) {
             Err(e) => failures.push(format!("case `{name}` panicked: {}", panic_text(e))),
         }
     }
+    if let Err(e) = check_metrics(&herald, &disconnects, metrics).await {
+        failures.push(e);
+    }
     if let Err(e) = watch.finish(&herald).await {
         failures.push(e);
     }
-    assert!(failures.is_empty(), "{group}: {} of {count} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{group} ({count} cases): {} failures:\n{}", failures.len(), failures.join("\n"));
     println!("{group}: {count} cases in {:?}", started.elapsed());
 }
 

@@ -207,5 +207,12 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol() {
-    run_group("protocol", &[("HERALD_CLIENT_STALE_CLOSE_DELAY", "2s")], cases()).await;
+    let metrics = [
+        (r#"herald_channel_refused_total{source="client",reason="too_long"}"#, 1),
+        (r#"herald_channel_refused_total{source="client",reason="nul"}"#, 1),
+        (r#"herald_channel_refused_total{source="client",reason="unknown_namespace"}"#, 1),
+        (r#"herald_channel_refused_total{source="client",reason="empty"}"#, 1),
+        (r#"herald_client_errors_total{code="109"}"#, 2),
+    ];
+    run_group("protocol", &[("HERALD_CLIENT_STALE_CLOSE_DELAY", "2s")], cases(), &metrics).await;
 }

@@ -146,5 +146,16 @@ async fn server_api() {
     let batch = MAX_BATCH.to_string();
     let env =
         [("HERALD_HTTP_API_MAX_BODY_SIZE", body.as_str()), ("HERALD_HTTP_API_MAX_BATCH_COMMANDS", batch.as_str())];
-    run_group("server_api", &env, cases()).await;
+    let metrics = [
+        (r#"herald_channel_refused_total{source="api",reason="too_long"}"#, 2),
+        (r#"herald_channel_refused_total{source="api",reason="nul"}"#, 2),
+        (r#"herald_channel_refused_total{source="api",reason="unknown_namespace"}"#, 1),
+        ("herald_api_batches_over_limit_total", 1),
+        (r#"herald_api_requests_total{method="publish",status="401",result="rejected",code=""}"#, 2),
+        (r#"herald_api_requests_total{method="info",status="401",result="rejected",code=""}"#, 1),
+        (r#"herald_api_requests_total{method="publish",status="413",result="rejected",code=""}"#, 1),
+        (r#"herald_api_requests_total{method="unknown",status="404",result="rejected",code=""}"#, 1),
+        (r#"herald_api_requests_total{method="info",status="405",result="rejected",code=""}"#, 1),
+    ];
+    run_group("server_api", &env, cases(), &metrics).await;
 }

@@ -66,5 +66,5 @@ async fn never_reads(addr: SocketAddr) -> Answer {
 async fn slow_consumer() {
     let queue = QUEUE_MAX.to_string();
     let cases = vec![Case::new("a subscriber that never reads", never_reads, Answer::Disconnected(3008))];
-    run_group("slow_consumer", &[("HERALD_CLIENT_QUEUE_MAX_SIZE", queue.as_str())], cases).await;
+    run_group("slow_consumer", &[("HERALD_CLIENT_QUEUE_MAX_SIZE", queue.as_str())], cases, &[]).await;
 }

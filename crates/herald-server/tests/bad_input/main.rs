@@ -491,7 +491,7 @@ pub async fn observe_replies(ws: &mut RawWs, n: usize, connected: bool) -> Answe
         }
     }
     let probe = if connected {
-        json!({"id": 9999, "subscribe": {"channel": "probe"}})
+        json!({"id": 9999, "unsubscribe": {"channel": "probe"}})
     } else {
         json!({"id": 9999, "connect": {"token": token("bad")}})
     };

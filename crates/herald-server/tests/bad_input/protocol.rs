@@ -10,6 +10,7 @@ use crate::support::*;
 use crate::{Answer, Case, Conn, Observed, close, next_replies, open, run_group, text_frames, ws};
 
 const MAX_COMMANDS: usize = 256;
+const CHANNEL_LIMIT: usize = 4;
 
 fn text(s: &str) -> Vec<u8> {
     client_frame(true, op::TEXT, s.as_bytes(), true)
@@ -202,6 +203,28 @@ fn cases() -> Vec<Case> {
             close(3508, "not available"),
         ),
         case("no connect within client.stale_close_delay", Conn::Fresh, Vec::new(), close(3502, "stale")),
+        case(
+            "a token whose expire_at is past",
+            Conn::Fresh,
+            connect(&signed(json!({"sub": "1", "exp": now() + 3600, "expire_at": now() - 10}))),
+            Answer::RepliesThenClose(vec![error(1, 110, "expired")], 3501, "bad request".into()),
+        ),
+        case(
+            "one subscription over client.channel_limit",
+            Conn::Json,
+            text(
+                &(0..=CHANNEL_LIMIT)
+                    .map(|i| json!({"id": i + 2, "subscribe": {"channel": format!("c{i}")}}).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Answer::Replies(
+                (0..CHANNEL_LIMIT)
+                    .map(|i| json!({"id": i + 2, "subscribe": {}}))
+                    .chain([error(CHANNEL_LIMIT as u64 + 2, 106, "limit exceeded")])
+                    .collect(),
+            ),
+        ),
     ]
 }
 
@@ -214,5 +237,7 @@ async fn protocol() {
         (r#"herald_channel_refused_total{source="client",reason="empty"}"#, 1),
         (r#"herald_client_errors_total{code="109"}"#, 2),
     ];
-    run_group("protocol", &[("HERALD_CLIENT_STALE_CLOSE_DELAY", "2s")], cases(), &metrics).await;
+    let limit = CHANNEL_LIMIT.to_string();
+    let env = [("HERALD_CLIENT_STALE_CLOSE_DELAY", "2s"), ("HERALD_CLIENT_CHANNEL_LIMIT", limit.as_str())];
+    run_group("protocol", &env, cases(), &metrics).await;
 }

@@ -342,8 +342,14 @@ pub async fn read_answer(stream: &mut TcpStream, header: Option<&'static str>) -
     let Some(body) = buf.get(head..head + len) else {
         return Answer::Other(format!("short body: {:?}", String::from_utf8_lossy(&buf)));
     };
+    let content_type = value("content-type");
     let body = if body.is_empty() {
         Value::Null
+    } else if content_type.as_deref() != Some("application/json") {
+        return Answer::Other(format!(
+            "a body with Content-Type {content_type:?}: {:?}",
+            String::from_utf8_lossy(body)
+        ));
     } else {
         match serde_json::from_slice(body) {
             Ok(v) => v,

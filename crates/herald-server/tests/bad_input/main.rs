@@ -375,7 +375,10 @@ fn response_head(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Waits until the server closes `stream` without sending anything; the time it took.
-pub async fn closed_silently(stream: &mut TcpStream, limit: Duration) -> Result<Duration, String> {
+pub async fn closed_silently(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let mut chunk = [0u8; 1024];
     match tokio::time::timeout(limit, stream.read(&mut chunk)).await {

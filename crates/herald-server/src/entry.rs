@@ -46,6 +46,12 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
     let endpoint = match first_route(&state.config, &head) {
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
+        None => {
+            if let Some((status, message)) = malformed_head(&head) {
+                return transport::reject(stream, status, &message, "").await;
+            }
+            None
+        }
         _ => None,
     };
     if let Some(endpoint) = endpoint {
@@ -57,10 +63,14 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
     }
 }
 
+/// The most header fields a request head may have: hyper's default, which answers later
+/// requests on a keep-alive connection, so the first request has the same limit.
+pub const MAX_HEADERS: usize = 100;
+
 /// Routes a connection's first request from its raw head, honouring an upgrade; `None` when
-/// the head does not parse (hyper answers it).
+/// the head does not parse ([`malformed_head`] says why).
 pub fn first_route<'h>(config: &Config, head: &'h [u8]) -> Option<Route<'h>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {
@@ -69,6 +79,20 @@ pub fn first_route<'h>(config: &Config, head: &'h [u8]) -> Option<Route<'h>> {
             Some(route(config, path, upgrade))
         }
         _ => None,
+    }
+}
+
+/// The answer to a first head that does not parse: 431 for too many header fields, 400 naming
+/// the parse error otherwise (written as JSON by Herald: hyper's own answers have no body).
+/// `None` when the head is incomplete to the parser; hyper then decides.
+pub fn malformed_head(head: &[u8]) -> Option<(u16, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(head) {
+        Ok(_) => None,
+        Err(httparse::Error::TooManyHeaders) => {
+            Some((431, format!("too many header fields (the limit is {MAX_HEADERS})")))
+        }
+        Err(e) => Some((400, format!("malformed request head: {e}"))),
     }
 }
 
@@ -455,5 +479,25 @@ mod tests {
         assert_eq!(first_route(&config, b"POST /api/info HTTP/1.1\r\n\r\n"), Some(Route::Api("info")));
         assert_eq!(first_route(&config, b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(first_route(&config, b"\xff\r\n\r\n"), None);
+    }
+
+    /// An upgrade with many (but not too many) header fields is still an upgrade; one field
+    /// over the limit, or bytes that are not HTTP, get an answer that says so.
+    #[test]
+    fn header_field_limit_and_malformed_heads() {
+        let config = Config::default();
+        let ws = &config.websocket.handler_prefix;
+        let head = |fields: usize| {
+            let extra: String = (0..fields).map(|i| format!("X-{i}: v\r\n")).collect();
+            format!("GET {ws} HTTP/1.1\r\nUpgrade: websocket\r\n{extra}\r\n").into_bytes()
+        };
+        let at_limit = head(MAX_HEADERS - 1);
+        assert_eq!(first_route(&config, &at_limit), Some(Route::WebSocket));
+        assert_eq!(malformed_head(&at_limit), None);
+        let over = head(MAX_HEADERS);
+        assert_eq!(first_route(&config, &over), None);
+        assert_eq!(malformed_head(&over), Some((431, format!("too many header fields (the limit is {MAX_HEADERS})"))));
+        assert_eq!(malformed_head(b"\x00garbage\r\n\r\n"), Some((400, "malformed request head: invalid token".into())));
+        assert_eq!(malformed_head(b"GET / HTTP/1.1\r\n"), None, "incomplete: hyper decides");
     }
 }

@@ -195,13 +195,3 @@ async fn connections_beyond_the_file_limit_are_refused_cheaply() {
         .unwrap_or_else(|| panic!("no refusal metric:\n{metrics}"));
     assert!(refused >= 20, "{refused}");
 }
-
-/// `http_server.max_request_head_size` applies to later heads on a keep-alive connection too.
-#[tokio::test]
-async fn later_request_heads_have_the_size_limit() {
-    let h = Herald::start(&[("HERALD_HTTP_SERVER_MAX_REQUEST_HEAD_SIZE", "4096")]);
-    let mut stream = keep_alive_health(&h).await;
-    let big = format!("GET /health HTTP/1.1\r\nHost: herald\r\nX-Filler: {}\r\n\r\n", "a".repeat(8192));
-    let _ = stream.write_all(big.as_bytes()).await;
-    assert_eq!(read_response(&mut stream).await, 431);
-}

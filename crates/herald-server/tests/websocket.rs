@@ -1,11 +1,11 @@
 //! End-to-end tests of the WebSocket transport against a real `herald` process: the handshake,
-//! encodings, malformed input and its close codes, timers (stale, ping/pong), slow consumers and
-//! fan-out to many clients.
+//! encodings, timers (stale, ping/pong), slow consumers and fan-out to many clients. Malformed
+//! frames and commands, with their exact close codes, are in the bad-input suite
+//! (`tests/bad_input/`).
 
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -306,181 +306,6 @@ async fn one_message_over_max_commands_per_frame_closes_with_3501() {
     assert_eq!(reason, "bad request");
 }
 
-/// One kind of bad input and the close code it must produce.
-struct BadInput {
-    what: &'static str,
-    /// Connect (JSON, user "bad") before sending the input.
-    connect: bool,
-    /// Extra handshake headers (e.g. the Protobuf subprotocol).
-    headers: &'static [(&'static str, &'static str)],
-    bytes: Vec<u8>,
-    code: u16,
-    reason: &'static str,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_closed_with_the_right_code_and_spares_other_clients() {
-    let herald = Herald::start(&[("HERALD_WEBSOCKET_MESSAGE_SIZE_LIMIT", "4096")]);
-
-    // A healthy client receives a steady stream of publications throughout.
-    let (mut healthy, _) = herald.subscriber("healthy", "news").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn({
-        let stop = stop.clone();
-        let herald_addr = herald.addr;
-        async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (status, body) =
-                    api_at(herald_addr, "publish", json!({"channel": "news", "data": {"seq": seq}})).await;
-                assert_eq!((status, body), (200, json!({"result": {}})));
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            seq
-        }
-    });
-
-    let text = |s: &str| client_frame(true, op::TEXT, s.as_bytes(), true);
-    let bad_token = herald_auth::sign_hmac(&json!({"sub": "1"}), "some-other-secret", "HS256").unwrap();
-    let mut oversized_fragments = client_frame(false, op::TEXT, &[b' '; 3000], true);
-    oversized_fragments.extend(client_frame(true, op::CONTINUATION, &[b' '; 3000], true));
-    let cases = vec![
-        BadInput {
-            what: "unmasked frame",
-            connect: true,
-            headers: &[],
-            bytes: client_frame(true, op::TEXT, b"{}", false),
-            code: 1002,
-            reason: "client frame not masked",
-        },
-        BadInput {
-            what: "invalid UTF-8 in a text frame",
-            connect: true,
-            headers: &[],
-            bytes: client_frame(true, op::TEXT, &[b'{', 0xff, 0xfe, b'}'], true),
-            code: 1007,
-            reason: "text message is not UTF-8",
-        },
-        BadInput {
-            what: "frame over websocket.message_size_limit",
-            connect: true,
-            headers: &[],
-            bytes: client_frame(true, op::TEXT, &[b' '; 5000], true),
-            code: 1009,
-            reason: "message too big",
-        },
-        BadInput {
-            what: "fragmented message over websocket.message_size_limit",
-            connect: true,
-            headers: &[],
-            bytes: oversized_fragments,
-            code: 1009,
-            reason: "message too big",
-        },
-        BadInput {
-            what: "malformed JSON after connect",
-            connect: true,
-            headers: &[],
-            bytes: text(r#"{"id":2,"subscribe":"#),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "more commands in one message than client.max_commands_per_frame (256)",
-            connect: true,
-            headers: &[],
-            bytes: text(&vec!["{}"; 257].join("\n")),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "malformed JSON as the first message",
-            connect: false,
-            headers: &[],
-            bytes: text("not json"),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "Protobuf garbage (invalid varint)",
-            connect: false,
-            headers: &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")],
-            bytes: client_frame(true, op::BINARY, &[0xff; 11], true),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "Protobuf garbage (truncated message)",
-            connect: false,
-            headers: &[("Sec-WebSocket-Protocol", "centrifuge-protobuf")],
-            bytes: client_frame(true, op::BINARY, &[0x10, 0x08, 0x01], true),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "command before connect",
-            connect: false,
-            headers: &[],
-            bytes: text(r#"{"id":1,"subscribe":{"channel":"news"}}"#),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "command without id",
-            connect: true,
-            headers: &[],
-            bytes: text(r#"{"subscribe":{"channel":"news"}}"#),
-            code: 3501,
-            reason: "bad request",
-        },
-        BadInput {
-            what: "malformed token",
-            connect: false,
-            headers: &[],
-            bytes: text(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#),
-            code: 3500,
-            reason: "invalid token",
-        },
-        BadInput {
-            what: "token signed with another secret",
-            connect: false,
-            headers: &[],
-            bytes: text(&json!({"id": 1, "connect": {"token": bad_token}}).to_string()),
-            code: 3500,
-            reason: "invalid token",
-        },
-    ];
-    for case in cases {
-        let mut ws = RawWs::open(herald.addr, WS_PATH, case.headers).await;
-        if case.connect {
-            ws.send_json(&json!({"id": 1, "connect": {"token": token("bad")}})).await;
-            let replies = ws.recv_json().await;
-            assert!(replies[0]["connect"].is_object(), "{}: {replies:?}", case.what);
-        }
-        ws.send_bytes(&case.bytes).await;
-        let reason = ws.assert_closed_with(case.code, case.what).await;
-        assert_eq!(reason, case.reason, "{}", case.what);
-    }
-
-    stop.store(true, Ordering::Relaxed);
-    let published = publisher.await.unwrap();
-    herald.publish("news", json!({"done": true})).await;
-    let mut seq = 0;
-    loop {
-        let (data, _) = next_publication(&mut healthy, "news").await;
-        if data["done"] == true {
-            break;
-        }
-        assert_eq!(data["seq"], seq, "publications lost or reordered");
-        seq += 1;
-    }
-    assert_eq!(seq, published);
-    assert!(published > 0);
-    // Only the healthy client is left.
-    wait_for("bad clients to be cleaned up", WAIT, || async { herald.num_clients().await == 1 }).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_connects_is_closed_as_stale() {
     let herald = Herald::start(&[("HERALD_CLIENT_STALE_CLOSE_DELAY", "1s")]);
@@ -732,23 +557,5 @@ async fn fan_out_across_worker_threads_is_complete_and_ordered() {
             assert_eq!(per_worker.iter().sum::<u64>(), SUBSCRIBERS as u64, "{per_worker:?}");
             assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "all on one worker: {per_worker:?}");
         }
-    }
-}
-
-/// A connection token with `nbf` in the future: 109 (SDKs fetch a new token on it), worded
-/// "token not yet valid" rather than "token expired".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_not_yet_valid_is_109_with_its_own_message() {
-    let herald = Herald::start(&[]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    for (claims, message) in [
-        (json!({"sub": "42", "nbf": now + 600, "exp": now + 3600}), "token not yet valid"),
-        (json!({"sub": "42", "exp": now - 1}), "token expired"),
-    ] {
-        let early = herald_auth::sign_hmac(&claims, SECRET, "HS256").unwrap();
-        let mut ws = RawWs::open(herald.addr, WS_PATH, &[]).await;
-        ws.send_json(&json!({"id": 1, "connect": {"token": early}})).await;
-        let replies = ws.recv_json().await;
-        assert_eq!(replies, [json!({"id": 1, "error": {"code": 109, "message": message}})], "{claims}");
     }
 }

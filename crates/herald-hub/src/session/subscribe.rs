@@ -16,6 +16,7 @@ use super::sub_flags::*;
 use super::{CmdResult, Flow, MAX_EXPIRY_SECS, Session, Sub, bad_request, check_channel, ttl};
 use crate::auth::ERROR_TOKEN_NOT_YET_VALID;
 use crate::broker::HistoryQuery;
+use crate::channel::ChannelError;
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::hub;
 use crate::link::ServerSubscribe;
@@ -71,7 +72,10 @@ pub(super) fn activation_offset(result: &SubscribeResult) -> u64 {
 impl Session {
     pub(super) async fn subscribe(&mut self, p: &Ports<'_>, id: u32, req: &SubscribeRequest) -> CmdResult {
         let channel = req.channel.as_str();
+        // Centrifugo's order of checks; the two channel rules decided before the namespace
+        // lookup are counted like the rest (`check_channel`).
         if channel.is_empty() {
+            crate::metrics::channel_refused("client", ChannelError::Empty.label());
             return Err(bad_request());
         }
         if !req.delta.is_empty() && req.delta != "fossil" {
@@ -80,7 +84,11 @@ impl Session {
         if req.sub_type != 0 {
             return Err(ERROR_NOT_AVAILABLE.into());
         }
-        if p.channels().too_long(channel) || req.tf.is_some() {
+        if p.channels().too_long(channel) {
+            crate::metrics::channel_refused("client", ChannelError::TooLong.label());
+            return Err(ERROR_BAD_REQUEST.into());
+        }
+        if req.tf.is_some() {
             return Err(ERROR_BAD_REQUEST.into());
         }
         if self.find(channel).is_some() {

@@ -115,32 +115,36 @@ pub async fn handle(
     response
 }
 
-fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
+/// Checks the API key (header `X-API-Key`, `Authorization: apikey <key>` or `?api_key=`); the
+/// error says whether no key was given or a wrong one, never what the key is.
+fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), &'static str> {
     let cfg = &state.config.http_api;
     if cfg.insecure {
-        return true;
+        return Ok(());
     }
     if cfg.key.is_empty() {
-        return false;
+        return Err("unauthorized: the server has no API key (http_api.key) and http_api.insecure is off");
     }
     let key = cfg.key.as_bytes();
     let headers = req.headers();
-    if headers.get("x-api-key").is_some_and(|v| constant_eq(v.as_bytes(), key)) {
-        return true;
+    let header_key = headers.get("x-api-key").map(|v| v.as_bytes());
+    let auth_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+        .map(|(_, value)| value.trim().as_bytes());
+    let query = req.uri().query().unwrap_or("");
+    let mut query_keys = query.split('&').filter_map(|kv| kv.strip_prefix("api_key=")).map(str::as_bytes).peekable();
+    let given = header_key.is_some() || auth_key.is_some() || query_keys.peek().is_some();
+    if header_key.into_iter().chain(auth_key).chain(query_keys).any(|k| constant_eq(k, key)) {
+        return Ok(());
     }
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some((scheme, value)) = v.split_once(' ')
-        && scheme.eq_ignore_ascii_case("apikey")
-        && constant_eq(value.trim().as_bytes(), key)
-    {
-        return true;
-    }
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("api_key="))
-        .any(|v| constant_eq(v.as_bytes(), key))
+    Err(if given {
+        "unauthorized: invalid API key"
+    } else {
+        "unauthorized: no API key (send it in X-API-Key, Authorization: apikey <key> or ?api_key=)"
+    })
 }
 
 /// Compares without an early exit, so the key cannot be guessed byte by byte from timing.
@@ -174,8 +178,8 @@ async fn call(
         response.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("POST"));
         return (response, Tally::Rejected);
     }
-    if !authorized(state, &req) {
-        return rejected(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid API key");
+    if let Err(message) = authorize(state, &req) {
+        return rejected(StatusCode::UNAUTHORIZED, message);
     }
     let Some(method) = method else {
         let message = match method_in_path(state, &req) {

@@ -312,7 +312,9 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
     let code = match &reason {
         Closing::Server(r) => r.code,
         Closing::Peer(_) | Closing::HungUp => DISCONNECT_CONNECTION_CLOSED.code,
-        Closing::Protocol(..) => DISCONNECT_BAD_REQUEST.code,
+        // A framing error is counted under the WebSocket close code the client gets (1002, 1007,
+        // 1009), not as a protocol-level 3501.
+        Closing::Protocol(code, _) => u32::from(*code),
         Closing::Broken => 3009,
     };
     disconnect_metric(code);

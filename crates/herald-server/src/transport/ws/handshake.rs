@@ -28,12 +28,13 @@ pub(crate) async fn upgrade(
         return reject(stream, 503, "shutting down", "").await;
     }
     // Everything needed from the borrowed request is extracted before any await.
-    let decision = {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
+    // (No await inside the block: the header array is not kept in the future.)
+    let decision = 'decide: {
+        let mut headers = [httparse::EMPTY_HEADER; crate::entry::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(&head) {
             Ok(httparse::Status::Complete(n)) => n,
-            _ => return reject(stream, 400, "malformed request", "").await,
+            _ => break 'decide Err((400, "malformed request")),
         };
         let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
         match herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers) {

@@ -86,8 +86,9 @@ impl SocketLink {
         }
         let len: usize = frames.iter().map(Bytes::len).sum();
         if out.queue.pending() + len > self.queue_max {
-            // Slow consumer: drop what is queued and close (no flush).
-            out.queue.clear();
+            // Slow consumer: drop what is queued and close (no flush), but finish a frame that
+            // is partly written so that the goodbye is not written into it.
+            out.queue.drop_unstarted();
             out.close = Some(Box::new(DISCONNECT_SLOW));
             metrics::counter!("herald_transport_slow_total", "transport" => self.envelope_name()).increment(1);
         } else {

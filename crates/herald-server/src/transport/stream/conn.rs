@@ -37,18 +37,22 @@ enum Ending {
     Gone,
 }
 
-pub(super) async fn run(
-    link: Arc<SocketLink>,
-    state: Arc<AppState>,
+/// Starts a stream's session: counts the connection, registers an emulation session and runs
+/// the opening request's commands (the connect). Runs in the task that read the request, so the
+/// request's decoded commands are freed before the next connection is served (a burst of
+/// opening requests does not hold them all at once).
+pub(super) async fn start(
+    link: &Arc<SocketLink>,
+    state: &AppState,
     first: Vec<Command>,
     conn: ConnectionInfo,
     kind: StreamKind,
-) {
+) -> Box<Session> {
     let transport = kind.transport();
     state.connections.opened(transport, link.worker);
     metrics::counter!("herald_stream_opened_total", "transport" => transport.name()).increment(1);
     if !kind.is_unidirectional() {
-        state.emulation.insert(&link);
+        state.emulation.insert(link);
     }
     let dyn_link: Arc<dyn ClientLink> = link.clone();
     let mut session = Box::new(Session::new(dyn_link, conn));
@@ -58,8 +62,14 @@ pub(super) async fn run(
         // or the session asked for a close with a code. Either way the stream ends.
         link.close(DISCONNECT_CONNECTION_CLOSED);
     } else if kind == StreamKind::UniSse {
-        number_events(&link);
+        number_events(link);
     }
+    session
+}
+
+/// The connection task, from the started session until the stream ends.
+pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, mut session: Box<Session>, kind: StreamKind) {
+    let transport = kind.transport();
     let ending = 'serve: loop {
         match link.flush() {
             Err(_) => break Ending::Gone,

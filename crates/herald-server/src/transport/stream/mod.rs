@@ -19,6 +19,8 @@ mod conn;
 pub mod emulation;
 pub mod positions;
 pub mod request;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::net::SocketAddr;
@@ -195,5 +197,6 @@ pub(crate) async fn open(
     };
     let link = build_link(stream, options);
     let conn = ConnectionInfo::new(peer, kind.transport());
-    tokio::spawn(conn::run(link, state, cmds, conn, kind));
+    let session = conn::start(&link, &state, cmds, conn, kind).await;
+    tokio::spawn(conn::run(link, state, session, kind));
 }

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn start(extra: &[(&str, &str)]) -> Herald {
     let mut env = vec![
@@ -21,59 +19,6 @@ fn start(extra: &[(&str, &str)]) -> Herald {
     ];
     env.extend_from_slice(extra);
     Herald::start(&env)
-}
-
-/// Reads newline-delimited JSON (HTTP streaming) or SSE `data:` events from a raw stream.
-struct Lines {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    sse: bool,
-}
-
-impl Lines {
-    async fn open(addr: SocketAddr, request: &str, sse: bool) -> (Lines, String) {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut lines = Lines { stream, buf: Vec::new(), sse };
-        let head = loop {
-            if let Some(end) = lines.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(lines.buf[..end].to_vec()).unwrap();
-                lines.buf.drain(..end + 4);
-                break head;
-            }
-            assert!(lines.fill().await, "no response head");
-        };
-        (lines, head)
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("stream stalled") {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            let sep: &[u8] = if self.sse { b"\n\n" } else { b"\n" };
-            while self.buf.starts_with(b"\r\n") {
-                self.buf.drain(..2);
-            }
-            if let Some(end) = self.buf.windows(sep.len()).position(|w| w == sep) {
-                let raw = String::from_utf8(self.buf[..end].to_vec()).unwrap();
-                self.buf.drain(..end + sep.len());
-                let data = if self.sse { raw.strip_prefix("data: ").unwrap().to_owned() } else { raw };
-                return Some(serde_json::from_str(&data).unwrap());
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
 }
 
 fn stream_request(addr: SocketAddr, sse: bool, cmds: &str) -> String {
@@ -90,11 +35,11 @@ async fn emulate(addr: SocketAddr, body: &Value, headers: &[(&str, &str)]) -> Ht
 }
 
 /// Opens a bidirectional stream for `user` and returns it with its session and node.
-async fn connected(addr: SocketAddr, sse: bool, user: &str) -> (Lines, String, String) {
+async fn connected(addr: SocketAddr, sse: bool, user: &str) -> (StreamReader, String, String) {
     let connect = json!({ "connect": { "token": token(user) }, "id": 1 }).to_string();
-    let (mut lines, head) = Lines::open(addr, &stream_request(addr, sse, &connect), sse).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let reply = lines.next().await.unwrap();
+    let mut lines = StreamReader::open(addr, stream_request(addr, sse, &connect), sse).await;
+    assert_eq!(lines.status, 200, "{}", lines.headers);
+    let reply = lines.next().await.unwrap().json;
     let result = &reply["connect"];
     assert_eq!(reply["id"], 1, "{reply}");
     let session = result["session"].as_str().expect("session in the connect result").to_owned();
@@ -112,10 +57,10 @@ async fn commands_through_emulation_reply_on_the_stream() {
             "{\"subscribe\":{\"channel\":\"news\"},\"id\":2}\n{\"presence_stats\":{\"channel\":\"news\"},\"id\":3}";
         let resp = emulate(addr, &json!({ "session": session, "node": node, "data": data }), &[]).await;
         assert_eq!(resp.status, 204, "{}", resp.text());
-        assert_eq!(lines.next().await.unwrap()["id"], 2);
-        assert_eq!(lines.next().await.unwrap()["id"], 3);
+        assert_eq!(lines.next().await.unwrap().json["id"], 2);
+        assert_eq!(lines.next().await.unwrap().json["id"], 3);
         herald.publish("news", json!({ "sse": sse })).await;
-        let push = lines.next().await.unwrap();
+        let push = lines.next().await.unwrap().json;
         assert_eq!(push["push"]["pub"]["data"], json!({ "sse": sse }), "{push}");
     }
     let metrics = herald.metrics().await;
@@ -174,13 +119,13 @@ async fn pings_need_pongs_through_emulation() {
     // One that does not is closed with 3012 (a disconnect push, then the end of the stream).
     let (mut silent, _, _) = connected(addr, false, "p2").await;
     for _ in 0..3 {
-        assert_eq!(alive.next().await.unwrap(), json!({}), "a ping");
+        assert_eq!(alive.next().await.unwrap().json, json!({}), "a ping");
         let resp = emulate(addr, &json!({ "session": session, "node": node, "data": "{}" }), &[]).await;
         assert_eq!(resp.status, 204);
     }
     let mut last = None;
     while let Some(item) = silent.next().await {
-        last = Some(item);
+        last = Some(item.json);
     }
     assert_eq!(last.unwrap()["push"]["disconnect"]["code"], 3012);
     // Unidirectional clients get pings and are never asked for pongs.
@@ -189,10 +134,10 @@ async fn pings_need_pongs_through_emulation() {
         "POST /connection/uni_http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let (mut uni, _) = Lines::open(addr, &req, false).await;
-    assert!(uni.next().await.unwrap().get("connect").is_some());
+    let mut uni = StreamReader::open(addr, req, false).await;
+    assert!(uni.next().await.unwrap().json.get("connect").is_some());
     for _ in 0..3 {
-        assert_eq!(uni.next().await.unwrap(), json!({}));
+        assert_eq!(uni.next().await.unwrap().json, json!({}));
     }
 }
 
@@ -205,8 +150,8 @@ async fn a_slow_stream_reader_is_disconnected() {
         "POST /connection/uni_http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let (mut uni, _) = Lines::open(addr, &req, false).await;
-    assert!(uni.next().await.unwrap().get("connect").is_some());
+    let mut uni = StreamReader::open(addr, req, false).await;
+    assert!(uni.next().await.unwrap().json.get("connect").is_some());
     // Publish far more than the socket buffers and the queue hold, without reading.
     let payload = "x".repeat(60_000);
     let mut closed = false;
@@ -222,7 +167,7 @@ async fn a_slow_stream_reader_is_disconnected() {
     assert!(metrics.contains("herald_transport_slow_total{transport=\"uni_http_stream\"} 1"), "{metrics}");
     let mut last = None;
     while let Some(item) = tokio::time::timeout(Duration::from_secs(20), uni.next()).await.unwrap() {
-        last = Some(item);
+        last = Some(item.json);
     }
     assert_eq!(last.unwrap()["disconnect"]["code"], 3008);
 }

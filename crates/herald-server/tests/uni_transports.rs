@@ -320,3 +320,24 @@ async fn uni_websocket_connects_by_message_or_query_and_resumes() {
     ws.send_text("nope").await;
     assert_eq!(ws.expect_close().await.0, Some(3501));
 }
+
+/// A graceful shutdown closes streams like WebSockets: a disconnect push 3001, then the end of
+/// the stream; new streams are refused meanwhile.
+#[tokio::test]
+async fn shutdown_ends_streams_with_3001() {
+    let mut herald = Herald::start(&[
+        ("HERALD_UNI_HTTP_STREAM_ENABLED", "true"),
+        ("HERALD_SHUTDOWN_CLIENT_CLOSE_WINDOW", "500ms"),
+        ("HERALD_SHUTDOWN_TIMEOUT", "5s"),
+    ]);
+    let addr = herald.addr;
+    let body = connect_request("s1", json!({ "news": {} }));
+    let mut r = StreamReader::open(addr, post(addr, "/connection/uni_http_stream", &[], &body), false).await;
+    assert!(r.next().await.unwrap().json.get("connect").is_some());
+    herald.signal(libc::SIGTERM);
+    let item = r.next().await.unwrap().json;
+    assert_eq!(item, json!({ "disconnect": { "code": 3001, "reason": "shutdown" } }));
+    assert!(r.next().await.is_none());
+    let status = herald.wait_exit(Duration::from_secs(7)).await.expect("exits");
+    assert_eq!(status.code(), Some(0));
+}

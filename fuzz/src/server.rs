@@ -313,9 +313,7 @@ fn raw_route(input: &[u8]) {
 pub fn stream_request(data: &[u8]) {
     use herald_server::transport::stream::StreamKind;
     use herald_server::transport::stream::positions::Positions;
-    use herald_server::transport::stream::request::{
-        Payload, StreamHead, emulation_body, first_commands, payload, percent_decode,
-    };
+    use herald_server::transport::stream::request::{Payload, StreamHead, emulation_body, payload, percent_decode};
     const LIMIT: usize = 1024;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);

@@ -341,3 +341,20 @@ async fn shutdown_ends_streams_with_3001() {
     let status = herald.wait_exit(Duration::from_secs(7)).await.expect("exits");
     assert_eq!(status.code(), Some(0));
 }
+
+/// A body that does not arrive within `http_server.request_head_timeout` is answered 408.
+#[tokio::test]
+async fn a_slow_body_times_out_with_408() {
+    let herald =
+        Herald::start(&[("HERALD_UNI_HTTP_STREAM_ENABLED", "true"), ("HERALD_HTTP_SERVER_REQUEST_HEAD_TIMEOUT", "1s")]);
+    let addr = herald.addr;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("POST /connection/uni_http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100\r\n\r\n{{\"tok");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+    assert!(text.ends_with(r#"{"error":"request body not received in time"}"#), "{text}");
+}

@@ -28,7 +28,7 @@ use crate::api::{self, Body};
 use crate::config::Config;
 use crate::router::{Route, route};
 use crate::state::AppState;
-use crate::transport::stream::{self, StreamKind, request::StreamHead};
+use crate::transport::stream;
 use crate::transport::{self, ws};
 
 /// Serves one accepted connection from `peer` until it ends.
@@ -180,7 +180,7 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         sleep: None,
     };
     let max_head = http.max_request_head_size;
-    let handoff = Arc::new(Handoff::default());
+    let handoff = Arc::new(stream::handoff::Handoff::default());
     // hyper's own head timer starts when the connection goes idle: set to both of ours together
     // it never fires first, but with it hyper reads as soon as it is idle, which starts ours.
     let backstop = http.idle_timeout + http.request_head_timeout;
@@ -205,95 +205,12 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         .without_shutdown();
     match conn.await {
         Ok(parts) => {
-            let taken = handoff.request.lock().expect("handoff").take();
-            if let Some(Stream { kind, head, data }) = taken {
-                let rewind = parts.io.into_inner();
-                stream::open(state, rewind.inner, head, data, peer, kind).await;
+            if let Some(taken) = handoff.take() {
+                stream::handoff::serve(state, parts.io.into_inner().inner, taken, peer).await;
             }
         }
         Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
     }
-}
-
-/// A streaming request hyper read on a keep-alive connection, to be served on the raw socket
-/// once hyper lets it go: hyper answers it with `Connection: close` (so it ends the
-/// connection), that answer is discarded by [`Rewind`], and the stream's own response follows.
-#[derive(Default)]
-struct Handoff {
-    /// Set once hyper's answer is to be discarded.
-    discard: std::sync::atomic::AtomicBool,
-    request: std::sync::Mutex<Option<Stream>>,
-}
-
-struct Stream {
-    kind: StreamKind,
-    head: StreamHead,
-    data: Vec<u8>,
-}
-
-/// Serves a streaming endpoint's request that came through hyper: refusals and preflights are
-/// answered here; an accepted request is handed over ([`Handoff`]).
-async fn stream_request(
-    state: &AppState,
-    req: Request<Incoming>,
-    kind: StreamKind,
-    handoff: &Handoff,
-) -> Response<Body> {
-    use http_body_util::{BodyExt, Limited};
-    use stream::request::{Payload, cors_headers, preflight_headers};
-    let head = match StreamHead::new(
-        req.method().as_str(),
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
-        req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-    ) {
-        Ok(h) => h,
-        Err(message) => return api::transport_error(StatusCode::BAD_REQUEST, message),
-    };
-    let limit = kind.config(&state.config).body_limit();
-    let (status, extra, message) = match stream::check(state, kind, &head, limit) {
-        Ok(Some(payload)) => {
-            let data = match payload {
-                Payload::Query(data) => data,
-                Payload::Body(_) => match Limited::new(req.into_body(), limit).collect().await {
-                    Ok(b) => b.to_bytes().to_vec(),
-                    Err(_) => return api::transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-                },
-            };
-            handoff.discard.store(true, Ordering::Relaxed);
-            *handoff.request.lock().expect("handoff") = Some(Stream { kind, head, data });
-            let mut r = Response::new(Body::default());
-            r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-            return r;
-        }
-        Ok(None) => (
-            StatusCode::NO_CONTENT,
-            preflight_headers(head.origin.as_deref(), head.request_headers.as_deref(), kind.allowed_methods()),
-            None,
-        ),
-        Err(r) => {
-            let mut extra = cors_headers(head.origin.as_deref());
-            if r.status == 405 {
-                extra.push_str(&format!("Allow: {}\r\n", kind.allowed_methods()));
-            }
-            (StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), extra, Some(r.message))
-        }
-    };
-    let mut response = match message {
-        Some(m) => api::transport_error(status, &m),
-        None => {
-            let mut r = Response::new(Body::default());
-            *r.status_mut() = status;
-            r
-        }
-    };
-    for line in extra.split("\r\n").filter(|l| !l.is_empty()) {
-        if let Some((name, value)) = line.split_once(": ")
-            && let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name), http::HeaderValue::from_str(value))
-        {
-            response.headers_mut().append(n, v);
-        }
-    }
-    response
 }
 
 /// Marks a request as being answered, from its complete head until hyper has taken the last
@@ -409,7 +326,7 @@ async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    handoff: &Handoff,
+    handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Body>, Infallible> {
     Ok(match route(&state.config, req.uri().path(), false) {
         Route::Health => api::health(&state),
@@ -418,7 +335,7 @@ async fn http_request(
             let method = api::methods::find(name);
             api::handle(&state, method, req, peer).await
         }
-        Route::Stream(kind) => stream_request(&state, req, kind, handoff).await,
+        Route::Stream(kind) => stream::handoff::answer(&state, req, kind, handoff).await,
         Route::Emulation => stream::emulation::handle(&state, req).await,
         Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst | Route::UniWebSocket => {
             api::transport_error(
@@ -436,7 +353,7 @@ struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
     deadline: Deadline,
-    handoff: Arc<Handoff>,
+    handoff: Arc<stream::handoff::Handoff>,
 }
 
 impl AsyncRead for Rewind {
@@ -459,7 +376,7 @@ impl AsyncRead for Rewind {
 
 impl AsyncWrite for Rewind {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.handoff.discard.load(Ordering::Relaxed) {
+        if self.handoff.discarding() {
             return Poll::Ready(Ok(buf.len()));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
@@ -478,7 +395,7 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.handoff.discard.load(Ordering::Relaxed) {
+        if self.handoff.discarding() {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)

@@ -5,6 +5,7 @@
 //! - `request`: the opening request without I/O (head, CORS, origin, payload, first commands);
 //! - `conn`: the connection task (write-only stream; the read side only watches for EOF);
 //! - `emulation`: the session registry and the `/emulation` endpoint;
+//! - `handoff`: opening requests that come after others on a keep-alive connection;
 //! - `positions`: stream positions in uni_sse event ids (`Last-Event-ID`).
 //!
 //! Like a WebSocket, a stream owns its raw socket once its opening request is read (and its
@@ -17,6 +18,7 @@
 
 mod conn;
 pub mod emulation;
+pub(crate) mod handoff;
 pub mod positions;
 pub mod request;
 #[cfg(test)]

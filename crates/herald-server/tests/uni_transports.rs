@@ -358,3 +358,79 @@ async fn a_slow_body_times_out_with_408() {
     assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
     assert!(text.ends_with(r#"{"error":"request body not received in time"}"#), "{text}");
 }
+
+#[tokio::test]
+async fn uni_websocket_resumes_without_loss_while_publishing() {
+    let herald = start();
+    let addr = herald.addr;
+    const COUNT: u64 = 120;
+    let mut ws = RawWs::open(addr, "/connection/uni_websocket", &[]).await;
+    ws.send_text(&connect_request("u8", json!({ "rec:wsp": {} }))).await;
+    let connect = ws.recv_json().await;
+    let mut epoch = connect[0]["connect"]["subs"]["rec:wsp"]["epoch"].as_str().unwrap().to_owned();
+    let publishing = publisher(addr, "rec:wsp", COUNT);
+    let mut seen: Vec<u64> = Vec::new();
+    let mut offset = 0;
+    for stop in [25, 75] {
+        while seen.len() < stop {
+            for item in ws.recv_json().await {
+                if let Some(p) = item.get("pub") {
+                    seen.push(p["data"]["n"].as_u64().unwrap());
+                    offset = p["offset"].as_u64().unwrap();
+                }
+            }
+        }
+        drop(ws);
+        let subs = json!({ "rec:wsp": { "recover": true, "offset": offset, "epoch": epoch } });
+        let cf = encode_query(&connect_request("u8", subs));
+        ws = RawWs::open(addr, &format!("/connection/uni_websocket?cf_connect={cf}"), &[]).await;
+        let connect = ws.recv_json().await;
+        let sub = &connect[0]["connect"]["subs"]["rec:wsp"];
+        assert_eq!(sub["recovered"], true, "{connect:?}");
+        epoch = sub["epoch"].as_str().unwrap().to_owned();
+        for p in sub["publications"].as_array().cloned().unwrap_or_default() {
+            seen.push(p["data"]["n"].as_u64().unwrap());
+            offset = p["offset"].as_u64().unwrap();
+        }
+    }
+    while seen.len() < COUNT as usize {
+        for item in ws.recv_json().await {
+            if let Some(p) = item.get("pub") {
+                seen.push(p["data"]["n"].as_u64().unwrap());
+            }
+        }
+    }
+    publishing.await.unwrap();
+    assert_exactly(&seen, COUNT);
+}
+
+/// The token's `channels` become server-side subscriptions of a unidirectional client; refused
+/// requests on the other endpoints answer JSON errors too.
+#[tokio::test]
+async fn token_channels_and_more_refusals() {
+    let herald = start();
+    let addr = herald.addr;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({ "sub": "t1", "exp": exp, "channels": ["rec:tok"] });
+    let token = herald_auth::sign_hmac(&claims, SECRET, "HS256").unwrap();
+    let body = json!({ "token": token }).to_string();
+    let mut r = StreamReader::open(addr, post(addr, "/connection/uni_http_stream", &[], &body), false).await;
+    let connect = r.next().await.unwrap().json;
+    assert_eq!(connect["connect"]["subs"]["rec:tok"]["recoverable"], true, "{connect}");
+    herald.publish("rec:tok", json!({ "n": 1 })).await;
+    assert_eq!(r.next().await.unwrap().json["pub"]["data"], json!({ "n": 1 }));
+    // uni_websocket: a bad cf_connect, a disallowed origin.
+    let req = upgrade_request(addr, "/connection/uni_websocket?cf_connect=%7Bnope", &[]);
+    let resp = raw_http(addr, &req).await;
+    assert_eq!((resp.status, resp.json()["error"].as_str().unwrap()), (400, "malformed cf_connect"));
+    let req = upgrade_request(addr, "/connection/uni_websocket", &[("Origin", "https://evil.example")]);
+    assert_eq!(raw_http(addr, &req).await.status, 403);
+    // uni_sse: a disallowed origin.
+    let cf = encode_query(&connect_request("t2", json!({})));
+    let req = get(addr, &format!("/connection/uni_sse?cf_connect={cf}"), &[("Origin", "https://evil.example")]);
+    let resp = raw_http(addr, req.as_bytes()).await;
+    assert_eq!((resp.status, resp.json()["error"].as_str().unwrap()), (403, "origin not allowed"));
+    let metrics = herald.metrics().await;
+    assert!(metrics.contains("herald_stream_rejected_total{transport=\"uni_sse\",status=\"403\"} 1"), "{metrics}");
+    assert!(metrics.contains("herald_transport_connections{transport=\"uni_http_stream\"} 1"), "{metrics}");
+}

@@ -296,6 +296,24 @@ pub fn envelopes(data: &[u8]) {
         }
         None => assert!(json.is_none() || id.contains(['\r', '\n', '\0']), "SSE refused id {id:?}"),
     }
+    // The unidirectional envelopes carry the bare push: present exactly when JSON can carry
+    // it, opening to the push's own JSON (with its line breaks as LF in SSE).
+    let bare = serde_json::to_vec(reply.push.as_ref().expect("a push")).ok();
+    for e in [Envelope::UniStream, Envelope::UniSse, Envelope::UniWs] {
+        let item = envelope::encode(e, &reply);
+        assert_eq!(item.is_some(), json.is_some(), "{e:?} item exists exactly when JSON does");
+        if let Some(item) = item {
+            let opened = envelope::open(e, &item).unwrap_or_else(|| panic!("{e:?} item does not open"));
+            let bare = bare.as_deref().expect("the push is JSON");
+            if e == Envelope::UniSse {
+                check_sse(&item, None);
+                assert_eq!(opened, sse_lines(bare), "uni SSE data is the push with its line breaks as LF");
+            } else {
+                assert_eq!(&opened[..], bare, "{e:?} item does not hold the bare push");
+            }
+            serde_json::from_slice::<Push>(&opened).expect("a bare push reads back");
+        }
+    }
     // A long-poll batch of this push and a ping holds both.
     for e in [Envelope::StreamJson, Envelope::StreamProtobuf] {
         if let Some(item) = envelope::encode(e, &reply) {

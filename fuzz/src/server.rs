@@ -1,6 +1,7 @@
 //! Fuzz harnesses for the parsers in `herald-server`: server API request bodies, the
-//! configuration loader and the first request head of a connection. Shared by the cargo-fuzz
-//! targets `fuzz_targets/{api_bodies,config,http_head}.rs` and the stable smoke test
+//! configuration loader, the first request head of a connection, and the opening requests of
+//! the streaming transports. Shared by the cargo-fuzz targets
+//! `fuzz_targets/{api_bodies,config,http_head,stream_request}.rs` and the stable smoke test
 //! `crates/herald-server/tests/fuzz_smoke.rs` (which includes this file with `#[path]`).
 //!
 //! Each harness runs the production code through small pure entry points
@@ -248,6 +249,13 @@ fn configs() -> [Config; 2] {
     other.http_api.handler_prefix = "/v1/api/".into();
     other.health.handler_prefix = "/".into();
     other.websocket.disabled = true;
+    // Every streaming transport on, one on another path.
+    other.sse.enabled = true;
+    other.http_stream.enabled = true;
+    other.uni_sse.enabled = true;
+    other.uni_http_stream.enabled = true;
+    other.uni_http_stream.handler_prefix = "/uni".into();
+    other.uni_websocket.enabled = true;
     [Config::default(), other]
 }
 
@@ -286,8 +294,95 @@ fn raw_route(input: &[u8]) {
                 }
                 Route::Api(name) => assert!(path.ends_with(name) && !config.http_api.disabled),
                 Route::Health => assert_eq!(path, config.health.handler_prefix),
+                Route::UniWebSocket => assert!(upgrade && config.uni_websocket.enabled),
+                Route::Stream(kind) => assert!(kind.config(config).enabled && path == kind.path(config)),
+                Route::Emulation => assert!(config.sse.enabled || config.http_stream.enabled),
                 _ => {}
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stream_request
+
+/// Input: an HTTP request (head and body) as a streaming transport reads it. Its head goes
+/// through `StreamHead::new`, each transport's `payload` check (limit 1024), `first_commands`
+/// on the payload, `Positions::parse` on `Last-Event-ID`, and the body through
+/// `emulation_body`, in both encodings.
+pub fn stream_request(data: &[u8]) {
+    use herald_server::transport::stream::StreamKind;
+    use herald_server::transport::stream::positions::Positions;
+    use herald_server::transport::stream::request::{Payload, StreamHead, emulation_body, payload, percent_decode};
+    const LIMIT: usize = 1024;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = req.parse(data) else { return };
+    let body = &data[n..];
+    let parsed = StreamHead::new(
+        req.method.unwrap_or(""),
+        req.path.unwrap_or(""),
+        req.headers.iter().map(|h| (h.name, h.value)),
+    );
+    assert_eq!(
+        parsed,
+        StreamHead::new(
+            req.method.unwrap_or(""),
+            req.path.unwrap_or(""),
+            req.headers.iter().map(|h| (h.name, h.value))
+        ),
+        "same answer twice"
+    );
+    let Ok(head) = parsed else { return };
+    if let Some(Ok(v)) = head.query_param("cf_connect") {
+        assert!(v.len() <= head.query.len(), "decoding never grows");
+    }
+    for part in head.query.split('&') {
+        if let Some(v) = percent_decode(part) {
+            assert!(v.len() <= part.len());
+        }
+    }
+    for kind in StreamKind::ALL {
+        match payload(kind, &head, LIMIT) {
+            Ok(Payload::Query(v)) => {
+                assert!(v.len() <= LIMIT);
+                check_first(kind, head.protobuf, &v);
+            }
+            Ok(Payload::Body(len)) => {
+                assert!(len > 0 && len <= LIMIT);
+                check_first(kind, head.protobuf, &body[..len.min(body.len())]);
+            }
+            Err(r) => {
+                assert!(matches!(r.status, 400 | 405 | 411 | 413), "status {}", r.status);
+                assert!(!r.message.is_empty());
+            }
+        }
+    }
+    if let Some(id) = &head.last_event_id
+        && let Some(positions) = Positions::parse(id)
+    {
+        let line = positions.id_line();
+        assert!(line.starts_with(b"id: ") && line.ends_with(b"\n"));
+        assert_eq!(line.iter().filter(|b| matches!(b, b'\r' | b'\n' | 0)).count(), 1, "one line, no CR or NUL");
+        let again = std::str::from_utf8(&line[4..line.len() - 1]).expect("UTF-8 id");
+        assert_eq!(Positions::parse(again), Some(positions), "an id reads back as the same positions");
+    }
+    for protobuf in [false, true] {
+        if let Err(r) = emulation_body(protobuf, &bytes::Bytes::copy_from_slice(body)) {
+            assert_eq!(r.status, 400);
+        }
+    }
+}
+
+/// The commands of an opening payload: none is an error; a unidirectional one is exactly the
+/// connect command 1.
+fn check_first(kind: herald_server::transport::stream::StreamKind, protobuf: bool, data: &[u8]) {
+    match herald_server::transport::stream::request::first_commands(kind, protobuf, data, 16) {
+        Ok(cmds) if kind.is_unidirectional() => {
+            assert_eq!(cmds.len(), 1);
+            assert!(cmds[0].id == 1 && cmds[0].connect.is_some());
+        }
+        Ok(cmds) => assert!(!cmds.is_empty() && cmds.len() <= 16),
+        Err(r) => assert_eq!(r.status, 400),
     }
 }

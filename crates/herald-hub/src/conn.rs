@@ -11,6 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 #[repr(u8)]
 pub enum Transport {
     WebSocket,
+    /// Bidirectional emulation over Server-Sent Events (commands through `/emulation`).
+    Sse,
+    /// Bidirectional emulation over a streamed HTTP response (commands through `/emulation`).
+    HttpStream,
+    UniWebSocket,
+    UniSse,
+    UniHttpStream,
 }
 
 impl Transport {
@@ -18,6 +25,11 @@ impl Transport {
     pub fn name(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::HttpStream => "http_stream",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
         }
     }
 }

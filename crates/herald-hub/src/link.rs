@@ -67,6 +67,13 @@ pub trait ClientLink: Send + Sync + 'static {
     /// Timer state driven by the shared wheel.
     fn timers(&self) -> &LinkTimers;
 
+    /// The session id of a bidirectional-emulation connection (SSE, HTTP streaming), sent in
+    /// the connect result with the node's id so that the client's `/emulation` requests find
+    /// this connection. `None` for transports that carry commands themselves.
+    fn emulation_session(&self) -> Option<&str> {
+        None
+    }
+
     /// The frame sent as a server ping: usually `herald_proto::envelope::ping(self.envelope())`,
     /// or a transport's own keep-alive (a WebSocket ping frame).
     fn ping_frame(&self) -> Bytes;

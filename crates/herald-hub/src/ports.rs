@@ -209,6 +209,11 @@ impl<'a> Ports<'a> {
         &self.node.config().client
     }
 
+    /// This node's id (the `node` of emulation connect results).
+    pub(crate) fn node_uid(&self) -> &'a str {
+        &self.node.identity().uid
+    }
+
     /// Server version sent in connect replies.
     pub(crate) fn version(&self) -> &'a str {
         &self.node.identity().version

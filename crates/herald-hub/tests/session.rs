@@ -2595,3 +2595,18 @@ fn nbf_in_the_future_is_109_token_not_yet_valid() {
     let reason = c.link.close_reason().expect("closed");
     assert_eq!((reason.code, reason.reason.as_ref()), (3005, "connection token not yet valid"));
 }
+
+/// Emulation transports (SSE, HTTP streaming) need `session` and `node` in the connect result to
+/// route `/emulation` requests; other transports get neither.
+#[test]
+fn emulation_connect_results_carry_session_and_node() {
+    let env = Env::new(base_config());
+    for envelope in [Envelope::Sse, Envelope::StreamJson, Envelope::StreamProtobuf] {
+        let mut c = env.client_with(envelope);
+        let result = c.connect_ok(&env.node, &user_token("42"));
+        assert_eq!((result.session.as_str(), result.node.as_str()), ("session-1", "node-uid"), "{envelope:?}");
+    }
+    let mut ws = env.client();
+    let result = ws.connect_ok(&env.node, &user_token("42"));
+    assert_eq!((result.session.as_str(), result.node.as_str()), ("", ""));
+}

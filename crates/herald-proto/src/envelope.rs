@@ -9,6 +9,13 @@
 //! | [`Envelope::Sse`] | a Server-Sent Events event: an optional `id:` line, one `data:` line per line of the JSON reply, a blank line |
 //! | [`Envelope::StreamJson`] | the JSON reply and `\n` (newline-delimited JSON) |
 //! | [`Envelope::StreamProtobuf`] | the varint-delimited Protobuf reply |
+//! | [`Envelope::UniStream`] | the bare push (no reply wrapper) as JSON and `\n` |
+//! | [`Envelope::UniSse`] | the bare push as JSON in an SSE event |
+//! | [`Envelope::UniWs`] | the bare push as JSON in a WebSocket text frame |
+//!
+//! The three `Uni*` envelopes serve the unidirectional transports, whose clients read bare
+//! `Push` objects ([`uni_push`]): a connect reply becomes a `connect` push, an error reply to
+//! the connect a `disconnect` push ([`uni_disconnect`]), an empty reply the ping `{}`.
 //!
 //! Long-polling answers with a *batch*: the concatenation of Stream items ([`batch`]), i.e. an
 //! NDJSON body or a run of delimited Protobuf messages, both of which
@@ -23,7 +30,11 @@
 use bytes::{Buf, Bytes};
 
 use crate::codec::{Encoding, encode_reply};
-use crate::protocol::Reply;
+use crate::codes::{
+    DISCONNECT_EXPIRED, DISCONNECT_PERMISSION_DENIED, DISCONNECT_SERVER_ERROR, DISCONNECT_TOO_MANY_REQUESTS,
+    DisconnectReason,
+};
+use crate::protocol::{Connect, Disconnect, Push, Reply};
 use crate::ws;
 
 /// How a transport wraps each encoded reply. Transports pick one per connection; the hub only
@@ -40,6 +51,12 @@ pub enum Envelope {
     StreamJson,
     /// Varint-delimited Protobuf (HTTP streaming; long-poll batches).
     StreamProtobuf,
+    /// Unidirectional HTTP streaming: bare pushes as newline-delimited JSON.
+    UniStream,
+    /// Unidirectional SSE: bare pushes as SSE events.
+    UniSse,
+    /// Unidirectional WebSocket: bare pushes in text frames.
+    UniWs,
 }
 
 /// The `data:` field prefix; the space is optional in SSE and stripped by every parser.
@@ -47,8 +64,8 @@ const SSE_DATA: &[u8] = b"data: ";
 const SSE_ID: &[u8] = b"id: ";
 
 impl Envelope {
-    /// Number of envelopes (the size of per-envelope caches): keep `StreamProtobuf` last.
-    pub(crate) const COUNT: usize = Envelope::StreamProtobuf as usize + 1;
+    /// Number of envelopes (the size of per-envelope caches): keep `UniWs` last.
+    pub(crate) const COUNT: usize = Envelope::UniWs as usize + 1;
 
     /// The WebSocket envelope for a negotiated encoding.
     pub fn websocket(encoding: Encoding) -> Envelope {
@@ -61,9 +78,19 @@ impl Envelope {
     /// The encoding of the reply inside the envelope.
     pub fn encoding(self) -> Encoding {
         match self {
-            Envelope::WsJson | Envelope::Sse | Envelope::StreamJson => Encoding::Json,
+            Envelope::WsJson
+            | Envelope::Sse
+            | Envelope::StreamJson
+            | Envelope::UniStream
+            | Envelope::UniSse
+            | Envelope::UniWs => Encoding::Json,
             Envelope::WsProtobuf | Envelope::StreamProtobuf => Encoding::Protobuf,
         }
+    }
+
+    /// Whether clients of this envelope read bare pushes (the unidirectional transports).
+    pub fn is_unidirectional(self) -> bool {
+        matches!(self, Envelope::UniStream | Envelope::UniSse | Envelope::UniWs)
     }
 
     pub(crate) fn index(self) -> usize {
@@ -89,7 +116,73 @@ pub fn encode(envelope: Envelope, reply: &Reply) -> Option<Bytes> {
             encode_reply(Encoding::Protobuf, reply, &mut buf).ok()?;
             Some(buf.into())
         }
+        Envelope::UniStream => {
+            let mut buf = uni_json(reply, Vec::new())?;
+            buf.push(b'\n');
+            Some(buf.into())
+        }
+        Envelope::UniSse => sse_event(None, |buf| uni_json(reply, buf)),
+        Envelope::UniWs => Some(ws::frame_reserved(ws::Opcode::Text, uni_json(reply, vec![0u8; ws::RESERVE])?)),
     }
+}
+
+/// The bare push a unidirectional client reads for `reply`: its push; for a connect reply, the
+/// `connect` push (same fields; `pong` is always false: these clients never answer pings); for
+/// an error reply (only a connect is answered on these transports), the `disconnect` push of
+/// [`uni_disconnect`]; otherwise the empty push `{}` (the ping).
+pub fn uni_push(reply: &Reply) -> Push {
+    if let Some(push) = &reply.push {
+        return push.clone();
+    }
+    if let Some(c) = &reply.connect {
+        return Push {
+            connect: Some(Connect {
+                client: c.client.clone(),
+                version: c.version.clone(),
+                data: c.data.clone(),
+                subs: c.subs.clone(),
+                expires: c.expires,
+                ttl: c.ttl,
+                ping: c.ping,
+                pong: false,
+                session: c.session.clone(),
+                node: c.node.clone(),
+                time: c.time,
+            }),
+            ..Default::default()
+        };
+    }
+    if let Some(e) = &reply.error {
+        let d = uni_disconnect(e.code);
+        return Push {
+            disconnect: Some(Disconnect { code: d.code, reason: d.reason.into_owned(), reconnect: false }),
+            ..Default::default()
+        };
+    }
+    Push::default()
+}
+
+/// The disconnect a unidirectional client gets instead of a connect error reply (Centrifugo's
+/// mapping): 109 and 110 → 3005, 111 → 3013, 103 → 3507, anything else → 3004.
+pub fn uni_disconnect(error_code: u32) -> DisconnectReason {
+    match error_code {
+        109 | 110 => DISCONNECT_EXPIRED,
+        111 => DISCONNECT_TOO_MANY_REQUESTS,
+        103 => DISCONNECT_PERMISSION_DENIED,
+        _ => DISCONNECT_SERVER_ERROR,
+    }
+}
+
+/// Appends the JSON of [`uni_push`] (without copying when `reply` is a push) to `buf`.
+fn uni_json(reply: &Reply, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+    let ok = match &reply.push {
+        Some(push) => serde_json::to_writer(&mut buf, push).is_ok(),
+        None => serde_json::to_writer(&mut buf, &uni_push(reply)).is_ok(),
+    };
+    if !ok {
+        return None;
+    }
+    Some(buf)
 }
 
 fn ws_frame(opcode: ws::Opcode, encoding: Encoding, reply: &Reply) -> Option<Bytes> {
@@ -107,6 +200,14 @@ fn ws_frame(opcode: ws::Opcode, encoding: Encoding, reply: &Reply) -> Option<Byt
 /// whitespace inside a raw payload; each line then gets its own `data:` field, so the event
 /// cannot be cut short and a client reassembles the same JSON (with `\n` for each break).
 pub fn encode_sse(reply: &Reply, id: Option<&str>) -> Option<Bytes> {
+    sse_event(id, |mut buf| {
+        encode_reply(Encoding::Json, reply, &mut buf).ok()?;
+        Some(buf)
+    })
+}
+
+/// An SSE event whose data `write` appends (JSON) to the buffer it is given.
+pub(crate) fn sse_event(id: Option<&str>, write: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>) -> Option<Bytes> {
     let mut buf = Vec::new();
     if let Some(id) = id {
         if id.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -118,7 +219,7 @@ pub fn encode_sse(reply: &Reply, id: Option<&str>) -> Option<Bytes> {
     }
     buf.extend_from_slice(SSE_DATA);
     let start = buf.len();
-    encode_reply(Encoding::Json, reply, &mut buf).ok()?;
+    let mut buf = write(buf)?;
     if buf[start..].iter().any(|b| matches!(b, b'\r' | b'\n')) {
         buf = split_sse_lines(&buf, start);
     }
@@ -149,9 +250,10 @@ pub fn ping(envelope: Envelope) -> Bytes {
     Bytes::from_static(match envelope {
         Envelope::WsJson => &[0x81, 0x02, b'{', b'}'],
         Envelope::WsProtobuf => &[0x82, 0x01, 0x00],
-        Envelope::Sse => b"data: {}\n\n",
-        Envelope::StreamJson => b"{}\n",
+        Envelope::Sse | Envelope::UniSse => b"data: {}\n\n",
+        Envelope::StreamJson | Envelope::UniStream => b"{}\n",
         Envelope::StreamProtobuf => &[0x00],
+        Envelope::UniWs => &[0x81, 0x02, b'{', b'}'],
     })
 }
 
@@ -187,10 +289,10 @@ where
 /// one JSON reply.
 pub fn open(envelope: Envelope, item: &Bytes) -> Option<Bytes> {
     match envelope {
-        Envelope::WsJson => open_ws(ws::Opcode::Text, item),
+        Envelope::WsJson | Envelope::UniWs => open_ws(ws::Opcode::Text, item),
         Envelope::WsProtobuf => open_ws(ws::Opcode::Binary, item),
-        Envelope::Sse => open_sse(item),
-        Envelope::StreamJson => {
+        Envelope::Sse | Envelope::UniSse => open_sse(item),
+        Envelope::StreamJson | Envelope::UniStream => {
             let body = item.strip_suffix(b"\n")?;
             (!body.contains(&b'\n')).then(|| item.slice(..body.len()))
         }
@@ -239,8 +341,16 @@ mod tests {
     use crate::codec::decode_replies;
     use crate::protocol::{Publication, Push};
 
-    const ALL: [Envelope; Envelope::COUNT] =
-        [Envelope::WsJson, Envelope::WsProtobuf, Envelope::Sse, Envelope::StreamJson, Envelope::StreamProtobuf];
+    const ALL: [Envelope; Envelope::COUNT] = [
+        Envelope::WsJson,
+        Envelope::WsProtobuf,
+        Envelope::Sse,
+        Envelope::StreamJson,
+        Envelope::StreamProtobuf,
+        Envelope::UniStream,
+        Envelope::UniSse,
+        Envelope::UniWs,
+    ];
 
     fn push(data: &'static [u8]) -> Reply {
         Reply::push(Push {
@@ -348,7 +458,7 @@ mod tests {
     #[test]
     fn open_inverts_encode() {
         let reply = push(br#"{"a":1}"#);
-        for e in ALL {
+        for e in ALL.into_iter().filter(|e| !e.is_unidirectional()) {
             let item = encode(e, &reply).unwrap();
             let inner = open(e, &item).unwrap();
             assert_eq!(decode_replies(e.encoding(), inner).unwrap(), std::slice::from_ref(&reply), "{e:?}");
@@ -372,5 +482,46 @@ mod tests {
             assert_eq!(batch(&items[..1]).as_ptr(), items[0].as_ptr());
             assert!(batch(&items[..0]).is_empty());
         }
+    }
+
+    #[test]
+    fn unidirectional_envelopes_carry_bare_pushes() {
+        const BARE: &[u8] = br#"{"channel":"news","pub":{"data":{"a":1},"offset":7}}"#;
+        let reply = push(br#"{"a":1}"#);
+        assert_eq!(encode(Envelope::UniStream, &reply).unwrap(), [BARE, b"\n"].concat());
+        assert_eq!(encode(Envelope::UniSse, &reply).unwrap(), [b"data: ", BARE, b"\n\n"].concat());
+        assert_eq!(encode(Envelope::UniWs, &reply).unwrap(), ws::frame(ws::Opcode::Text, BARE));
+        for e in [Envelope::UniStream, Envelope::UniSse, Envelope::UniWs] {
+            assert_eq!(&open(e, &encode(e, &reply).unwrap()).unwrap()[..], BARE, "{e:?}");
+        }
+
+        // A connect reply becomes the connect push, without its id and with `pong` false.
+        let connect = Reply {
+            id: 1,
+            connect: Some(crate::protocol::ConnectResult {
+                client: "c1".into(),
+                ping: 25,
+                pong: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            &encode(Envelope::UniStream, &connect).unwrap()[..],
+            br#"{"connect":{"client":"c1","ping":25}}
+"#
+        );
+        // A connect error becomes a disconnect push with Centrifugo's mapping.
+        for (code, expected) in [(109, 3005), (110, 3005), (111, 3013), (103, 3507), (100, 3004), (101, 3004)] {
+            let error = Reply::error(1, crate::protocol::Error { code, message: "x".into(), temporary: false });
+            let push = uni_push(&error);
+            assert_eq!(push.disconnect.unwrap().code, expected, "error {code}");
+        }
+        let error = Reply::error(1, crate::protocol::Error { code: 109, message: "x".into(), temporary: false });
+        assert_eq!(
+            &encode(Envelope::UniStream, &error).unwrap()[..],
+            br#"{"disconnect":{"code":3005,"reason":"connection expired"}}
+"#
+        );
     }
 }

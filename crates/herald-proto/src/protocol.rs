@@ -425,6 +425,20 @@ pub struct Disconnect {
     pub reconnect: bool,
 }
 
+/// The body of a Protobuf `POST /emulation` request: commands for the SSE or HTTP-streaming
+/// session `session` held by node `node`. (The JSON body has the same names, with `data` as a
+/// string holding the JSON command lines.)
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct EmulationRequest {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(string, tag = "2")]
+    pub session: String,
+    /// Varint-delimited commands.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+}
+
 /// Refresh push for unidirectional transports.
 #[derive(Clone, PartialEq, Eq, prost::Message, Serialize, Deserialize)]
 pub struct Refresh {

@@ -20,6 +20,12 @@ pub struct Config {
     pub client: ClientConfig,
     pub channel: ChannelConfig,
     pub websocket: WebsocketConfig,
+    pub sse: StreamTransportConfig,
+    pub http_stream: StreamTransportConfig,
+    pub emulation: EmulationConfig,
+    pub uni_websocket: UniWebsocketConfig,
+    pub uni_sse: StreamTransportConfig,
+    pub uni_http_stream: StreamTransportConfig,
     pub engine: EngineConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -129,6 +135,71 @@ impl Default for WebsocketConfig {
         }
     }
 }
+
+/// `sse`, `http_stream`, `uni_sse`, `uni_http_stream`: one HTTP streaming transport. Off by
+/// default, as in Centrifugo; `handler_prefix` empty means the transport's default path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamTransportConfig {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Largest request body (the connect request or command batch), bytes; 413 above it. 0 means
+    /// the default, 65536.
+    pub max_request_body_size: usize,
+}
+
+impl StreamTransportConfig {
+    pub fn body_limit(&self) -> usize {
+        if self.max_request_body_size == 0 { 65536 } else { self.max_request_body_size }
+    }
+
+    /// The configured path, or `default`.
+    pub fn path<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.handler_prefix.is_empty() { default } else { &self.handler_prefix }
+    }
+}
+
+/// `emulation`: the endpoint where SSE and HTTP-streaming clients send their commands. Served
+/// when `sse` or `http_stream` is enabled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmulationConfig {
+    pub handler_prefix: String,
+    /// Largest `/emulation` body, bytes; 413 above it.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        EmulationConfig { handler_prefix: "/emulation".into(), max_request_body_size: 65536 }
+    }
+}
+
+/// `uni_websocket`: the unidirectional WebSocket transport. Off by default, as in Centrifugo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniWebsocketConfig {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Largest client message (the connect request), bytes; close 1009 above it.
+    pub message_size_limit: usize,
+}
+
+impl Default for UniWebsocketConfig {
+    fn default() -> Self {
+        UniWebsocketConfig {
+            enabled: false,
+            handler_prefix: "/connection/uni_websocket".into(),
+            message_size_limit: 65536,
+        }
+    }
+}
+
+/// Default paths of the streaming transports (Centrifugo's).
+pub const SSE_PATH: &str = "/connection/sse";
+pub const HTTP_STREAM_PATH: &str = "/connection/http_stream";
+pub const UNI_SSE_PATH: &str = "/connection/uni_sse";
+pub const UNI_HTTP_STREAM_PATH: &str = "/connection/uni_http_stream";
 
 /// `engine`: where channels, history and presence live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

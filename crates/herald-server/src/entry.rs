@@ -28,6 +28,7 @@ use crate::api::{self, Body};
 use crate::config::Config;
 use crate::router::{Route, route};
 use crate::state::AppState;
+use crate::transport::stream;
 use crate::transport::{self, ws};
 
 /// Serves one accepted connection from `peer` until it ends.
@@ -46,6 +47,8 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: So
     let endpoint = match first_route(&state.config, &head) {
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
+        Some(Route::UniWebSocket) => Some(ws::Endpoint::Uni),
+        Some(Route::Stream(kind)) => return Box::pin(stream::serve(state, stream, head, peer, kind)).await,
         None => {
             if let Some((status, message)) = malformed_head(&head) {
                 return transport::reject(stream, status, &message, "").await;
@@ -201,15 +204,19 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         sleep: None,
     };
     let max_head = http.max_request_head_size;
+    let handoff = Arc::new(stream::handoff::Handoff::default());
     // hyper's own head timer starts when the connection goes idle: set to both of ours together
     // it never fires first, but with it hyper reads as soon as it is idle, which starts ours.
     let backstop = http.idle_timeout + http.request_head_timeout;
-    let io = TokioIo::new(Rewind { prefix: head, inner: stream, deadline });
+    let io = TokioIo::new(Rewind { prefix: head, inner: stream, deadline, handoff: handoff.clone() });
+    let service_state = state.clone();
+    let service_handoff = handoff.clone();
     let service = hyper::service::service_fn(move |req| {
         let answering = Answering::new(&busy);
-        let state = state.clone();
+        let state = service_state.clone();
+        let handoff = service_handoff.clone();
         async move {
-            let response = http_request(state, req, peer).await?;
+            let response = http_request(state, req, peer, &handoff).await?;
             Ok::<_, Infallible>(response.map(|body| Answer { body, _answering: answering }))
         }
     });
@@ -218,9 +225,15 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         .max_header_size(max_head)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(backstop)
-        .serve_connection(io, service);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "http connection ended with an error");
+        .serve_connection(io, service)
+        .without_shutdown();
+    match conn.await {
+        Ok(parts) => {
+            if let Some(taken) = handoff.take() {
+                stream::handoff::serve(state, parts.io.into_inner().inner, taken, peer).await;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
     }
 }
 
@@ -337,6 +350,7 @@ async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Body>, Infallible> {
     Ok(match route(&state.config, req.uri().path(), false) {
         Route::Health => api::health(&state),
@@ -345,10 +359,14 @@ async fn http_request(
             let method = api::methods::find(name);
             api::handle(&state, method, req, peer).await
         }
-        Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst => api::transport_error(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (it must be the first request on its connection)",
-        ),
+        Route::Stream(kind) => stream::handoff::answer(&state, req, kind, handoff).await,
+        Route::Emulation => stream::emulation::handle(&state, req).await,
+        Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst | Route::UniWebSocket => {
+            api::transport_error(
+                StatusCode::BAD_REQUEST,
+                "expected a WebSocket upgrade (it must be the first request on its connection)",
+            )
+        }
         Route::NotFound => api::transport_error(StatusCode::NOT_FOUND, "not found"),
     })
 }
@@ -359,6 +377,7 @@ struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
     deadline: Deadline,
+    handoff: Arc<stream::handoff::Handoff>,
 }
 
 impl AsyncRead for Rewind {
@@ -381,6 +400,9 @@ impl AsyncRead for Rewind {
 
 impl AsyncWrite for Rewind {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.handoff.discarding() {
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -397,6 +419,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.handoff.discarding() {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -38,7 +38,7 @@ use herald_hub::{Node, NodeIdentity, SystemClock};
 use serde_json::{Map, Value};
 use serde_path_to_error::Segment;
 
-use crate::config::Config;
+use crate::config::{Config, HTTP_STREAM_PATH, SSE_PATH, UNI_HTTP_STREAM_PATH, UNI_SSE_PATH};
 use crate::config_error::{ConfigError, FileFormat, FileProblem, Source};
 use crate::config_keys::{self, Refusal};
 
@@ -176,10 +176,16 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
 
     let endpoints = [
-        ("http_api.handler_prefix", &cfg.http_api.handler_prefix, !cfg.http_api.disabled),
-        ("websocket.handler_prefix", &cfg.websocket.handler_prefix, !cfg.websocket.disabled),
-        ("prometheus.handler_prefix", &cfg.prometheus.handler_prefix, cfg.prometheus.enabled),
-        ("health.handler_prefix", &cfg.health.handler_prefix, cfg.health.enabled),
+        ("http_api.handler_prefix", cfg.http_api.handler_prefix.as_str(), !cfg.http_api.disabled),
+        ("websocket.handler_prefix", cfg.websocket.handler_prefix.as_str(), !cfg.websocket.disabled),
+        ("prometheus.handler_prefix", cfg.prometheus.handler_prefix.as_str(), cfg.prometheus.enabled),
+        ("health.handler_prefix", cfg.health.handler_prefix.as_str(), cfg.health.enabled),
+        ("sse.handler_prefix", cfg.sse.path(SSE_PATH), cfg.sse.enabled),
+        ("http_stream.handler_prefix", cfg.http_stream.path(HTTP_STREAM_PATH), cfg.http_stream.enabled),
+        ("emulation.handler_prefix", cfg.emulation.handler_prefix.as_str(), cfg.sse.enabled || cfg.http_stream.enabled),
+        ("uni_websocket.handler_prefix", cfg.uni_websocket.handler_prefix.as_str(), cfg.uni_websocket.enabled),
+        ("uni_sse.handler_prefix", cfg.uni_sse.path(UNI_SSE_PATH), cfg.uni_sse.enabled),
+        ("uni_http_stream.handler_prefix", cfg.uni_http_stream.path(UNI_HTTP_STREAM_PATH), cfg.uni_http_stream.enabled),
     ];
     for (key, prefix, _) in &endpoints {
         if !prefix.starts_with('/') {
@@ -221,12 +227,18 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
-    let limit = cfg.websocket.message_size_limit;
-    if !(KIB..=64 * MIB).contains(&limit) {
-        return Err(ConfigError::invalid(
-            "websocket.message_size_limit",
-            format!("{limit} is out of range (1024 to 67108864 bytes)"),
-        ));
+    for (key, limit) in [
+        ("websocket.message_size_limit", cfg.websocket.message_size_limit),
+        ("uni_websocket.message_size_limit", cfg.uni_websocket.message_size_limit),
+        ("sse.max_request_body_size", cfg.sse.body_limit()),
+        ("http_stream.max_request_body_size", cfg.http_stream.body_limit()),
+        ("uni_sse.max_request_body_size", cfg.uni_sse.body_limit()),
+        ("uni_http_stream.max_request_body_size", cfg.uni_http_stream.body_limit()),
+        ("emulation.max_request_body_size", cfg.emulation.max_request_body_size),
+    ] {
+        if !(KIB..=64 * MIB).contains(&limit) {
+            return Err(ConfigError::invalid(key, format!("{limit} is out of range (1024 to 67108864 bytes)")));
+        }
     }
     if cfg.client.queue_max_size < KIB {
         return Err(ConfigError::invalid(
@@ -246,7 +258,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
 /// The conformance echo endpoint answers anyone without a token: it is accepted only on a
 /// loopback listener, so that a test setting copied into a deployed config stops start-up
 /// instead of opening an unauthenticated endpoint.
-fn validate_echo_endpoint(cfg: &Config, endpoints: &[(&str, &String, bool)]) -> Result<(), ConfigError> {
+fn validate_echo_endpoint(cfg: &Config, endpoints: &[(&str, &str, bool)]) -> Result<(), ConfigError> {
     const KEY: &str = "websocket.echo_endpoint_for_conformance_tests";
     let echo = &cfg.websocket.echo_endpoint_for_conformance_tests;
     if echo.is_empty() {

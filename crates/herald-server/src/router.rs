@@ -5,6 +5,7 @@
 //! A new endpoint is one variant here and one match arm in the entry.
 
 use crate::config::Config;
+use crate::transport::stream::StreamKind;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,13 @@ pub enum Route<'a> {
     /// The WebSocket path without an upgrade, or with one that was not the connection's first
     /// request (hyper owns the connection by then): 400.
     WebSocketNotFirst,
+    /// A WebSocket upgrade on `uni_websocket.handler_prefix` (when enabled).
+    UniWebSocket,
+    /// An SSE or HTTP-streaming endpoint (when enabled): the streaming transport takes the
+    /// socket (from hyper too, when it is not the connection's first request).
+    Stream(StreamKind),
+    /// `emulation.handler_prefix` (when `sse` or `http_stream` is enabled).
+    Emulation,
     /// `GET /health` (any HTTP method).
     Health,
     /// The Prometheus text exposition (any HTTP method).
@@ -37,6 +45,11 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     if on_ws_path && upgrade {
         return Route::WebSocket;
     }
+    let uni_ws = &config.uni_websocket;
+    let on_uni_ws_path = uni_ws.enabled && path == uni_ws.handler_prefix;
+    if on_uni_ws_path && upgrade {
+        return Route::UniWebSocket;
+    }
     let echo = &ws.echo_endpoint_for_conformance_tests;
     if upgrade && !echo.is_empty() && path == echo {
         return Route::WebSocketEcho;
@@ -47,8 +60,14 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     if config.prometheus.enabled && path == config.prometheus.handler_prefix {
         return Route::Metrics;
     }
-    if on_ws_path {
+    if on_ws_path || on_uni_ws_path {
         return Route::WebSocketNotFirst;
+    }
+    if let Some(kind) = StreamKind::ALL.into_iter().find(|k| k.config(config).enabled && path == k.path(config)) {
+        return Route::Stream(kind);
+    }
+    if (config.sse.enabled || config.http_stream.enabled) && path == config.emulation.handler_prefix {
+        return Route::Emulation;
     }
     let api = &config.http_api;
     if !api.disabled
@@ -85,6 +104,26 @@ mod tests {
         assert_eq!(route(&config, "/debug/ws-echo", true), Route::WebSocketEcho);
         assert_eq!(route(&config, "/debug/ws-echo", false), Route::NotFound);
         assert_eq!(route(&config, &config.websocket.handler_prefix.clone(), true), Route::WebSocket);
+    }
+
+    #[test]
+    fn streaming_endpoints_only_when_enabled() {
+        let mut config = Config::default();
+        for path in ["/connection/sse", "/connection/http_stream", "/emulation", "/connection/uni_sse"] {
+            assert_eq!(route(&config, path, false), Route::NotFound, "{path} is off by default");
+        }
+        assert_eq!(route(&config, "/connection/uni_websocket", true), Route::NotFound);
+        config.sse.enabled = true;
+        config.uni_http_stream.enabled = true;
+        config.uni_http_stream.handler_prefix = "/uni".into();
+        config.uni_websocket.enabled = true;
+        assert_eq!(route(&config, "/connection/sse", false), Route::Stream(StreamKind::Sse));
+        assert_eq!(route(&config, "/emulation", false), Route::Emulation);
+        assert_eq!(route(&config, "/uni", false), Route::Stream(StreamKind::UniHttpStream));
+        assert_eq!(route(&config, "/connection/uni_http_stream", false), Route::NotFound);
+        assert_eq!(route(&config, "/connection/http_stream", false), Route::NotFound);
+        assert_eq!(route(&config, "/connection/uni_websocket", true), Route::UniWebSocket);
+        assert_eq!(route(&config, "/connection/uni_websocket", false), Route::WebSocketNotFirst);
     }
 
     #[test]

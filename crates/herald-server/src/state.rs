@@ -12,6 +12,7 @@ use herald_hub::{Node, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::transport::stream::emulation::Sessions;
 use crate::transport::ws::WsSettings;
 
 /// What request handlers and connection tasks share.
@@ -20,8 +21,12 @@ pub struct AppState {
     pub config: Config,
     pub metrics: PrometheusHandle,
     pub ws: WsSettings,
+    /// `uni_websocket`'s limits.
+    pub uni_ws: WsSettings,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
+    /// Live SSE and HTTP-streaming sessions, found by `/emulation`.
+    pub emulation: Sessions,
     /// Open sockets ([`Connections::sockets`]) at which new connections are refused: the file
     /// limit minus what was open at start and `http_server.file_limit_reserve`.
     pub socket_limit: usize,
@@ -37,13 +42,16 @@ impl AppState {
     /// `socket_limit` starts unlimited; start-up sets it from the file limit.
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
+        let uni_ws = WsSettings::uni(&config);
         AppState {
             node,
             config,
             metrics,
             ws,
+            uni_ws,
             shutting_down: AtomicBool::new(false),
             connections: Connections::new(pinned_workers),
+            emulation: Sessions::default(),
             socket_limit: usize::MAX,
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
@@ -53,11 +61,23 @@ impl AppState {
 
 /// Every transport, in the order of the counters below. Adding a transport to
 /// `herald_hub::Transport` breaks the match in [`slot`] until it gets its counter here.
-const TRANSPORTS: [Transport; 1] = [Transport::WebSocket];
+const TRANSPORTS: [Transport; 6] = [
+    Transport::WebSocket,
+    Transport::Sse,
+    Transport::HttpStream,
+    Transport::UniWebSocket,
+    Transport::UniSse,
+    Transport::UniHttpStream,
+];
 
 fn slot(transport: Transport) -> usize {
     match transport {
         Transport::WebSocket => 0,
+        Transport::Sse => 1,
+        Transport::HttpStream => 2,
+        Transport::UniWebSocket => 3,
+        Transport::UniSse => 4,
+        Transport::UniHttpStream => 5,
     }
 }
 
@@ -199,7 +219,8 @@ mod tests {
         c.opened(Transport::WebSocket, 1);
         c.opened(Transport::WebSocket, 5);
         assert_eq!(c.total(), 3);
-        assert_eq!(c.by_transport().collect::<Vec<_>>(), [(Transport::WebSocket, 3)]);
+        assert_eq!(c.by_transport().next(), Some((Transport::WebSocket, 3)));
+        assert!(c.by_transport().skip(1).all(|(_, n)| n == 0));
         assert_eq!(c.by_worker().collect::<Vec<_>>(), [0, 2], "only pinned workers are listed");
         c.closed(Transport::WebSocket, 1);
         c.closed(Transport::WebSocket, 5);

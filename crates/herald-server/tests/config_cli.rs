@@ -792,7 +792,7 @@ fn unimplemented_centrifugo_options_are_warned_by_name() {
         &dir,
         "c.yaml",
         "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nadmin:\n  enabled: true\n  password: p\n\
-         uni_sse:\n  enabled: true\nopentelemetry:\n  enabled: true\n",
+         uni_websocket:\n  join_push_messages: true\nopentelemetry:\n  enabled: true\n",
     );
     let out = herald(&["checkconfig", "c.yaml"], dir.path(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -800,7 +800,7 @@ fn unimplemented_centrifugo_options_are_warned_by_name() {
     for (key, what) in [
         ("admin", "the admin web UI"),
         ("opentelemetry", "OpenTelemetry tracing"),
-        ("uni_sse", "the unidirectional SSE transport"),
+        ("uni_websocket.join_push_messages", "joined pushes on the unidirectional WebSocket"),
     ] {
         let line = format!("warning: {key:?} is a Centrifugo option Herald does not implement yet ({what}); ignored");
         assert!(err.lines().any(|l| l == line), "missing {line}: {err}");

@@ -1,5 +1,5 @@
 //! Stable-toolchain smoke run of the herald-server fuzz targets in `/fuzz` (`api_bodies`,
-//! `config`, `http_head`; cargo-fuzz needs nightly).
+//! `config`, `http_head`, `stream_request`; cargo-fuzz needs nightly).
 //!
 //! Feeds the shared harnesses (included with `#[path]`) their committed seeds
 //! (`fuzz/seeds/<target>/`), mutations of them and random bytes (`fuzz/src/smoke.rs`), from a
@@ -77,4 +77,9 @@ fn config_smoke() {
 #[test]
 fn http_head_smoke() {
     smoke("http_head", 0x5EED_0103, &seeds("http_head"), 3000, 500, &harness::http_head);
+}
+
+#[test]
+fn stream_request_smoke() {
+    smoke("stream_request", 0x5EED_0104, &seeds("stream_request"), 3000, 500, &harness::stream_request);
 }

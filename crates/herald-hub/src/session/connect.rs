@@ -139,6 +139,10 @@ impl Session {
             result.expires = true;
             result.ttl = ttl(self.expire_at, now);
         }
+        if let Some(session) = self.link.emulation_session() {
+            result.session = session.to_owned();
+            result.node = p.node_uid().to_owned();
+        }
         if rules.connect_include_server_time {
             result.time = p.time().now_ms();
         }

@@ -236,6 +236,11 @@ impl ClientLink for TestLink {
         envelope::ping(self.envelope)
     }
 
+    /// SSE and HTTP-streaming links are emulation sessions (one fixed id is enough here).
+    fn emulation_session(&self) -> Option<&str> {
+        matches!(self.envelope, Envelope::Sse | Envelope::StreamJson | Envelope::StreamProtobuf).then_some("session-1")
+    }
+
     fn send(&self, frame: Bytes) {
         self.frames.lock().unwrap().push(frame);
     }

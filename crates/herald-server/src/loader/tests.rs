@@ -300,13 +300,17 @@ fn unsafe_centrifugo_options_are_refused_with_their_source() {
     assert_eq!(err.key(), Some("client.token.audience_regex"), "{text}");
     assert!(text.ends_with("(set by environment variable HERALD_CLIENT_TOKEN)"), "{text}");
 
-    let w = load_env(&[("HERALD_SSE_ENABLED", "true")]).unwrap().warnings;
+    let w = load_env(&[("HERALD_WEBTRANSPORT_ENABLED", "true")]).unwrap().warnings;
     assert_eq!(
         w,
         [
-            r#"environment variable "HERALD_SSE_ENABLED" (sse) is a Centrifugo option Herald does not implement yet (the SSE transport); ignored"#
+            r#"environment variable "HERALD_WEBTRANSPORT_ENABLED" (webtransport) is a Centrifugo option Herald does not implement yet (the WebTransport transport); ignored"#
         ]
     );
+    let loaded = load_env(&[("HERALD_SSE_ENABLED", "true"), ("HERALD_UNI_SSE_MAX_REQUEST_BODY_SIZE", "2048")]).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert!(loaded.config.sse.enabled);
+    assert_eq!(loaded.config.uni_sse.body_limit(), 2048);
 }
 
 #[test]

@@ -6,14 +6,22 @@
 //! `herald_hub::ConnectionInfo` (peer address, transport) and counting itself in
 //! [`crate::state::Connections`].
 //!
-//! Each transport is one folder here plus one [`crate::router::Route`]: [`ws`] today; SSE
-//! (`sse`), HTTP streaming (`http_stream`) and long polling (`long_poll`) go next to it.
+//! Each transport is one folder here plus one [`crate::router::Route`]: [`ws`] (WebSocket and
+//! unidirectional WebSocket) and [`stream`] (SSE and HTTP streaming, bidirectional emulation and
+//! unidirectional, and `/emulation`); long polling (`long_poll`) goes next to them.
 //!
-//! This module also holds what transports share before any protocol runs: `reject`, a plain
-//! HTTP error written straight to the socket.
+//! This module also holds what transports share: [`link::SocketLink`] (the `ClientLink` of a
+//! connection that owns its socket, with its outbound [`queue`]), `reject` (a plain HTTP error
+//! written straight to the socket) and the byte counters.
 
+pub mod link;
+pub(crate) mod queue;
+pub mod stream;
 pub mod ws;
 
+use std::sync::OnceLock;
+
+use metrics::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -30,7 +38,11 @@ fn status_reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         403 => "Forbidden",
+        404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -45,4 +57,51 @@ pub(crate) async fn reject(mut stream: TcpStream, status: u16, message: &str, ex
     let body = serde_json::json!({ "error": message }).to_string();
     let _ = stream.write_all(&raw_response(status, status_reason(status), extra, &body)).await;
     let _ = stream.shutdown().await;
+}
+
+fn counter(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Counter {
+    cell.get_or_init(|| metrics::counter!(name))
+}
+
+pub(crate) fn bytes_in(n: usize) {
+    static C: OnceLock<Counter> = OnceLock::new();
+    counter(&C, "herald_transport_bytes_in_total").increment(n as u64);
+}
+
+pub(crate) fn bytes_out(n: usize) {
+    static C: OnceLock<Counter> = OnceLock::new();
+    counter(&C, "herald_transport_bytes_out_total").increment(n as u64);
+}
+
+/// Checks `Origin` against `client.allowed_origins` (patterns with `*`). Without patterns the
+/// origin's host must equal the `Host` header. Requests without `Origin` are allowed.
+pub(crate) fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.is_empty() {
+        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    }
+    allowed.iter().any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin.to_ascii_lowercase()))
+}
+
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((prefix, rest)) => {
+            let Some(mut remaining) = text.strip_prefix(prefix) else { return false };
+            if rest.is_empty() {
+                return true;
+            }
+            loop {
+                if wildcard_match(rest, remaining) {
+                    return true;
+                }
+                let mut chars = remaining.chars();
+                if chars.next().is_none() {
+                    return false;
+                }
+                remaining = chars.as_str();
+            }
+        }
+    }
 }

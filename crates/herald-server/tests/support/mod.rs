@@ -684,3 +684,90 @@ pub fn encode(encoding: Encoding, cmd: &herald_proto::Command) -> Vec<u8> {
     herald_proto::encode_command(encoding, cmd, &mut out);
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP streams
+
+/// One item read from a stream: its SSE id (if any) and its JSON.
+#[derive(Debug)]
+pub struct Item {
+    pub id: Option<String>,
+    pub json: Value,
+}
+
+/// A streaming response (SSE or newline-delimited) read item by item, over a raw socket.
+pub struct StreamReader {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    sse: bool,
+    pub status: u16,
+    /// The response head.
+    pub headers: String,
+}
+
+impl StreamReader {
+    pub async fn open(addr: SocketAddr, request: String, sse: bool) -> StreamReader {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut r = StreamReader { stream, buf: Vec::new(), sse, status: 0, headers: String::new() };
+        loop {
+            if let Some(end) = r.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(r.buf[..end].to_vec()).unwrap();
+                r.buf.drain(..end + 4);
+                r.status = head[9..12].parse().unwrap();
+                r.headers = head;
+                break;
+            }
+            assert!(r.fill().await, "no response head");
+        }
+        if sse && r.status == 200 {
+            // The empty line that makes EventSource fire `open`.
+            while r.buf.len() < 2 {
+                assert!(r.fill().await);
+            }
+            assert_eq!(&r.buf[..2], b"\r\n");
+            r.buf.drain(..2);
+        }
+        r
+    }
+
+    pub async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("stream stalled") {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next item, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Item> {
+        loop {
+            let sep: &[u8] = if self.sse { b"\n\n" } else { b"\n" };
+            if let Some(end) = self.buf.windows(sep.len()).position(|w| w == sep) {
+                let raw = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                self.buf.drain(..end + sep.len());
+                if !self.sse {
+                    return Some(Item { id: None, json: serde_json::from_str(&raw).unwrap() });
+                }
+                let mut id = None;
+                let mut data = Vec::new();
+                for line in raw.split('\n') {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push(v);
+                    } else {
+                        panic!("unexpected SSE line {line:?}");
+                    }
+                }
+                return Some(Item { id, json: serde_json::from_str(&data.join("\n")).unwrap() });
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+}

@@ -8,15 +8,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, Node, Session, Transport};
+use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, Node, Session};
 use herald_proto::codes::{DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED};
+use herald_proto::envelope::{self, Envelope};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
-use herald_proto::{Command, DisconnectReason, Encoding, decode_commands};
+use herald_proto::{Command, ConnectRequest, Disconnect, DisconnectReason, Encoding, Push, Reply, decode_commands};
 use tokio::net::TcpStream;
 
-use super::link::{Wake, WsLink};
-use super::{WsSettings, bytes_in, bytes_out};
+use super::WsSettings;
 use crate::state::AppState;
+use crate::transport::link::{SocketLink, Wake};
+use crate::transport::{bytes_in, bytes_out};
 
 fn disconnect_metric(code: u32) {
     herald_hub::metrics::by_code("herald_client_disconnects_total", code);
@@ -34,7 +36,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// `WouldBlock` (one syscall less per message; on idle connections that is half the reads).
 /// Race-free: `try_io` snapshots readiness before the read and clears only that snapshot, so
 /// data arriving after the read marks the socket ready again.
-pub(super) fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut short = 0;
     let result = stream.try_io(tokio::io::Interest::READABLE, || {
         let n = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
@@ -51,7 +53,7 @@ pub(super) fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize>
 }
 
 /// Errors after which the socket is simply read again later.
-pub(super) fn retry_later(e: &io::Error) -> bool {
+pub(crate) fn retry_later(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
@@ -76,6 +78,10 @@ enum ReadOutcome {
 /// Per-connection read state: a partial frame (only while one is incomplete) and fragments.
 struct ReadState {
     partial: Vec<u8>,
+    /// uni_websocket: the next text message is the client's bare ConnectRequest (later
+    /// messages are ignored).
+    uni_connect: bool,
+    uni: bool,
     /// `partial` holds complete input not parsed yet: sent right after the handshake, or left
     /// over when a pass had enough commands.
     unparsed: bool,
@@ -87,7 +93,7 @@ impl ReadState {
     /// worth of commands (`client.max_commands_per_frame`) per pass: complete messages left
     /// over stay in `partial` (`unparsed` set) and are handled on the next pass, before any
     /// further read, so none is dropped, order holds and the buffer stays bounded.
-    fn read(&mut self, link: &WsLink, settings: &WsSettings) -> ReadOutcome {
+    fn read(&mut self, link: &SocketLink, settings: &WsSettings) -> ReadOutcome {
         let encoding = link.envelope.encoding();
         let mut cmds = Vec::new();
         for _ in 0..MAX_READS_PER_WAKE {
@@ -143,7 +149,7 @@ impl ReadState {
     /// handshake) without reading.
     fn parse_pending(
         &mut self,
-        link: &WsLink,
+        link: &SocketLink,
         settings: &WsSettings,
         encoding: Encoding,
         cmds: &mut Vec<Command>,
@@ -157,7 +163,7 @@ impl ReadState {
     /// Continues an incomplete frame: reads straight into the partial buffer.
     fn read_partial(
         &mut self,
-        link: &WsLink,
+        link: &SocketLink,
         settings: &WsSettings,
         encoding: Encoding,
         cmds: &mut Vec<Command>,
@@ -196,7 +202,7 @@ impl ReadState {
     /// Parses complete frames, answers pings, decodes commands. Returns bytes consumed.
     fn parse(
         &mut self,
-        link: &WsLink,
+        link: &SocketLink,
         buf: &mut [u8],
         settings: &WsSettings,
         encoding: Encoding,
@@ -207,6 +213,19 @@ impl ReadState {
         let mut full = false;
         let progress = self.reader.parse(buf, settings.max_message, |event| match event {
             // The limit is per message, however many messages one read holds.
+            Event::Text(data) | Event::Binary(data) if self.uni => {
+                if std::mem::take(&mut self.uni_connect) {
+                    match serde_json::from_slice::<ConnectRequest>(data) {
+                        Ok(req) => cmds.push(Command { id: 1, connect: Some(req), ..Default::default() }),
+                        Err(e) => {
+                            tracing::debug!(client = %link.id, error = %e, "bad uni_websocket connect request");
+                            failure = Some(ReadOutcome::BadRequest(Vec::new()));
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
             Event::Text(data) | Event::Binary(data) => match decode_commands(encoding, data, settings.max_commands) {
                 Ok(mut decoded) => {
                     cmds.append(&mut decoded);
@@ -250,12 +269,26 @@ impl ReadState {
 /// The connection task: runs until the connection is closed, then cleans up the session.
 ///
 /// `early` holds bytes the client sent right after its handshake request, if any.
-pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>, conn: ConnectionInfo) {
-    state.connections.opened(Transport::WebSocket, link.worker);
+pub(super) async fn run(
+    link: Arc<SocketLink>,
+    state: Arc<AppState>,
+    early: Vec<u8>,
+    first: Vec<Command>,
+    conn: ConnectionInfo,
+) {
+    let transport = conn.transport();
+    state.connections.opened(transport, link.worker);
+    let uni = link.envelope == Envelope::UniWs;
+    let settings = if uni { &state.uni_ws } else { &state.ws };
     let dyn_link: Arc<dyn ClientLink> = link.clone();
     let mut session = Box::new(Session::new(dyn_link, conn));
     let unparsed = !early.is_empty();
-    let mut read = ReadState { partial: early, unparsed, reader: MessageReader::new() };
+    let uni_connect = uni && first.is_empty();
+    let mut read = ReadState { partial: early, uni_connect, uni, unparsed, reader: MessageReader::new() };
+    if !first.is_empty() {
+        Box::pin(handle_commands(&mut session, &state.node, first)).await;
+        refused_uni_connect(&session, &link);
+    }
     // Input already read (sent right after the handshake, or left over by a full pass) is
     // parsed before waiting for readiness.
     let mut pending_input = unparsed;
@@ -274,7 +307,7 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
             Box::pin(handle_controls(&mut session, &state.node, link.take_controls())).await;
         }
         if wake.readable && !link.is_closing() {
-            let outcome = read.read(&link, &state.ws);
+            let outcome = read.read(&link, settings);
             pending_input = read.unparsed;
             match outcome {
                 // The most common message on an idle connection: answer it without a batch.
@@ -286,6 +319,9 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
                 ReadOutcome::Commands(cmds) if cmds.is_empty() => {}
                 ReadOutcome::Commands(cmds) => {
                     Box::pin(handle_commands(&mut session, &state.node, cmds)).await;
+                    if uni {
+                        refused_uni_connect(&session, &link);
+                    }
                 }
                 ReadOutcome::BadRequest(cmds) => {
                     Box::pin(handle_commands(&mut session, &state.node, cmds)).await;
@@ -322,12 +358,20 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>,
     Box::pin(session.close(&state.node)).await;
     drop(session);
     Box::pin(goodbye(&link, reason)).await;
-    state.connections.closed(Transport::WebSocket, link.worker);
+    state.connections.closed(transport, link.worker);
+}
+
+/// A unidirectional client whose connect was refused with an error has its disconnect push
+/// queued (the envelope turns the error into one): the connection ends.
+fn refused_uni_connect(session: &Session, link: &SocketLink) {
+    if link.envelope == Envelope::UniWs && !session.is_connected() {
+        link.close(DISCONNECT_CONNECTION_CLOSED);
+    }
 }
 
 /// Runs a batch of commands in order, stopping at the first that closes the connection.
 /// Boxed by the caller: per-command state must not live in the long-lived connection future.
-pub(super) async fn handle_commands(session: &mut Session, node: &Node, cmds: Vec<Command>) {
+pub(crate) async fn handle_commands(session: &mut Session, node: &Node, cmds: Vec<Command>) {
     for cmd in &cmds {
         if session.handle_command(node, cmd).await == Flow::Stop {
             return;
@@ -335,7 +379,7 @@ pub(super) async fn handle_commands(session: &mut Session, node: &Node, cmds: Ve
     }
 }
 
-async fn handle_controls(session: &mut Session, node: &Node, controls: Vec<Control>) {
+pub(crate) async fn handle_controls(session: &mut Session, node: &Node, controls: Vec<Control>) {
     for ctrl in controls {
         if session.handle_control(node, ctrl).await == Flow::Stop {
             return;
@@ -356,7 +400,7 @@ pub(super) enum Closing {
 
 /// Flushes what may be flushed, sends the close frame, and lingers briefly so the peer reads it
 /// before the socket goes away.
-pub(super) async fn goodbye(link: &WsLink, reason: Closing) {
+pub(super) async fn goodbye(link: &SocketLink, reason: Closing) {
     // Whether we start the close handshake (then the peer may still be sending, so we shut down
     // our side and drain until it closes) or answer the peer's close frame (nothing more comes).
     let (frame, linger) = match &reason {
@@ -371,7 +415,17 @@ pub(super) async fn goodbye(link: &WsLink, reason: Closing) {
         Closing::HungUp | Closing::Broken => return,
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let mut pending = link.out.lock().expect("ws out").queue.take_all();
+        let mut pending = link.out.lock().expect("link out").queue.take_all();
+        // Unidirectional clients get the reason as a disconnect push too.
+        if link.envelope == Envelope::UniWs
+            && let Closing::Server(r) = &reason
+        {
+            let push = Push {
+                disconnect: Some(Disconnect { code: r.code, reason: r.reason.to_string(), reconnect: false }),
+                ..Default::default()
+            };
+            pending.extend(envelope::encode(Envelope::UniWs, &Reply::push(push)));
+        }
         pending.push(frame);
         let stream = &link.stream;
         for chunk in pending {
@@ -402,7 +456,7 @@ pub(super) async fn goodbye(link: &WsLink, reason: Closing) {
 }
 
 /// Writes all of `data` through a shared stream.
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         stream.writable().await?;
         match stream.try_write(data) {

@@ -1,6 +1,6 @@
 //! The test-only echo endpoint (`websocket.echo_endpoint_for_conformance_tests`, off by
 //! default): every text or binary message goes back with its opcode. It runs the pieces a client
-//! connection runs (the handshake, `herald_proto::ws::MessageReader`, the `WsLink` queue and
+//! connection runs (the handshake, `herald_proto::ws::MessageReader`, the `SocketLink` queue and
 //! writes, the goodbye) so that the Autobahn suite (`scripts/autobahn.sh`) tests the codec and
 //! transport Herald really uses; only the client protocol is left out (no session, no timers).
 //! Not sized for idle memory: it keeps one read buffer per connection.
@@ -12,15 +12,15 @@ use herald_hub::{ClientLink, Transport};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
 
 use super::conn::{Closing, goodbye, read_some, retry_later};
-use super::link::WsLink;
 use super::{WsSettings, bytes_in};
 use crate::state::AppState;
+use crate::transport::link::SocketLink;
 
 /// Bytes asked for per read.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The echo connection task: runs until the connection is closed.
-pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>) {
+pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, early: Vec<u8>) {
     metrics::counter!("herald_ws_echo_connections_total").increment(1);
     // Counted like a client connection: it holds a socket of the file-limit budget.
     state.connections.opened(Transport::WebSocket, link.worker);
@@ -29,7 +29,7 @@ pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>)
     state.connections.closed(Transport::WebSocket, link.worker);
 }
 
-async fn serve(link: &WsLink, settings: &WsSettings, mut buf: Vec<u8>) -> Closing {
+async fn serve(link: &SocketLink, settings: &WsSettings, mut buf: Vec<u8>) -> Closing {
     let mut reader = MessageReader::new();
     loop {
         if !buf.is_empty()
@@ -65,7 +65,12 @@ async fn serve(link: &WsLink, settings: &WsSettings, mut buf: Vec<u8>) -> Closin
 
 /// Echoes the complete messages at the start of `buf` and answers pings; keeps an incomplete
 /// frame. Returns how the connection ends, if a frame ended it.
-fn echo_frames(link: &WsLink, reader: &mut MessageReader, buf: &mut Vec<u8>, max_message: usize) -> Option<Closing> {
+fn echo_frames(
+    link: &SocketLink,
+    reader: &mut MessageReader,
+    buf: &mut Vec<u8>,
+    max_message: usize,
+) -> Option<Closing> {
     let mut peer_close = None;
     let progress = reader.parse(buf, max_message, |event| {
         match event {

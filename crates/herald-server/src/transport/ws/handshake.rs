@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use herald_hub::{ConnectionInfo, Transport};
-use herald_proto::Encoding;
+use herald_proto::{Encoding, Envelope};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Endpoint, conn, echo, link};
+use super::{Endpoint, conn, echo};
 use crate::state::AppState;
-use crate::transport::reject;
+use crate::transport::link::{self, LinkOptions};
+use crate::transport::{origin_allowed, reject};
 
 /// Answers a WebSocket upgrade request whose head (and any bytes after it) is `head`, and on
 /// success spawns the connection task.
@@ -46,15 +47,29 @@ pub(crate) async fn upgrade(
                     // The echo endpoint speaks no client protocol: no subprotocol to choose.
                     let (encoding, protocol) = match endpoint {
                         Endpoint::Client => negotiate(&up.protocols, query),
-                        Endpoint::Echo => (Encoding::Json, None),
+                        Endpoint::Echo | Endpoint::Uni => (Encoding::Json, None),
                     };
                     let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
-                    Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len))
+                    // uni_websocket: the connect request may come in the query (v6.3+).
+                    let first = match endpoint {
+                        Endpoint::Uni => uni_connect(query),
+                        _ => Ok(Vec::new()),
+                    };
+                    match first {
+                        Ok(first) => Ok((
+                            herald_proto::ws::switching_protocols(up.key, protocol),
+                            encoding,
+                            native_ping,
+                            head_len,
+                            first,
+                        )),
+                        Err(message) => Err((400, message)),
+                    }
                 }
             }
         }
     };
-    let (response, encoding, native_ping, head_len) = match decision {
+    let (response, encoding, native_ping, head_len, first) = match decision {
         Ok(d) => d,
         Err((status, message)) => {
             let extra = match status {
@@ -70,15 +85,37 @@ pub(crate) async fn upgrade(
         return;
     }
     let early = head[head_len..].to_vec();
+    let uni = endpoint == Endpoint::Uni;
+    let options = LinkOptions {
+        envelope: if uni { Envelope::UniWs } else { Envelope::websocket(encoding) },
+        native_ping,
+        // WebSocket clients answer pings (protocol or native), so a missing pong closes;
+        // unidirectional clients are not expected to answer.
+        pong_expected: !uni,
+        emulation: false,
+        queue_max: state.ws.queue_max,
+    };
     if endpoint == Endpoint::Echo {
-        let link = link::build_link(stream, encoding, false, &state.ws);
+        let link = link::build_link(stream, LinkOptions { native_ping: false, ..options });
         tokio::spawn(echo::run(link, state, early));
         return;
     }
-    let link = link::new_link(stream, encoding, native_ping, &state.node, &state.ws);
+    let link = link::new_link(stream, options, &state.node, state.ws.stale_after);
     // The long-lived task holds only the connection loop, not this handshake's state.
-    let conn = ConnectionInfo::new(peer, Transport::WebSocket);
-    tokio::spawn(conn::run(link, state, early, conn));
+    let conn = ConnectionInfo::new(peer, if uni { Transport::UniWebSocket } else { Transport::WebSocket });
+    tokio::spawn(conn::run(link, state, early, first, conn));
+}
+
+/// The connect command of a uni_websocket request from its `cf_connect` query parameter
+/// (none: the connect request is the first message).
+fn uni_connect(query: &str) -> Result<Vec<herald_proto::Command>, &'static str> {
+    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("cf_connect=")) else {
+        return Ok(Vec::new());
+    };
+    let data =
+        crate::transport::stream::request::percent_decode(value).ok_or("cf_connect is not valid percent-encoding")?;
+    let req: herald_proto::ConnectRequest = serde_json::from_slice(&data).map_err(|_| "malformed cf_connect")?;
+    Ok(vec![herald_proto::Command { id: 1, connect: Some(req), ..Default::default() }])
 }
 
 /// Chooses the encoding from offered subprotocols and query parameters.
@@ -95,39 +132,6 @@ fn negotiate(protocols: &[&str], query: &str) -> (Encoding, Option<&'static str>
         return (Encoding::Json, Some("centrifuge-json"));
     }
     (Encoding::Json, None)
-}
-
-/// Checks `Origin` against `client.allowed_origins` (patterns with `*`). Without patterns the
-/// origin's host must equal the `Host` header. Requests without `Origin` are allowed.
-fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else { return true };
-    if allowed.is_empty() {
-        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
-    }
-    allowed.iter().any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin.to_ascii_lowercase()))
-}
-
-fn wildcard_match(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((prefix, rest)) => {
-            let Some(mut remaining) = text.strip_prefix(prefix) else { return false };
-            if rest.is_empty() {
-                return true;
-            }
-            loop {
-                if wildcard_match(rest, remaining) {
-                    return true;
-                }
-                let mut chars = remaining.chars();
-                if chars.next().is_none() {
-                    return false;
-                }
-                remaining = chars.as_str();
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The WebSocket transport.
 //!
 //! - `handshake`: upgrade checks, origin policy, encoding negotiation, the 101 response;
-//! - `link`: [`WsLink`], the connection's `ClientLink` (outbound queue and writes);
 //! - `conn`: the connection task (reads, commands, goodbye);
-//! - `queue`: the outbound frame queue;
+//! - the link ([`SocketLink`], outbound queue and writes) is shared with the streaming
+//!   transports (`super::link`, `super::queue`);
 //! - `echo`: the test-only echo endpoint for the Autobahn conformance suite.
 //!
 //! Idle cost is the design constraint (docs/architecture.md, "Where an idle connection's memory goes"):
@@ -11,7 +11,7 @@
 //!   scratch buffer; only an incomplete frame is copied into a small per-connection buffer,
 //!   which is freed once the frame completes;
 //! - no per-connection channel or timer: frames are queued in a `VecDeque<Bytes>` inside the
-//!   shared [`WsLink`], bounded in bytes (`client.queue_max_size`, slow clients get 3008), and
+//!   shared [`SocketLink`], bounded in bytes (`client.queue_max_size`, slow clients get 3008), and
 //!   pings and timeouts come from the node's shared timer wheel;
 //! - one small task: command handling is boxed per command so its state is not part of the
 //!   long-lived future.
@@ -19,22 +19,17 @@
 //! Pushes are pre-encoded frames shared by every subscriber; the task writes whatever is queued
 //! with one vectored write.
 
-mod conn;
+pub(crate) mod conn;
 mod echo;
 mod handshake;
-mod link;
-mod queue;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
-
-use metrics::Counter;
-
 use crate::config::Config;
 
+pub(crate) use super::bytes_in;
+pub use super::link::SocketLink;
 pub(crate) use handshake::upgrade;
-pub use link::WsLink;
 
 /// Which endpoint an upgrade request was made on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +38,9 @@ pub(crate) enum Endpoint {
     Client,
     /// The test-only echo (`websocket.echo_endpoint_for_conformance_tests`).
     Echo,
+    /// The unidirectional WebSocket (`uni_websocket.handler_prefix`): one JSON ConnectRequest
+    /// (in `cf_connect` or as the first text message), then bare pushes.
+    Uni,
 }
 
 /// Per-transport limits, fixed at start-up.
@@ -55,6 +53,15 @@ pub struct WsSettings {
 }
 
 impl WsSettings {
+    /// The settings of the unidirectional WebSocket (its own message limit).
+    pub fn uni(config: &Config) -> Self {
+        WsSettings {
+            max_message: config.uni_websocket.message_size_limit,
+            max_commands: 1,
+            ..Self::from_config(config)
+        }
+    }
+
     pub fn from_config(config: &Config) -> Self {
         WsSettings {
             max_message: config.websocket.message_size_limit,
@@ -67,18 +74,4 @@ impl WsSettings {
                 .unwrap_or(u32::MAX),
         }
     }
-}
-
-fn counter(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Counter {
-    cell.get_or_init(|| metrics::counter!(name))
-}
-
-fn bytes_in(n: usize) {
-    static C: OnceLock<Counter> = OnceLock::new();
-    counter(&C, "herald_transport_bytes_in_total").increment(n as u64);
-}
-
-fn bytes_out(n: usize) {
-    static C: OnceLock<Counter> = OnceLock::new();
-    counter(&C, "herald_transport_bytes_out_total").increment(n as u64);
 }

@@ -9,13 +9,13 @@ use herald_proto::Encoding;
 use tokio::net::TcpStream;
 
 use super::conn::{Closing, goodbye, handle_commands, run};
-use super::link::new_link;
-use super::{WsLink, WsSettings};
+use super::{SocketLink, WsSettings};
 use crate::config::Config;
 use crate::state::AppState;
+use crate::transport::link::{LinkOptions, new_link};
 
 /// A link over a loopback connection, with the client's end of it.
-async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
+async fn loopback_link() -> (Arc<SocketLink>, TcpStream, Arc<AppState>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let (stream, _) = listener.accept().await.unwrap();
@@ -23,7 +23,14 @@ async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
     let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
     let mut state = AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0);
     state.ws = WsSettings { max_message: 65536, queue_max: 1 << 20, max_commands: 100, stale_after: 10 };
-    let link = new_link(stream, Encoding::Json, false, &state.node, &state.ws);
+    let options = LinkOptions {
+        envelope: herald_proto::Envelope::websocket(Encoding::Json),
+        native_ping: false,
+        pong_expected: true,
+        emulation: false,
+        queue_max: state.ws.queue_max,
+    };
+    let link = new_link(stream, options, &state.node, state.ws.stale_after);
     (link, client, Arc::new(state))
 }
 
@@ -32,9 +39,9 @@ async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
 #[tokio::test]
 async fn connection_state_is_small() {
     let (link, _client, state) = loopback_link().await;
-    let fut = run(link, state, Vec::new(), ConnectionInfo::default());
+    let fut = run(link, state, Vec::new(), Vec::new(), ConnectionInfo::default());
     let future_size = std::mem::size_of_val(&fut);
-    let link_size = std::mem::size_of::<WsLink>();
+    let link_size = std::mem::size_of::<SocketLink>();
     let session_size = std::mem::size_of::<Session>();
     eprintln!("connection future {future_size} B, link {link_size} B, session {session_size} B");
     assert!(future_size <= 320, "connection future grew to {future_size} bytes");

@@ -49,6 +49,19 @@ impl FrameQueue {
         *self = FrameQueue::default();
     }
 
+    /// Drops every frame not started yet, keeping the rest of one partly written: what is
+    /// written after it (a close frame, a disconnect push) must not land inside a frame.
+    pub(crate) fn drop_unstarted(&mut self) {
+        let rest = match &self.head {
+            Some(head) if self.head_written > 0 => Some(head.slice(self.head_written as usize..)),
+            _ => None,
+        };
+        self.clear();
+        if let Some(rest) = rest {
+            self.push(rest);
+        }
+    }
+
     /// Fills `out` with the unwritten bytes, in order. Returns how many slices were filled.
     pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let Some(head) = &self.head else { return 0 };
@@ -142,6 +155,21 @@ mod tests {
         assert_eq!(all, vec![b"bc".to_vec(), b"de".to_vec()]);
         assert!(q.is_empty());
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn dropping_unstarted_frames_keeps_a_partly_written_one() {
+        let mut q = FrameQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"de"));
+        q.drop_unstarted();
+        assert!(q.is_empty(), "nothing was started");
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"de"));
+        q.consume(1);
+        q.drop_unstarted();
+        assert_eq!(frames(&q), vec![b"bc".to_vec()]);
+        assert_eq!(q.pending(), 2);
     }
 
     #[test]

@@ -35,8 +35,10 @@ pub(crate) fn storm_over(progress: &[Progress], before: u64) -> bool {
     open >= before && again >= before && pending == 0
 }
 
+/// Seconds from one wall-clock time to another; negative when `to` came first (clients back
+/// before the restart command returned: it polls the new server's health every 100 ms).
 fn secs_between(from_ns: u64, to_ns: u64) -> Option<f64> {
-    (from_ns > 0 && to_ns >= from_ns).then(|| round((to_ns - from_ns) as f64 / 1e9, 3))
+    (from_ns > 0 && to_ns > 0).then(|| round((to_ns as f64 - from_ns as f64) / 1e9, 3))
 }
 
 pub async fn storm(a: StormArgs) -> Result<(), String> {
@@ -199,6 +201,14 @@ mod tests {
         assert_eq!(restarted_pid("stopped\npid 4242\n"), Some(4242));
         assert_eq!(restarted_pid("pid 1\nsomething\npid 7"), Some(7));
         assert_eq!(restarted_pid("no pid here"), None);
+    }
+
+    #[test]
+    fn seconds_between_wall_clock_times() {
+        assert_eq!(secs_between(1_000_000_000, 3_500_000_000), Some(2.5));
+        assert_eq!(secs_between(3_000_000_000, 2_000_000_000), Some(-1.0));
+        assert_eq!(secs_between(0, 2_000_000_000), None);
+        assert_eq!(secs_between(1, 0), None);
     }
 
     #[test]

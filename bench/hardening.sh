@@ -3,7 +3,7 @@
 # soak. Each run starts its own Herald (bench/herald.sh, release build) on its own port and
 # stops it afterwards; results are appended to bench/out/hardening.jsonl.
 #
-#   bench/hardening.sh slow  [N] [rate] [payload]   # 0 % then 1 % stalled, back to back
+#   bench/hardening.sh slow  [N] [rate] [payload] [duration]   # 0 % then 1 % stalled, back to back
 #   bench/hardening.sh storm [N] [backoff-min]      # backoff-min 0s: reconnect at once
 #   bench/hardening.sh soak  [N] [duration]         # 2 %/s churn, 1/s fan-out, RSS every 30 s
 #
@@ -23,11 +23,11 @@ stop() { "$here/herald.sh" stop "$1"; }
 
 case "${1:-}" in
 slow)
-  n="${2:-10000}"; rate="${3:-20}"; payload="${4:-100}"; port=8191
+  n="${2:-10000}"; rate="${3:-20}"; payload="${4:-100}"; duration="${5:-40s}"; port=8191
   for share in 0 0.01; do
     pid="$(start $port)"
     timeout 5m "$bench" fanout --url "http://127.0.0.1:$port" -n "$n" --procs 2 --rate "$rate" \
-      --payload "$payload" --duration 40s --stalled-share "$share" --max-time 4m "${auth[@]}" \
+      --payload "$payload" --duration "$duration" --stalled-share "$share" --max-time 6m "${auth[@]}" \
       --server-pid "$pid" --label "slow consumers: $share stalled, $n x $rate/s x $payload B" \
       --json-out "$json" || true
     stop $port
@@ -52,7 +52,7 @@ soak)
   stop $port
   ;;
 *)
-  echo "usage: $0 slow [N] [rate] [payload] | storm [N] [backoff-min] | soak [N] [duration]" >&2
+  echo "usage: $0 slow [N] [rate] [payload] [duration] | storm [N] [backoff-min] | soak [N] [duration]" >&2
   exit 2
   ;;
 esac

@@ -216,6 +216,7 @@ pub struct StormArgs {
     /// 0 (default): reconnect at once, failed attempts retried every 100 ms.
     #[arg(long, value_parser = duration, default_value = "0s")]
     pub backoff_min: Duration,
+    /// Longest reconnect delay (with --backoff-min above 0).
     #[arg(long, value_parser = duration, default_value = "20s")]
     pub backoff_max: Duration,
     /// Longest wait for the restart command.

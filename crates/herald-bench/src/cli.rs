@@ -213,7 +213,8 @@ pub struct StormArgs {
     #[arg(long)]
     pub restart_cmd: String,
     /// Reconnect backoff like the SDKs': min + random(0, min(max, min·2^attempt)), capped at max.
-    /// 0 (default): reconnect at once, failed attempts retried every 100 ms.
+    /// 0 (default): reconnect at once, failed attempts retried every 100 ms. A client gives up
+    /// after 200 failed attempts in a row.
     #[arg(long, value_parser = duration, default_value = "0s")]
     pub backoff_min: Duration,
     /// Longest reconnect delay (with --backoff-min above 0).

@@ -220,6 +220,14 @@ fn storm_reconnects_everyone_after_a_restart() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let pid = sh(&["start", &port]).trim().trim_start_matches("pid ").to_owned();
+    // Stops whichever Herald the script recorded for the port, also when an assertion fails.
+    struct StopOnDrop(PathBuf, String);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0).args(["stop", &self.1]).output();
+        }
+    }
+    let _stop = StopOnDrop(script.clone(), port.clone());
     let restart = format!("'{0}' stop {port} && '{0}' start {port}", script.display());
     for backoff_min in ["0s", "100ms"] {
         let out = Command::new(BENCH)
@@ -243,7 +251,6 @@ fn storm_reconnects_everyone_after_a_restart() {
         assert!(v["new_server_cpu_s"].as_f64().is_some(), "{v}");
         assert_eq!(u(&v["server_closed"], "close_3001"), 40, "every client hears the shutdown: {v}");
     }
-    sh(&["stop", &port]);
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub enum Scenario {
     Personal(PersonalArgs),
     /// N connections, X% reconnecting every second, plus a low-rate fan-out; or --handshake-rate.
     Churn(ChurnArgs),
+    /// Reconnect storm: N subscribed connections; --restart-cmd stops and restarts the server;
+    /// time until every client is connected and subscribed again, failures, server CPU.
+    Storm(StormArgs),
     /// Server API publishes/s: keep-alive connections publishing to a channel without subscribers.
     Api(ApiArgs),
     /// Kernel cost floor of one small loopback TCP write per delivery, without any server:
@@ -161,6 +164,11 @@ pub struct FanoutArgs {
     /// Consecutive seconds over --max-backlog before stopping.
     #[arg(long, default_value_t = 3)]
     pub max_backlog_secs: u32,
+    /// Share of the subscribers (0 to <1, e.g. 0.01) that stop reading once subscribed and keep
+    /// their socket open: slow consumers. Latency and loss are the readers'; the server's
+    /// disconnects by code (from its /metrics) show what became of the stalled ones.
+    #[arg(long, default_value_t = 0.0)]
+    pub stalled_share: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -186,6 +194,38 @@ pub struct ChurnArgs {
     /// Instead: one process opens connections (handshake, close) as fast as it can.
     #[arg(long)]
     pub handshake_rate: bool,
+    /// Sample the server's RSS at this interval during the run (a soak), e.g. 30s; the result
+    /// gets the series, first/min/max/last and a linear fit slope in KiB/min.
+    #[arg(long, value_parser = duration)]
+    pub rss_every: Option<Duration>,
+    /// The RSS slope is fitted over this last part of the run (warm-up excluded).
+    #[arg(long, value_parser = duration, default_value = "20m")]
+    pub rss_fit: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Shell command that stops the server and starts it again on the same address, e.g.
+    /// `bench/herald.sh stop && bench/herald.sh start`; a `pid <PID>` line in its output names the
+    /// new server process (for its CPU time).
+    #[arg(long)]
+    pub restart_cmd: String,
+    /// Reconnect backoff like the SDKs': min + random(0, min(max, min·2^attempt)), capped at max.
+    /// 0 (default): reconnect at once, failed attempts retried every 100 ms. A client gives up
+    /// after 200 failed attempts in a row.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay (with --backoff-min above 0).
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    pub backoff_max: Duration,
+    /// Longest wait for the restart command.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub restart_timeout: Duration,
+    /// Longest wait, after the restart, for every client to be back.
+    #[arg(long, value_parser = duration, default_value = "120s")]
+    pub storm_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -190,6 +190,11 @@ impl Fleet {
         self.ready.iter().flatten().map(|r| r.open).sum()
     }
 
+    /// Of [`Fleet::ready_open`], the stalled connections (they read nothing).
+    pub fn ready_stalled(&self) -> u64 {
+        self.ready.iter().flatten().map(|r| r.stalled).sum()
+    }
+
     pub fn ready_errors(&self) -> u64 {
         self.ready.iter().flatten().map(|r| r.errors).sum()
     }

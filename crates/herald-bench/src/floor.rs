@@ -198,6 +198,8 @@ pub async fn run(a: FloorArgs) -> Result<(), String> {
                 handshake: None,
                 api: None,
                 raw: true,
+                stalled_share: 0.0,
+                reconnect: None,
                 max_time_ms: (a.output.max_time + Duration::from_secs(60)).as_millis() as u64,
             }
         })

@@ -79,6 +79,15 @@ impl HttpConn {
         }
     }
 
+    /// Sends `GET path` and waits for the whole response.
+    pub async fn get(&mut self, path: &str) -> io::Result<Response> {
+        self.req.clear();
+        for part in ["GET ", path, " HTTP/1.1\r\nHost: ", &self.host, "\r\n\r\n"] {
+            self.req.extend_from_slice(part.as_bytes());
+        }
+        self.round_trip().await
+    }
+
     async fn round_trip(&mut self) -> io::Result<Response> {
         self.connect().await?;
         let result = self.exchange().await;

@@ -109,8 +109,46 @@ pub struct Job {
     /// `floor` measurement; no handshake, no pings).
     #[serde(default)]
     pub raw: bool,
+    /// Share of the connections (0–1) that stop reading once subscribed and keep their socket
+    /// open (`fanout --stalled-share`): slow consumers. Which ones: [`is_stalled`].
+    #[serde(default)]
+    pub stalled_share: f64,
+    /// Reconnect after the server drops a ready connection (`storm`); `None`: stay closed.
+    #[serde(default)]
+    pub reconnect: Option<Backoff>,
     /// Hard limit on the worker's life.
     pub max_time_ms: u64,
+}
+
+/// Whether connection `idx` is one of the stalled ones: `share` of the indexes, spread evenly
+/// (index i stalls when floor((i+1)·share) passes an integer), so any worker's range holds its
+/// share and N·share are stalled in all.
+pub fn is_stalled(idx: u64, share: f64) -> bool {
+    share > 0.0 && ((idx + 1) as f64 * share).floor() > (idx as f64 * share).floor()
+}
+
+/// Reconnect delays like the Centrifuge SDKs': `min + random(0, min(max, min·2^attempt))`,
+/// capped at `max` (full jitter). `min_ms == 0`: reconnect at once, failed attempts retried
+/// after [`RETRY_AT_ONCE_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Pause between failed attempts without backoff (a refused connect returns at once; without a
+/// pause every client would spin while the server is down).
+pub const RETRY_AT_ONCE_MS: u64 = 100;
+
+impl Backoff {
+    /// Delay before attempt `attempt` (0: the first after the drop); `unit` is uniform in [0, 1).
+    pub fn delay_ms(&self, attempt: u32, unit: f64) -> u64 {
+        if self.min_ms == 0 {
+            return if attempt == 0 { 0 } else { RETRY_AT_ONCE_MS };
+        }
+        let span = self.max_ms.min(self.min_ms.saturating_mul(1u64 << attempt.min(31)));
+        (self.min_ms + (span as f64 * unit.clamp(0.0, 1.0)) as u64).min(self.max_ms)
+    }
 }
 
 /// Coordinator → worker.
@@ -138,6 +176,18 @@ pub enum Msg {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
     pub open: u64,
+    /// Connection attempts whose handshake has not finished.
+    #[serde(default)]
+    pub pending: u64,
+    /// Handshakes completed after `start`.
+    #[serde(default)]
+    pub handshakes_measured: u64,
+    /// Wall time (ns since the epoch) of the latest completed handshake; 0: none yet.
+    #[serde(default)]
+    pub last_ready_ns: u64,
+    /// Wall time of the first ready connection the server dropped after `start`; 0: none.
+    #[serde(default)]
+    pub first_drop_ns: u64,
     pub handshakes: u64,
     pub errors: u64,
     pub deliveries: u64,
@@ -157,6 +207,9 @@ pub struct Ready {
     /// Connection errors so far, by kind.
     #[serde(default)]
     pub error_kinds: BTreeMap<String, u64>,
+    /// Of `open`, the stalled connections (they read nothing after subscribing).
+    #[serde(default)]
+    pub stalled: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -194,4 +247,34 @@ pub struct WorkerResult {
     pub measured_ms: u64,
     pub cpu_s: f64,
     pub rss_kb: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalled_share_is_spread_evenly() {
+        let n = 10_000u64;
+        assert_eq!((0..n).filter(|&i| is_stalled(i, 0.01)).count(), 100);
+        assert_eq!((0..n).filter(|&i| is_stalled(i, 0.0)).count(), 0);
+        assert_eq!((0..n).filter(|&i| is_stalled(i, 1.0)).count(), n as usize);
+        // Every half of the range (one per worker) holds half of them.
+        assert_eq!((0..n / 2).filter(|&i| is_stalled(i, 0.01)).count(), 50);
+        assert!(is_stalled(99, 0.01) && !is_stalled(0, 0.01) && !is_stalled(100, 0.01));
+    }
+
+    #[test]
+    fn backoff_like_the_sdks() {
+        let b = Backoff { min_ms: 500, max_ms: 20_000 };
+        assert_eq!(b.delay_ms(0, 0.0), 500);
+        assert_eq!(b.delay_ms(0, 0.999_999), 999);
+        assert_eq!(b.delay_ms(3, 0.5), 500 + 2000);
+        // The span stops growing at max, and the delay never passes it.
+        assert_eq!(b.delay_ms(10, 0.0), 500);
+        assert_eq!(b.delay_ms(40, 0.999_999), 20_000);
+        let at_once = Backoff { min_ms: 0, max_ms: 0 };
+        assert_eq!(at_once.delay_ms(0, 0.7), 0);
+        assert_eq!(at_once.delay_ms(5, 0.7), RETRY_AT_ONCE_MS);
+    }
 }

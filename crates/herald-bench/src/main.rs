@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Scenario::Fanout(a) => coord::fanout(a).await,
             Scenario::Personal(a) => coord::personal(a).await,
             Scenario::Churn(a) => coord::churn(a).await,
+            Scenario::Storm(a) => coord::storm(a).await,
             Scenario::Api(a) => coord::api(a).await,
             Scenario::Floor(a) => floor::run(a).await,
             Scenario::Worker => unreachable!("handled above"),

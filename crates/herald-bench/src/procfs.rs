@@ -214,6 +214,14 @@ pub fn sample(pids: &[u32]) -> Sample {
     }
 }
 
+/// Sum of `VmRSS` over `pids` (KiB); `None` without PIDs or when one is gone.
+pub fn sample_rss_kb(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_kb(*p)).sum()
+}
+
 /// CPU seconds used by this process so far.
 pub fn self_cpu_seconds() -> f64 {
     cpu_seconds("self").unwrap_or(0.0)

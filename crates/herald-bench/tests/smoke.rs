@@ -158,6 +158,42 @@ fn every_scenario_against_herald() {
     assert_eq!(u(&v, "lost"), 0, "{v}");
     assert_eq!(u(&v, "dups"), 0, "{v}");
     assert!(u(&v, "deliveries") > 0, "{v}");
+    assert!(v.get("rss_series").is_none(), "{v}");
+
+    // Slow consumers: 5 of 50 never read after subscribing; the readers lose nothing.
+    let v = bench(
+        &server,
+        &["fanout", "-n", "50", "--procs", "2", "--rate", "20", "--duration", "1s", "--stalled-share", "0.1"],
+    );
+    assert_eq!(u(&v, "stalled"), 5, "{v}");
+    assert_eq!(u(&v, "readers"), 45, "{v}");
+    assert_clean_delivery(&v, 50);
+    assert_eq!(u(&v, "expected_deliveries"), u(&v, "publications") * 45);
+    assert!(v["server_disconnects"].is_object(), "server /metrics not read: {v}");
+
+    // Soak sampling: the server's RSS series.
+    let v = bench(
+        &server,
+        &[
+            "churn",
+            "-n",
+            "50",
+            "--procs",
+            "1",
+            "--rate",
+            "5",
+            "--duration",
+            "2s",
+            "--rss-every",
+            "500ms",
+            "--rss-fit",
+            "1s",
+        ],
+    );
+    let rss = &v["rss_series"];
+    assert!(u(rss, "samples") >= 3, "{v}");
+    assert!(u(rss, "first_kb") > 0 && u(rss, "max_kb") >= u(rss, "min_kb"), "{v}");
+    assert!(rss["slope_kb_per_min"].as_f64().is_some(), "{v}");
 
     let v = bench(&server, &["churn", "--handshake-rate", "-n", "200", "--duration", "3s"]);
     assert_eq!(u(&v, "handshakes"), 200, "{v}");
@@ -169,6 +205,52 @@ fn every_scenario_against_herald() {
     assert!(v["requests_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
 
     eprintln!("smoke test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The reconnect storm against a Herald started by bench/herald.sh (so the restart command can
+/// stop and start it on the same port): every client comes back after the restart.
+#[test]
+fn storm_reconnects_everyone_after_a_restart() {
+    let bin = build_herald();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let script = root().join("bench/herald.sh");
+    let sh = |args: &[&str]| {
+        let out = Command::new(&script).args(args).env("HERALD_BIN", &bin).output().expect("run bench/herald.sh");
+        assert!(out.status.success(), "herald.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pid = sh(&["start", &port]).trim().trim_start_matches("pid ").to_owned();
+    // Stops whichever Herald the script recorded for the port, also when an assertion fails.
+    struct StopOnDrop(PathBuf, String);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0).args(["stop", &self.1]).output();
+        }
+    }
+    let _stop = StopOnDrop(script.clone(), port.clone());
+    let restart = format!("'{0}' stop {port} && '{0}' start {port}", script.display());
+    for backoff_min in ["0s", "100ms"] {
+        let out = Command::new(BENCH)
+            .args(["storm", "-n", "40", "--procs", "2", "--url", &format!("http://127.0.0.1:{port}")])
+            .args(["--restart-cmd", &restart, "--backoff-min", backoff_min, "--backoff-max", "1s"])
+            .args(["--server-pid", &pid, "--settle", "200ms", "--max-time", "90s"])
+            .args(["--hmac-secret", "bench-hmac-secret", "--api-key", "bench-api-key"])
+            .env("HERALD_BIN", &bin)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run herald-bench storm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "storm failed:\n{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON result");
+        assert_eq!(v["complete"], true, "{v}");
+        assert_eq!(u(&v, "connections_before"), 40, "{v}");
+        assert_eq!(u(&v, "connections_at_end"), 40, "{v}");
+        assert!(u(&v, "reconnects") >= 40, "{v}");
+        assert!(v["all_back_after_stop_s"].as_f64().unwrap() >= v["all_back_after_restart_s"].as_f64().unwrap());
+        assert!(v["new_server_cpu_s"].as_f64().is_some(), "{v}");
+        assert_eq!(u(&v["server_closed"], "close_3001"), 40, "every client hears the shutdown: {v}");
+    }
 }
 
 #[test]

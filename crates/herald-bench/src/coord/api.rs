@@ -48,6 +48,8 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
             payload: s.c.payload,
             duration_ms: duration.as_millis() as u64,
         }),
+        stalled_share: 0.0,
+        reconnect: None,
     };
     let mut m = base(&s, "api");
     let mut fleet = Fleet::spawn(jobs(&s, &[s.n], &spec)).await?;

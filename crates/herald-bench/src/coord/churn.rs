@@ -1,6 +1,9 @@
 //! The churn scenario (a share of the connections reconnecting every second under a fan-out)
-//! and, behind `--handshake-rate`, the handshake-rate load (open, handshake, close).
+//! and, behind `--handshake-rate`, the handshake-rate load (open, handshake, close). With
+//! `--rss-every` the churn run is a soak: the server's RSS is sampled all along.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,7 +16,47 @@ use crate::fleet::Fleet;
 use crate::job::{Channels, Cmd, HandshakeJob};
 use crate::procfs;
 use crate::report::round;
+use crate::series::{self, Point};
 use crate::stats;
+
+/// Samples the server's RSS on an interval while the run goes on (the soak's memory series).
+struct RssSampler {
+    points: Rc<RefCell<Vec<Point>>>,
+    t0: Instant,
+    task: tokio::task::AbortHandle,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>, every: Duration) -> RssSampler {
+        let points = Rc::new(RefCell::new(Vec::new()));
+        let t0 = Instant::now();
+        let task = {
+            let points = points.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Some(kb) = procfs::sample_rss_kb(&pids) {
+                        points.borrow_mut().push((t0.elapsed().as_secs_f64(), kb));
+                    }
+                }
+            })
+            .abort_handle()
+        };
+        RssSampler { points, t0, task }
+    }
+
+    /// Stops sampling; one last sample closes the series.
+    fn finish(self, pids: &[u32]) -> Vec<Point> {
+        self.task.abort();
+        let mut points = std::mem::take(&mut *self.points.borrow_mut());
+        if let Some(kb) = procfs::sample_rss_kb(pids) {
+            points.push((self.t0.elapsed().as_secs_f64(), kb));
+        }
+        points
+    }
+}
 
 pub async fn churn(a: ChurnArgs) -> Result<(), String> {
     if a.handshake_rate {
@@ -39,6 +82,8 @@ pub async fn churn(a: ChurnArgs) -> Result<(), String> {
         churn_percent: Some(a.churn_percent),
         handshake: None,
         api: None,
+        stalled_share: 0.0,
+        reconnect: None,
     };
     let mut m = base(&s, "churn");
     m.insert("churn_percent".into(), json!(a.churn_percent));
@@ -51,7 +96,9 @@ pub async fn churn(a: ChurnArgs) -> Result<(), String> {
     // Under churn not every publication reaches every connection: a short drain suffices.
     let drain = s.c.drain.min(Duration::from_secs(2));
     let per_publish = open as f64 / s.urls.len() as f64;
+    let rss = a.rss_every.map(|every| RssSampler::start(s.c.server_pids.clone(), every));
     let out = publish_phase(&s, drain, &mut fleet, &plan, duration, per_publish, None).await;
+    let rss = rss.map(|r| r.finish(&s.c.server_pids));
     fleet.stop(Instant::now() + Duration::from_secs(20)).await;
     let merged = merge(&fleet.results)?;
     fleet.shutdown().await;
@@ -67,6 +114,20 @@ pub async fn churn(a: ChurnArgs) -> Result<(), String> {
     m.insert("connect_errors_measured".into(), json!(merged.errors_measured));
     m.insert("connections_at_end".into(), json!(merged.open));
     m.insert("lost".into(), json!(merged.gaps));
+    if let Some(points) = &rss {
+        let v = series::summary(points, a.rss_fit.as_secs_f64());
+        eprintln!(
+            "  server RSS over {} samples: first {} KiB, min {}, max {}, last {}; slope {} KiB/min over the last {:.0} s",
+            v["samples"],
+            v["first_kb"],
+            v["min_kb"],
+            v["max_kb"],
+            v["last_kb"],
+            v["slope_kb_per_min"],
+            a.rss_fit.as_secs_f64()
+        );
+        m.insert("rss_series".into(), v);
+    }
     eprintln!(
         "  churn: {} reconnects in {:.1} s = {}/s (target {}), {} errors",
         merged.handshakes_measured,
@@ -104,6 +165,8 @@ async fn handshake_rate(a: ChurnArgs) -> Result<(), String> {
         churn_percent: None,
         handshake: Some(HandshakeJob { total: s.n.div_ceil(s.procs as u64), duration_ms: duration.as_millis() as u64 }),
         api: None,
+        stalled_share: 0.0,
+        reconnect: None,
     };
     let mut m = base(&s, "handshake");
     let mut fleet = Fleet::spawn(jobs(&s, &[s.n], &spec)).await?;

@@ -10,6 +10,7 @@ use super::publish::{Backlog, Plan, delivery_fields, print_delivery_summary, pub
 use super::{JobSpec, Setup, base, client_fields, connect_all, finish, merge, setup};
 use crate::cli::{FanoutArgs, PersonalArgs};
 use crate::job::{Channels, Cmd, Target};
+use crate::metrics;
 use crate::worker::MAX_SEQ;
 
 /// A fanout or personal run.
@@ -21,24 +22,49 @@ struct PublishRun {
     /// Deliveries per successful publish (default: every connection).
     per_publish: Option<f64>,
     backlog: Option<Backlog>,
+    /// Share of the connections that never read after subscribing (fanout only).
+    stalled_share: f64,
     extra: Map<String, Value>,
 }
 
 async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
-    let PublishRun { scenario, plan, channels, duration, per_publish: per_publish_override, backlog, extra } = run;
+    let PublishRun {
+        scenario,
+        plan,
+        channels,
+        duration,
+        per_publish: per_publish_override,
+        backlog,
+        stalled_share,
+        extra,
+    } = run;
     let max_seq = plan.max_seq();
     if max_seq > MAX_SEQ {
         return Err(format!("too many publications/rounds ({max_seq}, at most {MAX_SEQ})"));
     }
-    let spec = JobSpec { channels, strict_order: true, max_seq, churn_percent: None, handshake: None, api: None };
+    let spec = JobSpec {
+        channels,
+        strict_order: true,
+        max_seq,
+        churn_percent: None,
+        handshake: None,
+        api: None,
+        stalled_share,
+        reconnect: None,
+    };
     let mut m = base(&s, scenario);
     m.extend(extra);
+    let disconnects_before = if stalled_share > 0.0 { metrics::disconnects(&s.urls).await } else { None };
     let (mut fleet, _) = connect_all(&s, &spec, &mut m).await?;
-    let open = fleet.ready_open();
-    let per_publish = per_publish_override.unwrap_or(open as f64 / s.urls.len() as f64);
+    let stalled = fleet.ready_stalled();
+    // Stalled connections read nothing: the deliveries expected are the readers'.
+    let readers = fleet.ready_open() - stalled;
+    let per_publish = per_publish_override.unwrap_or(readers as f64 / s.urls.len() as f64);
     fleet.send_all(Cmd::Start).await;
     eprintln!("  publishing ...");
     let out = publish_phase(&s, s.c.drain, &mut fleet, &plan, duration, per_publish, backlog).await;
+    // Read before the workers stop: their own closes would count too.
+    let disconnects_after = if stalled_share > 0.0 { metrics::disconnects(&s.urls).await } else { None };
     fleet.stop(Instant::now() + Duration::from_secs(20)).await;
     let merged = merge(&fleet.results)?;
     fleet.shutdown().await;
@@ -46,6 +72,17 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
     client_fields(&mut m, &merged);
     m.insert("connections_at_end".into(), json!(merged.open));
     print_delivery_summary(&m);
+    if stalled_share > 0.0 {
+        m.insert("stalled".into(), json!(stalled));
+        m.insert("readers".into(), json!(readers));
+        let closed = disconnects_before.zip(disconnects_after).map(|(b, a)| metrics::delta(&b, &a));
+        eprintln!(
+            "  stalled {stalled} of {} connections; server disconnects by code during the run: {}",
+            readers + stalled,
+            closed.as_ref().map(|c| format!("{c:?}")).unwrap_or_else(|| "unknown (no /metrics)".into())
+        );
+        m.insert("server_disconnects".into(), json!(closed));
+    }
     finish(&s, m)
 }
 
@@ -54,6 +91,9 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
     let rate = s.c.rate.unwrap_or(20.0);
     if rate <= 0.0 {
         return Err("--rate must be positive".into());
+    }
+    if !(0.0..1.0).contains(&a.stalled_share) {
+        return Err("--stalled-share must be at least 0 and below 1".into());
     }
     let duration = s.c.duration.unwrap_or(Duration::from_secs(20));
     let count = s.c.count.unwrap_or_else(|| (rate * duration.as_secs_f64()).ceil() as u64).max(1);
@@ -71,6 +111,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
     extra.insert("duration_s".into(), json!(duration.as_secs_f64()));
     extra.insert("count".into(), json!(count));
     extra.insert("max_backlog_ms".into(), json!(a.max_backlog.map(|d| d.as_millis() as u64)));
+    extra.insert("stalled_share".into(), json!(a.stalled_share));
     let backlog = a.max_backlog.map(|threshold| Backlog { threshold, secs: a.max_backlog_secs.max(1) });
     let plan = Plan::Fanout { channel: channel.clone(), rate, count };
     let run = PublishRun {
@@ -80,6 +121,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
         duration,
         per_publish: None,
         backlog,
+        stalled_share: a.stalled_share,
         extra,
     };
     publish_scenario(s, run).await
@@ -118,6 +160,7 @@ pub async fn personal(a: PersonalArgs) -> Result<(), String> {
         duration,
         per_publish: Some(1.0),
         backlog,
+        stalled_share: 0.0,
         extra,
     };
     publish_scenario(s, run).await

@@ -30,7 +30,16 @@ pub async fn idle(a: IdleArgs) -> Result<(), String> {
         ChannelMode::Shared => Channels::Shared(s.c.channel.clone().unwrap_or_else(|| "bench_idle".into())),
         ChannelMode::Own => Channels::PerConn(s.c.channel.clone().unwrap_or_else(|| "idle_".into())),
     };
-    let spec = JobSpec { channels, strict_order: true, max_seq: 0, churn_percent: None, handshake: None, api: None };
+    let spec = JobSpec {
+        channels,
+        strict_order: true,
+        max_seq: 0,
+        churn_percent: None,
+        handshake: None,
+        api: None,
+        stalled_share: 0.0,
+        reconnect: None,
+    };
     eprintln!("idle: {} connections to {} ({}), checkpoints {:?}", s.n, s.hosts(), s.c.target.as_str(), checkpoints);
     let mut m = base(&s, "idle");
     m.insert("channels".into(), json!(format!("{:?}", a.channels).to_lowercase()));

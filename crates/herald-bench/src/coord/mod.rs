@@ -6,7 +6,7 @@
 //! the worker jobs, opening the connections, memory and CPU samples, merging the worker results
 //! and the common fields of the result line. Publishing through the server API lives in
 //! `publish`; each scenario family has its own file (`idle`, `fanout` with `personal`, `churn`
-//! with the handshake-rate load, `api`).
+//! with the handshake-rate load, `storm`, `api`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::cli::Common;
 use crate::fleet::Fleet;
-use crate::job::{ApiJob, Channels, HandshakeJob, Job, Target, WorkerResult};
+use crate::job::{ApiJob, Backoff, Channels, HandshakeJob, Job, Target, WorkerResult};
 use crate::procfs::{self, Sample};
 use crate::report::{self, round};
 use crate::stats::{self, PubAgg};
@@ -29,11 +29,13 @@ mod churn;
 mod fanout;
 mod idle;
 mod publish;
+mod storm;
 
 pub use api::api;
 pub use churn::churn;
 pub use fanout::{fanout, personal};
 pub use idle::idle;
+pub use storm::storm;
 
 /// Most connections one worker process may hold (the per-process limit is 20,000 files).
 pub(crate) const MAX_PER_WORKER: u64 = 19_000;
@@ -103,6 +105,8 @@ struct JobSpec {
     churn_percent: Option<f64>,
     handshake: Option<HandshakeJob>,
     api: Option<ApiJob>,
+    stalled_share: f64,
+    reconnect: Option<Backoff>,
 }
 
 fn jobs(s: &Setup, stages: &[u64], spec: &JobSpec) -> Vec<Job> {
@@ -144,6 +148,8 @@ fn jobs(s: &Setup, stages: &[u64], spec: &JobSpec) -> Vec<Job> {
                 handshake: spec.handshake.clone(),
                 api,
                 raw: false,
+                stalled_share: spec.stalled_share,
+                reconnect: spec.reconnect,
                 max_time_ms: (s.c.output.max_time + Duration::from_secs(60)).as_millis() as u64,
             }
         })

@@ -35,7 +35,7 @@ pub(super) async fn run_api(ctx: Rc<Ctx>, api: ApiJob, mut rx: mpsc::UnboundedRe
         let st = ctx.stats.borrow();
         (st.errors, st.error_kinds.clone())
     };
-    emit(&Msg::Ready(Ready { stage: 0, open: ctx.open.get(), errors, elapsed_ms: 0, error_kinds }));
+    emit(&Msg::Ready(Ready { stage: 0, open: ctx.open.get(), errors, elapsed_ms: 0, error_kinds, stalled: 0 }));
     if !wait_start(&mut rx).await {
         emit(&Msg::Result(Box::new(result(&ctx, Duration::ZERO, Duration::ZERO))));
         return;

@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use super::Ctx;
-use crate::job::{Enc, Target};
+use crate::job::{Enc, Target, is_stalled};
 use crate::util::now_ns;
 use crate::wsclient::{self, OP_BINARY, OP_TEXT, Pump, WsError, WsStream};
 
@@ -114,16 +114,72 @@ async fn dial(ctx: &Ctx, idx: u64) -> Result<(WsStream, String), WsError> {
     Ok((ws, channel))
 }
 
-/// One client connection: dial, handshake (+ connect/subscribe for Herald), then receive until
-/// the server closes or the task is aborted.
+/// How one session of a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Never became ready (counted by `Ctx::fail`).
+    Failed,
+    /// Was ready, then the server closed it or the socket broke (counted in `server_closed`).
+    Dropped,
+    /// Closed by us (handshake-rate load).
+    Done,
+}
+
+fn failed(ctx: &Ctx, e: &WsError) -> Ended {
+    ctx.fail(e);
+    Ended::Failed
+}
+
+/// Consecutive failed attempts after which a reconnecting client gives up.
+const MAX_FAILED_ATTEMPTS: u32 = 200;
+
+/// One client connection; with `job.reconnect`, it reconnects (after the backoff) whenever the
+/// server drops it or an attempt fails, up to [`MAX_FAILED_ATTEMPTS`] failures in a row.
 async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
+    let mut ended = session(ctx.clone(), idx, permit).await;
+    let Some(backoff) = ctx.job.reconnect else { return };
+    let (mut attempt, mut failures) = (0u32, 0u32);
+    loop {
+        match ended {
+            Ended::Done => return,
+            Ended::Dropped => (attempt, failures) = (0, 0),
+            Ended::Failed => failures += 1,
+        }
+        if failures >= MAX_FAILED_ATTEMPTS {
+            return;
+        }
+        let seed = idx.rotate_left(20) ^ u64::from(attempt) ^ now_ns();
+        let delay = backoff.delay_ms(attempt, unit(seed));
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        attempt = attempt.saturating_add(1);
+        let permit = acquire(&ctx).await;
+        ctx.pending.set(ctx.pending.get() + 1);
+        ended = session(ctx.clone(), idx, permit).await;
+    }
+}
+
+/// A number in [0, 1) from `seed` (splitmix64): the backoff's jitter, no RNG state to share.
+fn unit(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One session: dial, handshake (+ connect/subscribe for Herald), then receive until the server
+/// closes or the task is aborted. A stalled connection (`job.stalled_share`) stops reading once
+/// subscribed and holds its socket until the worker exits.
+async fn session(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) -> Ended {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + ctx.connect_timeout;
     let mut guard = Guard { ctx: ctx.clone(), handshaking: true, open: false, permit: Some(permit) };
     let (mut ws, channel) = match tokio::time::timeout_at(deadline, dial(&ctx, idx)).await {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => return ctx.fail(&e),
-        Err(_) => return ctx.fail(&WsError::new("timeout", "connect/upgrade timed out")),
+        Ok(Err(e)) => return failed(&ctx, &e),
+        Err(_) => return failed(&ctx, &WsError::new("timeout", "connect/upgrade timed out")),
     };
     let job = &ctx.job;
     let mut ready = job.target != Target::Herald;
@@ -133,7 +189,7 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
                 let claims = serde_json::json!({ "sub": idx.to_string() });
                 match herald_auth::sign_hmac(&claims, secret, "HS256") {
                     Ok(t) => t,
-                    Err(e) => return ctx.fail(&WsError::new("token", e)),
+                    Err(e) => return failed(&ctx, &WsError::new("token", e)),
                 }
             }
             None => String::new(),
@@ -141,7 +197,7 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
         let hello = herald_hello(job.encoding, token, channel);
         let op = if job.encoding == Enc::Json { OP_TEXT } else { OP_BINARY };
         if let Err(e) = ws.send(op, &hello).await {
-            return ctx.fail(&WsError::io("hello_write", &e));
+            return failed(&ctx, &WsError::io("hello_write", &e));
         }
     } else {
         ctx.on_ready(started);
@@ -149,7 +205,7 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
         guard.open = true;
         ctx.open.set(ctx.open.get() + 1);
         if ctx.close_when_ready {
-            return;
+            return Ended::Done;
         }
     }
     let mut last = 0u64;
@@ -159,7 +215,7 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
         } else {
             match tokio::time::timeout_at(deadline, ws.read(&ctx.scratch, MAX_READS)).await {
                 Ok(r) => r,
-                Err(_) => return ctx.fail(&WsError::new("timeout", "no subscribe reply in time")),
+                Err(_) => return failed(&ctx, &WsError::new("timeout", "no subscribe reply in time")),
             }
         };
         let now = now_ns();
@@ -201,10 +257,17 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
                 guard.open = true;
                 ctx.open.set(ctx.open.get() + 1);
                 if ctx.close_when_ready {
-                    return;
+                    return Ended::Done;
+                }
+                if is_stalled(idx, job.stalled_share) {
+                    ctx.stalled.set(ctx.stalled.get() + 1);
+                    // Never read again: the server's queue for this client grows until it
+                    // closes the connection; the socket stays open on this side.
+                    let _held = ws;
+                    return std::future::pending().await;
                 }
             }
-            Some(Err(e)) => return ctx.fail(&e),
+            Some(Err(e)) => return failed(&ctx, &e),
             _ => {}
         }
         match result {
@@ -212,17 +275,17 @@ async fn conn_task(ctx: Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) {
             Ok(Pump::Closed(code)) => {
                 let kind = code.map(|c| format!("close_{c}")).unwrap_or_else(|| "eof".into());
                 if ready {
-                    *ctx.stats.borrow_mut().server_closed.entry(kind).or_default() += 1;
-                    return;
+                    ctx.dropped(kind);
+                    return Ended::Dropped;
                 }
-                return ctx.fail(&WsError::new(kind, "closed during the handshake"));
+                return failed(&ctx, &WsError::new(kind, "closed during the handshake"));
             }
             Err(e) => {
                 if ready {
-                    *ctx.stats.borrow_mut().server_closed.entry(e.kind).or_default() += 1;
-                    return;
+                    ctx.dropped(e.kind);
+                    return Ended::Dropped;
                 }
-                return ctx.fail(&e);
+                return failed(&ctx, &e);
             }
         }
     }
@@ -361,6 +424,15 @@ mod tests {
         let err = herald_handshake_reply(Enc::Json, br#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#);
         assert_eq!(err.unwrap().unwrap_err().kind, "subscribe_103");
         assert!(herald_handshake_reply(Enc::Json, br#"{"push":{"channel":"c","pub":{"data":{}}}}"#).is_none());
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough() {
+        let xs: Vec<f64> = (0..10_000u64).map(unit).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        assert!(xs.iter().filter(|x| **x < 0.1).count() > 800);
     }
 
     #[test]

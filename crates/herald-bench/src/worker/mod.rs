@@ -126,6 +126,11 @@ struct Ctx {
     open: Cell<u64>,
     /// Connection attempts whose handshake has not finished.
     pending: Cell<u64>,
+    /// Ready connections that stopped reading (`job.stalled_share`).
+    stalled: Cell<u64>,
+    /// Wall time (ns) of the latest handshake and of the first drop after `start` (storm).
+    last_ready_ns: Cell<u64>,
+    first_drop_ns: Cell<u64>,
     measuring: Cell<bool>,
     /// Close each connection as soon as it is ready (handshake-rate load).
     close_when_ready: bool,
@@ -153,6 +158,15 @@ impl Ctx {
             st.handshakes_measured += 1;
         }
         stats::record(&mut self.handshake_hist.borrow_mut(), started.elapsed().as_micros() as u64);
+        self.last_ready_ns.set(crate::util::now_ns());
+    }
+
+    /// A ready connection was closed by the server (`kind`: close code or error).
+    fn dropped(&self, kind: String) {
+        *self.stats.borrow_mut().server_closed.entry(kind).or_default() += 1;
+        if self.measuring.get() && self.first_drop_ns.get() == 0 {
+            self.first_drop_ns.set(crate::util::now_ns());
+        }
     }
 
     /// Counts what one data message carries. `last` is the connection's last sequence number.
@@ -222,6 +236,10 @@ impl Ctx {
         let st = self.stats.borrow();
         Progress {
             open: self.open.get(),
+            pending: self.pending.get(),
+            handshakes_measured: st.handshakes_measured,
+            last_ready_ns: self.last_ready_ns.get(),
+            first_drop_ns: self.first_drop_ns.get(),
             handshakes: st.handshakes,
             errors: st.errors,
             deliveries: st.deliveries,
@@ -326,6 +344,9 @@ async fn run(job: Job, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         scratch: RefCell::new(Vec::with_capacity(64 * 1024)),
         open: Cell::new(0),
         pending: Cell::new(0),
+        stalled: Cell::new(0),
+        last_ready_ns: Cell::new(0),
+        first_drop_ns: Cell::new(0),
         measuring: Cell::new(false),
         close_when_ready,
         zero_linger,
@@ -357,6 +378,7 @@ async fn run(job: Job, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             errors,
             elapsed_ms: elapsed.as_millis() as u64,
             error_kinds,
+            stalled: ctx.stalled.get(),
         }));
         if i + 1 == stages.len() {
             break;

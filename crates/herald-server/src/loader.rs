@@ -31,10 +31,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
+use herald_hub::NodeIdentity;
 use herald_hub::config::{ChannelOptions, Namespace};
-use herald_hub::{Node, NodeIdentity, SystemClock};
 use serde_json::{Map, Value};
 use serde_path_to_error::Segment;
 
@@ -240,7 +239,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         name: cfg.node.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(ConfigError::from)
+    crate::proxy::build_node(cfg.hub(), identity).map(|_| ())
 }
 
 /// The conformance echo endpoint answers anyone without a token: it is accepted only on a

@@ -20,6 +20,8 @@ pub struct AppState {
     pub config: Config,
     pub metrics: PrometheusHandle,
     pub ws: WsSettings,
+    /// Lower-case names of the client HTTP headers transports keep for the connect proxy.
+    pub connect_headers: Vec<String>,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
     /// Open sockets ([`Connections::sockets`]) at which new connections are refused: the file
@@ -37,11 +39,13 @@ impl AppState {
     /// `socket_limit` starts unlimited; start-up sets it from the file limit.
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
+        let connect_headers = node.backend().table().connect_header_names();
         AppState {
             node,
             config,
             metrics,
             ws,
+            connect_headers,
             shutting_down: AtomicBool::new(false),
             connections: Connections::new(pinned_workers),
             socket_limit: usize::MAX,

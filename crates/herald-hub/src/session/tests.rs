@@ -43,6 +43,7 @@ impl Authenticator for Backend {
                 data: Bytes::from_static(b"{\"welcome\":true}"),
                 channels: vec!["ignored:because-subs-win".into()],
                 subs,
+                ..Default::default()
             })
         } else {
             Err(DISCONNECT_PERMISSION_DENIED.into())

@@ -250,10 +250,18 @@ impl ReadState {
 /// The connection task: runs until the connection is closed, then cleans up the session.
 ///
 /// `early` holds bytes the client sent right after its handshake request, if any.
-pub(super) async fn run(link: Arc<WsLink>, state: Arc<AppState>, early: Vec<u8>, conn: ConnectionInfo) {
+///
+/// `headers`: client HTTP headers kept for the connect proxy, if it has any to forward.
+pub(super) async fn run(
+    link: Arc<WsLink>,
+    state: Arc<AppState>,
+    early: Vec<u8>,
+    conn: ConnectionInfo,
+    headers: Vec<(String, String)>,
+) {
     state.connections.opened(Transport::WebSocket, link.worker);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    let mut session = Box::new(Session::new(dyn_link, conn));
+    let mut session = Box::new(Session::with_headers(dyn_link, conn, headers));
     let unparsed = !early.is_empty();
     let mut read = ReadState { partial: early, unparsed, reader: MessageReader::new() };
     // Input already read (sent right after the handshake, or left over by a full pass) is

@@ -48,12 +48,13 @@ pub(crate) async fn upgrade(
                         Endpoint::Echo => (Encoding::Json, None),
                     };
                     let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
-                    Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len))
+                    let kept = keep_headers(req.headers, &state.connect_headers);
+                    Ok((herald_proto::ws::switching_protocols(up.key, protocol), encoding, native_ping, head_len, kept))
                 }
             }
         }
     };
-    let (response, encoding, native_ping, head_len) = match decision {
+    let (response, encoding, native_ping, head_len, kept) = match decision {
         Ok(d) => d,
         Err((status, message)) => {
             let extra = match status {
@@ -77,7 +78,28 @@ pub(crate) async fn upgrade(
     let link = link::new_link(stream, encoding, native_ping, &state.node, &state.ws);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, Transport::WebSocket);
-    tokio::spawn(conn::run(link, state, early, conn));
+    tokio::spawn(conn::run(link, state, early, conn, kept));
+}
+
+/// The request headers the connect proxy forwards (`names`: lower-case), repeated ones joined
+/// (cookies with `; `, others with `, `).
+fn keep_headers(headers: &[httparse::Header<'_>], names: &[String]) -> Vec<(String, String)> {
+    let mut kept: Vec<(String, String)> = Vec::new();
+    if names.is_empty() {
+        return kept;
+    }
+    for h in headers {
+        let Some(name) = names.iter().find(|n| h.name.eq_ignore_ascii_case(n)) else { continue };
+        let Ok(value) = std::str::from_utf8(h.value) else { continue };
+        match kept.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                v.push_str(if name == "cookie" { "; " } else { ", " });
+                v.push_str(value);
+            }
+            None => kept.push((name.clone(), value.to_owned())),
+        }
+    }
+    kept
 }
 
 /// Chooses the encoding from offered subprotocols and query parameters.

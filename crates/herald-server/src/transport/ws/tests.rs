@@ -32,7 +32,7 @@ async fn loopback_link() -> (Arc<WsLink>, TcpStream, Arc<AppState>) {
 #[tokio::test]
 async fn connection_state_is_small() {
     let (link, _client, state) = loopback_link().await;
-    let fut = run(link, state, Vec::new(), ConnectionInfo::default());
+    let fut = run(link, state, Vec::new(), ConnectionInfo::default(), Vec::new());
     let future_size = std::mem::size_of_val(&fut);
     let link_size = std::mem::size_of::<WsLink>();
     let session_size = std::mem::size_of::<Session>();

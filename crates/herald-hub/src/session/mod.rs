@@ -15,6 +15,8 @@
 //! `docs/protocol.md` ("Herald choices").
 
 mod connect;
+#[cfg(test)]
+mod proxy_tests;
 mod publish;
 mod rpc;
 mod subscribe;

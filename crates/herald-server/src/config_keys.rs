@@ -102,6 +102,24 @@ const CHANNEL_OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("subscription_type", "map and shared-poll subscriptions", &[], ""),
 ];
 
+/// Proxy object options Herald does not have, for every proxy.
+const PROXY_OPTIONS: &[(&str, &str)] = &[
+    ("http.status_to_code_transforms", "HTTP status to code transforms (other statuses are error 100)"),
+    ("grpc_metadata", "GRPC metadata forwarding"),
+    ("grpc", "GRPC proxy options"),
+];
+
+/// Where a proxy object can be.
+const PROXY_SECTIONS: &[&str] = &[
+    "client.proxy.connect",
+    "client.proxy.refresh",
+    "channel.proxy.subscribe",
+    "channel.proxy.publish",
+    "channel.proxy.sub_refresh",
+    "rpc.proxy",
+    "proxies[]",
+];
+
 fn table() -> Vec<Unimplemented> {
     let fixed = OPTIONS.iter().map(|&(path, what, refuse, why)| Unimplemented { path: path.into(), what, refuse, why });
     let channel = ["channel.without_namespace", "channel.namespaces[]"].into_iter().flat_map(|section| {
@@ -112,7 +130,15 @@ fn table() -> Vec<Unimplemented> {
             why,
         })
     });
-    fixed.chain(channel).collect()
+    let proxy = PROXY_SECTIONS.iter().flat_map(|section| {
+        PROXY_OPTIONS.iter().map(move |&(key, what)| Unimplemented {
+            path: format!("{section}.{key}"),
+            what,
+            refuse: &[],
+            why: "",
+        })
+    });
+    fixed.chain(channel).chain(proxy).collect()
 }
 
 /// Dotted paths of every Centrifugo option in the table (for the test that none is known).
@@ -294,6 +320,8 @@ mod tests {
         let ns = file_key("channel.namespaces[2].subscribe_stream_proxy_enabled", &json!(true)).unwrap();
         assert_eq!(ns.unwrap_err().key, "channel.namespaces[2].subscribe_stream_proxy_enabled");
         assert!(file_key("rpc.ping", &json!(true)).unwrap().is_ok(), "warned about, not refused");
+        let transforms = file_key("proxies[1].http.status_to_code_transforms", &json!([{"status_code": 404}]));
+        assert!(transforms.unwrap().unwrap().contains("status to code transforms"));
         assert!(file_key("grpc_api", &json!({"enabled": true})).unwrap().is_ok());
         assert!(file_key("grpc_api", &json!({"tls": {"enabled": true}})).unwrap().is_err());
         assert!(file_key("client.token.audience_regex", &json!("")).unwrap().is_ok());

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 
 use crate::config_error::ConfigError;
+use crate::state::LogThrottle;
 
 /// The latency histogram's name and buckets (seconds): backends answer in milliseconds, the
 /// default timeout is one second.
@@ -31,6 +32,8 @@ pub const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 
 /// Idle keep-alive connections kept per backend host (Centrifugo keeps 255).
 const MAX_IDLE_PER_HOST: usize = 255;
+/// At most one line per proxy this often about failed calls.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 /// An idle pooled connection is closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -39,6 +42,9 @@ pub struct HttpProxy {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Parsed endpoints, by `ProxySpec::id`.
     uris: Vec<Uri>,
+    /// Failed calls are logged at most every few seconds per proxy: a backend outage under
+    /// load would otherwise write a line per client command.
+    failures: Vec<LogThrottle>,
 }
 
 impl HttpProxy {
@@ -61,7 +67,8 @@ impl HttpProxy {
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        Ok(HttpProxy { client, uris })
+        let failures = specs.iter().map(|_| LogThrottle::new(FAILURE_LOG_EVERY)).collect();
+        Ok(HttpProxy { client, uris, failures })
     }
 
     async fn exchange(&self, req: &ProxyRequest<'_>, body: Vec<u8>) -> Result<Bytes, ProxyFailure> {
@@ -160,6 +167,11 @@ impl ProxyPort for HttpProxy {
                 Err(ProxyFailure::TooLarge) => "too_large",
                 Err(_) => "unavailable",
             };
+            if let Err(e) = &outcome
+                && let Some((n, _)) = self.failures.get(request.spec.id).and_then(|t| t.note(Instant::now()))
+            {
+                tracing::warn!(proxy = %request.spec.label, kind = request.kind.name(), failed = n, "proxy call failed: {e}");
+            }
             let (proxy, kind) = (request.spec.label.clone(), request.kind.name());
             metrics::counter!("herald_proxy_requests_total", "proxy" => proxy.clone(), "kind" => kind, "outcome" => label)
                 .increment(1);

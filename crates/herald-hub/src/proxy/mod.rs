@@ -377,8 +377,14 @@ impl Backend {
             Err(_) => "failed",
         };
         metrics::proxy_decision(kind.name(), label);
-        if let Err(e) = &outcome {
-            tracing::warn!(proxy = %spec.label, kind = kind.name(), error = %e, "proxy call failed");
+        match &outcome {
+            // A backend bug: worth a line each time.
+            Err(e @ ProxyFailure::BadAnswer(_)) => {
+                tracing::warn!(proxy = %spec.label, kind = kind.name(), error = %e, "proxy answer refused")
+            }
+            // Outages are logged by the port (throttled) and counted in metrics.
+            Err(e) => tracing::debug!(proxy = %spec.label, kind = kind.name(), error = %e, "proxy call failed"),
+            Ok(_) => {}
         }
         outcome
     }

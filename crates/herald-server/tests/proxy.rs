@@ -149,6 +149,23 @@ async fn connect_proxy_lets_in_with_the_backends_identity_and_gets_the_exact_req
 }
 
 #[tokio::test]
+async fn connect_proxy_channels_become_server_side_subscriptions() {
+    let backend = Backend::start();
+    let herald = herald_with(Some(&backend), &[]);
+    let (mut ws, reply) = proxy_connect(&herald, json!({"user": "nina", "channels": ["px:server-side"]}), &[]).await;
+    assert!(reply["connect"]["subs"]["px:server-side"].is_object(), "{reply}");
+    herald.publish("px:server-side", json!({"to": "nina"})).await;
+    let push = loop {
+        if let Some(p) = ws.recv_json().await.into_iter().find(|m| m["push"]["pub"].is_object()) {
+            break p;
+        }
+    };
+    assert_eq!(push["push"]["channel"], "px:server-side");
+    assert_eq!(push["push"]["pub"]["data"], json!({"to": "nina"}));
+    assert!(backend.requests_to("/subscribe").await.is_empty(), "granted by the connect answer, not asked again");
+}
+
+#[tokio::test]
 async fn connect_proxy_deny_disconnect_timeout_down_and_garbage() {
     let backend = Backend::start();
     let herald = herald_with(Some(&backend), &[]);

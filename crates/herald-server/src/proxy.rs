@@ -8,7 +8,9 @@
 //! and event (`kind`): `herald_proxy_requests_total{outcome}` (`ok`, `timeout`, `unavailable`,
 //! `status`, `too_large`) and the `herald_proxy_duration_seconds` histogram.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use metrics::{Counter, Histogram};
 use rand::Rng;
 
 use crate::config_error::ConfigError;
@@ -37,14 +40,40 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 /// An idle pooled connection is closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+thread_local! {
+    /// One pooled client per worker thread: a pooled connection is driven by a task of the
+    /// runtime that opened it, so with one runtime per worker a shared pool would make about
+    /// half the calls cross threads (a wake-up each way).
+    static CLIENT: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
+}
+
+fn client() -> HttpClient {
+    CLIENT.with(|c| {
+        c.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .build(connector)
+        })
+        .clone()
+    })
+}
+
+/// Metric handles by (proxy id, event, outcome), made once.
+type Handles = Mutex<HashMap<(usize, &'static str, &'static str), (Counter, Histogram)>>;
+
 /// The proxies' HTTP client.
 pub struct HttpProxy {
-    client: Client<HttpConnector, Full<Bytes>>,
     /// Parsed endpoints, by `ProxySpec::id`.
     uris: Vec<Uri>,
     /// Failed calls are logged at most every few seconds per proxy: a backend outage under
     /// load would otherwise write a line per client command.
     failures: Vec<LogThrottle>,
+    metrics: Handles,
 }
 
 impl HttpProxy {
@@ -61,14 +90,8 @@ impl HttpProxy {
             }
             uris.push(uri);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         let failures = specs.iter().map(|_| LogThrottle::new(FAILURE_LOG_EVERY)).collect();
-        Ok(HttpProxy { client, uris, failures })
+        Ok(HttpProxy { uris, failures, metrics: Mutex::default() })
     }
 
     async fn exchange(&self, req: &ProxyRequest<'_>, body: Vec<u8>) -> Result<Bytes, ProxyFailure> {
@@ -91,7 +114,7 @@ impl HttpProxy {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
         insert(headers, "traceparent", &traceparent(parent, &mut rand::rng()));
-        let response = self.client.request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
+        let response = client().request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
         if response.status() != StatusCode::OK {
             return Err(ProxyFailure::Status(response.status().as_u16()));
         }
@@ -172,11 +195,19 @@ impl ProxyPort for HttpProxy {
             {
                 tracing::warn!(proxy = %request.spec.label, kind = request.kind.name(), failed = n, "proxy call failed: {e}");
             }
-            let (proxy, kind) = (request.spec.label.clone(), request.kind.name());
-            metrics::counter!("herald_proxy_requests_total", "proxy" => proxy.clone(), "kind" => kind, "outcome" => label)
-                .increment(1);
-            metrics::histogram!(DURATION_METRIC, "proxy" => proxy, "kind" => kind)
-                .record(start.elapsed().as_secs_f64());
+            let kind = request.kind.name();
+            let (count, latency) = {
+                let mut handles = self.metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let make = || {
+                    let proxy = request.spec.label.clone();
+                    let count = metrics::counter!("herald_proxy_requests_total",
+                        "proxy" => proxy.clone(), "kind" => kind, "outcome" => label);
+                    (count, metrics::histogram!(DURATION_METRIC, "proxy" => proxy, "kind" => kind))
+                };
+                handles.entry((request.spec.id, kind, label)).or_insert_with(make).clone()
+            };
+            count.increment(1);
+            latency.record(start.elapsed().as_secs_f64());
             outcome
         })
     }

@@ -42,32 +42,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-thread_local! {
-    /// One pooled client per worker thread: a pooled connection is driven by a task of the
-    /// runtime that opened it, so with one runtime per worker a shared pool would make about
-    /// half the calls cross threads (a wake-up each way).
-    static CLIENT: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
-}
-
-fn client() -> HttpClient {
-    CLIENT.with(|c| {
-        c.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .build(connector)
-        })
-        .clone()
-    })
-}
-
 /// Metric handles by (proxy id, event, outcome), made once.
 type Handles = Mutex<HashMap<(usize, &'static str, &'static str), (Counter, Histogram)>>;
 
 /// The proxies' HTTP client.
+///
+/// One pool for every worker thread. A pooled connection is driven by a task on the worker
+/// that opened it, so a call from another worker crosses threads; a pool per worker was tried
+/// and made no measurable difference (docs/benchmarks.md, "Connect proxy").
 pub struct HttpProxy {
+    client: HttpClient,
     /// Parsed endpoints, by `ProxySpec::id`.
     uris: Vec<Uri>,
     /// Failed calls are logged at most every few seconds per proxy: a backend outage under
@@ -90,8 +74,14 @@ impl HttpProxy {
             }
             uris.push(uri);
         }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
         let failures = specs.iter().map(|_| LogThrottle::new(FAILURE_LOG_EVERY)).collect();
-        Ok(HttpProxy { uris, failures, metrics: Mutex::default() })
+        Ok(HttpProxy { client, uris, failures, metrics: Mutex::default() })
     }
 
     async fn exchange(&self, req: &ProxyRequest<'_>, body: Vec<u8>) -> Result<Bytes, ProxyFailure> {
@@ -114,7 +104,7 @@ impl HttpProxy {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
         insert(headers, "traceparent", &traceparent(parent, &mut rand::rng()));
-        let response = client().request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
+        let response = self.client.request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
         if response.status() != StatusCode::OK {
             return Err(ProxyFailure::Status(response.status().as_u16()));
         }

@@ -87,6 +87,8 @@ fn identity(claims: ConnectClaims) -> Identity {
         data: Default::default(),
         channels: claims.channels,
         subs: claims.subs,
+        meta: claims.meta.map(|m| bytes::Bytes::from(m.get().to_owned())).unwrap_or_default(),
+        server_refresh: false,
     }
 }
 

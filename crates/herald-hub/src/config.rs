@@ -9,6 +9,11 @@ use std::time::Duration;
 use herald_auth::TokenConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::proxy::config::{
+    ChannelProxyConfig, ClientProxyConfig, HttpProxyOptions, NamedProxy, ProxyOptions, RpcConfig, RpcNamespace,
+    RpcOptions, ToggledProxy,
+};
+
 /// Options of a channel namespace (or of channels without a namespace).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -49,6 +54,17 @@ pub struct ChannelOptions {
     pub allow_user_limited_channels: bool,
     /// Regular expression the channel name (after the namespace) must match.
     pub channel_regex: String,
+    /// Ask a backend whether a client may subscribe (instead of the `allow_subscribe_*`
+    /// options), for subscriptions without a token to channels that are not user-limited.
+    pub subscribe_proxy_enabled: bool,
+    /// A name from `proxies`; empty means `channel.proxy.subscribe`.
+    pub subscribe_proxy_name: String,
+    /// Ask a backend whether a client may publish (instead of the `allow_publish_*` options).
+    pub publish_proxy_enabled: bool,
+    pub publish_proxy_name: String,
+    /// Ask a backend to extend subscriptions that have an expiry.
+    pub sub_refresh_proxy_enabled: bool,
+    pub sub_refresh_proxy_name: String,
 }
 
 impl ChannelOptions {
@@ -88,6 +104,8 @@ pub struct ChannelConfig {
     pub user_separator: String,
     #[serde(with = "crate::duration")]
     pub history_meta_ttl: Duration,
+    /// Default subscribe, publish and sub_refresh proxies.
+    pub proxy: ChannelProxyConfig,
 }
 
 impl Default for ChannelConfig {
@@ -101,6 +119,7 @@ impl Default for ChannelConfig {
             user_boundary: "#".into(),
             user_separator: ",".into(),
             history_meta_ttl: Duration::from_secs(720 * 3600),
+            proxy: ChannelProxyConfig::default(),
         }
     }
 }
@@ -150,6 +169,8 @@ pub struct ClientConfig {
     pub connect_include_server_time: bool,
     /// Maximum commands accepted in one transport message.
     pub max_commands_per_frame: usize,
+    /// The connect and refresh proxies.
+    pub proxy: ClientProxyConfig,
 }
 
 impl Default for ClientConfig {
@@ -173,6 +194,7 @@ impl Default for ClientConfig {
             subscribe_to_user_personal_channel: PersonalChannelConfig::default(),
             connect_include_server_time: false,
             max_commands_per_frame: 256,
+            proxy: ClientProxyConfig::default(),
         }
     }
 }
@@ -183,6 +205,9 @@ impl Default for ClientConfig {
 pub struct HubConfig {
     pub client: ClientConfig,
     pub channel: ChannelConfig,
+    pub rpc: RpcConfig,
+    /// Named proxies, referenced by `*_proxy_name`.
+    pub proxies: Vec<NamedProxy>,
 }
 
 /// A configuration value the hub cannot run with, named by its config key (e.g.

@@ -10,6 +10,8 @@
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
 //! - [`link`]: the trait transports implement for each connection;
 //! - [`conn`]: what a transport tells a session about its connection (peer address, transport);
+//! - [`proxy`]: the logic-layer proxies (backend endpoints deciding connects, subscriptions,
+//!   publications, RPC) behind a port the server implements over HTTP;
 //! - [`channel`], [`config`], [`recovery`], [`duration`], [`clock`]: rules and helpers.
 
 pub mod auth;
@@ -24,6 +26,7 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod ports;
+pub mod proxy;
 pub mod recovery;
 pub mod session;
 pub mod timer;
@@ -34,5 +37,5 @@ pub use config::{ConfigError, HubConfig};
 pub use conn::{ConnectionInfo, Transport};
 pub use link::{ClientLink, Control, LinkTimers, ServerSubscribe};
 pub use node::{Node, NodeIdentity};
-pub use ports::{Authenticator, ConnectAttempt, Identity, Refusal};
+pub use ports::{Authenticator, BackendError, ConnectAttempt, Identity, Refusal};
 pub use session::{Flow, Session};

@@ -69,3 +69,16 @@ pub fn by_code(name: &'static str, code: u32) {
     static H: Handles<(&'static str, u32)> = OnceLock::new();
     cached(&H, (name, code), || metrics::counter!(name, "code" => code.to_string())).increment(1);
 }
+
+/// What a backend decided for a proxied event (`allow`, `error`, `disconnect`), or that the
+/// call brought no usable answer (`failed`, `bad_answer`). The HTTP client counts requests
+/// and latencies per proxy itself.
+pub fn proxy_decision(kind: &'static str, decision: &'static str) {
+    static H: Handles<(&'static str, &'static str)> = OnceLock::new();
+    cached(
+        &H,
+        (kind, decision),
+        || metrics::counter!("herald_proxy_decisions_total", "kind" => kind, "decision" => decision),
+    )
+    .increment(1);
+}

@@ -26,6 +26,7 @@ use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
 use crate::ports::{Authenticator, Ports, Time};
+use crate::proxy::{Backend, Proxies, ProxyAuthenticator, ProxyPort};
 use crate::timer::TimerWheel;
 
 /// Identity of this node.
@@ -74,6 +75,7 @@ pub struct Node {
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
     auth: Box<dyn Authenticator>,
+    backend: Arc<Backend>,
     time: Time,
     identity: NodeIdentity,
 }
@@ -93,8 +95,27 @@ impl Node {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceManager>,
     ) -> Result<Arc<Node>, ConfigError> {
+        Node::with_parts(cfg, identity, clock, broker, presence, None)
+    }
+
+    /// Builds a node with the given engines and the client of the logic-layer proxies
+    /// (`None`: a configured proxy answers every call as unavailable).
+    pub fn with_parts(
+        cfg: HubConfig,
+        identity: NodeIdentity,
+        clock: Arc<dyn Clock>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceManager>,
+        proxy: Option<Arc<dyn ProxyPort>>,
+    ) -> Result<Arc<Node>, ConfigError> {
         let channels = Channels::new(cfg.channel.clone())?;
-        let auth = Box::new(JwtAuthenticator::new(&cfg.client)?);
+        let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, proxy));
+        let jwt = JwtAuthenticator::new(&cfg.client)?;
+        let auth: Box<dyn Authenticator> = if backend.table().connect().is_some() {
+            Box::new(ProxyAuthenticator::new(jwt, backend.clone()))
+        } else {
+            Box::new(jwt)
+        };
         if let Some(ns) = cfg
             .client
             .subscribe_to_user_personal_channel
@@ -117,7 +138,7 @@ impl Node {
         broker
             .set_handler(Arc::new(Delivery::new(hub.clone())))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
-        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, time, identity }))
+        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, backend, time, identity }))
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -175,6 +196,11 @@ impl Node {
     /// The ports a session works through for one command.
     pub(crate) fn ports(&self) -> Ports<'_> {
         Ports::new(self, &*self.auth)
+    }
+
+    /// The logic-layer proxies.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub(crate) fn time(&self) -> &Time {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_auth::{SubOptions, SubscribeClaims, TokenError};
-use herald_proto::{ConnectRequest, DisconnectReason, ErrorCode};
+use herald_proto::{ConnectRequest, DisconnectReason, Encoding, ErrorCode};
 use uuid::Uuid;
 
 use crate::broker::BoxFuture;
@@ -31,6 +31,16 @@ use crate::timer::TimerWheel;
 pub enum Refusal {
     Error(ErrorCode),
     Disconnect(DisconnectReason),
+    /// An application error a backend answered with (code 400–1999), passed to the client.
+    Backend(BackendError),
+}
+
+/// An error reply decided by a backend: its own code, message and temporary flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError {
+    pub code: u32,
+    pub message: String,
+    pub temporary: bool,
 }
 
 impl From<ErrorCode> for Refusal {
@@ -66,6 +76,10 @@ pub struct Identity {
     pub channels: Vec<String>,
     /// Server-side subscriptions with per-channel info, data and option overrides.
     pub subs: BTreeMap<String, SubOptions>,
+    /// Private connection meta (raw JSON; empty: none), sent to proxies that include it.
+    pub meta: Bytes,
+    /// The connection is extended by the refresh proxy at `expire_at` instead of by the client.
+    pub server_refresh: bool,
 }
 
 /// A connect as the transport and the client presented it.
@@ -77,6 +91,10 @@ pub struct ConnectAttempt<'a> {
     pub request: &'a ConnectRequest,
     /// Unix seconds.
     pub now: i64,
+    /// The client's protocol.
+    pub encoding: Encoding,
+    /// Client HTTP headers the transport kept for the connect proxy (lower-case names).
+    pub headers: &'a [(String, String)],
 }
 
 /// Decides who clients are. Connect is asynchronous so that a backend can answer it; token
@@ -212,6 +230,11 @@ impl<'a> Ports<'a> {
     /// This node's id (the `node` of emulation connect results).
     pub(crate) fn node_uid(&self) -> &'a str {
         &self.node.identity().uid
+    }
+
+    /// The logic-layer proxies.
+    pub(crate) fn backend(&self) -> &'a crate::proxy::Backend {
+        self.node.backend()
     }
 
     /// Server version sent in connect replies.

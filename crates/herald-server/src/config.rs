@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use herald_hub::HubConfig;
-use herald_hub::config::{ChannelConfig, ClientConfig};
+use herald_hub::config::{ChannelConfig, ClientConfig, NamedProxy, RpcConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -19,6 +19,10 @@ pub struct Config {
     pub http_api: HttpApiConfig,
     pub client: ClientConfig,
     pub channel: ChannelConfig,
+    /// RPC namespaces and the RPC proxy.
+    pub rpc: RpcConfig,
+    /// Named logic-layer proxies.
+    pub proxies: Vec<NamedProxy>,
     pub websocket: WebsocketConfig,
     pub sse: StreamTransportConfig,
     pub http_stream: StreamTransportConfig,
@@ -38,7 +42,12 @@ pub struct Config {
 impl Config {
     /// The part the hub needs.
     pub fn hub(&self) -> HubConfig {
-        HubConfig { client: self.client.clone(), channel: self.channel.clone() }
+        HubConfig {
+            client: self.client.clone(),
+            channel: self.channel.clone(),
+            rpc: self.rpc.clone(),
+            proxies: self.proxies.clone(),
+        }
     }
 }
 

@@ -36,7 +36,7 @@ const TLS: &str = "clients would be served without TLS; terminate TLS in a rever
 const CLUSTER: &str = "this node would run alone and lose the messages published on other nodes; run a single \
                        Herald node with engine.type \"memory\" and turn this off";
 const PROXY: &str = "your backend would not be asked, so access would be decided by tokens and channel options \
-                     alone; use tokens and turn this off";
+                     alone; GRPC stream proxies are not implemented, turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
                              issuer (exact values) instead";
 const INTERNAL_PORT: &str = "the server API, /metrics and /health are served on http_server.port; restrict them in \
@@ -58,7 +58,6 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("broker", "a separate broker (Redis, NATS, PostgreSQL)", &["enabled"], CLUSTER),
     ("presence_manager", "a separate presence manager", &["enabled"], CLUSTER),
     ("controller", "a separate cluster controller", &["enabled"], CLUSTER),
-    ("client.proxy", "the connect and refresh proxies", &["connect.enabled", "refresh.enabled"], PROXY),
     ("client.insecure", "insecure client mode", &[], ""),
     ("client.user_id_http_header", "the user id taken from an HTTP header", &[], ""),
     ("client.connect_code_to_unidirectional_disconnect", "unidirectional disconnect codes", &[], ""),
@@ -71,9 +70,9 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("client.subscription_token.jwks_public_endpoint", "JWKS token keys", &[], ""),
     ("client.subscription_token.audience_regex", "a pattern for the token audience", &[""], TOKEN_PATTERN),
     ("client.subscription_token.issuer_regex", "a pattern for the token issuer", &[""], TOKEN_PATTERN),
-    ("channel.proxy", "the channel proxies", &[], ""),
-    ("rpc", "RPC namespaces and the RPC proxy", &[], ""),
-    ("proxies", "named proxies", &[], ""),
+    ("channel.proxy.subscribe_stream", "the subscribe stream proxy (GRPC)", &[], ""),
+    ("rpc.ping", "the built-in ping RPC method", &[], ""),
+    ("rpc.ping_method", "the built-in ping RPC method", &[], ""),
     ("webtransport", "the WebTransport transport", &[], ""),
     ("uni_grpc", "the unidirectional GRPC transport", &["tls.enabled"], TLS),
     ("websocket.compression", "WebSocket compression", &[], ""),
@@ -90,13 +89,7 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
 
 /// Channel options Herald does not have, for `channel.without_namespace` and every namespace.
 const CHANNEL_OPTIONS: &[(&str, &str, &[&str], &str)] = &[
-    ("subscribe_proxy_enabled", "the subscribe proxy", &[""], PROXY),
-    ("publish_proxy_enabled", "the publish proxy", &[""], PROXY),
-    ("sub_refresh_proxy_enabled", "the subscription refresh proxy", &[""], PROXY),
     ("subscribe_stream_proxy_enabled", "the subscribe stream proxy", &[""], PROXY),
-    ("subscribe_proxy_name", "a named subscribe proxy", &[], ""),
-    ("publish_proxy_name", "a named publish proxy", &[], ""),
-    ("sub_refresh_proxy_name", "a named subscription refresh proxy", &[], ""),
     ("subscribe_stream_proxy_name", "a named subscribe stream proxy", &[], ""),
     ("delta_publish", "delta compression", &[], ""),
     ("allowed_delta_types", "delta compression", &[], ""),
@@ -104,6 +97,24 @@ const CHANNEL_OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("allow_tags_filter", "tags filters", &[], ""),
     ("auto_cache_recover", "automatic cache recovery", &[], ""),
     ("subscription_type", "map and shared-poll subscriptions", &[], ""),
+];
+
+/// Proxy object options Herald does not have, for every proxy.
+const PROXY_OPTIONS: &[(&str, &str)] = &[
+    ("http.status_to_code_transforms", "HTTP status to code transforms (other statuses are error 100)"),
+    ("grpc_metadata", "GRPC metadata forwarding"),
+    ("grpc", "GRPC proxy options"),
+];
+
+/// Where a proxy object can be.
+const PROXY_SECTIONS: &[&str] = &[
+    "client.proxy.connect",
+    "client.proxy.refresh",
+    "channel.proxy.subscribe",
+    "channel.proxy.publish",
+    "channel.proxy.sub_refresh",
+    "rpc.proxy",
+    "proxies[]",
 ];
 
 fn table() -> Vec<Unimplemented> {
@@ -116,7 +127,15 @@ fn table() -> Vec<Unimplemented> {
             why,
         })
     });
-    fixed.chain(channel).collect()
+    let proxy = PROXY_SECTIONS.iter().flat_map(|section| {
+        PROXY_OPTIONS.iter().map(move |&(key, what)| Unimplemented {
+            path: format!("{section}.{key}"),
+            what,
+            refuse: &[],
+            why: "",
+        })
+    });
+    fixed.chain(channel).chain(proxy).collect()
 }
 
 /// Dotted paths of every Centrifugo option in the table (for the test that none is known).
@@ -294,10 +313,12 @@ mod tests {
             off.unwrap().unwrap(),
             r#""http_server.tls" is a Centrifugo option Herald does not implement yet (TLS); ignored"#
         );
-        let proxy = file_key("client.proxy", &json!({"refresh": {"enabled": "true"}})).unwrap();
-        assert_eq!(proxy.unwrap_err().key, "client.proxy.refresh.enabled");
-        let ns = file_key("channel.namespaces[2].subscribe_proxy_enabled", &json!(true)).unwrap();
-        assert_eq!(ns.unwrap_err().key, "channel.namespaces[2].subscribe_proxy_enabled");
+        assert_eq!(file_key("client.proxy", &json!({"refresh": {"enabled": "true"}})), None, "implemented");
+        let ns = file_key("channel.namespaces[2].subscribe_stream_proxy_enabled", &json!(true)).unwrap();
+        assert_eq!(ns.unwrap_err().key, "channel.namespaces[2].subscribe_stream_proxy_enabled");
+        assert!(file_key("rpc.ping", &json!(true)).unwrap().is_ok(), "warned about, not refused");
+        let transforms = file_key("proxies[1].http.status_to_code_transforms", &json!([{"status_code": 404}]));
+        assert!(transforms.unwrap().unwrap().contains("status to code transforms"));
         assert!(file_key("grpc_api", &json!({"enabled": true})).unwrap().is_ok());
         assert!(file_key("grpc_api", &json!({"tls": {"enabled": true}})).unwrap().is_err());
         assert!(file_key("client.token.audience_regex", &json!("")).unwrap().is_ok());
@@ -318,8 +339,8 @@ mod tests {
         );
         let internal = env_var("HERALD_HTTP_SERVER_INTERNAL_PORT", "9000").unwrap().unwrap_err();
         assert_eq!(internal.key, "http_server.internal_port");
-        let ns = env_var("HERALD_CHANNEL_WITHOUT_NAMESPACE_PUBLISH_PROXY_ENABLED", "yes").unwrap();
-        assert_eq!(ns.unwrap_err().key, "channel.without_namespace.publish_proxy_enabled");
+        let ns = env_var("HERALD_CHANNEL_WITHOUT_NAMESPACE_SUBSCRIBE_STREAM_PROXY_ENABLED", "yes").unwrap();
+        assert_eq!(ns.unwrap_err().key, "channel.without_namespace.subscribe_stream_proxy_enabled");
         // A longer name that merely starts like an option is not that option.
         assert_eq!(env_var("HERALD_ADMINISTRATOR", "x"), None);
         let acme = env_var("HERALD_HTTP_SERVER_TLS_AUTOCERT_ENABLED", "true").unwrap().unwrap_err();

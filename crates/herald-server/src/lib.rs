@@ -19,6 +19,8 @@
 //!   outbound queue);
 //! - [`api`]: the server HTTP API (plumbing, and the method table in [`api::methods`]), health and
 //!   metrics endpoints;
+//! - [`proxy`]: the HTTP client of the logic-layer proxies (connect, refresh, subscribe,
+//!   publish, sub_refresh, RPC backends), with per-proxy metrics;
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod api;
@@ -28,6 +30,7 @@ pub mod config_error;
 pub mod config_keys;
 pub mod entry;
 pub mod loader;
+pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;

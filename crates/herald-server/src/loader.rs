@@ -31,10 +31,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
-use herald_hub::config::{ChannelOptions, Namespace};
-use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_hub::NodeIdentity;
+use herald_hub::config::{ChannelOptions, NamedProxy, Namespace, RpcNamespace};
 use serde_json::{Map, Value};
 use serde_path_to_error::Segment;
 
@@ -252,7 +251,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         name: cfg.node.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    Node::new(cfg.hub(), identity, Arc::new(SystemClock)).map(|_| ()).map_err(ConfigError::from)
+    crate::proxy::build_node(cfg.hub(), identity).map(|_| ())
 }
 
 /// The conformance echo endpoint answers anyone without a token: it is accepted only on a
@@ -362,6 +361,13 @@ fn parse_file(path: &Path, format: FileFormat, text: &str) -> Result<Value, Conf
 struct Schema {
     defaults: Value,
     namespace: Value,
+    named_proxy: Value,
+    rpc_namespace: Value,
+}
+
+/// Map-typed options whose keys are the user's own (header names), never unknown keys.
+fn is_free_map(path: &str) -> bool {
+    path.ends_with(".static_headers") || path.ends_with(".static_http_headers")
 }
 
 /// How an environment variable's text becomes a JSON value.
@@ -387,12 +393,20 @@ impl Schema {
     fn new() -> Self {
         let defaults = serde_json::to_value(Config::default()).expect("the default config serializes");
         let namespace = serde_json::to_value(Namespace::default()).expect("the default namespace serializes");
-        Schema { defaults, namespace }
+        let named_proxy = serde_json::to_value(NamedProxy::default()).expect("the default proxy serializes");
+        let rpc_namespace =
+            serde_json::to_value(RpcNamespace::default()).expect("the default RPC namespace serializes");
+        Schema { defaults, namespace, named_proxy, rpc_namespace }
     }
 
     /// The template of a list's elements, for lists of objects.
     fn element_template(&self, path: &str) -> Option<&Value> {
-        (path == NAMESPACES_PATH).then_some(&self.namespace)
+        match path {
+            NAMESPACES_PATH => Some(&self.namespace),
+            "proxies" => Some(&self.named_proxy),
+            "rpc.namespaces" => Some(&self.rpc_namespace),
+            _ => None,
+        }
     }
 
     /// Every dotted path of the configuration, sections included (list elements excluded).
@@ -446,6 +460,9 @@ fn unknown_keys(
     let (Value::Object(user), Value::Object(known)) = (user, known) else { return };
     for (key, value) in user {
         let here = join(path, key);
+        if is_free_map(&here) {
+            continue;
+        }
         let Some(known_value) = known.get(key) else {
             match config_keys::file_key(&here, value) {
                 Some(Ok(warning)) => out.push(warning),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_hub::NodeIdentity;
 use herald_proto::codes::DISCONNECT_SHUTDOWN;
 use tokio::net::TcpListener;
 
@@ -42,7 +42,7 @@ impl From<ConfigError> for StartupError {
     }
 }
 
-/// What [`Node::new`] rejects is a configuration problem like any other.
+/// What the node rejects is a configuration problem like any other.
 impl From<herald_hub::ConfigError> for StartupError {
     fn from(e: herald_hub::ConfigError) -> Self {
         StartupError::Config(e.into())
@@ -272,7 +272,7 @@ fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
+    let node = crate::proxy::build_node(config.hub(), identity)?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;

@@ -23,6 +23,8 @@ pub struct AppState {
     pub ws: WsSettings,
     /// `uni_websocket`'s limits.
     pub uni_ws: WsSettings,
+    /// Lower-case names of the client HTTP headers transports keep for the connect proxy.
+    pub connect_headers: Vec<String>,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
     /// Live SSE and HTTP-streaming sessions, found by `/emulation`.
@@ -43,12 +45,14 @@ impl AppState {
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
+        let connect_headers = node.backend().table().connect_header_names();
         AppState {
             node,
             config,
             metrics,
             ws,
             uni_ws,
+            connect_headers,
             shutting_down: AtomicBool::new(false),
             connections: Connections::new(pinned_workers),
             emulation: Sessions::default(),

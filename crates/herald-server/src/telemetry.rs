@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
@@ -62,7 +62,9 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(crate::proxy::DURATION_METRIC.into()), crate::proxy::DURATION_BUCKETS)?
+        .install_recorder()?;
     *slot = Some(handle.clone());
     Ok(handle)
 }

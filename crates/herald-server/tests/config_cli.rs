@@ -756,11 +756,10 @@ fn other_unsafe_centrifugo_options_are_refused() {
     let dir = TempDir::new().unwrap();
     let cases = [
         ("broker.json", r#"{"broker": {"enabled": true, "type": "nats"}}"#, "broker.enabled"),
-        ("proxy.yaml", "client:\n  proxy:\n    connect:\n      enabled: true\n", "client.proxy.connect.enabled"),
         (
             "ns.json",
-            r#"{"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true}]}}"#,
-            "channel.namespaces[0].subscribe_proxy_enabled",
+            r#"{"channel": {"namespaces": [{"name": "chat", "subscribe_stream_proxy_enabled": true}]}}"#,
+            "channel.namespaces[0].subscribe_stream_proxy_enabled",
         ),
         ("grpc.toml", "[grpc_api]\nenabled = true\n[grpc_api.tls]\nenabled = true\n", "grpc_api.tls.enabled"),
         ("aud.toml", "[client.token]\naudience_regex = \"^app$\"\n", "client.token.audience_regex"),

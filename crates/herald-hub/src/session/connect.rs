@@ -20,12 +20,23 @@ use crate::auth::DISCONNECT_TOKEN_NOT_YET_VALID;
 use crate::channel::ChannelError;
 use crate::metrics;
 use crate::ports::{ConnectAttempt, Identity, Ports};
+use crate::proxy::{Decision, ProxyKind, wire};
 
 impl Session {
     pub(super) async fn connect(&mut self, p: &Ports<'_>, id: u32, req: &ConnectRequest) -> CmdResult {
         let conn = self.conn;
-        let attempt = ConnectAttempt { client: self.link.id(), conn: &conn, request: req, now: p.time().now_secs() };
+        // The kept headers are for this connect only.
+        let headers = self.ext.as_mut().map(|e| std::mem::take(&mut e.headers)).unwrap_or_default();
+        let attempt = ConnectAttempt {
+            client: self.link.id(),
+            conn: &conn,
+            request: req,
+            now: p.time().now_secs(),
+            encoding: self.link.envelope().encoding(),
+            headers: &headers,
+        };
         let identity = p.auth.connect(attempt).await?;
+        drop(headers);
         self.establish(p, id, req, identity).await
     }
 
@@ -41,7 +52,7 @@ impl Session {
     ) -> CmdResult {
         let rules = p.rules();
         let now = p.time().now_secs();
-        let Identity { user, expire_at, info, data, channels, subs } = identity;
+        let Identity { user, expire_at, info, data, channels, subs, meta, server_refresh } = identity;
         let mut server_subs: Vec<(String, SubSpec)> = Vec::new();
         // Granted channels: `subs` wins over `channels`. Namespace rules, not permissions, apply.
         let granted: Vec<(String, SubOptions)> = if !subs.is_empty() {
@@ -106,6 +117,12 @@ impl Session {
         self.user = Arc::from(user);
         self.conn_info = info;
         self.expire_at = expires_at.unwrap_or(0);
+        self.server_refresh = server_refresh;
+        if meta.is_empty() {
+            self.ext = None;
+        } else {
+            self.ext.get_or_insert_with(Default::default).meta = meta;
+        }
 
         let mut results = BTreeMap::new();
         for (channel, mut spec) in server_subs {
@@ -135,7 +152,7 @@ impl Session {
             subs: results,
             ..Default::default()
         };
-        if self.expire_at > 0 {
+        if self.expire_at > 0 && !self.server_refresh {
             result.expires = true;
             result.ttl = ttl(self.expire_at, now);
         }
@@ -224,12 +241,13 @@ impl Session {
     /// plus its grace period.
     pub(super) fn reschedule(&self, p: &Ports<'_>) {
         let rules = p.rules();
-        let conn = (self.expire_at > 0).then(|| self.expire_at + rules.expired_close_delay.as_secs() as i64);
-        let subs = self
-            .subs
-            .iter()
-            .filter(|s| s.expire_at > 0)
-            .map(|s| s.expire_at + rules.expired_sub_close_delay.as_secs() as i64);
+        // Proxy-refreshed expiries are acted on at once; client refreshes get a grace period.
+        let grace = if self.server_refresh { 0 } else { rules.expired_close_delay.as_secs() as i64 };
+        let conn = (self.expire_at > 0).then(|| self.expire_at + grace);
+        let subs = self.subs.iter().filter(|s| s.expire_at > 0).map(|s| {
+            let grace = if s.flags & super::PROXY_REFRESH != 0 { 0 } else { rules.expired_sub_close_delay.as_secs() };
+            s.expire_at + grace as i64
+        });
         let next = conn.into_iter().chain(subs).min();
         let timers = self.link.timers();
         match next {
@@ -247,14 +265,30 @@ impl Session {
     pub(super) async fn check_expiry(&mut self, p: &Ports<'_>) -> Flow {
         let rules = p.rules();
         let now = p.time().now_secs();
-        if self.expire_at > 0 && now >= self.expire_at + rules.expired_close_delay.as_secs() as i64 {
+        if self.server_refresh && self.expire_at > 0 && now >= self.expire_at {
+            if self.proxy_refresh(p, now).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        } else if !self.server_refresh
+            && self.expire_at > 0
+            && now >= self.expire_at + rules.expired_close_delay.as_secs() as i64
+        {
             return self.disconnect(DISCONNECT_EXPIRED);
+        }
+        let refreshed: Vec<Arc<str>> = self
+            .subs
+            .iter()
+            .filter(|s| s.flags & super::PROXY_REFRESH != 0 && s.expire_at > 0 && now >= s.expire_at)
+            .map(|s| s.channel.clone())
+            .collect();
+        for channel in refreshed {
+            self.proxy_sub_refresh(p, &channel, now).await;
         }
         let grace = rules.expired_sub_close_delay.as_secs() as i64;
         let expired: Vec<(Arc<str>, bool)> = self
             .subs
             .iter()
-            .filter(|s| s.expire_at > 0 && now >= s.expire_at + grace)
+            .filter(|s| s.flags & super::PROXY_REFRESH == 0 && s.expire_at > 0 && now >= s.expire_at + grace)
             .map(|s| (s.channel.clone(), s.flags & super::SERVER_SIDE != 0))
             .collect();
         for (channel, server_side) in expired {
@@ -267,3 +301,50 @@ impl Session {
         Flow::Continue
     }
 }
+
+impl Session {
+    /// The connection reached `expire_at` and the refresh proxy decides: extend it (new
+    /// `expire_at`, `info`), or end it (`expired`, or an error or disconnect answer, which
+    /// Centrifugo treats as expiry). A failed call never drops the client: it is retried after
+    /// [`REFRESH_RETRY_SECS`].
+    async fn proxy_refresh(&mut self, p: &Ports<'_>, now: i64) -> Flow {
+        let Some(spec) = p.backend().table().refresh() else {
+            return self.disconnect(DISCONNECT_EXPIRED);
+        };
+        let body = {
+            let (common, _) = self.proxy_common(spec);
+            serde_json::to_vec(&common).expect("serializable")
+        };
+        let decision =
+            p.backend().call::<wire::RefreshResult>(spec, ProxyKind::Refresh, body, &[], self.conn.peer().ip()).await;
+        let result = match decision {
+            Ok(Decision::Allow(r)) => r,
+            Ok(Decision::Refuse(_)) => return self.disconnect(DISCONNECT_EXPIRED),
+            Err(_) => {
+                self.expire_at = now + REFRESH_RETRY_SECS;
+                return Flow::Continue;
+            }
+        };
+        if result.expired {
+            return self.disconnect(DISCONNECT_EXPIRED);
+        }
+        match result.expire_at {
+            t if t > now => self.expire_at = t.min(now + MAX_EXPIRY_SECS),
+            t if t > 0 => return self.disconnect(DISCONNECT_EXPIRED),
+            _ => self.expire_at = 0,
+        }
+        if let Ok(info) = wire::bytes_of(result.info.as_deref(), result.b64info.as_deref())
+            && !info.is_empty()
+        {
+            self.conn_info = info;
+        }
+        if let Some(meta) = result.meta {
+            self.ext.get_or_insert_with(Default::default).meta = Bytes::from(meta.get().to_owned());
+        }
+        Flow::Continue
+    }
+}
+
+/// After a failed refresh or sub_refresh call, the connection or subscription is kept and the
+/// backend asked again this much later (as Centrifugo does; longer than any proxy timeout).
+pub(super) const REFRESH_RETRY_SECS: i64 = 60;

@@ -15,6 +15,8 @@
 //! `docs/protocol.md` ("Herald choices").
 
 mod connect;
+#[cfg(test)]
+mod proxy_tests;
 mod publish;
 mod rpc;
 mod subscribe;
@@ -34,6 +36,9 @@ use crate::link::{ClientLink, Control};
 use crate::metrics;
 use crate::node::Node;
 use crate::ports::{Ports, Refusal};
+use crate::proxy::connect::protocol_of;
+use crate::proxy::wire::{self, Common};
+use crate::proxy::{Decision, ProxyKind, ProxySpec};
 
 /// Per-subscription flags kept in the session.
 mod sub_flags {
@@ -43,6 +48,8 @@ mod sub_flags {
     pub(super) const PUSH_JOIN_LEAVE: u8 = 8;
     pub(super) const PRESENCE: u8 = 16;
     pub(super) const EMIT_JOIN_LEAVE: u8 = 32;
+    /// Extended by the sub_refresh proxy at its expiry (the client is not told to refresh).
+    pub(super) const PROXY_REFRESH: u8 = 64;
 }
 use sub_flags::*;
 
@@ -84,7 +91,20 @@ pub struct Session {
     conn_info: Bytes,
     /// Unix seconds when the connection expires (0: never).
     expire_at: i64,
+    /// The refresh proxy extends this connection at `expire_at`.
+    server_refresh: bool,
     subs: Vec<Sub>,
+    /// Rarely present parts, boxed so an ordinary session does not carry them.
+    ext: Option<Box<Extras>>,
+}
+
+/// What only some sessions need.
+#[derive(Debug, Default)]
+struct Extras {
+    /// Client HTTP headers kept for the connect proxy; dropped once connected.
+    headers: Vec<(String, String)>,
+    /// Private connection meta (raw JSON) for proxies with `include_connection_meta`.
+    meta: Bytes,
 }
 
 fn bad_request() -> Refusal {
@@ -115,7 +135,49 @@ impl Session {
             user: Arc::from(""),
             conn_info: Bytes::new(),
             expire_at: 0,
+            server_refresh: false,
             subs: Vec::new(),
+            ext: None,
+        }
+    }
+
+    /// A session whose transport kept client headers for the connect proxy.
+    pub fn with_headers(link: Arc<dyn ClientLink>, conn: ConnectionInfo, headers: Vec<(String, String)>) -> Session {
+        let mut session = Session::new(link, conn);
+        if !headers.is_empty() {
+            session.ext = Some(Box::new(Extras { headers, meta: Bytes::new() }));
+        }
+        session
+    }
+
+    /// The fields every proxy request carries, and whether payloads go as base64.
+    fn proxy_common(&self, spec: &ProxySpec) -> (Common<'_>, bool) {
+        let (protocol, binary) = protocol_of(self.link.envelope().encoding(), spec.binary);
+        let meta = if spec.include_meta { self.ext.as_ref().and_then(|e| wire::raw(&e.meta)) } else { None };
+        let common = Common {
+            client: self.client_id(),
+            transport: self.conn.transport().name(),
+            protocol,
+            encoding: if binary { "binary" } else { "json" },
+            user: &self.user,
+            meta,
+        };
+        (common, binary)
+    }
+
+    /// Calls a channel or RPC proxy: an answer that is not `result` refuses the command; a
+    /// failed call is error 100 (temporary, so SDKs retry).
+    async fn ask<R: for<'de> serde::Deserialize<'de> + Default>(
+        &self,
+        p: &Ports<'_>,
+        spec: &ProxySpec,
+        kind: ProxyKind,
+        body: Vec<u8>,
+    ) -> Result<R, Refusal> {
+        match p.backend().call::<R>(spec, kind, body, &[], self.conn.peer().ip()).await {
+            Ok(Decision::Allow(r)) => Ok(r),
+            Ok(Decision::Refuse(r)) => Err(r),
+            Err(_) => Err(ERROR_INTERNAL.into()),
         }
     }
 
@@ -233,13 +295,14 @@ impl Session {
             Method::Connect(_) => Err(bad_request()),
             Method::Subscribe(req) => Box::pin(self.subscribe(&p, cmd.id, req)).await,
             Method::Unsubscribe(req) => self.unsubscribe(&p, cmd.id, req).await,
-            Method::Publish(req) => self.publish(&p, cmd.id, req).await,
+            // Boxed: a proxied publish or RPC awaits a backend.
+            Method::Publish(req) => Box::pin(self.publish(&p, cmd.id, req)).await,
             Method::Presence(req) => self.presence(&p, cmd.id, req).await,
             Method::PresenceStats(req) => self.presence_stats(&p, cmd.id, req).await,
             Method::History(req) => self.history(&p, cmd.id, req).await,
             Method::Ping(_) => Err(ERROR_NOT_AVAILABLE.into()),
             Method::Send(req) => self.send_message(req),
-            Method::Rpc(req) => self.rpc(req),
+            Method::Rpc(req) => Box::pin(self.rpc(&p, cmd.id, req)).await,
             Method::Refresh(req) => self.refresh(&p, cmd.id, req),
             Method::SubRefresh(req) => self.sub_refresh(&p, cmd.id, req),
         };
@@ -256,6 +319,13 @@ impl Session {
                 metrics::command(name, "error");
                 metrics::error_reply(e.code);
                 self.send(&Reply::error(id, e.into()));
+                Flow::Continue
+            }
+            Err(Refusal::Backend(e)) => {
+                metrics::command(name, "error");
+                metrics::error_reply(e.code);
+                let error = herald_proto::Error { code: e.code, message: e.message, temporary: e.temporary };
+                self.send(&Reply::error(id, error));
                 Flow::Continue
             }
             Err(Refusal::Disconnect(d)) => {
@@ -275,7 +345,8 @@ impl Session {
             return Flow::Continue;
         }
         match ctrl {
-            Control::CheckExpiry => self.check_expiry(&p).await,
+            // Boxed: a refresh may await a backend.
+            Control::CheckExpiry => Box::pin(self.check_expiry(&p)).await,
             Control::Subscribe(sub) => self.server_subscribe(&p, *sub).await,
             Control::Unsubscribe { channel, code } => {
                 self.server_unsubscribe_matching(&p, channel, code).await;

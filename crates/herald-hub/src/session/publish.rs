@@ -10,6 +10,7 @@ use herald_proto::{
 use super::{CmdResult, Session, check_channel};
 use crate::config::ChannelOptions;
 use crate::ports::{Ports, Refusal};
+use crate::proxy::{ProxyKind, wire};
 
 impl Session {
     /// Channel checks shared by publish, presence and history: 3501, 107, 102.
@@ -25,21 +26,47 @@ impl Session {
 
     pub(super) async fn publish(&mut self, p: &Ports<'_>, id: u32, req: &PublishRequest) -> CmdResult {
         let o = self.resolve_for_command(p, &req.channel)?;
-        if !self.permitted(
-            &req.channel,
-            o.allow_publish_for_client,
-            o.allow_publish_for_subscriber,
-            o.allow_publish_for_anonymous,
-        ) {
+        let proxy = p.backend().table().channel_route(o, ProxyKind::Publish);
+        // With a publish proxy the backend decides instead of the `allow_publish_*` options.
+        if proxy.is_none()
+            && !self.permitted(
+                &req.channel,
+                o.allow_publish_for_client,
+                o.allow_publish_for_subscriber,
+                o.allow_publish_for_anonymous,
+            )
+        {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         if req.data.is_empty() {
             return Err(ERROR_BAD_REQUEST.into());
         }
+        let mut data = req.data.clone();
+        let mut skip_history = false;
+        if let Some(proxy) = proxy {
+            let body = {
+                let (common, binary) = self.proxy_common(proxy);
+                let payload = wire::payload(&req.data, binary);
+                let body = wire::ChannelRequest { common, channel: &req.channel, token: "", payload };
+                serde_json::to_vec(&body).expect("serializable")
+            };
+            let r: wire::PublishResult = self.ask(p, proxy, ProxyKind::Publish, body).await?;
+            match wire::bytes_of(r.data.as_deref(), r.b64data.as_deref()) {
+                Ok(replaced) if !replaced.is_empty() => data = replaced,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(channel = %req.channel, error = %e, "publish proxy answered invalid data");
+                    return Err(ERROR_INTERNAL.into());
+                }
+            }
+            skip_history = r.skip_history;
+        }
         let chan_info = self.find(&req.channel).map(|i| self.subs[i].chan_info.clone()).unwrap_or_default();
-        let publication =
-            Publication { data: req.data.clone(), info: Some(self.client_info(chan_info)), ..Default::default() };
-        let opts = p.engine().publish_options(o);
+        let publication = Publication { data, info: Some(self.client_info(chan_info)), ..Default::default() };
+        let mut opts = p.engine().publish_options(o);
+        if skip_history {
+            opts.history_size = 0;
+        }
         p.engine().publish_with(&req.channel, publication, &opts).await?;
         self.send(&Reply { id, publish: Some(PublishResult {}), ..Default::default() });
         Ok(())

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use herald_auth::{Override, TokenError};
 use herald_proto::codes::*;
 use herald_proto::{
-    Push, Reply, StreamPosition, SubRefreshRequest, SubRefreshResult, Subscribe, SubscribeRequest, SubscribeResult,
-    Unsubscribe, UnsubscribeCode, UnsubscribeRequest, UnsubscribeResult,
+    ErrorCode, Push, Reply, StreamPosition, SubRefreshRequest, SubRefreshResult, Subscribe, SubscribeRequest,
+    SubscribeResult, Unsubscribe, UnsubscribeCode, UnsubscribeRequest, UnsubscribeResult,
 };
 
 use super::sub_flags::*;
@@ -20,7 +20,8 @@ use crate::channel::ChannelError;
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::hub;
 use crate::link::ServerSubscribe;
-use crate::ports::{Ports, Refusal};
+use crate::ports::{BackendError, Ports, Refusal};
+use crate::proxy::{Decision, ProxyKind, ProxySpec, wire};
 use crate::recovery;
 
 /// How one subscription is set up (client-side, from a token, or server-side).
@@ -127,14 +128,21 @@ impl Session {
                 spec.expire_at = t.min(now + MAX_EXPIRY_SECS);
             }
         } else {
-            let allowed = match p.channels().user_limited(channel, o, &self.user) {
-                Some(listed) => listed,
-                None => o.allow_subscribe_for_client && (!self.user.is_empty() || o.allow_subscribe_for_anonymous),
-            };
-            if !allowed {
-                return Err(ERROR_PERMISSION_DENIED.into());
+            let limited = p.channels().user_limited(channel, o, &self.user);
+            let proxy =
+                if limited.is_none() { p.backend().table().channel_route(o, ProxyKind::Subscribe) } else { None };
+            if let Some(proxy) = proxy {
+                spec = self.proxy_subscribe(p, proxy, req, o, now).await?;
+            } else {
+                let allowed = match limited {
+                    Some(listed) => listed,
+                    None => o.allow_subscribe_for_client && (!self.user.is_empty() || o.allow_subscribe_for_anonymous),
+                };
+                if !allowed {
+                    return Err(ERROR_PERMISSION_DENIED.into());
+                }
+                spec = SubSpec::from_options(o, &Override::default(), false);
             }
-            spec = SubSpec::from_options(o, &Override::default(), false);
         }
         // What the client may ask for on top of the namespace's forced options.
         let anonymous_ok = |anon: bool| !self.user.is_empty() || anon;
@@ -272,7 +280,7 @@ impl Session {
         let now = p.time().now_secs();
         let mut result =
             SubscribeResult { data: spec.data.clone(), was_recovering: spec.recover, ..Default::default() };
-        if spec.expire_at > 0 {
+        if spec.expire_at > 0 && spec.flags & PROXY_REFRESH == 0 {
             result.expires = true;
             result.ttl = ttl(spec.expire_at, now);
         }
@@ -420,8 +428,8 @@ impl Session {
         let result = match self.prepare_subscription(p, &sub.channel, spec).await {
             Ok(r) => r,
             Err(Refusal::Disconnect(d)) => return self.disconnect(d),
-            Err(Refusal::Error(e)) => {
-                tracing::warn!(channel = %sub.channel, code = e.code, "server-side subscribe failed");
+            Err(Refusal::Error(ErrorCode { code, .. }) | Refusal::Backend(BackendError { code, .. })) => {
+                tracing::warn!(channel = %sub.channel, code, "server-side subscribe failed");
                 return Flow::Continue;
             }
         };
@@ -443,5 +451,85 @@ impl Session {
         self.activate(p, &sub.channel, after).await;
         self.reschedule(p);
         Flow::Continue
+    }
+}
+
+impl Session {
+    /// Asks the subscribe proxy; its answer sets the channel info, the subscribe data, option
+    /// overrides and an expiry (extended by the sub_refresh proxy when the namespace has one).
+    async fn proxy_subscribe(
+        &self,
+        p: &Ports<'_>,
+        proxy: &ProxySpec,
+        req: &SubscribeRequest,
+        o: &ChannelOptions,
+        now: i64,
+    ) -> Result<SubSpec, Refusal> {
+        let body = {
+            let (common, binary) = self.proxy_common(proxy);
+            let payload = wire::payload(&req.data, binary);
+            let body = wire::ChannelRequest { common, channel: &req.channel, token: "", payload };
+            serde_json::to_vec(&body).expect("serializable")
+        };
+        let r: wire::SubscribeResult = self.ask(p, proxy, ProxyKind::Subscribe, body).await?;
+        let info = wire::bytes_of(r.info.as_deref(), r.b64info.as_deref());
+        let data = wire::bytes_of(r.data.as_deref(), r.b64data.as_deref());
+        let (Ok(info), Ok(data)) = (info, data) else {
+            tracing::warn!(channel = %req.channel, "subscribe proxy answered invalid base64");
+            return Err(ERROR_INTERNAL.into());
+        };
+        let mut spec = SubSpec::from_options(o, &r.override_.unwrap_or_default(), false);
+        spec.chan_info = info;
+        spec.data = data;
+        if r.expire_at > 0 {
+            if r.expire_at <= now {
+                return Err(ERROR_EXPIRED.into());
+            }
+            spec.expire_at = r.expire_at.min(now + MAX_EXPIRY_SECS);
+            if p.backend().table().channel_route(o, ProxyKind::SubRefresh).is_some() {
+                spec.flags |= PROXY_REFRESH;
+            }
+        }
+        Ok(spec)
+    }
+
+    /// A proxy-refreshed subscription reached its expiry: the sub_refresh proxy extends it or
+    /// ends it (`expired`, an error or a disconnect answer: unsubscribed with 2501). A failed
+    /// call keeps it and asks again later.
+    pub(super) async fn proxy_sub_refresh(&mut self, p: &Ports<'_>, channel: &str, now: i64) {
+        let route = p
+            .channels()
+            .resolve(channel)
+            .and_then(|r| p.backend().table().channel_route(r.options(), ProxyKind::SubRefresh));
+        let Some(proxy) = route else {
+            self.server_unsubscribe(p, channel, UNSUBSCRIBE_EXPIRED).await;
+            return;
+        };
+        let body = {
+            let (common, _) = self.proxy_common(proxy);
+            let body = wire::ChannelRequest { common, channel, token: "", payload: Default::default() };
+            serde_json::to_vec(&body).expect("serializable")
+        };
+        let peer = self.conn.peer().ip();
+        let decision = p.backend().call::<wire::RefreshResult>(proxy, ProxyKind::SubRefresh, body, &[], peer).await;
+        let Some(i) = self.find(channel) else { return };
+        let result = match decision {
+            Ok(Decision::Allow(r)) => r,
+            Ok(Decision::Refuse(_)) => return self.server_unsubscribe(p, channel, UNSUBSCRIBE_EXPIRED).await,
+            Err(_) => {
+                self.subs[i].expire_at = now + super::connect::REFRESH_RETRY_SECS;
+                return;
+            }
+        };
+        if result.expired || (result.expire_at > 0 && result.expire_at <= now) {
+            return self.server_unsubscribe(p, channel, UNSUBSCRIBE_EXPIRED).await;
+        }
+        let sub = &mut self.subs[i];
+        sub.expire_at = if result.expire_at > 0 { result.expire_at.min(now + MAX_EXPIRY_SECS) } else { 0 };
+        if let Ok(info) = wire::bytes_of(result.info.as_deref(), result.b64info.as_deref())
+            && !info.is_empty()
+        {
+            sub.chan_info = info;
+        }
     }
 }

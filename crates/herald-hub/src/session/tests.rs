@@ -43,6 +43,7 @@ impl Authenticator for Backend {
                 data: Bytes::from_static(b"{\"welcome\":true}"),
                 channels: vec!["ignored:because-subs-win".into()],
                 subs,
+                ..Default::default()
             })
         } else {
             Err(DISCONNECT_PERMISSION_DENIED.into())
@@ -59,10 +60,10 @@ impl Authenticator for Backend {
     }
 }
 
-struct Recorder {
-    frames: Mutex<Vec<Bytes>>,
-    closes: Mutex<Vec<DisconnectReason>>,
-    timers: LinkTimers,
+pub(super) struct Recorder {
+    pub(super) frames: Mutex<Vec<Bytes>>,
+    pub(super) closes: Mutex<Vec<DisconnectReason>>,
+    pub(super) timers: LinkTimers,
 }
 
 impl ClientLink for Recorder {
@@ -88,12 +89,12 @@ impl ClientLink for Recorder {
 }
 
 impl Recorder {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Recorder { frames: Mutex::default(), closes: Mutex::default(), timers: LinkTimers::new(true) }
     }
 
     /// Whether a queued frame contains `text` (frames are JSON here).
-    fn sent(&self, text: &str) -> bool {
+    pub(super) fn sent(&self, text: &str) -> bool {
         self.frames.lock().unwrap().iter().any(|f| f.windows(text.len()).any(|w| w == text.as_bytes()))
     }
 }

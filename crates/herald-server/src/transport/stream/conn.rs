@@ -47,6 +47,7 @@ pub(super) async fn start(
     first: Vec<Command>,
     conn: ConnectionInfo,
     kind: StreamKind,
+    headers: Vec<(String, String)>,
 ) -> Box<Session> {
     let transport = kind.transport();
     state.connections.opened(transport, link.worker);
@@ -55,7 +56,7 @@ pub(super) async fn start(
         state.emulation.insert(link);
     }
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    let mut session = Box::new(Session::new(dyn_link, conn));
+    let mut session = Box::new(Session::with_headers(dyn_link, conn, headers));
     Box::pin(handle_commands(&mut session, &state.node, first)).await;
     if !session.is_connected() {
         // A refused connect: its error (a disconnect push on unidirectional streams) is queued,

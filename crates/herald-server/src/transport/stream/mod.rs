@@ -59,11 +59,11 @@ pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>
                 req.path.unwrap_or(""),
                 req.headers.iter().map(|h| (h.name, h.value)),
             )
-            .map(|h| (h, n)),
+            .map(|h| (h, n, crate::transport::keep_headers(req.headers, &state.connect_headers))),
             _ => Err("malformed request"),
         }
     };
-    let (h, head_len) = match parsed {
+    let (h, head_len, kept) = match parsed {
         Ok(p) => p,
         Err(message) => return refuse(stream, kind, None, Refused { status: 400, message: message.into() }).await,
     };
@@ -199,6 +199,6 @@ pub(crate) async fn open(
     };
     let link = build_link(stream, options);
     let conn = ConnectionInfo::new(peer, kind.transport());
-    let session = conn::start(&link, &state, cmds, conn, kind).await;
+    let session = conn::start(&link, &state, cmds, conn, kind, kept).await;
     tokio::spawn(conn::run(link, state, session, kind));
 }

@@ -269,19 +269,22 @@ impl ReadState {
 /// The connection task: runs until the connection is closed, then cleans up the session.
 ///
 /// `early` holds bytes the client sent right after its handshake request, if any.
+///
+/// `headers`: client HTTP headers kept for the connect proxy, if it has any to forward.
 pub(super) async fn run(
     link: Arc<SocketLink>,
     state: Arc<AppState>,
     early: Vec<u8>,
     first: Vec<Command>,
     conn: ConnectionInfo,
+    headers: Vec<(String, String)>,
 ) {
     let transport = conn.transport();
     state.connections.opened(transport, link.worker);
     let uni = link.envelope == Envelope::UniWs;
     let settings = if uni { &state.uni_ws } else { &state.ws };
     let dyn_link: Arc<dyn ClientLink> = link.clone();
-    let mut session = Box::new(Session::new(dyn_link, conn));
+    let mut session = Box::new(Session::with_headers(dyn_link, conn, headers));
     let unparsed = !early.is_empty();
     let uni_connect = uni && first.is_empty();
     let mut read = ReadState { partial: early, uni_connect, uni, unparsed, reader: MessageReader::new() };

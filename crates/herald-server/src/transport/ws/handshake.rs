@@ -55,6 +55,7 @@ pub(crate) async fn upgrade(
                         Endpoint::Uni => uni_connect(query),
                         _ => Ok(Vec::new()),
                     };
+                    let kept = crate::transport::keep_headers(req.headers, &state.connect_headers);
                     match first {
                         Ok(first) => Ok((
                             herald_proto::ws::switching_protocols(up.key, protocol),
@@ -62,6 +63,7 @@ pub(crate) async fn upgrade(
                             native_ping,
                             head_len,
                             first,
+                            kept,
                         )),
                         Err(message) => Err((400, message)),
                     }
@@ -69,7 +71,7 @@ pub(crate) async fn upgrade(
             }
         }
     };
-    let (response, encoding, native_ping, head_len, first) = match decision {
+    let (response, encoding, native_ping, head_len, first, kept) = match decision {
         Ok(d) => d,
         Err((status, message)) => {
             let extra = match status {
@@ -103,7 +105,7 @@ pub(crate) async fn upgrade(
     let link = link::new_link(stream, options, &state.node, state.ws.stale_after);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, if uni { Transport::UniWebSocket } else { Transport::WebSocket });
-    tokio::spawn(conn::run(link, state, early, first, conn));
+    tokio::spawn(conn::run(link, state, early, first, conn, kept));
 }
 
 /// The connect command of a uni_websocket request from its `cf_connect` query parameter

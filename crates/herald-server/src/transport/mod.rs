@@ -108,14 +108,17 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 
 /// The request headers the connect proxy forwards (`names`: lower-case), repeated ones joined
 /// (cookies with `; `, others with `, `). Every transport keeps them from its request head.
-pub(crate) fn keep_headers(headers: &[httparse::Header<'_>], names: &[String]) -> Vec<(String, String)> {
+pub(crate) fn keep_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    names: &[String],
+) -> Vec<(String, String)> {
     let mut kept: Vec<(String, String)> = Vec::new();
     if names.is_empty() {
         return kept;
     }
-    for h in headers {
-        let Some(name) = names.iter().find(|n| h.name.eq_ignore_ascii_case(n)) else { continue };
-        let Ok(value) = std::str::from_utf8(h.value) else { continue };
+    for (header, value) in headers {
+        let Some(name) = names.iter().find(|n| header.eq_ignore_ascii_case(n)) else { continue };
+        let Ok(value) = std::str::from_utf8(value) else { continue };
         match kept.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => {
                 v.push_str(if name == "cookie" { "; " } else { ", " });

@@ -66,7 +66,13 @@ pub(crate) async fn answer(
         req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
         req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
     ) {
-        Ok(h) => h,
+        Ok(mut h) => {
+            h.kept = crate::transport::keep_headers(
+                req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+                &state.connect_headers,
+            );
+            h
+        }
         Err(message) => return api::transport_error(StatusCode::BAD_REQUEST, message),
     };
     let limit = kind.config(&state.config).body_limit();

@@ -59,11 +59,17 @@ pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>
                 req.path.unwrap_or(""),
                 req.headers.iter().map(|h| (h.name, h.value)),
             )
-            .map(|h| (h, n, crate::transport::keep_headers(req.headers, &state.connect_headers))),
+            .map(|mut h| {
+                h.kept = crate::transport::keep_headers(
+                    req.headers.iter().map(|h| (h.name, h.value)),
+                    &state.connect_headers,
+                );
+                (h, n)
+            }),
             _ => Err("malformed request"),
         }
     };
-    let (h, head_len, kept) = match parsed {
+    let (h, head_len) = match parsed {
         Ok(p) => p,
         Err(message) => return refuse(stream, kind, None, Refused { status: 400, message: message.into() }).await,
     };
@@ -156,7 +162,7 @@ async fn read_body(stream: &TcpStream, mut body: Vec<u8>, len: usize, timeout: D
 pub(crate) async fn open(
     state: Arc<AppState>,
     mut stream: TcpStream,
-    h: StreamHead,
+    mut h: StreamHead,
     data: Vec<u8>,
     peer: SocketAddr,
     kind: StreamKind,
@@ -199,6 +205,6 @@ pub(crate) async fn open(
     };
     let link = build_link(stream, options);
     let conn = ConnectionInfo::new(peer, kind.transport());
-    let session = conn::start(&link, &state, cmds, conn, kind, kept).await;
+    let session = conn::start(&link, &state, cmds, conn, kind, std::mem::take(&mut h.kept)).await;
     tokio::spawn(conn::run(link, state, session, kind));
 }

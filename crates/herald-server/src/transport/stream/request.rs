@@ -121,6 +121,8 @@ pub struct StreamHead {
     pub content_length: Option<usize>,
     /// `Transfer-Encoding` is present (a chunked upload, which these endpoints refuse).
     pub chunked: bool,
+    /// Client headers kept for the connect proxy (`crate::transport::keep_headers`).
+    pub kept: Vec<(String, String)>,
 }
 
 impl StreamHead {
@@ -140,6 +142,7 @@ impl StreamHead {
             request_headers: None,
             content_length: None,
             chunked: false,
+            kept: Vec::new(),
         };
         for (name, value) in headers {
             let text = || std::str::from_utf8(value).map(|v| v.trim().to_owned()).map_err(|_| "malformed header");

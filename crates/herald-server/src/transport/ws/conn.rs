@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_hub::{ClientLink, ConnectionInfo, Control, Flow, Node, Session};
+use herald_hub::{ClientLink, Control, Flow, Node, Session};
 use herald_proto::codes::{DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED};
 use herald_proto::envelope::{self, Envelope};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
@@ -269,22 +269,19 @@ impl ReadState {
 /// The connection task: runs until the connection is closed, then cleans up the session.
 ///
 /// `early` holds bytes the client sent right after its handshake request, if any.
-///
-/// `headers`: client HTTP headers kept for the connect proxy, if it has any to forward.
+/// `first` holds the commands of the handshake request itself (uni_websocket's `cf_connect`).
+/// The session is made by the caller (a box: the future keeps only a pointer to it).
 pub(super) async fn run(
     link: Arc<SocketLink>,
     state: Arc<AppState>,
     early: Vec<u8>,
     first: Vec<Command>,
-    conn: ConnectionInfo,
-    headers: Vec<(String, String)>,
+    mut session: Box<Session>,
 ) {
-    let transport = conn.transport();
+    let transport = session.connection().transport();
     state.connections.opened(transport, link.worker);
     let uni = link.envelope == Envelope::UniWs;
     let settings = if uni { &state.uni_ws } else { &state.ws };
-    let dyn_link: Arc<dyn ClientLink> = link.clone();
-    let mut session = Box::new(Session::with_headers(dyn_link, conn, headers));
     let unparsed = !early.is_empty();
     let uni_connect = uni && first.is_empty();
     let mut read = ReadState { partial: early, uni_connect, uni, unparsed, reader: MessageReader::new() };

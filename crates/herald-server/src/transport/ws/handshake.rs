@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use herald_hub::{ConnectionInfo, Transport};
+use herald_hub::{ClientLink, ConnectionInfo, Session, Transport};
 use herald_proto::{Encoding, Envelope};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -55,7 +55,10 @@ pub(crate) async fn upgrade(
                         Endpoint::Uni => uni_connect(query),
                         _ => Ok(Vec::new()),
                     };
-                    let kept = crate::transport::keep_headers(req.headers, &state.connect_headers);
+                    let kept = crate::transport::keep_headers(
+                        req.headers.iter().map(|h| (h.name, h.value)),
+                        &state.connect_headers,
+                    );
                     match first {
                         Ok(first) => Ok((
                             herald_proto::ws::switching_protocols(up.key, protocol),
@@ -105,7 +108,9 @@ pub(crate) async fn upgrade(
     let link = link::new_link(stream, options, &state.node, state.ws.stale_after);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, if uni { Transport::UniWebSocket } else { Transport::WebSocket });
-    tokio::spawn(conn::run(link, state, early, first, conn, kept));
+    let dyn_link: Arc<dyn ClientLink> = link.clone();
+    let session = Box::new(Session::with_headers(dyn_link, conn, kept));
+    tokio::spawn(conn::run(link, state, early, first, session));
 }
 
 /// The connect command of a uni_websocket request from its `cf_connect` query parameter

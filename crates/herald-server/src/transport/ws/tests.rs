@@ -39,7 +39,8 @@ async fn loopback_link() -> (Arc<SocketLink>, TcpStream, Arc<AppState>) {
 #[tokio::test]
 async fn connection_state_is_small() {
     let (link, _client, state) = loopback_link().await;
-    let fut = run(link, state, Vec::new(), Vec::new(), ConnectionInfo::default(), Vec::new());
+    let session = Box::new(Session::new(link.clone(), ConnectionInfo::default()));
+    let fut = run(link, state, Vec::new(), Vec::new(), session);
     let future_size = std::mem::size_of_val(&fut);
     let link_size = std::mem::size_of::<SocketLink>();
     let session_size = std::mem::size_of::<Session>();

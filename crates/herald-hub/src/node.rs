@@ -21,6 +21,7 @@ use crate::broker::{
 };
 use crate::channel::{ChannelError, Channels, Resolved};
 use crate::clock::Clock;
+use crate::cluster::{self, Cluster, Command, NodeInfo, RemoteSubscribe};
 use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
@@ -76,6 +77,10 @@ pub struct Node {
     auth: Box<dyn Authenticator>,
     time: Time,
     identity: NodeIdentity,
+    /// Live nodes and the delivery probe; shared with the engine's delivery sink.
+    cluster: Arc<Cluster>,
+    /// When this node last announced itself (Unix ms).
+    last_heartbeat: std::sync::atomic::AtomicI64,
 }
 
 impl Node {
@@ -112,12 +117,24 @@ impl Node {
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let time = Time::new(clock, TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
+        let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock.now_ms()));
+        let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
         broker
-            .set_handler(Arc::new(Delivery::new(hub.clone())))
+            .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
-        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, time, identity }))
+        Ok(Arc::new(Node {
+            hub,
+            cfg,
+            channels,
+            broker,
+            presence,
+            auth,
+            time,
+            identity,
+            cluster,
+            last_heartbeat: std::sync::atomic::AtomicI64::new(0),
+        }))
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -263,41 +280,171 @@ impl Node {
         links
     }
 
-    /// Server API `subscribe`: server-side subscription of a user's live connections.
-    pub fn api_subscribe(&self, target: &Target, sub: ServerSubscribe) -> Result<(), ErrorCode> {
+    /// Server API `subscribe`: server-side subscription of a user's live connections, on every
+    /// node of the cluster.
+    pub async fn api_subscribe(&self, target: &Target, sub: ServerSubscribe) -> Result<(), ErrorCode> {
         self.api_resolve(&sub.channel)?;
         for link in self.targets(target) {
             link.control(Control::Subscribe(Box::new(sub.clone())));
         }
-        Ok(())
+        let subscribe = RemoteSubscribe {
+            channel: sub.channel,
+            info: sub.info.to_vec(),
+            data: sub.data.to_vec(),
+            recover_since: sub.recover_since,
+            expire_at: sub.expire_at,
+            override_: sub.override_,
+        };
+        self.tell_cluster(Command::Subscribe { user: target.user.clone(), client: target.client.clone(), subscribe })
+            .await
     }
 
-    /// Server API `unsubscribe` (empty channel: all channels).
-    pub fn api_unsubscribe(&self, target: &Target, channel: &str) -> Result<(), ErrorCode> {
+    /// Server API `unsubscribe` (empty channel: all channels), on every node.
+    pub async fn api_unsubscribe(&self, target: &Target, channel: &str) -> Result<(), ErrorCode> {
         if !channel.is_empty() {
             self.api_resolve(channel)?;
         }
         for link in self.targets(target) {
             link.control(Control::Unsubscribe { channel: channel.to_owned(), code: UNSUBSCRIBE_SERVER });
         }
-        Ok(())
+        self.tell_cluster(Command::Unsubscribe {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            channel: channel.to_owned(),
+            code: UNSUBSCRIBE_SERVER.code,
+        })
+        .await
     }
 
-    /// Server API `disconnect`: closes the user's connections except the whitelisted ones.
-    pub fn api_disconnect(&self, target: &Target, whitelist: &[String], reason: DisconnectReason) {
+    /// Server API `disconnect`: closes the user's connections except the whitelisted ones, on
+    /// every node.
+    pub async fn api_disconnect(
+        &self,
+        target: &Target,
+        whitelist: &[String],
+        reason: DisconnectReason,
+    ) -> Result<(), ErrorCode> {
         for link in self.targets(target) {
             let id = link.id().to_string();
             if !whitelist.contains(&id) {
                 link.close(reason.clone());
             }
         }
+        self.tell_cluster(Command::Disconnect {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            whitelist: whitelist.to_vec(),
+            code: reason.code,
+            reason: reason.reason.into_owned(),
+        })
+        .await
     }
 
-    /// Server API `refresh`.
-    pub fn api_refresh(&self, target: &Target, expired: bool, expire_at: Option<i64>, info: Option<Bytes>) {
+    /// Server API `refresh`, on every node.
+    pub async fn api_refresh(
+        &self,
+        target: &Target,
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Bytes>,
+    ) -> Result<(), ErrorCode> {
         for link in self.targets(target) {
             link.control(Control::Refresh { expired, expire_at, info: info.clone() });
         }
+        self.tell_cluster(Command::Refresh {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            expired,
+            expire_at,
+            info: info.map(|i| i.to_vec()),
+        })
+        .await
+    }
+
+    /// Sends a user command to the other nodes (nothing to do outside a cluster). A failure is
+    /// error 100: the command reached this node's connections but maybe not the others'.
+    async fn tell_cluster(&self, command: Command) -> Result<(), ErrorCode> {
+        if !self.broker.delivers_control() {
+            return Ok(());
+        }
+        let payload = cluster::encode(&self.identity.uid, &command);
+        self.broker.publish_control(None, payload).await.map_err(|e| {
+            metrics::control_send_failed();
+            tracing::warn!(error = %e, "cluster command not sent");
+            ERROR_INTERNAL
+        })
+    }
+
+    /// Whether this node is part of a cluster (its engine carries control messages).
+    pub fn clustered(&self) -> bool {
+        self.broker.delivers_control()
+    }
+
+    /// What this node announces about itself.
+    pub fn node_info(&self) -> NodeInfo {
+        let stats = self.stats();
+        NodeInfo {
+            uid: self.identity.uid.clone(),
+            name: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            num_clients: stats.num_clients,
+            num_users: stats.num_users,
+            num_channels: stats.num_channels,
+            num_subs: stats.num_subs,
+            uptime: stats.uptime_secs,
+        }
+    }
+
+    /// The live nodes of the cluster, this one included (the `info` API).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        if !self.clustered() {
+            return vec![self.node_info()];
+        }
+        let now = self.time.now_ms();
+        // This node's own entry is always fresh, whatever the engine did with its heartbeat.
+        self.cluster.node_seen(self.node_info(), now);
+        self.cluster.nodes(now)
+    }
+
+    /// Cluster housekeeping; call about once a second. Every [`cluster::HEARTBEAT`] the node
+    /// announces itself to the others and sends itself a delivery probe through the engine.
+    pub async fn cluster_tick(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.clustered() {
+            return;
+        }
+        let now = self.time.now_ms();
+        let last = self.last_heartbeat.load(Ordering::Relaxed);
+        if now - last < cluster::HEARTBEAT {
+            return;
+        }
+        self.last_heartbeat.store(now, Ordering::Relaxed);
+        let uid = &self.identity.uid;
+        let heartbeat = cluster::encode(uid, &Command::Node(self.node_info()));
+        if let Err(e) = self.broker.publish_control(None, heartbeat).await {
+            metrics::control_send_failed();
+            tracing::debug!(error = %e, "node heartbeat not sent");
+        }
+        let probe = cluster::encode(uid, &self.cluster.next_probe(now));
+        if let Err(e) = self.broker.publish_control(Some(uid), probe).await {
+            metrics::control_send_failed();
+            tracing::debug!(error = %e, "delivery probe not sent");
+        }
+    }
+
+    /// `Err(reason)` when the node cannot serve its clients fully: the engine is unreachable
+    /// or, in a cluster, does not deliver (the probe did not come back).
+    pub fn health(&self) -> Result<(), String> {
+        if !self.broker.healthy() {
+            return Err("broker unavailable: its connection is down".into());
+        }
+        if !self.presence.healthy() {
+            return Err("presence storage unavailable: its connection is down".into());
+        }
+        if self.clustered() {
+            self.cluster.delivering(self.time.now_ms())?;
+        }
+        Ok(())
     }
 
     /// Server API `presence`.

@@ -89,3 +89,8 @@ pub fn control_send_failed() {
 pub fn resync(n: usize) {
     metrics::counter!("herald_broker_resync_subscriptions_total").increment(n as u64);
 }
+
+/// A connection over `client.user_connection_limit`: `refused` or `evicted`.
+pub fn user_limit(outcome: &'static str) {
+    metrics::counter!("herald_user_connection_limit_total", "outcome" => outcome).increment(1);
+}

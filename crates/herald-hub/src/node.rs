@@ -117,6 +117,14 @@ impl Node {
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
+        if ![crate::config::LIMIT_REFUSE_NEW, crate::config::LIMIT_EVICT_OLDEST]
+            .contains(&c.user_connection_limit_mode.as_str())
+        {
+            return Err(ConfigError::new(
+                "client.user_connection_limit_mode",
+                format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
+            ));
+        }
         let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock.now_ms()));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
@@ -375,6 +383,77 @@ impl Node {
         })
     }
 
+    /// Whether the user's connections are counted in the presence storage (cluster-wide with a
+    /// network engine) rather than only by the local hub.
+    fn counts_users_in_presence(&self, user: &str) -> bool {
+        let c = &self.cfg.client;
+        c.user_connection_limit > 0
+            && !user.is_empty()
+            && (self.clustered() || c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST)
+    }
+
+    /// Admits a new connection of `user` under `client.user_connection_limit` across the
+    /// cluster: its connections are kept as presence entries under a name no channel can have.
+    /// Over the limit, either this connection is refused (3504) or the oldest ones are closed
+    /// with 3504 wherever they are. Check and add are two steps, so connections racing within
+    /// one round trip to the engine may both pass.
+    pub(crate) async fn admit_user(&self, user: &str, client: &str) -> Result<(), DisconnectReason> {
+        if !self.counts_users_in_presence(user) {
+            return Ok(());
+        }
+        let limit = self.cfg.client.user_connection_limit;
+        let key = user_key(user);
+        let current = self.presence.presence(&key).await.map_err(|e| {
+            tracing::warn!(error = %e, "user connection count failed");
+            DISCONNECT_SERVER_ERROR
+        })?;
+        let mut others: Vec<(i64, String)> = current
+            .into_iter()
+            .filter(|(id, _)| id != client)
+            .map(|(id, info)| (std::str::from_utf8(&info.chan_info).ok().and_then(|t| t.parse().ok()).unwrap_or(0), id))
+            .collect();
+        if others.len() >= limit {
+            if self.cfg.client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
+                metrics::user_limit("refused");
+                return Err(DISCONNECT_CONNECTION_LIMIT);
+            }
+            others.sort();
+            let excess = others.len() + 1 - limit;
+            for (_, id) in others.into_iter().take(excess) {
+                metrics::user_limit("evicted");
+                let command = Command::Disconnect {
+                    user: user.to_owned(),
+                    client: id.clone(),
+                    whitelist: Vec::new(),
+                    code: DISCONNECT_CONNECTION_LIMIT.code,
+                    reason: DISCONNECT_CONNECTION_LIMIT.reason.to_string(),
+                };
+                cluster::apply(&self.hub, command.clone());
+                let _ = self.tell_cluster(command).await;
+                let _ = self.presence.remove_presence(&key, &id).await;
+            }
+        }
+        let info = ClientInfo {
+            user: user.to_owned(),
+            client: client.to_owned(),
+            chan_info: Bytes::from(self.time.now_ms().to_string()),
+            ..Default::default()
+        };
+        self.presence.add_presence(&key, info).await.map_err(|e| {
+            tracing::warn!(error = %e, "user connection count failed");
+            DISCONNECT_SERVER_ERROR
+        })
+    }
+
+    /// Forgets a connection admitted by [`Node::admit_user`].
+    pub(crate) async fn release_user(&self, user: &str, client: &str) {
+        if self.counts_users_in_presence(user)
+            && let Err(e) = self.presence.remove_presence(&user_key(user), client).await
+        {
+            tracing::debug!(error = %e, "user connection release failed");
+        }
+    }
+
     /// Whether this node is part of a cluster (its engine carries control messages).
     pub fn clustered(&self) -> bool {
         self.broker.delivers_control()
@@ -533,6 +612,11 @@ impl Node {
     }
 }
 
+/// The presence name under which a user's connections are counted: no channel contains NUL.
+fn user_key(user: &str) -> String {
+    format!("\u{0}user:{user}")
+}
+
 /// An engine failure as a client sees it (error 100), logged with what failed.
 fn engine_failure(op: &'static str, channel: &str, e: BrokerError) -> ErrorCode {
     tracing::warn!(channel, error = %e, "{op} failed");
@@ -564,6 +648,18 @@ impl<'a> Engine<'a> {
 
     pub(crate) fn meta_ttl(self, options: &ChannelOptions) -> Duration {
         self.node.meta_ttl(options)
+    }
+
+    pub(crate) fn admit_user(
+        self,
+        user: &'a str,
+        client: &'a str,
+    ) -> impl Future<Output = Result<(), DisconnectReason>> + 'a {
+        self.node.admit_user(user, client)
+    }
+
+    pub(crate) fn release_user(self, user: &'a str, client: &'a str) -> impl Future<Output = ()> + 'a {
+        self.node.release_user(user, client)
     }
 
     // The node's futures are returned as they are: an `async fn` here would wrap them in a

@@ -287,6 +287,43 @@ fn user_connection_limit() {
 }
 
 #[test]
+fn user_connection_limit_evicting_the_oldest() {
+    let env = anonymous_env(|cfg| {
+        cfg.client.user_connection_limit = 2;
+        cfg.client.user_connection_limit_mode = "evict_oldest".into();
+    });
+    let a = env.connected("42");
+    env.clock.advance(10);
+    let b = env.connected("42");
+    env.clock.advance(10);
+    // A third connection is admitted; the oldest one is closed with 3504.
+    let c = env.connected("42");
+    assert_eq!(a.closed(), Some(3504));
+    assert_eq!((b.closed(), c.closed()), (None, None));
+    let _other = env.connected("43");
+    assert_eq!(b.closed(), None);
+    // With a limit of 1: one connection per user, the newest wins.
+    let env = anonymous_env(|cfg| {
+        cfg.client.user_connection_limit = 1;
+        cfg.client.user_connection_limit_mode = "evict_oldest".into();
+    });
+    let first = env.connected("7");
+    env.clock.advance(10);
+    let second = env.connected("7");
+    assert_eq!((first.closed(), second.closed()), (Some(3504), None));
+}
+
+#[test]
+fn user_connection_limit_mode_is_checked() {
+    let mut cfg = base_config();
+    cfg.client.user_connection_limit_mode = "kick".into();
+    let identity = herald_hub::NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    let clock = std::sync::Arc::new(herald_hub::ManualClock::new(0));
+    let err = herald_hub::Node::new(cfg, identity, clock).err().expect("refused");
+    assert!(err.to_string().contains("client.user_connection_limit_mode"), "{err}");
+}
+
+#[test]
 fn token_channels_create_server_side_subscriptions() {
     let env = Env::base();
     let node = &env.node;

@@ -14,8 +14,13 @@ use support::redis::{RedisServer, engine_env};
 use support::*;
 
 fn node(addresses: &[String], prefix: &str, name: &str) -> Herald {
+    node_with(addresses, prefix, name, &[])
+}
+
+fn node_with(addresses: &[String], prefix: &str, name: &str, extra: &[(&'static str, &str)]) -> Herald {
     let mut env = engine_env(addresses, prefix);
     env.push(("HERALD_NODE_NAME", name.into()));
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Herald::start(&env)
 }
@@ -279,4 +284,54 @@ async fn channels_are_sharded_over_two_independent_redis_instances() {
         assert!(keys > 0 && keys < channels.len(), "{} has {keys} streams", r.port);
     }
     let _: Value = a.api_ok("info", json!({})).await;
+}
+
+/// Waits for the client's connection to end and returns the error that ended it.
+async fn closed(client: &mut Client) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, client.next_push()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => panic!("not closed within {WAIT:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_connection_limit_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let addrs = [redis.url()];
+    // Refuse the newer connection.
+    let p = prefix("limit");
+    let limit = [("HERALD_CLIENT_USER_CONNECTION_LIMIT", "2")];
+    let a = node_with(&addrs, &p, "a", &limit);
+    let b = node_with(&addrs, &p, "b", &limit);
+    let (_first, _) = a.client("erin").await;
+    let (mut second, _) = b.client("erin").await;
+    let err = herald_client::Client::connect(&a.client_options("erin")).await.err().expect("third refused");
+    assert!(err.to_string().contains("3504"), "{err}");
+    let err = herald_client::Client::connect(&b.client_options("erin")).await.err().expect("third refused");
+    assert!(err.to_string().contains("3504"), "{err}");
+    // Another user is not affected; once one of erin's connections is gone, she may connect.
+    let _other = b.client("frank").await;
+    second.close().await;
+    wait_for("erin's slot freed", WAIT, || async {
+        herald_client::Client::connect(&a.client_options("erin")).await.is_ok()
+    })
+    .await;
+
+    // One connection per user, evicting the older one wherever it is.
+    let p = prefix("single");
+    let single =
+        [("HERALD_CLIENT_USER_CONNECTION_LIMIT", "1"), ("HERALD_CLIENT_USER_CONNECTION_LIMIT_MODE", "evict_oldest")];
+    let a = node_with(&addrs, &p, "a", &single);
+    let b = node_with(&addrs, &p, "b", &single);
+    let (mut old, _) = a.client("gina").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (mut new, _) = b.client("gina").await;
+    let err = closed(&mut old).await;
+    assert!(err.contains("3504"), "{err}");
+    assert!(new.next_push_timeout(Duration::from_millis(300)).await.is_ok(), "the newer connection stays");
+    wait_for("the evicted one gone from A", WAIT, || async { a.num_clients().await == 0 }).await;
+    assert_eq!(b.num_clients().await, 1);
 }

@@ -234,7 +234,12 @@ impl Inner {
         let r = match tokio::time::timeout(shard.io_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let kind = if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                if e.to_string().contains("READONLY") {
+                    shard.master_moved();
+                }
+                let kind = if e.to_string().contains("READONLY") {
+                    ErrorKind::Unavailable
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
                     ErrorKind::Unavailable
                 } else if e.is_timeout() {
                     ErrorKind::Timeout
@@ -259,7 +264,7 @@ impl Inner {
     ) -> Result<PublishOutcome, BrokerError> {
         let started = Instant::now();
         let shard = self.shard(channel);
-        let mut conn = shard.cmd.clone();
+        let mut conn = shard.conn();
         let body = wire::publication_body(&publication);
         let history = opts.history_size > 0 && !opts.history_ttl.is_zero();
         let outcome = if !history && opts.idempotency_key.is_none() {
@@ -292,7 +297,7 @@ impl Inner {
 
     async fn history(&self, channel: &str, q: HistoryQuery) -> Result<HistorySlice, BrokerError> {
         let shard = self.shard(channel);
-        let mut conn = shard.cmd.clone();
+        let mut conn = shard.conn();
         // The id range and direction XRANGE/XREVRANGE take for the query (entry ids are
         // `<offset>-1`); `None` when the answer is empty whatever the stream holds.
         let range: Option<(String, String)> = match (&q.since, q.reverse) {
@@ -334,7 +339,7 @@ impl Inner {
 
     async fn presence_add_raw(&self, channel: &str, client: &str, info: &Bytes) -> Result<(), BrokerError> {
         let shard = self.shard(channel);
-        let mut conn = shard.cmd.clone();
+        let mut conn = shard.conn();
         let ttl = secs(self.opts.presence_ttl).max(1);
         let mut inv = self.presence_add.prepare_invoke();
         inv.key(self.names.presence_expire(channel))
@@ -348,7 +353,7 @@ impl Inner {
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         let shard = self.shard(channel);
-        let mut conn = shard.cmd.clone();
+        let mut conn = shard.conn();
         let mut inv = self.presence_get.prepare_invoke();
         inv.key(self.names.presence_expire(channel)).key(self.names.presence_data(channel)).arg(unix_secs());
         let raw: HashMap<String, Vec<u8>> = self.run(shard, "presence", inv.invoke_async(&mut conn)).await?;
@@ -417,7 +422,7 @@ impl Broker for RedisEngine {
                 None => inner.names.control(),
             };
             let shard = &inner.shards[0];
-            let mut conn = shard.cmd.clone();
+            let mut conn = shard.conn();
             let cmd = redis::cmd("PUBLISH").arg(name).arg(payload.as_ref()).to_owned();
             inner.run::<i64, _>(shard, "control", cmd.query_async(&mut conn)).await.map(|_| ())
         })
@@ -447,7 +452,7 @@ impl Broker for RedisEngine {
         Box::pin(async move {
             let inner = &self.inner;
             let shard = inner.shard(channel);
-            let mut conn = shard.cmd.clone();
+            let mut conn = shard.conn();
             let cmd = redis::cmd("DEL").arg(inner.names.stream(channel)).to_owned();
             inner.run::<i64, _>(shard, "history remove", cmd.query_async(&mut conn)).await.map(|_| ())
         })
@@ -461,7 +466,7 @@ impl Broker for RedisEngine {
 impl Inner {
     async fn publish_raw(&self, channel: &str, msg: Vec<u8>) -> Result<(), BrokerError> {
         let shard = self.shard(channel);
-        let mut conn = shard.cmd.clone();
+        let mut conn = shard.conn();
         let cmd = redis::cmd("PUBLISH").arg(self.names.pubsub(channel)).arg(msg).to_owned();
         self.run::<i64, _>(shard, "publish", cmd.query_async(&mut conn)).await.map(|_| ())
     }
@@ -491,7 +496,7 @@ impl PresenceManager for RedisEngine {
                 }
             }
             let shard = inner.shard(channel);
-            let mut conn = shard.cmd.clone();
+            let mut conn = shard.conn();
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("ZREM")

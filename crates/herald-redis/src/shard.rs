@@ -9,6 +9,11 @@
 //! UNSUBSCRIBE of up to [`BATCH`] names each. When the connection drops it reconnects with
 //! jittered backoff, subscribes to everything again, and then reports the gap so the node can
 //! make its clients recover what was published meanwhile.
+//!
+//! Behind Sentinel (`redis+sentinel://host:port[,host:port]?sentinel_master_name=NAME`) every
+//! reconnect asks the sentinels for the current master first, and the command connection is
+//! replaced by one to that master: after a failover the old master (now a replica) closes its
+//! clients, so both connections move to the new one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,16 +46,63 @@ pub(crate) trait Events: Send + Sync + 'static {
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
 
+/// Where the instance is: one address, or whatever master the sentinels name.
+enum Target {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Target {
+    fn parse(address: &str) -> Result<Target, BrokerError> {
+        let bad =
+            |why: &str| BrokerError::new(ErrorKind::Rejected, format!("redis address {}: {why}", redacted(address)));
+        let Some(rest) = address.strip_prefix("redis+sentinel://") else {
+            let client = redis::Client::open(address).map_err(|e| bad("invalid").with_source(e))?;
+            return Ok(Target::Direct(client));
+        };
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let master = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("sentinel_master_name="))
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| bad("sentinel_master_name is missing"))?;
+        let hosts = hosts.trim_end_matches('/');
+        if hosts.is_empty() || hosts.contains('@') {
+            return Err(bad("give sentinel host:port pairs, without credentials"));
+        }
+        let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels,
+            master.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| bad("invalid").with_source(e))?;
+        Ok(Target::Sentinel(tokio::sync::Mutex::new(client)))
+    }
+
+    /// A client for the instance to use now.
+    async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Target::Direct(c) => Ok(c.clone()),
+            Target::Sentinel(s) => s.lock().await.async_get_client().await,
+        }
+    }
+}
+
 pub(crate) struct Shard {
     pub(crate) index: usize,
     pub(crate) address: String,
-    client: redis::Client,
-    pub(crate) cmd: ConnectionManager,
+    target: Target,
+    cmd: Mutex<ConnectionManager>,
+    connect_timeout: Duration,
     /// PUB/SUB name → number of holders.
     wanted: Mutex<HashMap<String, usize>>,
     requests: mpsc::Sender<Waiter>,
     requests_rx: Mutex<Option<mpsc::Receiver<Waiter>>>,
     up: AtomicBool,
+    /// Asks the supervisor to reconnect (Sentinel: the master moved under the connections).
+    reset: tokio::sync::Notify,
     pub(crate) io_timeout: Duration,
 }
 
@@ -62,33 +114,37 @@ impl Shard {
         connect_timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Shard, BrokerError> {
-        let client = redis::Client::open(address)
-            .map_err(|e| BrokerError::new(ErrorKind::Rejected, format!("redis address {address:?}")).with_source(e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(io_timeout))
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MAX)
-            .set_number_of_retries(2);
-        let cmd = tokio::time::timeout(connect_timeout, client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|_| BrokerError::new(ErrorKind::Timeout, format!("redis connect to {}", redacted(address))))?
-            .map_err(|e| {
-                BrokerError::new(ErrorKind::Unavailable, format!("redis connect to {}", redacted(address)))
-                    .with_source(e)
-            })?;
+        let target = Target::parse(address)?;
+        let cmd = command_connection(&target, connect_timeout, io_timeout).await.map_err(|e| {
+            BrokerError::new(e.kind(), format!("redis connect to {}", redacted(address))).with_source(e)
+        })?;
         let (requests, rx) = mpsc::channel(REQUESTS);
         Ok(Shard {
             index,
             address: redacted(address),
-            client,
-            cmd,
+            target,
+            cmd: Mutex::new(cmd),
+            connect_timeout,
             wanted: Mutex::new(HashMap::new()),
             requests,
             requests_rx: Mutex::new(Some(rx)),
             up: AtomicBool::new(false),
+            reset: tokio::sync::Notify::new(),
             io_timeout,
         })
+    }
+
+    /// The command connection (cheap to clone: a handle on one multiplexed connection).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.cmd.lock().clone()
+    }
+
+    /// A command hit a read-only replica: behind Sentinel the master moved while the connections
+    /// stayed up (the old master keeps PUB/SUB clients), so reconnect both to the new master.
+    pub(crate) fn master_moved(&self) {
+        if matches!(self.target, Target::Sentinel(_)) {
+            self.reset.notify_one();
+        }
     }
 
     /// Whether the PUB/SUB connection is up and subscribed.
@@ -132,7 +188,16 @@ impl Shard {
         let mut lost = false;
         let mut attempt = 0u32;
         loop {
-            match tokio::time::timeout(self.io_timeout, self.client.get_async_pubsub()).await {
+            let pubsub = async {
+                let client = self.target.client().await?;
+                if lost && matches!(self.target, Target::Sentinel(_)) {
+                    // The master may have changed: move the command connection too.
+                    let config = manager_config(self.connect_timeout, self.io_timeout);
+                    *self.cmd.lock() = client.get_connection_manager_with_config(config).await?;
+                }
+                client.get_async_pubsub().await
+            };
+            match tokio::time::timeout(self.io_timeout, pubsub).await {
                 Ok(Ok(pubsub)) => {
                     let (mut sink, mut stream) = pubsub.split();
                     let mut subscribed = HashSet::new();
@@ -149,6 +214,10 @@ impl Shard {
                         }
                         loop {
                             tokio::select! {
+                                _ = self.reset.notified() => {
+                                    tracing::warn!(shard = %self.address, "redis master moved; reconnecting to the new one");
+                                    break;
+                                }
                                 msg = stream.next() => match msg {
                                     Some(msg) => events.message(self.index, msg.get_channel_name(), msg.get_payload_bytes()),
                                     None => break,
@@ -234,6 +303,31 @@ impl Shard {
     }
 }
 
+fn manager_config(connect_timeout: Duration, io_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(io_timeout))
+        .set_min_delay(BACKOFF_MIN)
+        .set_max_delay(BACKOFF_MAX)
+        .set_number_of_retries(2)
+}
+
+async fn command_connection(
+    target: &Target,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> Result<ConnectionManager, BrokerError> {
+    let connect = async {
+        let client = target.client().await?;
+        client.get_connection_manager_with_config(manager_config(connect_timeout, io_timeout)).await
+    };
+    match tokio::time::timeout(connect_timeout, connect).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(BrokerError::new(ErrorKind::Unavailable, "redis connect").with_source(e)),
+        Err(_) => Err(BrokerError::new(ErrorKind::Timeout, "redis connect")),
+    }
+}
+
 /// An address without its password, for logs and errors.
 pub(crate) fn redacted(address: &str) -> String {
     match (address.find("://"), address.rfind('@')) {
@@ -245,6 +339,21 @@ pub(crate) fn redacted(address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redacted;
+
+    #[test]
+    fn sentinel_addresses_need_a_master_name_and_no_credentials() {
+        use super::Target;
+        assert!(matches!(Target::parse("redis://127.0.0.1:7000"), Ok(Target::Direct(_))));
+        assert!(matches!(
+            Target::parse("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380?sentinel_master_name=mymaster"),
+            Ok(Target::Sentinel(_))
+        ));
+        let err = Target::parse("redis+sentinel://127.0.0.1:26379").err().unwrap().to_string();
+        assert!(err.contains("sentinel_master_name is missing"), "{err}");
+        let err =
+            Target::parse("redis+sentinel://:pw@127.0.0.1:26379?sentinel_master_name=m").err().unwrap().to_string();
+        assert!(err.contains("without credentials") && !err.contains("pw"), "{err}");
+    }
 
     #[test]
     fn passwords_are_not_logged() {

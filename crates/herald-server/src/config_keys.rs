@@ -37,8 +37,9 @@ const CLUSTER: &str = "this node would run alone and lose the messages published
                        Herald node with engine.type \"memory\" and turn this off";
 const REDIS_AUTH: &str = "Herald would connect without it; put it in engine.redis.address \
                           (redis://user:password@host:port/db) and remove this";
-const REDIS_TOPOLOGY: &str = "Herald would connect to engine.redis.address without it; only redis:// addresses \
-                              (standalone instances, several for sharding) are supported yet";
+const REDIS_TOPOLOGY: &str = "Herald would connect to engine.redis.address without it; give standalone instances \
+                              as redis:// addresses (several for sharding) and Sentinel as \
+                              redis+sentinel://host:port?sentinel_master_name=NAME";
 const PROXY: &str = "your backend would not be asked, so access would be decided by tokens and channel options \
                      alone; use tokens and turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \

@@ -163,13 +163,20 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid("engine.redis.address", "no address: give at least one redis:// URL"));
         }
         for a in &r.address {
-            if !a.starts_with("redis://") {
+            let sentinel = a.starts_with("redis+sentinel://");
+            if !a.starts_with("redis://") && !sentinel {
                 return Err(ConfigError::invalid(
                     "engine.redis.address",
                     format!(
-                        "{:?} is not a redis:// URL (rediss://, Sentinel and Redis Cluster addresses are not supported yet)",
+                        "{:?} is neither a redis:// nor a redis+sentinel:// URL (rediss:// and Redis Cluster are not supported yet)",
                         a.split('@').next_back().unwrap_or_default()
                     ),
+                ));
+            }
+            if sentinel && !a.contains("sentinel_master_name=") {
+                return Err(ConfigError::invalid(
+                    "engine.redis.address",
+                    "a redis+sentinel:// address needs ?sentinel_master_name=<name>",
                 ));
             }
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use herald_client::Client;
 use herald_proto::SubscribeRequest;
 use serde_json::{Value, json};
-use support::redis::{RedisServer, engine_env};
+use support::redis::{RedisServer, Sentinel, cli, engine_env};
 use support::*;
 
 fn node(addresses: &[String], prefix: &str, name: &str) -> Herald {
@@ -142,7 +142,14 @@ async fn cluster_commands_reach_users_on_other_nodes() {
 
 /// Reads pushes of `channel` into `seen` (offsets), resubscribing with recovery when the node
 /// says the stream may have a gap (2500) or the connection must be reopened.
-async fn drain(client: &mut Client, channel: &str, seen: &mut Vec<u64>, epoch: &mut String, quiet: Duration) {
+async fn drain(
+    client: &mut Client,
+    channel: &str,
+    seen: &mut Vec<u64>,
+    epoch: &mut String,
+    quiet: Duration,
+    strict: bool,
+) {
     while let Ok(Some(push)) = client.next_push_timeout(quiet).await {
         if push.channel != channel {
             continue;
@@ -151,12 +158,12 @@ async fn drain(client: &mut Client, channel: &str, seen: &mut Vec<u64>, epoch: &
             seen.push(p.offset);
         } else if let Some(u) = push.unsubscribe {
             assert_eq!(u.code, 2500, "unexpected unsubscribe {u:?}");
-            resubscribe(client, channel, seen, epoch).await;
+            resubscribe(client, channel, seen, epoch, strict).await;
         }
     }
 }
 
-async fn resubscribe(client: &mut Client, channel: &str, seen: &mut Vec<u64>, epoch: &mut String) {
+async fn resubscribe(client: &mut Client, channel: &str, seen: &mut Vec<u64>, epoch: &mut String, strict: bool) {
     let offset = seen.last().copied().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -169,8 +176,10 @@ async fn resubscribe(client: &mut Client, channel: &str, seen: &mut Vec<u64>, ep
         };
         match client.subscribe(req).await {
             Ok(r) => {
-                assert!(r.recovered, "not recovered from {offset}: {r:?}");
-                assert_eq!(&r.epoch, epoch);
+                if strict {
+                    assert!(r.recovered, "not recovered from {offset}: {r:?}");
+                    assert_eq!(&r.epoch, epoch);
+                }
                 seen.extend(r.publications.iter().map(|p| p.offset));
                 return;
             }
@@ -240,7 +249,7 @@ async fn redis_restart_while_publishing_loses_nothing_and_health_follows() {
     for (client, seen, epoch) in subs.iter_mut() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while seen.len() < accepted as usize && Instant::now() < deadline {
-            drain(client, channel, seen, epoch, Duration::from_millis(500)).await;
+            drain(client, channel, seen, epoch, Duration::from_millis(500), true).await;
         }
         let want: Vec<u64> = (1..=accepted).collect();
         assert_eq!(*seen, want, "every accepted publication exactly once, in order");
@@ -336,4 +345,73 @@ async fn user_connection_limit_holds_across_nodes() {
     assert!(new.next_push_timeout(Duration::from_millis(300)).await.is_ok(), "the newer connection stays");
     wait_for("the evicted one gone from A", WAIT, || async { a.num_clients().await == 0 }).await;
     assert_eq!(b.num_clients().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_while_publishing_resumes_delivery_by_itself() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let sentinel = Sentinel::start(&master);
+    let addrs = [sentinel.url()];
+    let p = prefix("sentinel");
+    let a = node(&addrs, &p, "a");
+    let b = node(&addrs, &p, "b");
+    let channel = "hist:fo";
+    let mut sub = subscribe_at(&b, "sue", channel).await;
+    for i in 1..=5u64 {
+        a.publish(channel, json!({"n": i})).await;
+        assert_eq!(next_publication(&mut sub, channel).await.1, i);
+    }
+
+    // The sentinel learns about the replica from the master's INFO, then fails over to it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(sentinel.port, &["SENTINEL", "FAILOVER", "mymaster"]).starts_with("OK") {
+        assert!(Instant::now() < deadline, "sentinel never accepted the failover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut epoch = sub
+        .history(herald_proto::HistoryRequest { channel: channel.into(), ..Default::default() })
+        .await
+        .map(|h| h.epoch)
+        .unwrap_or_default();
+    let mut seen: Vec<u64> = (1..=5).collect();
+    let mut last_accepted = 5;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    // Keep publishing through A until the sentinel names the replica and publications made
+    // after that reach the subscriber on B.
+    loop {
+        assert!(Instant::now() < deadline, "delivery did not resume; seen {seen:?}");
+        let (status, body) = a.api("publish", json!({"channel": channel, "data": {"n": 0}})).await;
+        if status == 200 && body.get("error").is_none() {
+            last_accepted = body["result"]["offset"].as_u64().unwrap();
+        }
+        drain(&mut sub, channel, &mut seen, &mut epoch, Duration::from_millis(100), false).await;
+        let demoted = cli(master.port, &["ROLE"]).starts_with("slave");
+        if demoted
+            && sentinel.master_port() == Some(replica.port)
+            && seen.last() == Some(&last_accepted)
+            && last_accepted > 10
+        {
+            break;
+        }
+    }
+    // Node B writes through its own command connection too, which must have followed the
+    // master (the old one, now a replica, refuses writes).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = b.api("publish", json!({"channel": channel, "data": {"via": "b"}})).await;
+        if status == 200 && body.get("error").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishing through B never worked again: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // In order, none twice (publications acknowledged by the old master in the instant before
+    // it stepped down may be lost: Redis replication is asynchronous).
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    wait_for("200 after the failover", Duration::from_secs(20), || async {
+        a.http("GET", "/health", &[], b"").await.status == 200 && b.http("GET", "/health", &[], b"").await.status == 200
+    })
+    .await;
+    assert!(b.metrics().await.contains("herald_broker_reconnects_total"), "B moved to the new master");
 }

@@ -11,6 +11,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Keep data across a restart (append-only file, fsync always).
     persistent: bool,
+    /// Extra arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 /// A loopback port nothing listens on now.
@@ -34,7 +36,26 @@ impl RedisServer {
     }
 
     fn launch(persistent: bool) -> RedisServer {
-        let mut server = RedisServer { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, persistent };
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persistent,
+            extra: vec![],
+        };
+        server.spawn();
+        server
+    }
+
+    /// A replica of `master`.
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persistent: false,
+            extra: vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()],
+        };
         server.spawn();
         server
     }
@@ -49,6 +70,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server is installed"));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -88,6 +110,68 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `redis-cli -p <port> <args>`: its standard output.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One Redis Sentinel (`redis-server <conf> --sentinel`) watching `master` as `mymaster`, with a
+/// quorum of 1 and short timeouts.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(master: &RedisServer) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cli(port, &["PING"]).starts_with("PONG") {
+            assert!(Instant::now() < deadline, "sentinel on {port} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sentinel { port, child, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}?sentinel_master_name=mymaster", self.port)
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        cli(self.port, &["SENTINEL", "get-master-addr-by-name", "mymaster"]).lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

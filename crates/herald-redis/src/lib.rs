@@ -234,12 +234,11 @@ impl Inner {
         let r = match tokio::time::timeout(shard.io_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if e.to_string().contains("READONLY") {
+                let read_only = e.to_string().contains("READONLY");
+                if read_only {
                     shard.master_moved();
                 }
-                let kind = if e.to_string().contains("READONLY") {
-                    ErrorKind::Unavailable
-                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                let kind = if read_only || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
                     ErrorKind::Unavailable
                 } else if e.is_timeout() {
                     ErrorKind::Timeout

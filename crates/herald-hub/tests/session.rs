@@ -2257,6 +2257,30 @@ fn insufficient_state_control() {
 }
 
 #[test]
+fn engine_resync_makes_the_affected_subscribers_recover() {
+    // What a network engine asks after its PUB/SUB connection came back: every local
+    // subscriber of the affected channels is unsubscribed with 2500 (the SDK resubscribes and
+    // recovers), the others are left alone.
+    let env = Env::base();
+    let node = &env.node;
+    let mut a = env.connected("42");
+    a.subscribe_ok(node, "pos:a");
+    a.subscribe_ok(node, "pos:b");
+    let mut b = env.connected("43");
+    b.subscribe_ok(node, "pos:a");
+    a.take();
+    b.take();
+    assert_eq!(node.hub().resync(&|channel| channel == "pos:a"), 2);
+    assert_eq!(a.pump(node), Flow::Continue);
+    assert_eq!(b.pump(node), Flow::Continue);
+    let pushed_a = a.take();
+    assert_eq!(unsubscribes(&pushed_a, "pos:a"), [2500]);
+    assert!(unsubscribes(&pushed_a, "pos:b").is_empty());
+    assert_eq!(unsubscribes(&b.take(), "pos:a"), [2500]);
+    assert_eq!(node.hub().resync(&|_| false), 0);
+}
+
+#[test]
 fn controls_before_connect_are_ignored() {
     let env = Env::base();
     let mut c = env.client();

@@ -153,6 +153,10 @@ impl shard::Events for Events {
         }
     }
 
+    fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
     fn reconnected(&self, shard: usize) {
         let Some(inner) = self.0.upgrade() else { return };
         let Some(handler) = inner.handler.get() else { return };

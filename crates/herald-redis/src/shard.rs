@@ -42,6 +42,8 @@ pub(crate) trait Events: Send + Sync + 'static {
     fn message(&self, shard: usize, name: &str, payload: &[u8]);
     /// The PUB/SUB connection is back after a loss: messages in between may be missing.
     fn reconnected(&self, shard: usize);
+    /// Whether the engine still exists (the supervisor stops once it is dropped).
+    fn alive(&self) -> bool;
 }
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
@@ -212,8 +214,12 @@ impl Shard {
                             metrics::reconnect();
                             events.reconnected(self.index);
                         }
+                        let mut check = tokio::time::interval(Duration::from_secs(1));
                         loop {
                             tokio::select! {
+                                _ = check.tick() => if !events.alive() {
+                                    return;
+                                },
                                 _ = self.reset.notified() => {
                                     tracing::warn!(shard = %self.address, "redis master moved; reconnecting to the new one");
                                     break;
@@ -256,6 +262,9 @@ impl Shard {
             }
             lost = true;
             self.up.store(false, Ordering::Release);
+            if !events.alive() {
+                return;
+            }
             // Jittered exponential backoff; requests meanwhile are told Redis is unavailable.
             let base = BACKOFF_MIN.saturating_mul(1 << attempt.min(6)).min(BACKOFF_MAX);
             let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));

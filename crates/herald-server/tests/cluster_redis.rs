@@ -415,3 +415,42 @@ async fn sentinel_failover_while_publishing_resumes_delivery_by_itself() {
     .await;
     assert!(b.metrics().await.contains("herald_broker_reconnects_total"), "B moved to the new master");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_reconnect_elsewhere_and_recover() {
+    let redis = RedisServer::start();
+    let addrs = [redis.url()];
+    let p = prefix("nodekill");
+    let a = node(&addrs, &p, "a");
+    let mut b = Some(node(&addrs, &p, "b"));
+    let c = node(&addrs, &p, "c");
+    let channel = "hist:k";
+    let mut sub = subscribe_at(b.as_ref().unwrap(), "kim", channel).await;
+    let first = a.publish(channel, json!({"n": 1})).await;
+    assert_eq!(next_publication(&mut sub, channel).await.1, 1);
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+
+    // B dies (SIGKILL); its client's connection ends.
+    b.take();
+    assert!(!closed(&mut sub).await.is_empty());
+    for n in 2..=4 {
+        a.publish(channel, json!({"n": n})).await;
+    }
+    // The client reconnects to C and recovers what it missed from the cluster's history.
+    let (mut again, _) = c.client("kim").await;
+    let r = again
+        .subscribe(SubscribeRequest {
+            channel: channel.into(),
+            recover: true,
+            offset: 1,
+            epoch: epoch.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.recovered, "{r:?}");
+    assert_eq!(r.epoch, epoch);
+    assert_eq!(r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [2, 3, 4]);
+    a.publish(channel, json!({"n": 5})).await;
+    assert_eq!(next_publication(&mut again, channel).await.1, 5);
+}

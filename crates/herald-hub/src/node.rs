@@ -474,15 +474,20 @@ impl Node {
         }
     }
 
-    /// The live nodes of the cluster, this one included (the `info` API).
+    /// The live nodes of the cluster, this one first (the `info` API).
     pub fn nodes(&self) -> Vec<NodeInfo> {
         if !self.clustered() {
             return vec![self.node_info()];
         }
         let now = self.time.now_ms();
-        // This node's own entry is always fresh, whatever the engine did with its heartbeat.
-        self.cluster.node_seen(self.node_info(), now);
-        self.cluster.nodes(now)
+        // This node's own entry is always fresh, whatever the engine did with its heartbeat,
+        // and comes first (then the others by name), as it did before clusters.
+        let own = self.node_info();
+        self.cluster.node_seen(own.clone(), now);
+        let mut nodes = self.cluster.nodes(now);
+        nodes.retain(|n| n.uid != own.uid);
+        nodes.insert(0, own);
+        nodes
     }
 
     /// Cluster housekeeping; call about once a second. Every [`cluster::HEARTBEAT`] the node

@@ -160,8 +160,12 @@ pub struct ClientConfig {
     pub channel_limit: usize,
     /// Maximum bytes queued to one client before it is disconnected with 3008.
     pub queue_max_size: usize,
-    /// Maximum connections of one user on this node (0: no limit).
+    /// Maximum connections of one user (0: no limit), across the cluster with a network engine.
     pub user_connection_limit: usize,
+    /// What happens to a connection over `user_connection_limit` (Herald's own option):
+    /// `refuse_new` (the new one is closed with 3504) or `evict_oldest` (the oldest ones are
+    /// closed with 3504, wherever they are; with a limit of 1, one connection per user).
+    pub user_connection_limit_mode: String,
     pub history_max_publication_limit: usize,
     pub recovery_max_publication_limit: usize,
     pub subscribe_to_user_personal_channel: PersonalChannelConfig,
@@ -172,6 +176,11 @@ pub struct ClientConfig {
     /// The connect and refresh proxies.
     pub proxy: ClientProxyConfig,
 }
+
+/// `client.user_connection_limit_mode`: refuse the connection over the limit.
+pub const LIMIT_REFUSE_NEW: &str = "refuse_new";
+/// `client.user_connection_limit_mode`: close the user's oldest connections instead.
+pub const LIMIT_EVICT_OLDEST: &str = "evict_oldest";
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -189,6 +198,7 @@ impl Default for ClientConfig {
             channel_limit: 128,
             queue_max_size: 1_048_576,
             user_connection_limit: 0,
+            user_connection_limit_mode: LIMIT_REFUSE_NEW.into(),
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
             subscribe_to_user_personal_channel: PersonalChannelConfig::default(),

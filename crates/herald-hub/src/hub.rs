@@ -20,7 +20,7 @@ use herald_proto::{ClientInfo, Join, Leave, Prepared, Publication, Push, Reply};
 use indexmap::IndexMap;
 use uuid::Uuid;
 
-use crate::link::ClientLink;
+use crate::link::{ClientLink, Control};
 use crate::wake;
 
 /// Per-subscriber flags kept in the hub.
@@ -194,6 +194,29 @@ impl Hub {
         let push =
             Push { channel: channel.to_owned(), leave: Some(Leave { info: Some(info.clone()) }), ..Default::default() };
         self.fan_out(channel, push, 0, flags::PUSH_JOIN_LEAVE, None)
+    }
+
+    /// Tells every local subscriber of the channels `affected` selects that the stream may have
+    /// a gap ([`Control::Insufficient`]): client-side subscriptions are unsubscribed with 2500,
+    /// which makes the SDKs resubscribe and recover from history. Returns how many were told.
+    pub fn resync(&self, affected: &dyn Fn(&str) -> bool) -> usize {
+        let mut told = 0;
+        for shard in self.channels.iter() {
+            let channels: Vec<(Arc<str>, Arc<ChannelSubs>)> = shard
+                .lock()
+                .expect("hub shard")
+                .iter()
+                .filter(|(name, _)| affected(name))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect();
+            for (name, subs) in channels {
+                for sub in subs.subs.lock().expect("channel subs").values() {
+                    sub.link.control(Control::Insufficient { channel: name.to_string() });
+                    told += 1;
+                }
+            }
+        }
+        told
     }
 
     /// Registers a connection of `user`. With `limit > 0`, fails when the user (unless

@@ -6,6 +6,7 @@
 //! - [`hub`]: channel → subscribers and user → connections indexes, and fan-out;
 //! - [`broker`]: the engine contract (PUB/SUB, history, presence, node-to-node control, typed
 //!   errors), the delivery sink into the hub, and the memory engines;
+//! - [`cluster`]: control messages between nodes, the node registry and the delivery probe;
 //! - [`node`]: ties them together and implements the server API operations;
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
 //! - [`link`]: the trait transports implement for each connection;
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod duration;

@@ -82,3 +82,28 @@ pub fn proxy_decision(kind: &'static str, decision: &'static str) {
     )
     .increment(1);
 }
+
+/// A control message received from the cluster, by kind (`node`, `command`, `invalid`).
+pub fn control_received(kind: &'static str) {
+    metrics::counter!("herald_cluster_control_received_total", "kind" => kind).increment(1);
+}
+
+/// Round trip of a delivery probe through the engine, seconds.
+pub fn probe_latency(seconds: f64) {
+    metrics::histogram!("herald_broker_probe_seconds").record(seconds);
+}
+
+/// A control message this node could not send.
+pub fn control_send_failed() {
+    metrics::counter!("herald_cluster_control_send_errors_total").increment(1);
+}
+
+/// Local subscriptions told to recover after the engine lost messages.
+pub fn resync(n: usize) {
+    metrics::counter!("herald_broker_resync_subscriptions_total").increment(n as u64);
+}
+
+/// A connection over `client.user_connection_limit`: `refused` or `evicted`.
+pub fn user_limit(outcome: &'static str) {
+    metrics::counter!("herald_user_connection_limit_total", "outcome" => outcome).increment(1);
+}

@@ -21,6 +21,7 @@ use crate::broker::{
 };
 use crate::channel::{ChannelError, Channels, Resolved};
 use crate::clock::Clock;
+use crate::cluster::{self, Cluster, Command, NodeInfo, RemoteSubscribe};
 use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
@@ -78,6 +79,10 @@ pub struct Node {
     backend: Arc<Backend>,
     time: Time,
     identity: NodeIdentity,
+    /// Live nodes and the delivery probe; shared with the engine's delivery sink.
+    cluster: Arc<Cluster>,
+    /// When this node last announced itself (Unix ms).
+    last_heartbeat: std::sync::atomic::AtomicI64,
 }
 
 impl Node {
@@ -133,12 +138,33 @@ impl Node {
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let time = Time::new(clock, TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
+        if ![crate::config::LIMIT_REFUSE_NEW, crate::config::LIMIT_EVICT_OLDEST]
+            .contains(&c.user_connection_limit_mode.as_str())
+        {
+            return Err(ConfigError::new(
+                "client.user_connection_limit_mode",
+                format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
+            ));
+        }
+        let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock.now_ms()));
+        let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
         broker
-            .set_handler(Arc::new(Delivery::new(hub.clone())))
+            .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
-        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, backend, time, identity }))
+        Ok(Arc::new(Node {
+            hub,
+            cfg,
+            channels,
+            broker,
+            presence,
+            auth,
+            backend,
+            time,
+            identity,
+            cluster,
+            last_heartbeat: std::sync::atomic::AtomicI64::new(0),
+        }))
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -289,41 +315,247 @@ impl Node {
         links
     }
 
-    /// Server API `subscribe`: server-side subscription of a user's live connections.
-    pub fn api_subscribe(&self, target: &Target, sub: ServerSubscribe) -> Result<(), ErrorCode> {
+    /// Server API `subscribe`: server-side subscription of a user's live connections, on every
+    /// node of the cluster.
+    pub async fn api_subscribe(&self, target: &Target, sub: ServerSubscribe) -> Result<(), ErrorCode> {
         self.api_resolve(&sub.channel)?;
         for link in self.targets(target) {
             link.control(Control::Subscribe(Box::new(sub.clone())));
         }
-        Ok(())
+        let subscribe = RemoteSubscribe {
+            channel: sub.channel,
+            info: sub.info.to_vec(),
+            data: sub.data.to_vec(),
+            recover_since: sub.recover_since,
+            expire_at: sub.expire_at,
+            override_: sub.override_,
+        };
+        self.tell_cluster(Command::Subscribe { user: target.user.clone(), client: target.client.clone(), subscribe })
+            .await
     }
 
-    /// Server API `unsubscribe` (empty channel: all channels).
-    pub fn api_unsubscribe(&self, target: &Target, channel: &str) -> Result<(), ErrorCode> {
+    /// Server API `unsubscribe` (empty channel: all channels), on every node.
+    pub async fn api_unsubscribe(&self, target: &Target, channel: &str) -> Result<(), ErrorCode> {
         if !channel.is_empty() {
             self.api_resolve(channel)?;
         }
         for link in self.targets(target) {
             link.control(Control::Unsubscribe { channel: channel.to_owned(), code: UNSUBSCRIBE_SERVER });
         }
-        Ok(())
+        self.tell_cluster(Command::Unsubscribe {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            channel: channel.to_owned(),
+            code: UNSUBSCRIBE_SERVER.code,
+        })
+        .await
     }
 
-    /// Server API `disconnect`: closes the user's connections except the whitelisted ones.
-    pub fn api_disconnect(&self, target: &Target, whitelist: &[String], reason: DisconnectReason) {
+    /// Server API `disconnect`: closes the user's connections except the whitelisted ones, on
+    /// every node.
+    pub async fn api_disconnect(
+        &self,
+        target: &Target,
+        whitelist: &[String],
+        reason: DisconnectReason,
+    ) -> Result<(), ErrorCode> {
         for link in self.targets(target) {
             let id = link.id().to_string();
             if !whitelist.contains(&id) {
                 link.close(reason.clone());
             }
         }
+        self.tell_cluster(Command::Disconnect {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            whitelist: whitelist.to_vec(),
+            code: reason.code,
+            reason: reason.reason.into_owned(),
+        })
+        .await
     }
 
-    /// Server API `refresh`.
-    pub fn api_refresh(&self, target: &Target, expired: bool, expire_at: Option<i64>, info: Option<Bytes>) {
+    /// Server API `refresh`, on every node.
+    pub async fn api_refresh(
+        &self,
+        target: &Target,
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Bytes>,
+    ) -> Result<(), ErrorCode> {
         for link in self.targets(target) {
             link.control(Control::Refresh { expired, expire_at, info: info.clone() });
         }
+        self.tell_cluster(Command::Refresh {
+            user: target.user.clone(),
+            client: target.client.clone(),
+            expired,
+            expire_at,
+            info: info.map(|i| i.to_vec()),
+        })
+        .await
+    }
+
+    /// Sends a user command to the other nodes (nothing to do outside a cluster). A failure is
+    /// error 100: the command reached this node's connections but maybe not the others'.
+    async fn tell_cluster(&self, command: Command) -> Result<(), ErrorCode> {
+        if !self.broker.delivers_control() {
+            return Ok(());
+        }
+        let payload = cluster::encode(&self.identity.uid, &command);
+        self.broker.publish_control(None, payload).await.map_err(|e| {
+            metrics::control_send_failed();
+            tracing::warn!(error = %e, "cluster command not sent");
+            ERROR_INTERNAL
+        })
+    }
+
+    /// Whether the user's connections are counted in the presence storage (cluster-wide with a
+    /// network engine) rather than only by the local hub.
+    fn counts_users_in_presence(&self, user: &str) -> bool {
+        let c = &self.cfg.client;
+        c.user_connection_limit > 0
+            && !user.is_empty()
+            && (self.clustered() || c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST)
+    }
+
+    /// Admits a new connection of `user` under `client.user_connection_limit` across the
+    /// cluster: its connections are kept as presence entries under a name no channel can have.
+    /// Over the limit, either this connection is refused (3504) or the oldest ones are closed
+    /// with 3504 wherever they are. Check and add are two steps, so connections racing within
+    /// one round trip to the engine may both pass.
+    pub(crate) async fn admit_user(&self, user: &str, client: &str) -> Result<(), DisconnectReason> {
+        if !self.counts_users_in_presence(user) {
+            return Ok(());
+        }
+        let limit = self.cfg.client.user_connection_limit;
+        let key = user_key(user);
+        let current = self.presence.presence(&key).await.map_err(|e| {
+            tracing::warn!(error = %e, "user connection count failed");
+            DISCONNECT_SERVER_ERROR
+        })?;
+        let mut others: Vec<(i64, String)> = current
+            .into_iter()
+            .filter(|(id, _)| id != client)
+            .map(|(id, info)| (std::str::from_utf8(&info.chan_info).ok().and_then(|t| t.parse().ok()).unwrap_or(0), id))
+            .collect();
+        if others.len() >= limit {
+            if self.cfg.client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
+                metrics::user_limit("refused");
+                return Err(DISCONNECT_CONNECTION_LIMIT);
+            }
+            others.sort();
+            let excess = others.len() + 1 - limit;
+            for (_, id) in others.into_iter().take(excess) {
+                metrics::user_limit("evicted");
+                let command = Command::Disconnect {
+                    user: user.to_owned(),
+                    client: id.clone(),
+                    whitelist: Vec::new(),
+                    code: DISCONNECT_CONNECTION_LIMIT.code,
+                    reason: DISCONNECT_CONNECTION_LIMIT.reason.to_string(),
+                };
+                cluster::apply(&self.hub, command.clone());
+                let _ = self.tell_cluster(command).await;
+                let _ = self.presence.remove_presence(&key, &id).await;
+            }
+        }
+        let info = ClientInfo {
+            user: user.to_owned(),
+            client: client.to_owned(),
+            chan_info: Bytes::from(self.time.now_ms().to_string()),
+            ..Default::default()
+        };
+        self.presence.add_presence(&key, info).await.map_err(|e| {
+            tracing::warn!(error = %e, "user connection count failed");
+            DISCONNECT_SERVER_ERROR
+        })
+    }
+
+    /// Forgets a connection admitted by [`Node::admit_user`].
+    pub(crate) async fn release_user(&self, user: &str, client: &str) {
+        if self.counts_users_in_presence(user)
+            && let Err(e) = self.presence.remove_presence(&user_key(user), client).await
+        {
+            tracing::debug!(error = %e, "user connection release failed");
+        }
+    }
+
+    /// Whether this node is part of a cluster (its engine carries control messages).
+    pub fn clustered(&self) -> bool {
+        self.broker.delivers_control()
+    }
+
+    /// What this node announces about itself.
+    pub fn node_info(&self) -> NodeInfo {
+        let stats = self.stats();
+        NodeInfo {
+            uid: self.identity.uid.clone(),
+            name: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            num_clients: stats.num_clients,
+            num_users: stats.num_users,
+            num_channels: stats.num_channels,
+            num_subs: stats.num_subs,
+            uptime: stats.uptime_secs,
+        }
+    }
+
+    /// The live nodes of the cluster, this one first (the `info` API).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        if !self.clustered() {
+            return vec![self.node_info()];
+        }
+        let now = self.time.now_ms();
+        // This node's own entry is always fresh, whatever the engine did with its heartbeat,
+        // and comes first (then the others by name), as it did before clusters.
+        let own = self.node_info();
+        self.cluster.node_seen(own.clone(), now);
+        let mut nodes = self.cluster.nodes(now);
+        nodes.retain(|n| n.uid != own.uid);
+        nodes.insert(0, own);
+        nodes
+    }
+
+    /// Cluster housekeeping; call about once a second. Every [`cluster::HEARTBEAT`] the node
+    /// announces itself to the others and sends itself a delivery probe through the engine.
+    pub async fn cluster_tick(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.clustered() {
+            return;
+        }
+        let now = self.time.now_ms();
+        let last = self.last_heartbeat.load(Ordering::Relaxed);
+        if now - last < cluster::HEARTBEAT {
+            return;
+        }
+        self.last_heartbeat.store(now, Ordering::Relaxed);
+        let uid = &self.identity.uid;
+        let heartbeat = cluster::encode(uid, &Command::Node(self.node_info()));
+        if let Err(e) = self.broker.publish_control(None, heartbeat).await {
+            metrics::control_send_failed();
+            tracing::debug!(error = %e, "node heartbeat not sent");
+        }
+        let probe = cluster::encode(uid, &self.cluster.next_probe(now));
+        if let Err(e) = self.broker.publish_control(Some(uid), probe).await {
+            metrics::control_send_failed();
+            tracing::debug!(error = %e, "delivery probe not sent");
+        }
+    }
+
+    /// `Err(reason)` when the node cannot serve its clients fully: the engine is unreachable
+    /// or, in a cluster, does not deliver (the probe did not come back).
+    pub fn health(&self) -> Result<(), String> {
+        if !self.broker.healthy() {
+            return Err("broker unavailable: its connection is down".into());
+        }
+        if !self.presence.healthy() {
+            return Err("presence storage unavailable: its connection is down".into());
+        }
+        if self.clustered() {
+            self.cluster.delivering(self.time.now_ms())?;
+        }
+        Ok(())
     }
 
     /// Server API `presence`.
@@ -412,6 +644,11 @@ impl Node {
     }
 }
 
+/// The presence name under which a user's connections are counted: no channel contains NUL.
+fn user_key(user: &str) -> String {
+    format!("\u{0}user:{user}")
+}
+
 /// An engine failure as a client sees it (error 100), logged with what failed.
 fn engine_failure(op: &'static str, channel: &str, e: BrokerError) -> ErrorCode {
     tracing::warn!(channel, error = %e, "{op} failed");
@@ -443,6 +680,18 @@ impl<'a> Engine<'a> {
 
     pub(crate) fn meta_ttl(self, options: &ChannelOptions) -> Duration {
         self.node.meta_ttl(options)
+    }
+
+    pub(crate) fn admit_user(
+        self,
+        user: &'a str,
+        client: &'a str,
+    ) -> impl Future<Output = Result<(), DisconnectReason>> + 'a {
+        self.node.admit_user(user, client)
+    }
+
+    pub(crate) fn release_user(self, user: &'a str, client: &'a str) -> impl Future<Output = ()> + 'a {
+        self.node.release_user(user, client)
     }
 
     // The node's futures are returned as they are: an `async fn` here would wrap them in a

@@ -211,7 +211,11 @@ impl<'a> Ports<'a> {
     }
 
     pub(crate) fn registry(&self) -> Registry<'a> {
-        Registry::new(self.node.hub(), self.node.config().client.user_connection_limit)
+        let c = &self.node.config().client;
+        // Evicting the oldest connections is decided by the node, never refused by the hub.
+        let limit =
+            if c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST { 0 } else { c.user_connection_limit };
+        Registry::new(self.node.hub(), limit)
     }
 
     pub(crate) fn time(&self) -> &'a Time {

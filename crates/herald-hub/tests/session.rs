@@ -287,6 +287,43 @@ fn user_connection_limit() {
 }
 
 #[test]
+fn user_connection_limit_evicting_the_oldest() {
+    let env = anonymous_env(|cfg| {
+        cfg.client.user_connection_limit = 2;
+        cfg.client.user_connection_limit_mode = "evict_oldest".into();
+    });
+    let a = env.connected("42");
+    env.clock.advance(10);
+    let b = env.connected("42");
+    env.clock.advance(10);
+    // A third connection is admitted; the oldest one is closed with 3504.
+    let c = env.connected("42");
+    assert_eq!(a.closed(), Some(3504));
+    assert_eq!((b.closed(), c.closed()), (None, None));
+    let _other = env.connected("43");
+    assert_eq!(b.closed(), None);
+    // With a limit of 1: one connection per user, the newest wins.
+    let env = anonymous_env(|cfg| {
+        cfg.client.user_connection_limit = 1;
+        cfg.client.user_connection_limit_mode = "evict_oldest".into();
+    });
+    let first = env.connected("7");
+    env.clock.advance(10);
+    let second = env.connected("7");
+    assert_eq!((first.closed(), second.closed()), (Some(3504), None));
+}
+
+#[test]
+fn user_connection_limit_mode_is_checked() {
+    let mut cfg = base_config();
+    cfg.client.user_connection_limit_mode = "kick".into();
+    let identity = herald_hub::NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    let clock = std::sync::Arc::new(herald_hub::ManualClock::new(0));
+    let err = herald_hub::Node::new(cfg, identity, clock).err().expect("refused");
+    assert!(err.to_string().contains("client.user_connection_limit_mode"), "{err}");
+}
+
+#[test]
 fn token_channels_create_server_side_subscriptions() {
     let env = Env::base();
     let node = &env.node;
@@ -1023,7 +1060,7 @@ fn api_server_subscribe_is_race_free() {
         recover_since: Some(StreamPosition { offset: 1, epoch: epoch.clone() }),
         ..Default::default()
     };
-    env.node.api_subscribe(&target("42"), sub).unwrap();
+    env.node.api_subscribe(&target("42"), sub).now_or_never().expect("ready").unwrap();
     c.pump(&env.node);
     let got = c.take();
     let push = got[0].push.as_ref().unwrap();
@@ -1840,7 +1877,7 @@ fn server_side_subscription_expiry_is_3006() {
     let env = Env::new(cfg);
     let mut c = env.connected("42");
     let sub = ServerSubscribe { channel: "plain:srv".into(), expire_at: Some(env.now() + 30), ..Default::default() };
-    env.node.api_subscribe(&target("42"), sub).unwrap();
+    env.node.api_subscribe(&target("42"), sub).now_or_never().expect("ready").unwrap();
     c.pump(&env.node);
     assert!(c.take()[0].push.as_ref().unwrap().subscribe.is_some());
     env.advance(54, &mut [&mut c]);
@@ -1861,7 +1898,7 @@ fn api_subscribe_pushes_subscribe_then_publications() {
         env.publish("rec:x", r#"{"old":1}"#);
         let (top, epoch) = env.top("rec:x");
         let sub = ServerSubscribe { channel: "rec:x".into(), data: bytes(r#"{"s":1}"#), ..Default::default() };
-        node.api_subscribe(&target("42"), sub.clone()).unwrap();
+        node.api_subscribe(&target("42"), sub.clone()).now_or_never().expect("ready").unwrap();
         assert!(c.take().is_empty(), "nothing until the session handles the control");
         c.pump(node);
         let got = c.take();
@@ -1875,18 +1912,23 @@ fn api_subscribe_pushes_subscribe_then_publications() {
         let n = env.publish("rec:x", r#"{"new":1}"#);
         assert_eq!(pubs(&c.take(), "rec:x"), [(n, r#"{"new":1}"#.to_owned())]);
         // Subscribing again is a no-op.
-        node.api_subscribe(&target("42"), sub).unwrap();
+        node.api_subscribe(&target("42"), sub).now_or_never().expect("ready").unwrap();
         c.pump(node);
         assert!(c.take().is_empty());
         c.close(node);
     }
     assert_eq!(
         node.api_subscribe(&target("42"), ServerSubscribe { channel: "nope:x".into(), ..Default::default() })
+            .now_or_never()
+            .expect("ready")
             .unwrap_err()
             .code,
         102
     );
-    assert_eq!(node.api_subscribe(&target("42"), ServerSubscribe::default()).unwrap_err().code, 107);
+    assert_eq!(
+        node.api_subscribe(&target("42"), ServerSubscribe::default()).now_or_never().expect("ready").unwrap_err().code,
+        107
+    );
 }
 
 #[test]
@@ -1899,13 +1941,16 @@ fn api_subscribe_targets_and_limits() {
     let mut b = env.connected("42");
     let sub = |ch: &str| ServerSubscribe { channel: ch.into(), ..Default::default() };
     // Only one client of the user.
-    node.api_subscribe(&Target { user: "42".into(), client: b.id() }, sub("plain:x")).unwrap();
+    node.api_subscribe(&Target { user: "42".into(), client: b.id() }, sub("plain:x"))
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     a.pump(node);
     b.pump(node);
     assert!(a.take().is_empty());
     assert_eq!(b.take().len(), 1);
     // At the channel limit, a server-side subscribe closes with 3505.
-    node.api_subscribe(&target("42"), sub("plain:y")).unwrap();
+    node.api_subscribe(&target("42"), sub("plain:y")).now_or_never().expect("ready").unwrap();
     a.pump(node);
     assert_eq!(a.take().len(), 1, "a had room");
     assert_eq!(b.pump(node), Flow::Stop);
@@ -1913,7 +1958,7 @@ fn api_subscribe_targets_and_limits() {
     // A server-side subscription with an expiry in the past is skipped.
     let mut c = env.connected("43");
     let expired = ServerSubscribe { expire_at: Some(env.now() - 1), ..sub("plain:z") };
-    node.api_subscribe(&target("43"), expired).unwrap();
+    node.api_subscribe(&target("43"), expired).now_or_never().expect("ready").unwrap();
     c.pump(node);
     assert!(c.take().is_empty());
     assert_eq!(c.session.channels().count(), 0);
@@ -1933,7 +1978,7 @@ fn api_subscribe_with_recovery_position() {
         recover_since: Some(StreamPosition { offset: 1, epoch }),
         ..Default::default()
     };
-    node.api_subscribe(&target("42"), sub).unwrap();
+    node.api_subscribe(&target("42"), sub).now_or_never().expect("ready").unwrap();
     c.pump(node);
     let got = c.take();
     assert!(got[0].push.as_ref().unwrap().subscribe.is_some(), "Subscribe push first");
@@ -1949,7 +1994,7 @@ fn api_unsubscribe() {
         c.subscribe_ok(node, "plain:a");
         c.subscribe_ok(node, "plain:b");
         c.subscribe_ok(node, "plain:c");
-        node.api_unsubscribe(&target("42"), "plain:a").unwrap();
+        node.api_unsubscribe(&target("42"), "plain:a").now_or_never().expect("ready").unwrap();
         c.pump(node);
         let got = c.take();
         assert_eq!(unsubscribes(&got, "plain:a"), [2000]);
@@ -1957,11 +2002,11 @@ fn api_unsubscribe() {
         env.publish("plain:a", "1");
         assert!(c.take().is_empty(), "no pushes after the unsubscribe push");
         // Not subscribed: nothing.
-        node.api_unsubscribe(&target("42"), "plain:zzz").unwrap();
+        node.api_unsubscribe(&target("42"), "plain:zzz").now_or_never().expect("ready").unwrap();
         c.pump(node);
         assert!(c.take().is_empty());
         // Empty channel: every channel.
-        node.api_unsubscribe(&target("42"), "").unwrap();
+        node.api_unsubscribe(&target("42"), "").now_or_never().expect("ready").unwrap();
         c.pump(node);
         let got = c.take();
         assert_eq!(unsubscribes(&got, "plain:b"), [2000]);
@@ -1971,7 +2016,7 @@ fn api_unsubscribe() {
         c.subscribe_ok(node, "plain:a");
         c.close(node);
     }
-    assert_eq!(node.api_unsubscribe(&target("42"), "nope:x").unwrap_err().code, 102);
+    assert_eq!(node.api_unsubscribe(&target("42"), "nope:x").now_or_never().expect("ready").unwrap_err().code, 102);
 }
 
 #[test]
@@ -1981,14 +2026,20 @@ fn api_disconnect_with_whitelist() {
     let mut cs: Vec<Client> = (0..3).map(|_| env.connected("42")).collect();
     let other = env.connected("43");
     let keep = cs[1].id();
-    node.api_disconnect(&target("42"), std::slice::from_ref(&keep), DISCONNECT_FORCE_NO_RECONNECT);
+    node.api_disconnect(&target("42"), std::slice::from_ref(&keep), DISCONNECT_FORCE_NO_RECONNECT)
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     assert_eq!(cs[0].closed(), Some(3503));
     assert_eq!(cs[1].closed(), None);
     assert_eq!(cs[2].closed(), Some(3503));
     assert_eq!(other.closed(), None);
     // One client by id, custom reason.
     let reason = herald_proto::DisconnectReason::new(4001, "custom");
-    node.api_disconnect(&Target { user: "42".into(), client: keep }, &[], reason.clone());
+    node.api_disconnect(&Target { user: "42".into(), client: keep }, &[], reason.clone())
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     assert_eq!(cs[1].link.close_reason(), Some(reason));
     for c in cs.iter_mut() {
         c.close(node);
@@ -2005,17 +2056,20 @@ fn api_refresh() {
     let now = env.now();
     // expired → 3005.
     let mut c = env.connected("42");
-    node.api_refresh(&target("42"), true, None, None);
+    node.api_refresh(&target("42"), true, None, None).now_or_never().expect("ready").unwrap();
     assert_eq!(c.pump(node), Flow::Stop);
     assert_eq!(c.closed(), Some(3005));
     // expire_at in the past → 3005.
     let mut c = env.connected("43");
-    node.api_refresh(&target("43"), false, Some(now - 1), None);
+    node.api_refresh(&target("43"), false, Some(now - 1), None).now_or_never().expect("ready").unwrap();
     c.pump(node);
     assert_eq!(c.closed(), Some(3005));
     // expire_at in the future: the connection expires then (plus grace).
     let mut c = env.connected("44");
-    node.api_refresh(&target("44"), false, Some(now + 10), Some(bytes(r#"{"new":true}"#)));
+    node.api_refresh(&target("44"), false, Some(now + 10), Some(bytes(r#"{"new":true}"#)))
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     c.pump(node);
     assert_eq!(c.closed(), None);
     c.subscribe_ok(node, "hist:a");
@@ -2028,7 +2082,7 @@ fn api_refresh() {
     // expire_at 0: no expiry any more.
     let mut c = env.client();
     c.connect_ok(node, &token(json!({"sub": "45", "exp": env.now() + 10})));
-    node.api_refresh(&target("45"), false, Some(0), None);
+    node.api_refresh(&target("45"), false, Some(0), None).now_or_never().expect("ready").unwrap();
     c.pump(node);
     env.advance(60, &mut [&mut c]);
     assert_eq!(c.closed(), None);
@@ -2203,6 +2257,30 @@ fn insufficient_state_control() {
 }
 
 #[test]
+fn engine_resync_makes_the_affected_subscribers_recover() {
+    // What a network engine asks after its PUB/SUB connection came back: every local
+    // subscriber of the affected channels is unsubscribed with 2500 (the SDK resubscribes and
+    // recovers), the others are left alone.
+    let env = Env::base();
+    let node = &env.node;
+    let mut a = env.connected("42");
+    a.subscribe_ok(node, "pos:a");
+    a.subscribe_ok(node, "pos:b");
+    let mut b = env.connected("43");
+    b.subscribe_ok(node, "pos:a");
+    a.take();
+    b.take();
+    assert_eq!(node.hub().resync(&|channel| channel == "pos:a"), 2);
+    assert_eq!(a.pump(node), Flow::Continue);
+    assert_eq!(b.pump(node), Flow::Continue);
+    let pushed_a = a.take();
+    assert_eq!(unsubscribes(&pushed_a, "pos:a"), [2500]);
+    assert!(unsubscribes(&pushed_a, "pos:b").is_empty());
+    assert_eq!(unsubscribes(&b.take(), "pos:a"), [2500]);
+    assert_eq!(node.hub().resync(&|_| false), 0);
+}
+
+#[test]
 fn controls_before_connect_are_ignored() {
     let env = Env::base();
     let mut c = env.client();
@@ -2272,12 +2350,18 @@ fn api_subscribed_channel_counts_as_subscribed() {
     let env = Env::base();
     let node = &env.node;
     let mut c = env.connected("42");
-    node.api_subscribe(&target("42"), ServerSubscribe { channel: "plain:x".into(), ..Default::default() }).unwrap();
+    node.api_subscribe(&target("42"), ServerSubscribe { channel: "plain:x".into(), ..Default::default() })
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     c.pump(node);
     c.take();
     assert_eq!(c.error(node, subscribe_cmd("plain:x")), 105);
     // Publish for subscribers accepts a server-side subscription.
-    node.api_subscribe(&target("42"), ServerSubscribe { channel: "chat:x".into(), ..Default::default() }).unwrap();
+    node.api_subscribe(&target("42"), ServerSubscribe { channel: "chat:x".into(), ..Default::default() })
+        .now_or_never()
+        .expect("ready")
+        .unwrap();
     c.pump(node);
     c.take();
     let replies = c.call(node, publish_cmd("chat:x", "1"));
@@ -2332,7 +2416,7 @@ fn json_wire_shapes() {
     );
     env.publish("plain:a", r#"{"n":2}"#);
     assert_eq!(c.take_json(), [r#"{"push":{"channel":"plain:a","pub":{"data":{"n":2}}}}"#]);
-    node.api_unsubscribe(&target("42"), "plain:a").unwrap();
+    node.api_unsubscribe(&target("42"), "plain:a").now_or_never().expect("ready").unwrap();
     c.pump(node);
     assert_eq!(
         c.take_json(),
@@ -2481,7 +2565,7 @@ fn api_server_side_subscription_join_leave_and_presence() {
         override_: herald_auth::Override { force_push_join_leave: Some(true), ..Default::default() },
         ..Default::default()
     };
-    node.api_subscribe(&target("42"), sub).unwrap();
+    node.api_subscribe(&target("42"), sub).now_or_never().expect("ready").unwrap();
     c.pump(node);
     let got = c.take();
     assert!(got[0].push.as_ref().unwrap().subscribe.is_some(), "Subscribe push first");
@@ -2491,7 +2575,7 @@ fn api_server_side_subscription_join_leave_and_presence() {
     assert_eq!(joins(&watcher.take(), "chat:x")[0].client, c.id());
     let p = node.api_presence("chat:x").now_or_never().unwrap().unwrap();
     assert_eq!(text(&p[&c.id()].chan_info), r#"{"srv":1}"#);
-    node.api_unsubscribe(&target("42"), "chat:x").unwrap();
+    node.api_unsubscribe(&target("42"), "chat:x").now_or_never().expect("ready").unwrap();
     c.pump(node);
     assert_eq!(unsubscribes(&c.take(), "chat:x"), [2000]);
     assert_eq!(leaves(&watcher.take(), "chat:x")[0].client, c.id());
@@ -2531,8 +2615,8 @@ fn channel_rules_are_the_same_for_clients_and_the_api() {
         let sub = ServerSubscribe { channel: channel.into(), ..Default::default() };
         let server = [
             ("api publish", api_publish(&env, channel, &req).map(|_| ()).unwrap_err()),
-            ("api subscribe", api(node.api_subscribe(&target("42"), sub))),
-            ("api unsubscribe", api(node.api_unsubscribe(&target("42"), channel))),
+            ("api subscribe", api(node.api_subscribe(&target("42"), sub).now_or_never().expect("ready"))),
+            ("api unsubscribe", api(node.api_unsubscribe(&target("42"), channel).now_or_never().expect("ready"))),
             ("api presence", api(node.api_presence(channel).now_or_never().unwrap().map(|_| ()))),
             ("api presence_stats", api(node.api_presence_stats(channel).now_or_never().unwrap().map(|_| ()))),
             ("api history", api(node.api_history(channel, 10, None, false).now_or_never().unwrap().map(|_| ()))),

@@ -214,15 +214,63 @@ pub const UNI_HTTP_STREAM_PATH: &str = "/connection/uni_http_stream";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
-    /// `memory` (single node). Redis and NATS come with the cluster work.
+    /// `memory` (single node) or `redis` (a cluster of nodes over Redis).
     #[serde(rename = "type")]
     pub kind: String,
+    pub redis: RedisEngineConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { kind: "memory".into() }
+        EngineConfig { kind: "memory".into(), redis: RedisEngineConfig::default() }
     }
+}
+
+/// `engine.redis`: the Redis engine (used when `engine.type` is `redis`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisEngineConfig {
+    /// `redis://[user:password@]host:port[/db]`, one or a list; with several, channels are
+    /// spread over the instances by consistent hashing (each instance is independent).
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Prefix of every key and PUB/SUB channel name.
+    pub prefix: String,
+    #[serde(with = "herald_hub::duration")]
+    pub connect_timeout: Duration,
+    /// Deadline of every Redis command.
+    #[serde(with = "herald_hub::duration")]
+    pub io_timeout: Duration,
+    /// How long a presence entry lives in Redis unless its node refreshes it (a dead node's
+    /// entries vanish after this).
+    #[serde(with = "herald_hub::duration")]
+    pub presence_ttl: Duration,
+}
+
+impl Default for RedisEngineConfig {
+    fn default() -> Self {
+        RedisEngineConfig {
+            address: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "herald".into(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            presence_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `log`.

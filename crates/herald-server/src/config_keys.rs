@@ -35,6 +35,11 @@ const TLS: &str = "clients would be served without TLS; terminate TLS in a rever
                    and turn this off";
 const CLUSTER: &str = "this node would run alone and lose the messages published on other nodes; run a single \
                        Herald node with engine.type \"memory\" and turn this off";
+const REDIS_AUTH: &str = "Herald would connect without it; put it in engine.redis.address \
+                          (redis://user:password@host:port/db) and remove this";
+const REDIS_TOPOLOGY: &str = "Herald would connect to engine.redis.address without it; give standalone instances \
+                              as redis:// addresses (several for sharding) and Sentinel as \
+                              redis+sentinel://host:port?sentinel_master_name=NAME";
 const PROXY: &str = "your backend would not be asked, so access would be decided by tokens and channel options \
                      alone; GRPC stream proxies are not implemented, turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
@@ -54,7 +59,17 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("http_server.h2c_external", "HTTP/2 without TLS", &[], ""),
     ("http_api.error_mode", "the transport error mode of the server API", &[], ""),
     ("grpc_api", "the GRPC server API", &["tls.enabled"], TLS),
-    ("engine.redis", "the Redis engine", &[], ""),
+    ("engine.redis.user", "a Redis user name apart from the address", &[""], REDIS_AUTH),
+    ("engine.redis.password", "a Redis password apart from the address", &[""], REDIS_AUTH),
+    ("engine.redis.db", "a Redis database apart from the address", &[""], REDIS_AUTH),
+    ("engine.redis.tls", "TLS to Redis", &["enabled"], REDIS_TOPOLOGY),
+    ("engine.redis.sentinel_address", "Redis Sentinel", &[""], REDIS_TOPOLOGY),
+    ("engine.redis.sentinel_master_name", "Redis Sentinel", &[""], REDIS_TOPOLOGY),
+    ("engine.redis.cluster_address", "Redis Cluster", &[""], REDIS_TOPOLOGY),
+    ("engine.redis.force_resp2", "RESP2 only", &[], ""),
+    ("engine.redis.history_use_lists", "history in Redis lists", &[], ""),
+    ("engine.redis.presence_user_mapping", "per-user presence mapping", &[], ""),
+    ("engine.redis.presence_hash_field_ttl", "presence expiry by hash field TTL", &[], ""),
     ("broker", "a separate broker (Redis, NATS, PostgreSQL)", &["enabled"], CLUSTER),
     ("presence_manager", "a separate presence manager", &["enabled"], CLUSTER),
     ("controller", "a separate cluster controller", &["enabled"], CLUSTER),

@@ -146,15 +146,48 @@ pub fn env_var_names() -> Vec<(String, String)> {
 /// Checks what deserialization cannot: values in range, engines that exist, and everything the
 /// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    if cfg.engine.kind != "memory" {
+    if !["memory", "redis"].contains(&cfg.engine.kind.as_str()) {
         return Err(ConfigError::invalid(
             "engine.type",
             format!(
                 "{:?} is not available: Herald does not support this Centrifugo option yet, only \"memory\" \
-                 (a single node); a node running alone would lose the messages published on other nodes",
+                 (a single node) and \"redis\"; a node running alone would lose the messages published on other nodes",
                 cfg.engine.kind
             ),
         ));
+    }
+    if cfg.engine.kind == "redis" {
+        let r = &cfg.engine.redis;
+        if r.address.is_empty() {
+            return Err(ConfigError::invalid("engine.redis.address", "no address: give at least one redis:// URL"));
+        }
+        for a in &r.address {
+            let sentinel = a.starts_with("redis+sentinel://");
+            if !a.starts_with("redis://") && !sentinel {
+                return Err(ConfigError::invalid(
+                    "engine.redis.address",
+                    format!(
+                        "{:?} is neither a redis:// nor a redis+sentinel:// URL (rediss:// and Redis Cluster are not supported yet)",
+                        a.split('@').next_back().unwrap_or_default()
+                    ),
+                ));
+            }
+            if sentinel && !a.contains("sentinel_master_name=") {
+                return Err(ConfigError::invalid(
+                    "engine.redis.address",
+                    "a redis+sentinel:// address needs ?sentinel_master_name=<name>",
+                ));
+            }
+        }
+        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+            return Err(ConfigError::invalid("engine.redis.prefix", "must be non-empty, without { or }"));
+        }
+        if r.io_timeout.is_zero() || r.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid("engine.redis.io_timeout", "io_timeout and connect_timeout must be > 0"));
+        }
+        if r.presence_ttl < std::time::Duration::from_secs(3) {
+            return Err(ConfigError::invalid("engine.redis.presence_ttl", "must be at least 3s"));
+        }
     }
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "none"];
     if !LEVELS.contains(&cfg.log.level.as_str()) {
@@ -251,7 +284,11 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         name: cfg.node.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    crate::proxy::build_node(cfg.hub(), identity).map(|_| ())
+    // Validation only: the memory engines stand in for whatever engine is configured.
+    let clock: std::sync::Arc<dyn herald_hub::Clock> = std::sync::Arc::new(herald_hub::SystemClock);
+    let broker = std::sync::Arc::new(herald_hub::broker::MemoryBroker::new(clock.clone()));
+    let presence = std::sync::Arc::new(herald_hub::broker::MemoryPresence::default());
+    crate::proxy::build_node(cfg.hub(), identity, clock, broker, presence).map(|_| ())
 }
 
 /// The conformance echo endpoint answers anyone without a token: it is accepted only on a

@@ -203,18 +203,18 @@ impl ProxyPort for HttpProxy {
     }
 }
 
-/// Builds the node with the memory engine and, when proxies are configured, their HTTP client.
+/// Builds the node with the given engines and, when proxies are configured, their HTTP client.
 pub fn build_node(
     cfg: herald_hub::HubConfig,
     identity: herald_hub::NodeIdentity,
+    clock: std::sync::Arc<dyn herald_hub::Clock>,
+    broker: std::sync::Arc<dyn herald_hub::broker::Broker>,
+    presence: std::sync::Arc<dyn herald_hub::broker::PresenceManager>,
 ) -> Result<std::sync::Arc<herald_hub::Node>, ConfigError> {
     use std::sync::Arc;
     let table = herald_hub::proxy::Proxies::compile(&cfg)?;
     let port: Option<Arc<dyn ProxyPort>> =
         if table.specs().is_empty() { None } else { Some(Arc::new(HttpProxy::new(table.specs())?)) };
-    let clock = Arc::new(herald_hub::SystemClock);
-    let broker = Arc::new(herald_hub::broker::MemoryBroker::new(clock.clone()));
-    let presence = Arc::new(herald_hub::broker::MemoryPresence::default());
     Ok(herald_hub::Node::with_parts(cfg, identity, clock, broker, presence, port)?)
 }
 

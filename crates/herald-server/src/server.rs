@@ -95,7 +95,7 @@ pub fn serve(config: Config) -> Result<(), StartupError> {
     let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
     let mut runtimes = runtimes.into_iter();
     let runtime = runtimes.next().expect("at least one worker");
-    let state = runtime.block_on(async { new_state(config, local, workers) })?;
+    let state = runtime.block_on(new_state(config, local, workers))?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
@@ -160,7 +160,7 @@ fn serve_work_stealing(
         .build()
         .map_err(StartupError::Runtime)?;
     runtime.block_on(async {
-        let state = new_state(config, local, 0)?;
+        let state = new_state(config, local, 0).await?;
         let listener = listeners.into_iter().next().expect("one listener");
         let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
@@ -265,14 +265,40 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
-/// Builds what request handlers share: the node, metrics and transport settings.
-fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
+/// Builds what request handlers share: the node, metrics and transport settings. With the
+/// Redis engine it connects to Redis first (and fails when Redis cannot be reached), starting
+/// the engine's tasks on the calling runtime.
+async fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
     let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = crate::proxy::build_node(config.hub(), identity)?;
+    let (broker, presence): (Arc<dyn herald_hub::broker::Broker>, Arc<dyn herald_hub::broker::PresenceManager>) =
+        match config.engine.kind.as_str() {
+            "redis" => {
+                let r = &config.engine.redis;
+                let opts = herald_redis::RedisOptions {
+                    addresses: r.address.clone(),
+                    prefix: r.prefix.clone(),
+                    connect_timeout: r.connect_timeout,
+                    io_timeout: r.io_timeout,
+                    presence_ttl: r.presence_ttl,
+                    node_uid: identity.uid.clone(),
+                    ..Default::default()
+                };
+                let engine = Arc::new(herald_redis::RedisEngine::connect(opts).await.map_err(|e| {
+                    StartupError::Config(ConfigError::invalid("engine.redis.address", format!("cannot use Redis: {e}")))
+                })?);
+                tracing::info!(shards = ?engine.addresses(), "Redis engine connected");
+                (engine.clone(), engine)
+            }
+            _ => (
+                Arc::new(herald_hub::broker::MemoryBroker::new(Arc::new(herald_hub::SystemClock))),
+                Arc::new(herald_hub::broker::MemoryPresence::default()),
+            ),
+        };
+    let node = crate::proxy::build_node(config.hub(), identity, Arc::new(herald_hub::SystemClock), broker, presence)?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;
@@ -427,6 +453,19 @@ async fn run(
             }
         }
     });
+    // Heartbeats and the delivery probe, apart from the timers so a slow broker never delays
+    // pings and expiry.
+    let cluster = tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                node.cluster_tick().await;
+            }
+        }
+    });
 
     tracing::info!(address = %local, node = %node.identity().name, "herald listening on {local}");
     tokio::select! {
@@ -439,6 +478,7 @@ async fn run(
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
+    cluster.abort();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -355,7 +355,7 @@ fn invalid_namespace_is_named_by_validate() {
     let err = loader::validate(&cfg).unwrap_err().to_string();
     assert!(err.starts_with("channel.namespaces[0].name: "), "{err}");
 
-    let file = write(&dir, "e.json", r#"{"engine": {"type": "redis"}}"#);
+    let file = write(&dir, "e.json", r#"{"engine": {"type": "tarantool"}}"#);
     let err = loader::validate(&load_file(&file).unwrap().config).unwrap_err().to_string();
     assert!(err.starts_with("engine.type: ") && err.contains("not available"), "{err}");
 }
@@ -609,7 +609,7 @@ fn serve_with_invalid_config_exits_1() {
     let out = herald(&["--log-level", "loud"], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("log.level"), "{}", stderr(&out));
-    let out = herald(&[], dir.path(), &[("HERALD_ENGINE_TYPE", "redis")]);
+    let out = herald(&[], dir.path(), &[("HERALD_ENGINE_TYPE", "tarantool")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("engine.type"), "{}", stderr(&out));
     let out = herald(&[], dir.path(), &[("HERALD_RUNTIME_SCHEDULER", "green_threads")]);
@@ -774,11 +774,12 @@ fn other_unsafe_centrifugo_options_are_refused() {
             "{err}"
         );
     }
-    let out = herald(&["checkconfig"], dir.path(), &[("HERALD_ENGINE_TYPE", "redis")]);
+    let out = herald(&["checkconfig"], dir.path(), &[("HERALD_ENGINE_TYPE", "tarantool")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out)
-            .contains("engine.type: \"redis\" is not available: Herald does not support this Centrifugo option yet"),
+        stderr(&out).contains(
+            "engine.type: \"tarantool\" is not available: Herald does not support this Centrifugo option yet"
+        ),
         "{}",
         stderr(&out)
     );

@@ -5,21 +5,26 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herald_proto::{ClientInfo, Publication};
 use uuid::Uuid;
 
 use super::BrokerHandler;
+use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::metrics;
 
 /// The [`BrokerHandler`] a node registers with its engine.
 pub(crate) struct Delivery {
     hub: Arc<Hub>,
+    cluster: Arc<Cluster>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Delivery {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Delivery { hub }
+    pub(crate) fn new(hub: Arc<Hub>, cluster: Arc<Cluster>, clock: Arc<dyn Clock>) -> Self {
+        Delivery { hub, cluster, clock }
     }
 }
 
@@ -34,5 +39,15 @@ impl BrokerHandler for Delivery {
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
         metrics::delivered(self.hub.broadcast_leave(channel, info));
+    }
+
+    fn handle_control(&self, payload: Bytes) {
+        self.cluster.handle(&self.hub, &payload, self.clock.now_ms());
+    }
+
+    fn handle_reconnect(&self, affected: &dyn Fn(&str) -> bool) {
+        let n = self.hub.resync(affected);
+        metrics::resync(n);
+        tracing::info!(subscriptions = n, "engine reconnected: local subscriptions told to recover");
     }
 }

@@ -160,6 +160,10 @@ pub trait BrokerHandler: Send + Sync {
     /// node's own when the engine echoes to the sender, so the payload names its sender.
     /// A node outside a cluster has no commands to take from others and ignores them.
     fn handle_control(&self, _payload: Bytes) {}
+    /// The engine's PUB/SUB connection was lost and is back: publications of the channels for
+    /// which `affected` answers true may have been missed meanwhile. The node makes their local
+    /// subscribers recover (or resubscribe). Called from the engine's task, under no engine lock.
+    fn handle_reconnect(&self, _affected: &dyn Fn(&str) -> bool) {}
 }
 
 /// PUB/SUB between nodes plus channel streams.
@@ -182,6 +186,12 @@ pub trait Broker: Send + Sync + 'static {
     /// format belongs to the hub; engines carry it as is. The sender applies a command to its
     /// own connections itself, so delivering back to the sender is allowed but not required.
     fn publish_control<'a>(&'a self, node: Option<&'a str>, payload: Bytes) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Whether control messages really travel between nodes (and back to the sender when it
+    /// names itself): the node runs its cluster layer (heartbeats, the node registry, the
+    /// delivery probe behind `/health`) only over such an engine. False for the memory engine.
+    fn delivers_control(&self) -> bool {
+        false
+    }
     /// This node has a first local subscriber of `channel`.
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
     /// This node's last local subscriber of `channel` left.

@@ -114,6 +114,11 @@ impl Session {
         if p.registry().add_user(&user, &self.link).is_err() {
             return Err(DISCONNECT_CONNECTION_LIMIT.into());
         }
+        let client = self.client_id();
+        if let Err(reason) = p.engine().admit_user(&user, &client).await {
+            p.registry().remove_user(&user, &self.link);
+            return Err(reason.into());
+        }
         self.user = Arc::from(user);
         self.conn_info = info;
         self.expire_at = expires_at.unwrap_or(0);
@@ -138,6 +143,7 @@ impl Session {
                 Err(refusal) => {
                     self.drop_all(p).await;
                     p.registry().remove_user(&self.user, &self.link);
+                    p.engine().release_user(&self.user, &self.client_id()).await;
                     return Err(refusal);
                 }
             }

@@ -370,6 +370,7 @@ impl Session {
         }
         if self.state == State::Connected || self.state == State::Unusable {
             p.registry().remove_user(&self.user, &self.link);
+            p.engine().release_user(&self.user, &self.client_id()).await;
         }
     }
 }

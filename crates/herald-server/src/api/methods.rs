@@ -442,7 +442,7 @@ async fn subscribe(ctx: &ApiContext<'_>, b: SubscribeRequest) -> Result<Empty, A
         expire_at: (b.expire_at > 0).then_some(b.expire_at),
         override_: b.override_,
     };
-    ctx.state.node.api_subscribe(&Target { user: b.user, client: b.client }, sub)?;
+    ctx.state.node.api_subscribe(&Target { user: b.user, client: b.client }, sub).await?;
     Ok(Empty {})
 }
 
@@ -459,7 +459,7 @@ async fn unsubscribe(ctx: &ApiContext<'_>, b: UnsubscribeRequest) -> Result<Empt
     if !b.channel.is_empty() {
         check_channel(ctx, &b.channel, "channel")?;
     }
-    ctx.state.node.api_unsubscribe(&Target { user: b.user, client: b.client }, &b.channel)?;
+    ctx.state.node.api_unsubscribe(&Target { user: b.user, client: b.client }, &b.channel).await?;
     Ok(Empty {})
 }
 
@@ -490,7 +490,7 @@ async fn disconnect(ctx: &ApiContext<'_>, b: DisconnectRequest) -> Result<Empty,
             DisconnectReason { code: d.code, reason: d.reason.into() }
         }
     };
-    ctx.state.node.api_disconnect(&Target { user: b.user, client: b.client }, &b.whitelist, reason);
+    ctx.state.node.api_disconnect(&Target { user: b.user, client: b.client }, &b.whitelist, reason).await?;
     Ok(Empty {})
 }
 
@@ -508,7 +508,7 @@ pub struct RefreshRequest {
 async fn refresh(ctx: &ApiContext<'_>, b: RefreshRequest) -> Result<Empty, ApiError> {
     let info = payload(&b.info, &b.b64info, "b64info")?;
     let info = (!info.is_empty()).then_some(info);
-    ctx.state.node.api_refresh(&Target { user: b.user, client: b.client }, b.expired, b.expire_at, info);
+    ctx.state.node.api_refresh(&Target { user: b.user, client: b.client }, b.expired, b.expire_at, info).await?;
     Ok(Empty {})
 }
 
@@ -671,7 +671,7 @@ pub struct InfoRequest {}
 
 #[derive(Serialize)]
 pub struct InfoResult {
-    nodes: [NodeInfo; 1],
+    nodes: Vec<NodeInfo>,
 }
 
 #[derive(Serialize)]
@@ -692,19 +692,24 @@ fn is_zero(v: &u64) -> bool {
 }
 
 async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiError> {
-    let id = ctx.state.node.identity();
-    let stats = ctx.state.node.stats();
-    let node = NodeInfo {
-        name: id.name.clone(),
-        num_channels: stats.num_channels,
-        num_clients: stats.num_clients,
-        num_subs: stats.num_subs,
-        num_users: stats.num_users,
-        uid: id.uid.clone(),
-        uptime: stats.uptime_secs,
-        version: id.version.clone(),
-    };
-    Ok(InfoResult { nodes: [node] })
+    // Every live node of the cluster (only this one outside a cluster).
+    let nodes = ctx
+        .state
+        .node
+        .nodes()
+        .into_iter()
+        .map(|n| NodeInfo {
+            name: n.name,
+            num_channels: n.num_channels,
+            num_clients: n.num_clients,
+            num_subs: n.num_subs,
+            num_users: n.num_users,
+            uid: n.uid,
+            uptime: n.uptime,
+            version: n.version,
+        })
+        .collect();
+    Ok(InfoResult { nodes })
 }
 
 /// Commands, each an object naming one method: `{"publish": {...}}`. Commands stay borrowed

@@ -75,10 +75,14 @@ fn api_metric(method: &'static str, status: u16, tally: Tally) {
     .increment(1);
 }
 
-/// `GET /health`: `{}`, or 503 once shutting down.
+/// `GET /health`: `{}`, or 503 with the reason once shutting down or while the engine is
+/// unreachable or not delivering (a cluster node's probe through the broker did not return).
 pub fn health(state: &AppState) -> Response<Body> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return transport_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if let Err(reason) = state.node.health() {
+        return transport_error(StatusCode::SERVICE_UNAVAILABLE, &reason);
     }
     json_response(StatusCode::OK, b"{}".to_vec())
 }

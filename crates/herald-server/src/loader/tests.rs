@@ -115,7 +115,21 @@ fn validation_errors_name_keys() {
         assert_eq!(err.key(), Some(key), "{err}");
         assert!(err.to_string().starts_with(&format!("{key}: ")), "{key}: {err}");
     };
-    check(&|c| c.engine.kind = "redis".into(), "engine.type");
+    check(&|c| c.engine.kind = "tarantool".into(), "engine.type");
+    check(
+        &|c| {
+            c.engine.kind = "redis".into();
+            c.engine.redis.address = vec!["127.0.0.1:6379".into()];
+        },
+        "engine.redis.address",
+    );
+    check(
+        &|c| {
+            c.engine.kind = "redis".into();
+            c.engine.redis.prefix = "a{b}".into();
+        },
+        "engine.redis.prefix",
+    );
     check(&|c| c.log.level = "loud".into(), "log.level");
     check(&|c| c.log.format = "xml".into(), "log.format");
     check(&|c| c.runtime.scheduler = "green".into(), "runtime.scheduler");

@@ -1,0 +1,297 @@
+//! The engine-independent cluster layer: the control messages nodes send each other through
+//! [`crate::broker::Broker::publish_control`], the registry of live nodes, and the delivery
+//! probe behind `/health`.
+//!
+//! Format: one JSON object per message, `{"from": "<node uid>", "type": "...", ...}`. JSON,
+//! not protobuf: control traffic is a few messages per second per node and stays readable in
+//! `redis-cli MONITOR`. Unknown types are ignored, so a newer node can add commands.
+//!
+//! - Every node announces itself ([`Command::Node`]) every [`HEARTBEAT`]; a node not heard
+//!   from for [`NODE_EXPIRY`] is dropped from the registry (what the `info` API lists).
+//! - Server-API actions on users (disconnect, unsubscribe, subscribe, refresh) are applied by
+//!   the node that got the call to its own connections and sent to every other node, which
+//!   applies them to its connections; a node ignores its own echo.
+//! - The probe: every [`HEARTBEAT`] a node sends [`Command::Probe`] to itself through the
+//!   engine. A node whose last probe came back more than [`PROBE_STALE`] ago is not delivering,
+//!   and `/health` says so.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use herald_proto::StreamPosition;
+use serde::{Deserialize, Serialize};
+
+use crate::hub::Hub;
+use crate::link::{Control, ServerSubscribe};
+
+/// How often a node announces itself and probes delivery, ms.
+pub const HEARTBEAT: i64 = 3_000;
+/// A node not heard from for this long is dropped from the registry, ms.
+pub const NODE_EXPIRY: i64 = 2 * HEARTBEAT + 1_000;
+/// With no probe back for this long the node reports it is not delivering, ms.
+pub const PROBE_STALE: i64 = 3 * HEARTBEAT + 1_000;
+
+/// What a node tells the others about itself (and what the `info` API lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: usize,
+    pub num_users: usize,
+    pub num_channels: usize,
+    pub num_subs: usize,
+    pub uptime: u64,
+}
+
+/// A server-side subscription as carried between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RemoteSubscribe {
+    pub channel: String,
+    pub info: Vec<u8>,
+    pub data: Vec<u8>,
+    pub recover_since: Option<StreamPosition>,
+    pub expire_at: Option<i64>,
+    #[serde(rename = "override")]
+    pub override_: herald_auth::Override,
+}
+
+/// One cluster command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    Node(NodeInfo),
+    Probe { seq: u64 },
+    Disconnect { user: String, client: String, whitelist: Vec<String>, code: u32, reason: String },
+    Unsubscribe { user: String, client: String, channel: String, code: u32 },
+    Subscribe { user: String, client: String, subscribe: RemoteSubscribe },
+    Refresh { user: String, client: String, expired: bool, expire_at: Option<i64>, info: Option<Vec<u8>> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    #[serde(flatten)]
+    command: Command,
+}
+
+/// Encodes a command sent by node `from`.
+pub fn encode(from: &str, command: &Command) -> Bytes {
+    let env = Envelope { from: from.to_owned(), command: command.clone() };
+    Bytes::from(serde_json::to_vec(&env).expect("control messages serialize"))
+}
+
+/// Decodes a control message into (sender, command); `None` for anything else.
+pub fn decode(payload: &[u8]) -> Option<(String, Command)> {
+    let env: Envelope = serde_json::from_slice(payload).ok()?;
+    Some((env.from, env.command))
+}
+
+#[derive(Debug, Default)]
+struct Probe {
+    /// Sequence of the last probe sent, and when (ms).
+    sent: u64,
+    sent_at: i64,
+    /// When the newest probe came back (ms), 0 never.
+    returned_at: i64,
+}
+
+/// The node's view of the cluster: live nodes and the delivery probe. Shared by the node (which
+/// sends) and its delivery sink (which receives); holds no engine and no node.
+pub struct Cluster {
+    uid: String,
+    started_at: i64,
+    nodes: Mutex<HashMap<String, (NodeInfo, i64)>>,
+    probe: Mutex<Probe>,
+}
+
+impl Cluster {
+    pub fn new(uid: String, now_ms: i64) -> Self {
+        Cluster { uid, started_at: now_ms, nodes: Mutex::new(HashMap::new()), probe: Mutex::new(Probe::default()) }
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Records a node's announcement heard at `now_ms`.
+    pub fn node_seen(&self, info: NodeInfo, now_ms: i64) {
+        self.nodes.lock().expect("cluster nodes").insert(info.uid.clone(), (info, now_ms));
+    }
+
+    /// Live nodes (dropping those not heard from for [`NODE_EXPIRY`]), by name.
+    pub fn nodes(&self, now_ms: i64) -> Vec<NodeInfo> {
+        let mut nodes = self.nodes.lock().expect("cluster nodes");
+        nodes.retain(|_, (_, seen)| now_ms - *seen <= NODE_EXPIRY);
+        let mut list: Vec<NodeInfo> = nodes.values().map(|(i, _)| i.clone()).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        list
+    }
+
+    /// The next probe to send at `now_ms`.
+    pub fn next_probe(&self, now_ms: i64) -> Command {
+        let mut p = self.probe.lock().expect("probe");
+        p.sent += 1;
+        p.sent_at = now_ms;
+        Command::Probe { seq: p.sent }
+    }
+
+    /// A probe came back at `now_ms`; returns its round trip in ms when it is the newest one.
+    pub fn probe_returned(&self, seq: u64, now_ms: i64) -> Option<i64> {
+        let mut p = self.probe.lock().expect("probe");
+        if seq != p.sent {
+            return None;
+        }
+        p.returned_at = now_ms;
+        Some(now_ms - p.sent_at)
+    }
+
+    /// `Err(reason)` when no probe came back for [`PROBE_STALE`] (after a start-up grace of
+    /// the same length).
+    pub fn delivering(&self, now_ms: i64) -> Result<(), String> {
+        let p = self.probe.lock().expect("probe");
+        let since = if p.returned_at == 0 { self.started_at } else { p.returned_at };
+        if now_ms - since > PROBE_STALE {
+            let ago = if p.returned_at == 0 {
+                "no probe has come back since start".to_owned()
+            } else {
+                format!("the last probe came back {} s ago", (now_ms - p.returned_at) / 1000)
+            };
+            return Err(format!("broker is not delivering: {ago}"));
+        }
+        Ok(())
+    }
+
+    /// Handles a control message: registry and probe updates, or a command on this node's
+    /// connections. Never calls into the engine or the node.
+    pub fn handle(&self, hub: &Hub, payload: &[u8], now_ms: i64) {
+        let Some((from, command)) = decode(payload) else {
+            crate::metrics::control_received("invalid");
+            return;
+        };
+        let own = from == self.uid;
+        match command {
+            Command::Node(info) => {
+                crate::metrics::control_received("node");
+                self.node_seen(info, now_ms)
+            }
+            Command::Probe { seq } => {
+                if own && let Some(rtt) = self.probe_returned(seq, now_ms) {
+                    crate::metrics::probe_latency(rtt as f64 / 1000.0);
+                }
+            }
+            // The sender applied its command to its own connections already.
+            _ if own => {}
+            command => {
+                crate::metrics::control_received("command");
+                apply(hub, command);
+            }
+        }
+    }
+}
+
+/// Applies a user command to this node's connections.
+pub(crate) fn apply(hub: &Hub, command: Command) {
+    let targets = |user: &str, client: &str| {
+        let mut links = hub.user_links(user);
+        if !client.is_empty() {
+            links.retain(|l| l.id().to_string() == client);
+        }
+        links
+    };
+    match command {
+        Command::Disconnect { user, client, whitelist, code, reason } => {
+            for link in targets(&user, &client) {
+                if !whitelist.contains(&link.id().to_string()) {
+                    link.close(herald_proto::DisconnectReason { code, reason: reason.clone().into() });
+                }
+            }
+        }
+        Command::Unsubscribe { user, client, channel, code } => {
+            let code = unsubscribe_code(code);
+            for link in targets(&user, &client) {
+                link.control(Control::Unsubscribe { channel: channel.clone(), code });
+            }
+        }
+        Command::Subscribe { user, client, subscribe } => {
+            let sub = ServerSubscribe {
+                channel: subscribe.channel,
+                info: subscribe.info.into(),
+                data: subscribe.data.into(),
+                recover_since: subscribe.recover_since,
+                expire_at: subscribe.expire_at,
+                override_: subscribe.override_,
+            };
+            for link in targets(&user, &client) {
+                link.control(Control::Subscribe(Box::new(sub.clone())));
+            }
+        }
+        Command::Refresh { user, client, expired, expire_at, info } => {
+            let info: Option<Bytes> = info.map(Bytes::from);
+            for link in targets(&user, &client) {
+                link.control(Control::Refresh { expired, expire_at, info: info.clone() });
+            }
+        }
+        Command::Node(_) | Command::Probe { .. } => {}
+    }
+}
+
+/// The unsubscribe code named in a command, as one of the protocol's constants (their reasons
+/// are static strings).
+fn unsubscribe_code(code: u32) -> herald_proto::UnsubscribeCode {
+    use herald_proto::codes::*;
+    [UNSUBSCRIBE_SERVER, UNSUBSCRIBE_INSUFFICIENT, UNSUBSCRIBE_EXPIRED]
+        .into_iter()
+        .find(|c| c.code == code)
+        .unwrap_or(UNSUBSCRIBE_SERVER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_round_trip_and_garbage_is_refused() {
+        let cmd = Command::Disconnect {
+            user: "u".into(),
+            client: String::new(),
+            whitelist: vec!["c1".into()],
+            code: 3001,
+            reason: "bye".into(),
+        };
+        let bytes = encode("node-a", &cmd);
+        assert_eq!(decode(&bytes), Some(("node-a".to_owned(), cmd)));
+        assert!(std::str::from_utf8(&bytes).unwrap().contains("\"type\":\"disconnect\""));
+        assert_eq!(decode(b"not json"), None);
+        assert_eq!(decode(br#"{"from":"x","type":"from_the_future"}"#), None);
+    }
+
+    #[test]
+    fn registry_expires_silent_nodes() {
+        let c = Cluster::new("a".into(), 0);
+        c.node_seen(NodeInfo { uid: "a".into(), name: "A".into(), ..Default::default() }, 0);
+        c.node_seen(NodeInfo { uid: "b".into(), name: "B".into(), ..Default::default() }, 3_000);
+        assert_eq!(c.nodes(5_000).len(), 2);
+        let left = c.nodes(NODE_EXPIRY + 1);
+        assert_eq!(left.iter().map(|n| n.uid.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert!(c.nodes(3_000 + NODE_EXPIRY + 1).is_empty());
+    }
+
+    #[test]
+    fn probe_reports_not_delivering_until_a_probe_returns() {
+        let c = Cluster::new("a".into(), 0);
+        assert!(c.delivering(PROBE_STALE).is_ok(), "grace after start");
+        let err = c.delivering(PROBE_STALE + 1).unwrap_err();
+        assert!(err.contains("no probe has come back"), "{err}");
+        let Command::Probe { seq } = c.next_probe(20_000) else { panic!() };
+        // A stale probe does not count; the newest one does.
+        assert_eq!(c.probe_returned(seq + 1, 20_010), None);
+        assert_eq!(c.probe_returned(seq, 20_012), Some(12));
+        assert!(c.delivering(20_012 + PROBE_STALE).is_ok());
+        let err = c.delivering(20_012 + PROBE_STALE + 2_000).unwrap_err();
+        assert!(err.contains("last probe came back 12 s ago"), "{err}");
+    }
+}

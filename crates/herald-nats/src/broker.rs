@@ -125,6 +125,8 @@ impl NatsBroker {
         let history = opts.history_size > 0 && !opts.history_ttl.is_zero();
         let exclude_client = opts.exclude_client.map(|u| u.to_string()).unwrap_or_default();
         if history {
+            // Fail fast while cut off rather than queue an append whose outcome nobody learns.
+            self.connected()?;
             let (outcome, stored) = self.shared.history.append(channel, publication, opts).await?;
             if let Some((publication, epoch)) = stored {
                 let env = Envelope {

@@ -35,6 +35,10 @@ const TLS: &str = "clients would be served without TLS; terminate TLS in a rever
                    and turn this off";
 const CLUSTER: &str = "this node would run alone and lose the messages published on other nodes; run a single \
                        Herald node with engine.type \"memory\" and turn this off";
+const NATS_TLS: &str = "the connection to NATS would not be encrypted; reach NATS over a trusted network (or a \
+                        tls:// URL with the server's certificate trusted by the system) and turn this off";
+const RAW_MODE: &str = "channels would not map to NATS subjects the way this option asks; Herald keeps its own \
+                        subject layout under broker.nats.prefix, turn this off";
 const PROXY: &str = "your backend would not be asked, so access would be decided by tokens and channel options \
                      alone; use tokens and turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
@@ -55,8 +59,12 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("http_api.error_mode", "the transport error mode of the server API", &[], ""),
     ("grpc_api", "the GRPC server API", &["tls.enabled"], TLS),
     ("engine.redis", "the Redis engine", &[], ""),
-    ("broker", "a separate broker (Redis, NATS, PostgreSQL)", &["enabled"], CLUSTER),
-    ("presence_manager", "a separate presence manager", &["enabled"], CLUSTER),
+    ("broker.redis", "the Redis broker", &[], ""),
+    ("broker.postgres", "the PostgreSQL broker", &[], ""),
+    ("broker.nats.tls", "TLS to NATS", &["enabled"], NATS_TLS),
+    ("broker.nats.raw_mode", "NATS raw mode", &["enabled"], RAW_MODE),
+    ("broker.nats.allow_wildcards", "wildcard subscriptions over NATS", &[""], RAW_MODE),
+    ("presence_manager.redis", "the Redis presence manager", &[], ""),
     ("controller", "a separate cluster controller", &["enabled"], CLUSTER),
     ("client.proxy", "the connect and refresh proxies", &["connect.enabled", "refresh.enabled"], PROXY),
     ("client.insecure", "insecure client mode", &[], ""),
@@ -305,7 +313,12 @@ mod tests {
         assert!(file_key("grpc_api", &json!({"tls": {"enabled": true}})).unwrap().is_err());
         assert!(file_key("client.token.audience_regex", &json!("")).unwrap().is_ok());
         assert!(file_key("client.token.audience_regex", &json!("^a")).unwrap().is_err());
-        assert!(file_key("broker", &json!({"enabled": true, "type": "nats"})).unwrap().is_err());
+        assert!(file_key("controller", &json!({"enabled": true, "type": "nats"})).unwrap().is_err());
+        assert_eq!(
+            file_key("broker.nats.tls", &json!({"enabled": true})).unwrap().unwrap_err().key,
+            "broker.nats.tls.enabled"
+        );
+        assert!(file_key("broker.nats.raw_mode", &json!({"enabled": false})).unwrap().is_ok());
         assert_eq!(file_key("client.nonsense", &json!(true)), None);
     }
 

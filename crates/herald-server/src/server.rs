@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_hub::NodeIdentity;
 use herald_proto::codes::DISCONNECT_SHUTDOWN;
 use tokio::net::TcpListener;
 
@@ -34,6 +34,8 @@ pub enum StartupError {
     Metrics(metrics_exporter_prometheus::BuildError),
     /// The configuration could not be loaded, or it (or a part only the node checks) is invalid.
     Config(ConfigError),
+    /// The broker named by the config could not be reached or set up.
+    Engine(herald_hub::broker::BrokerError),
 }
 
 impl From<ConfigError> for StartupError {
@@ -42,7 +44,7 @@ impl From<ConfigError> for StartupError {
     }
 }
 
-/// What [`Node::new`] rejects is a configuration problem like any other.
+/// What [`herald_hub::Node::new`] rejects is a configuration problem like any other.
 impl From<herald_hub::ConfigError> for StartupError {
     fn from(e: herald_hub::ConfigError) -> Self {
         StartupError::Config(e.into())
@@ -58,6 +60,7 @@ impl fmt::Display for StartupError {
             StartupError::WorkerThread(e) => write!(f, "cannot start worker thread: {e}"),
             StartupError::Metrics(e) => write!(f, "cannot install the Prometheus metrics recorder: {e}"),
             StartupError::Config(e) => write!(f, "{e}"),
+            StartupError::Engine(e) => write!(f, "cannot start the broker: {e}"),
         }
     }
 }
@@ -70,6 +73,7 @@ impl std::error::Error for StartupError {
             // Displayed as the inner error itself: its cause, not itself, comes next in a chain.
             StartupError::Listener(e) => e.source(),
             StartupError::Config(e) => e.source(),
+            StartupError::Engine(e) => Some(e),
         }
     }
 }
@@ -95,7 +99,7 @@ pub fn serve(config: Config) -> Result<(), StartupError> {
     let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
     let mut runtimes = runtimes.into_iter();
     let runtime = runtimes.next().expect("at least one worker");
-    let state = runtime.block_on(async { new_state(config, local, workers) })?;
+    let state = runtime.block_on(new_state(config, local, workers))?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
@@ -160,7 +164,7 @@ fn serve_work_stealing(
         .build()
         .map_err(StartupError::Runtime)?;
     runtime.block_on(async {
-        let state = new_state(config, local, 0)?;
+        let state = new_state(config, local, 0).await?;
         let listener = listeners.into_iter().next().expect("one listener");
         let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
@@ -266,13 +270,13 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 }
 
 /// Builds what request handlers share: the node, metrics and transport settings.
-fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
+async fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
     let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
+    let node = crate::engine::build_node(&config, identity).await?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;

@@ -11,6 +11,8 @@
 
 #![allow(dead_code, unreachable_pub)] // every test file uses a different subset
 
+pub mod nats;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -209,6 +209,7 @@ impl History {
                 size: opts.history_size as u64,
                 exclude_client: opts.exclude_client.map(|u| u.to_string()).unwrap_or_default(),
                 publication: Some(publication.clone()),
+                written_ms: now,
             };
             match self.write(channel, &record, expected, msg_id.as_deref()).await {
                 Ok(Some((original, true))) => {
@@ -264,11 +265,15 @@ impl History {
             if s.record.offset < lo || out.len() >= max {
                 break;
             }
-            let prev = s.record.prev;
+            let (prev, written) = (s.record.prev, s.record.written_ms);
             if s.record.publication.is_some() && s.record.offset <= hi {
                 out.push(s);
             }
             cur = if prev == 0 { None } else { self.get(prev).await? };
+            // Publications that expired before the next one was written were gone by then.
+            if cur.as_ref().is_some_and(|p| p.record.publication.is_some() && p.record.expires_ms <= written) {
+                break;
+            }
         }
         Ok(out)
     }

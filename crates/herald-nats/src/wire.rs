@@ -57,6 +57,10 @@ pub(crate) struct Record {
     pub(crate) exclude_client: String,
     #[prost(message, optional, tag = "8")]
     pub(crate) publication: Option<Publication>,
+    /// Unix ms when written: a record whose predecessor expired before this time starts the
+    /// visible history afresh (the history TTL cleared everything in between).
+    #[prost(int64, tag = "9")]
+    pub(crate) written_ms: i64,
 }
 
 impl Record {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald_hub::SystemClock;
 use herald_hub::broker::{Broker, BrokerHandler, HistoryQuery, PresenceManager, PublishOptions};
+use herald_hub::{Clock, ManualClock, SystemClock};
 use herald_nats::{NatsBroker, NatsConfig, NatsPresence};
 use herald_proto::{ClientInfo, Publication, StreamPosition};
 
@@ -113,10 +113,14 @@ fn config(url: &str, uid: &str) -> NatsConfig {
 }
 
 async fn node(url: &str) -> Node {
+    node_with_clock(url, Arc::new(SystemClock)).await
+}
+
+async fn node_with_clock(url: &str, clock: Arc<dyn Clock>) -> Node {
     let uid = uuid::Uuid::new_v4().to_string();
     let cfg = config(url, &uid);
     let conn = herald_nats::connect(&cfg).await.unwrap();
-    let broker = NatsBroker::open(&conn, &cfg, Arc::new(SystemClock)).await.unwrap();
+    let broker = NatsBroker::open(&conn, &cfg, clock).await.unwrap();
     let presence = NatsPresence::open(conn.client().clone(), &cfg).await.unwrap();
     let seen = Arc::new(Recorder::default());
     broker.set_handler(seen.clone()).unwrap();
@@ -233,6 +237,40 @@ async fn history_keeps_offsets_epoch_size_and_idempotency() {
     assert_eq!(next.position.unwrap().offset, 7);
     let after_removal = b.broker.history("h", HistoryQuery { limit: -1, ..Default::default() }).await.unwrap();
     assert_eq!(after_removal.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_ttl_clears_publications_and_meta_ttl_starts_a_new_epoch() {
+    let nats = NatsServer::start();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let a = node_with_clock(&nats.url(), clock.clone()).await;
+    let opts = PublishOptions {
+        history_size: 10,
+        history_ttl: Duration::from_secs(10),
+        history_meta_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let all = HistoryQuery { limit: -1, ..Default::default() };
+    let mut epoch = String::new();
+    for i in 1..=3 {
+        epoch = a.broker.publish("t", publication("x"), &opts).await.unwrap().position.unwrap().epoch;
+        assert_eq!(a.broker.history("t", all.clone()).await.unwrap().top.offset, i);
+    }
+    clock.advance(11_000);
+    let expired = a.broker.history("t", all.clone()).await.unwrap();
+    assert!(expired.publications.is_empty(), "history TTL passed");
+    assert_eq!(expired.top, StreamPosition { offset: 3, epoch: epoch.clone() }, "the position stays");
+    a.broker.publish("t", publication("y"), &opts).await.unwrap();
+    let after = a.broker.history("t", all.clone()).await.unwrap();
+    assert_eq!(after.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4], "only what came after");
+    clock.advance(61_000);
+    let fresh = a.broker.publish("t", publication("z"), &opts).await.unwrap().position.unwrap();
+    assert_eq!(fresh.offset, 1, "meta TTL passed: a new stream");
+    assert_ne!(fresh.epoch, epoch);
+    clock.advance(61_000);
+    let read = a.broker.history("t", all).await.unwrap();
+    assert_eq!(read.top.offset, 0, "a read after the meta TTL sees a new, empty stream");
+    assert_ne!(read.top.epoch, fresh.epoch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,18 @@ mod support;
 use std::time::Duration;
 
 use herald_client::Client;
+use herald_proto::SubscribeRequest;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::*;
 
+/// The harness namespace `hist` plus `rec`, where clients may recover.
+const NAMESPACES: &str = r#"[{"name":"hist","history_size":100,"history_ttl":"5m","presence":true,"allow_subscribe_for_client":true},
+{"name":"rec","history_size":100,"history_ttl":"5m","allow_recovery":true,"allow_subscribe_for_client":true}]"#;
+
 fn cluster_env(nats: &NatsServer, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
+        ("HERALD_CHANNEL_NAMESPACES", NAMESPACES.into()),
         ("HERALD_BROKER_ENABLED", "true".into()),
         ("HERALD_BROKER_TYPE", "nats".into()),
         ("HERALD_BROKER_NATS_URL", nats.url()),
@@ -136,4 +142,40 @@ async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
     assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
     // Nothing more arrives (no duplicates after the last one).
     assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_recovers_on_another_node() {
+    let nats = NatsServer::start();
+    let env = cluster_env(&nats, "kill");
+    let (a, b, c) = (start(&env), start(&env), start(&env));
+    let channel = "rec:room";
+    let (mut client, _) = c.client("u").await;
+    let sub = SubscribeRequest { channel: channel.into(), recoverable: true, ..Default::default() };
+    let first = client.subscribe(sub).await.unwrap();
+    assert!(first.recoverable, "{first:?}");
+    for n in 1..=3u64 {
+        a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
+    }
+    assert_eq!(collect(&mut client, channel, 3, WAIT).await, vec![(1, 1), (2, 2), (3, 3)]);
+
+    drop(c); // SIGKILL: the client loses its node
+    for n in 4..=6u64 {
+        a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
+    }
+    let (mut client, _) = b.client("u").await;
+    let sub = SubscribeRequest {
+        channel: channel.into(),
+        recoverable: true,
+        recover: true,
+        offset: 3,
+        epoch: first.epoch.clone(),
+        ..Default::default()
+    };
+    let resumed = client.subscribe(sub).await.unwrap();
+    assert!(resumed.recovered, "{resumed:?}");
+    let missed: Vec<u64> = resumed.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(missed, vec![4, 5, 6]);
+    a.api_ok("publish", json!({"channel": channel, "data": {"n": 7}})).await;
+    assert_eq!(collect(&mut client, channel, 1, WAIT).await, vec![(7, 7)]);
 }

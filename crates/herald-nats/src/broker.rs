@@ -42,6 +42,8 @@ struct Shared {
     idempotency: kv::Store,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     resync: watch::Receiver<u64>,
+    /// `write_timeout`: the longest a request may take.
+    timeout: std::time::Duration,
 }
 
 /// The NATS broker of one node.
@@ -84,6 +86,7 @@ impl NatsBroker {
             idempotency,
             handler: OnceLock::new(),
             resync: conn.resync.clone(),
+            timeout: cfg.write_timeout,
         });
         let mut all = subscribe(&shared.client, shared.names.control()).await?;
         let mut mine = subscribe(&shared.client, shared.names.node(&cfg.node_uid)).await?;
@@ -317,11 +320,16 @@ impl Broker for NatsBroker {
             if subs.contains_key(channel) {
                 return Ok(());
             }
+            // Fail fast while cut off: the lock above must not wait for a reconnect.
+            self.connected()?;
             let client = &self.shared.client;
             let sub = subscribe(client, self.shared.names.client(channel)).await?;
             // The server has the subscription once the flush returns: anything stored after the
             // top read below reaches this node.
-            client.flush().await.map_err(|e| error(ErrorKind::Unavailable, "nats subscribe", e))?;
+            match tokio::time::timeout(self.shared.timeout, client.flush()).await {
+                Ok(r) => r.map_err(|e| error(ErrorKind::Unavailable, "nats subscribe", e))?,
+                Err(_) => return Err(BrokerError::new(ErrorKind::Timeout, "nats subscribe")),
+            }
             let top = self.shared.history.top(channel).await?;
             let last = top.map(|t| StreamPosition { offset: t.record.offset, epoch: t.record.epoch });
             let task = ChannelTask { shared: self.shared.clone(), channel: channel.to_owned(), last };

@@ -94,9 +94,13 @@ impl History {
             num_replicas: cfg.replicas,
             ..Default::default()
         };
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| error(ErrorKind::Unavailable, "nats history stream setup", e))?;
+        js.create_or_update_stream(config).await.map_err(|e| {
+            error(
+                ErrorKind::Unavailable,
+                "nats history stream setup (the NATS server must run JetStream: nats-server -js)",
+                e,
+            )
+        })?;
         let stream = js
             .get_stream_no_info(names.history_stream())
             .await

@@ -46,19 +46,24 @@ struct Shared {
     timeout: std::time::Duration,
 }
 
+type Slot = Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>;
+
 /// The NATS broker of one node.
 pub struct NatsBroker {
     shared: Arc<Shared>,
-    /// channel → the task delivering it; the async lock serializes subscribe and unsubscribe.
-    subs: tokio::sync::Mutex<HashMap<String, JoinHandle<()>>>,
+    /// channel → its slot: the task delivering it while subscribed. Each slot's async lock
+    /// serializes subscribe and unsubscribe of one channel; channels do not wait for each other.
+    subs: parking_lot::Mutex<HashMap<String, Slot>>,
     control: JoinHandle<()>,
 }
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
         self.control.abort();
-        if let Ok(subs) = self.subs.try_lock() {
-            for task in subs.values() {
+        for slot in self.subs.lock().values() {
+            if let Ok(task) = slot.try_lock()
+                && let Some(task) = task.as_ref()
+            {
                 task.abort();
             }
         }
@@ -103,7 +108,7 @@ impl NatsBroker {
                 }
             }
         });
-        Ok(NatsBroker { shared, subs: tokio::sync::Mutex::new(HashMap::new()), control })
+        Ok(NatsBroker { shared, subs: parking_lot::Mutex::new(HashMap::new()), control })
     }
 
     fn connected(&self) -> Result<(), BrokerError> {
@@ -165,6 +170,41 @@ impl NatsBroker {
         };
         self.send(self.shared.names.client(channel), env.encode_bytes(), "nats publish").await?;
         Ok(PublishOutcome::default())
+    }
+}
+
+impl NatsBroker {
+    /// Subscribes on NATS and starts the channel's delivery task.
+    async fn start_channel(&self, channel: &str) -> Result<JoinHandle<()>, BrokerError> {
+        // Fail fast while cut off: the channel's lock must not wait for a reconnect.
+        self.connected()?;
+        let client = &self.shared.client;
+        let sub = subscribe(client, self.shared.names.client(channel)).await?;
+        // The server has the subscription once the flush returns: anything stored after the
+        // top read below reaches this node.
+        match tokio::time::timeout(self.shared.timeout, client.flush()).await {
+            Ok(r) => r.map_err(|e| error(ErrorKind::Unavailable, "nats subscribe", e))?,
+            Err(_) => return Err(BrokerError::new(ErrorKind::Timeout, "nats subscribe")),
+        }
+        let top = self.shared.history.top(channel).await?;
+        let last = top.map(|t| StreamPosition { offset: t.record.offset, epoch: t.record.epoch });
+        let task = ChannelTask { shared: self.shared.clone(), channel: channel.to_owned(), last };
+        Ok(tokio::spawn(task.run(sub, self.shared.resync.clone())))
+    }
+
+    /// Forgets an empty slot nobody else holds. Others clone slots only under the map lock, so
+    /// the count checked here cannot grow meanwhile.
+    fn release(&self, channel: &str, slot: &Slot) {
+        let mut subs = self.subs.lock();
+        let ours = subs.get(channel).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if ours && Arc::strong_count(slot) == 2 && slot.try_lock().is_ok_and(|g| g.is_none()) {
+            subs.remove(channel);
+        }
+    }
+
+    /// Channels this node is subscribed to on NATS.
+    pub fn num_channels(&self) -> usize {
+        self.subs.lock().len()
     }
 }
 
@@ -316,34 +356,32 @@ impl Broker for NatsBroker {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut subs = self.subs.lock().await;
-            if subs.contains_key(channel) {
+            let slot = self.subs.lock().entry(channel.to_owned()).or_default().clone();
+            let mut guard = slot.lock().await;
+            if guard.is_some() {
                 return Ok(());
             }
-            // Fail fast while cut off: the lock above must not wait for a reconnect.
-            self.connected()?;
-            let client = &self.shared.client;
-            let sub = subscribe(client, self.shared.names.client(channel)).await?;
-            // The server has the subscription once the flush returns: anything stored after the
-            // top read below reaches this node.
-            match tokio::time::timeout(self.shared.timeout, client.flush()).await {
-                Ok(r) => r.map_err(|e| error(ErrorKind::Unavailable, "nats subscribe", e))?,
-                Err(_) => return Err(BrokerError::new(ErrorKind::Timeout, "nats subscribe")),
+            let result = self.start_channel(channel).await;
+            match result {
+                Ok(task) => *guard = Some(task),
+                Err(e) => {
+                    drop(guard);
+                    self.release(channel, &slot);
+                    return Err(e);
+                }
             }
-            let top = self.shared.history.top(channel).await?;
-            let last = top.map(|t| StreamPosition { offset: t.record.offset, epoch: t.record.epoch });
-            let task = ChannelTask { shared: self.shared.clone(), channel: channel.to_owned(), last };
-            subs.insert(channel.to_owned(), tokio::spawn(task.run(sub, self.shared.resync.clone())));
             Ok(())
         })
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
+            let Some(slot) = self.subs.lock().get(channel).cloned() else { return Ok(()) };
             // Dropping the task drops its subscriber, which unsubscribes on the server.
-            if let Some(task) = self.subs.lock().await.remove(channel) {
+            if let Some(task) = slot.lock().await.take() {
                 task.abort();
             }
+            self.release(channel, &slot);
             Ok(())
         })
     }

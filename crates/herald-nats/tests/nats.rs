@@ -178,6 +178,19 @@ async fn publications_joins_leaves_and_control_reach_the_other_nodes() {
     assert_eq!(b.seen.joins.lock().unwrap()[0], ("news".into(), "c1".into()));
 
     b.broker.unsubscribe("news").await.unwrap();
+    assert_eq!(b.broker.num_channels(), 4, "an unsubscribed channel is forgotten");
+    // Subscribes and unsubscribes of many channels at once (and of one channel twice) settle.
+    let names: Vec<String> = (0..20).map(|i| format!("churn{}", i % 10)).collect();
+    futures_util::future::join_all(names.iter().map(|ch| b.broker.subscribe(ch)))
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    assert_eq!(b.broker.num_channels(), 14);
+    futures_util::future::join_all(names.iter().map(|ch| b.broker.unsubscribe(ch)))
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    assert_eq!(b.broker.num_channels(), 4);
     a.broker.publish("news", publication("after"), &PublishOptions::default()).await.unwrap();
 
     a.broker.publish_control(None, Bytes::from_static(b"all")).await.unwrap();

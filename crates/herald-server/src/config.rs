@@ -31,6 +31,8 @@ pub struct Config {
     pub uni_sse: StreamTransportConfig,
     pub uni_http_stream: StreamTransportConfig,
     pub engine: EngineConfig,
+    pub broker: BrokerConfig,
+    pub presence_manager: PresenceManagerConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub prometheus: PrometheusConfig,
@@ -247,6 +249,40 @@ pub struct RedisEngineConfig {
     pub presence_ttl: Duration,
 }
 
+/// `broker`: a broker shared by a cluster of nodes, instead of the engine's pub/sub and history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    pub enabled: bool,
+    /// `nats`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub nats: NatsBrokerConfig,
+}
+
+/// `broker.nats`: NATS with JetStream (history in a stream; presence in a key-value bucket
+/// unless `presence_manager` names another one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsBrokerConfig {
+    /// `nats://host:port`, or several comma-separated.
+    pub url: String,
+    /// Prefix of the subjects, stream and buckets, so that clusters can share a NATS server.
+    pub prefix: String,
+    #[serde(with = "herald_hub::duration")]
+    pub dial_timeout: Duration,
+    /// How long a request to NATS (history append or read, presence) may take.
+    #[serde(with = "herald_hub::duration")]
+    pub write_timeout: Duration,
+    /// `file` (history survives a NATS restart) or `memory`.
+    pub history_storage: String,
+    /// JetStream replicas of the history stream and the buckets (≤ the NATS cluster size).
+    pub replicas: usize,
+    /// Presence entries of a node that stopped refreshing them expire after this.
+    #[serde(with = "herald_hub::duration")]
+    pub presence_ttl: Duration,
+}
+
 impl Default for RedisEngineConfig {
     fn default() -> Self {
         RedisEngineConfig {
@@ -254,6 +290,20 @@ impl Default for RedisEngineConfig {
             prefix: "herald".into(),
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(4),
+            presence_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for NatsBrokerConfig {
+    fn default() -> Self {
+        NatsBrokerConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "herald".into(),
+            dial_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            history_storage: "file".into(),
+            replicas: 1,
             presence_ttl: Duration::from_secs(60),
         }
     }
@@ -271,6 +321,16 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     })
+}
+
+/// `presence_manager`: where presence lives when it is not the engine's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceManagerConfig {
+    pub enabled: bool,
+    /// `nats` (the key-value bucket of `broker.nats`).
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// `log`.

@@ -40,6 +40,10 @@ const REDIS_AUTH: &str = "Herald would connect without it; put it in engine.redi
 const REDIS_TOPOLOGY: &str = "Herald would connect to engine.redis.address without it; give standalone instances \
                               as redis:// addresses (several for sharding) and Sentinel as \
                               redis+sentinel://host:port?sentinel_master_name=NAME";
+const NATS_TLS: &str = "the connection to NATS would not be encrypted; reach NATS over a trusted network (or a \
+                        tls:// URL with the server's certificate trusted by the system) and turn this off";
+const RAW_MODE: &str = "channels would not map to NATS subjects the way this option asks; Herald keeps its own \
+                        subject layout under broker.nats.prefix, turn this off";
 const PROXY: &str = "your backend would not be asked, so access would be decided by tokens and channel options \
                      alone; GRPC stream proxies are not implemented, turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
@@ -70,8 +74,12 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("engine.redis.history_use_lists", "history in Redis lists", &[], ""),
     ("engine.redis.presence_user_mapping", "per-user presence mapping", &[], ""),
     ("engine.redis.presence_hash_field_ttl", "presence expiry by hash field TTL", &[], ""),
-    ("broker", "a separate broker (Redis, NATS, PostgreSQL)", &["enabled"], CLUSTER),
-    ("presence_manager", "a separate presence manager", &["enabled"], CLUSTER),
+    ("broker.redis", "the Redis broker", &[], ""),
+    ("broker.postgres", "the PostgreSQL broker", &[], ""),
+    ("broker.nats.tls", "TLS to NATS", &["enabled"], NATS_TLS),
+    ("broker.nats.raw_mode", "NATS raw mode", &["enabled"], RAW_MODE),
+    ("broker.nats.allow_wildcards", "wildcard subscriptions over NATS", &[""], RAW_MODE),
+    ("presence_manager.redis", "the Redis presence manager", &[], ""),
     ("controller", "a separate cluster controller", &["enabled"], CLUSTER),
     ("client.insecure", "insecure client mode", &[], ""),
     ("client.user_id_http_header", "the user id taken from an HTTP header", &[], ""),
@@ -338,7 +346,12 @@ mod tests {
         assert!(file_key("grpc_api", &json!({"tls": {"enabled": true}})).unwrap().is_err());
         assert!(file_key("client.token.audience_regex", &json!("")).unwrap().is_ok());
         assert!(file_key("client.token.audience_regex", &json!("^a")).unwrap().is_err());
-        assert!(file_key("broker", &json!({"enabled": true, "type": "nats"})).unwrap().is_err());
+        assert!(file_key("controller", &json!({"enabled": true, "type": "nats"})).unwrap().is_err());
+        assert_eq!(
+            file_key("broker.nats.tls", &json!({"enabled": true})).unwrap().unwrap_err().key,
+            "broker.nats.tls.enabled"
+        );
+        assert!(file_key("broker.nats.raw_mode", &json!({"enabled": false})).unwrap().is_ok());
         assert_eq!(file_key("client.nonsense", &json!(true)), None);
     }
 

@@ -34,6 +34,8 @@ pub enum StartupError {
     Metrics(metrics_exporter_prometheus::BuildError),
     /// The configuration could not be loaded, or it (or a part only the node checks) is invalid.
     Config(ConfigError),
+    /// The broker named by the config could not be reached or set up.
+    Engine(herald_hub::broker::BrokerError),
 }
 
 impl From<ConfigError> for StartupError {
@@ -58,6 +60,7 @@ impl fmt::Display for StartupError {
             StartupError::WorkerThread(e) => write!(f, "cannot start worker thread: {e}"),
             StartupError::Metrics(e) => write!(f, "cannot install the Prometheus metrics recorder: {e}"),
             StartupError::Config(e) => write!(f, "{e}"),
+            StartupError::Engine(e) => write!(f, "cannot start the broker: {e}"),
         }
     }
 }
@@ -70,6 +73,7 @@ impl std::error::Error for StartupError {
             // Displayed as the inner error itself: its cause, not itself, comes next in a chain.
             StartupError::Listener(e) => e.source(),
             StartupError::Config(e) => e.source(),
+            StartupError::Engine(e) => Some(e),
         }
     }
 }
@@ -265,40 +269,16 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
-/// Builds what request handlers share: the node, metrics and transport settings. With the
-/// Redis engine it connects to Redis first (and fails when Redis cannot be reached), starting
-/// the engine's tasks on the calling runtime.
+/// Builds what request handlers share: the node, metrics and transport settings. With a network
+/// engine (Redis, NATS) it connects first (and fails when the engine cannot be reached),
+/// starting the engine's tasks on the calling runtime.
 async fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
     let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let (broker, presence): (Arc<dyn herald_hub::broker::Broker>, Arc<dyn herald_hub::broker::PresenceManager>) =
-        match config.engine.kind.as_str() {
-            "redis" => {
-                let r = &config.engine.redis;
-                let opts = herald_redis::RedisOptions {
-                    addresses: r.address.clone(),
-                    prefix: r.prefix.clone(),
-                    connect_timeout: r.connect_timeout,
-                    io_timeout: r.io_timeout,
-                    presence_ttl: r.presence_ttl,
-                    node_uid: identity.uid.clone(),
-                    ..Default::default()
-                };
-                let engine = Arc::new(herald_redis::RedisEngine::connect(opts).await.map_err(|e| {
-                    StartupError::Config(ConfigError::invalid("engine.redis.address", format!("cannot use Redis: {e}")))
-                })?);
-                tracing::info!(shards = ?engine.addresses(), "Redis engine connected");
-                (engine.clone(), engine)
-            }
-            _ => (
-                Arc::new(herald_hub::broker::MemoryBroker::new(Arc::new(herald_hub::SystemClock))),
-                Arc::new(herald_hub::broker::MemoryPresence::default()),
-            ),
-        };
-    let node = crate::proxy::build_node(config.hub(), identity, Arc::new(herald_hub::SystemClock), broker, presence)?;
+    let node = crate::engine::build_node(&config, identity).await?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;

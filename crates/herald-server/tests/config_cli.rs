@@ -755,7 +755,8 @@ fn tls_enabled_stops_start_up() {
 fn other_unsafe_centrifugo_options_are_refused() {
     let dir = TempDir::new().unwrap();
     let cases = [
-        ("broker.json", r#"{"broker": {"enabled": true, "type": "nats"}}"#, "broker.enabled"),
+        ("controller.json", r#"{"controller": {"enabled": true, "type": "nats"}}"#, "controller.enabled"),
+        ("natstls.json", r#"{"broker": {"nats": {"tls": {"enabled": true}}}}"#, "broker.nats.tls.enabled"),
         (
             "ns.json",
             r#"{"channel": {"namespaces": [{"name": "chat", "subscribe_stream_proxy_enabled": true}]}}"#,
@@ -783,6 +784,47 @@ fn other_unsafe_centrifugo_options_are_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn broker_and_presence_manager_settings_are_checked() {
+    let dir = TempDir::new().unwrap();
+    let cases = [
+        (r#"{"broker": {"enabled": true, "type": "redis"}}"#, "broker.type: \"redis\" is not available"),
+        (r#"{"broker": {"enabled": true, "type": "nats", "nats": {"url": "http://x"}}}"#, "broker.nats.url: "),
+        (r#"{"broker": {"enabled": true, "type": "nats", "nats": {"prefix": "a.*"}}}"#, "broker.nats.prefix: "),
+        (
+            r#"{"broker": {"enabled": true, "type": "nats", "nats": {"history_storage": "s3"}}}"#,
+            "broker.nats.history_storage: ",
+        ),
+        (r#"{"broker": {"enabled": true, "type": "nats", "nats": {"replicas": 0}}}"#, "broker.nats.replicas: "),
+        (r#"{"presence_manager": {"enabled": true, "type": "nats"}}"#, "presence_manager.enabled: "),
+        (
+            r#"{"broker": {"enabled": true, "type": "nats"}, "presence_manager": {"enabled": true, "type": "redis"}}"#,
+            "presence_manager.type: ",
+        ),
+    ];
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let name = format!("b{i}.json");
+        write(
+            &dir,
+            &name,
+            &format!(
+                "{{\"http_api\": {{\"key\": \"k\"}}, \"client\": {{\"token\": {{\"hmac_secret_key\": \"s\"}}}}, {}",
+                &text[1..]
+            ),
+        );
+        let out = herald(&["checkconfig", &name], dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(1), "{text}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{text}: {}", stderr(&out));
+    }
+    write(
+        &dir,
+        "ok.json",
+        r#"{"http_api": {"key": "k"}, "client": {"token": {"hmac_secret_key": "s"}}, "broker": {"enabled": true, "type": "nats", "nats": {"url": "nats://127.0.0.1:1", "prefix": "app.one"}}}"#,
+    );
+    let out = herald(&["checkconfig", "ok.json"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

@@ -12,6 +12,7 @@
 #![allow(dead_code, unreachable_pub)] // every test file uses a different subset
 
 pub mod backend;
+pub mod nats;
 pub mod redis;
 
 use std::future::Future;

@@ -1,0 +1,103 @@
+//! Builds the node's engines from the config: the memory engine on a single node, the Redis
+//! engine, or a NATS broker (history in JetStream) with presence in NATS.
+//!
+//! The node takes its broker and its presence manager separately, so mixed setups (NATS
+//! pub/sub with presence elsewhere) only add a branch here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_hub::broker::{Broker, BrokerError, MemoryBroker, MemoryPresence, PresenceManager};
+use herald_hub::{Node, NodeIdentity, SystemClock};
+use herald_nats::{NatsBroker, NatsConfig, NatsPresence};
+
+use crate::config::Config;
+
+/// The NATS engine settings: `broker.nats.*` plus storage bounds derived from the channel
+/// options (the largest history size and meta TTL of any namespace).
+pub fn nats_config(config: &Config, node_uid: &str) -> NatsConfig {
+    let c = &config.broker.nats;
+    let channel = &config.channel;
+    let options = std::iter::once(&channel.without_namespace).chain(channel.namespaces.iter().map(|n| &n.options));
+    let (mut max_size, mut max_age) = (1usize, Duration::ZERO);
+    for o in options {
+        max_size = max_size.max(o.history_size);
+        let meta = if o.history_meta_ttl.is_zero() { channel.history_meta_ttl } else { o.history_meta_ttl };
+        max_age = max_age.max(meta).max(o.history_ttl);
+    }
+    if max_age.is_zero() {
+        max_age = NatsConfig::default().history_max_age;
+    }
+    NatsConfig {
+        url: c.url.clone(),
+        prefix: c.prefix.clone(),
+        node_uid: node_uid.to_owned(),
+        dial_timeout: c.dial_timeout,
+        write_timeout: c.write_timeout,
+        history_max_per_channel: i64::try_from(max_size).unwrap_or(i64::MAX),
+        history_max_age: max_age,
+        history_in_memory: c.history_storage == "memory",
+        presence_ttl: c.presence_ttl,
+        replicas: c.replicas,
+        ..NatsConfig::default()
+    }
+}
+
+/// The node with the engines the config names: memory, Redis (`engine.type = "redis"`) or NATS
+/// (`broker.enabled`), with the logic-layer proxies' client whatever the engine. Connecting to
+/// an engine may fail: the error names the engine and why.
+pub async fn build_node(config: &Config, identity: NodeIdentity) -> Result<Arc<Node>, crate::server::StartupError> {
+    let clock: Arc<dyn herald_hub::Clock> = Arc::new(SystemClock);
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = if config.broker.enabled {
+        nats_engines(config, &identity, clock.clone()).await?
+    } else if config.engine.kind == "redis" {
+        redis_engine(config, &identity).await?
+    } else {
+        (Arc::new(MemoryBroker::new(clock.clone())), Arc::new(MemoryPresence::default()))
+    };
+    Ok(crate::proxy::build_node(config.hub(), identity, clock, broker, presence)?)
+}
+
+/// `engine.type = "redis"`: one engine for PUB/SUB, history and presence.
+async fn redis_engine(
+    config: &Config,
+    identity: &NodeIdentity,
+) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+    let r = &config.engine.redis;
+    let opts = herald_redis::RedisOptions {
+        addresses: r.address.clone(),
+        prefix: r.prefix.clone(),
+        connect_timeout: r.connect_timeout,
+        io_timeout: r.io_timeout,
+        presence_ttl: r.presence_ttl,
+        node_uid: identity.uid.clone(),
+        ..Default::default()
+    };
+    let engine = Arc::new(herald_redis::RedisEngine::connect(opts).await.map_err(|e| {
+        crate::server::StartupError::Config(crate::config_error::ConfigError::invalid(
+            "engine.redis.address",
+            format!("cannot use Redis: {e}"),
+        ))
+    })?);
+    tracing::info!(shards = ?engine.addresses(), "Redis engine connected");
+    Ok((engine.clone(), engine))
+}
+
+/// `broker.enabled` with `broker.type = "nats"`: NATS PUB/SUB with history in JetStream and
+/// presence in a NATS key-value bucket.
+async fn nats_engines(
+    config: &Config,
+    identity: &NodeIdentity,
+    clock: Arc<dyn herald_hub::Clock>,
+) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+    // `broker.type` is checked by the loader: "nats" is the only broker.
+    let cfg = nats_config(config, &identity.uid);
+    let engine = |e: BrokerError| crate::server::StartupError::Engine(e);
+    let conn = herald_nats::connect(&cfg).await.map_err(engine)?;
+    let broker: Arc<dyn Broker> = Arc::new(NatsBroker::open(&conn, &cfg, clock).await.map_err(engine)?);
+    // The loader accepts only NATS as a presence manager (or none, which means NATS too).
+    let presence: Arc<dyn PresenceManager> =
+        Arc::new(NatsPresence::open(conn.client().clone(), &cfg).await.map_err(engine)?);
+    tracing::info!(url = %cfg.url, prefix = %cfg.prefix, "cluster over NATS: history in JetStream, presence in NATS");
+    Ok((broker, presence))
+}

@@ -1,0 +1,189 @@
+//! Three `herald` processes over one `nats-server -js` (history in JetStream, presence in its
+//! key-value bucket): publications through node A reach subscribers on B and C in order,
+//! presence and history answer the same on every node, and a NATS restart while publishing
+//! loses and repeats nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use herald_client::Client;
+use herald_proto::SubscribeRequest;
+use serde_json::{Value, json};
+use support::nats::NatsServer;
+use support::*;
+
+/// The harness namespace `hist` plus `rec`, where clients may recover.
+const NAMESPACES: &str = r#"[{"name":"hist","history_size":100,"history_ttl":"5m","presence":true,"allow_subscribe_for_client":true},
+{"name":"rec","history_size":100,"history_ttl":"5m","allow_recovery":true,"allow_subscribe_for_client":true}]"#;
+
+fn cluster_env(nats: &NatsServer, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("HERALD_CHANNEL_NAMESPACES", NAMESPACES.into()),
+        ("HERALD_BROKER_ENABLED", "true".into()),
+        ("HERALD_BROKER_TYPE", "nats".into()),
+        ("HERALD_BROKER_NATS_URL", nats.url()),
+        ("HERALD_BROKER_NATS_PREFIX", prefix.into()),
+    ]
+}
+
+fn start(env: &[(&'static str, String)]) -> Herald {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Herald::start(&env)
+}
+
+/// Reads pushes until `n` publications on `channel` arrived; returns (data.n, offset) pairs.
+async fn collect(client: &mut Client, channel: &str, n: usize, within: Duration) -> Vec<(u64, u64)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
+            Ok(Ok(push)) => push,
+            Ok(Err(e)) => panic!("client failed after {} publications: {e}", got.len()),
+            Err(_) => panic!("only {} of {n} publications arrived: {got:?}", got.len()),
+        };
+        if push.channel != channel {
+            continue;
+        }
+        if let Some(p) = push.publication {
+            let v: Value = serde_json::from_slice(&p.data).unwrap();
+            got.push((v["n"].as_u64().unwrap(), p.offset));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_publications_presence_and_history() {
+    let nats = NatsServer::start();
+    let env = cluster_env(&nats, "three");
+    let (a, b, c) = (start(&env), start(&env), start(&env));
+    let channel = "hist:news";
+    let (mut on_b, _) = b.subscriber("ub", channel).await;
+    let (mut on_c, _) = c.subscriber("uc", channel).await;
+
+    for n in 1..=50u64 {
+        let r = a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let expected: Vec<(u64, u64)> = (1..=50).map(|n| (n, n)).collect();
+    assert_eq!(collect(&mut on_b, channel, 50, WAIT).await, expected);
+    assert_eq!(collect(&mut on_c, channel, 50, WAIT).await, expected);
+
+    // Presence and history read the shared stores from any node, including one without
+    // subscribers.
+    for node in [&a, &b, &c] {
+        let presence = node.api_ok("presence", json!({"channel": channel})).await;
+        let mut users: Vec<&str> =
+            presence["presence"].as_object().unwrap().values().map(|i| i["user"].as_str().unwrap()).collect();
+        users.sort();
+        assert_eq!(users, ["ub", "uc"], "{presence}");
+        let stats = node.api_ok("presence_stats", json!({"channel": channel})).await;
+        assert_eq!((stats["num_clients"].as_u64(), stats["num_users"].as_u64()), (Some(2), Some(2)));
+        let history = node.api_ok("history", json!({"channel": channel, "limit": -1})).await;
+        let pubs = history["publications"].as_array().unwrap();
+        assert_eq!(pubs.len(), 50);
+        assert_eq!(pubs[49]["data"], json!({"n": 50}));
+        assert_eq!(history["offset"], 50);
+    }
+    // A publication on a channel without history reaches the other node too.
+    let (mut plain, _) = c.subscriber("p", "plain").await;
+    a.publish("plain", json!({"n": 1})).await;
+    assert_eq!(collect(&mut plain, "plain", 1, WAIT).await, vec![(1, 0)]);
+
+    // Leaving removes the client from presence on every node.
+    drop(on_b);
+    wait_for("ub leaves presence", WAIT, || async {
+        a.api_ok("presence_stats", json!({"channel": channel})).await["num_clients"] == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
+    let mut nats = NatsServer::start();
+    let env = cluster_env(&nats, "restart");
+    let (a, b, c) = (start(&env), start(&env), start(&env));
+    let channel = "hist:live";
+    let (mut on_b, _) = b.subscriber("ub", channel).await;
+    let (mut on_c, _) = c.subscriber("uc", channel).await;
+    let total = 200u64;
+    let publisher = tokio::spawn(async move {
+        let mut n = 1;
+        let mut failures = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while n <= total {
+            assert!(tokio::time::Instant::now() < deadline, "publishing did not resume");
+            // An error leaves the outcome unknown (the append may land when NATS is back): the
+            // idempotency key makes the retry safe.
+            let body = json!({"channel": channel, "data": {"n": n}, "idempotency_key": format!("k{n}")});
+            let (status, body) = a.api("publish", body).await;
+            if status == 200 && body.get("error").is_none() {
+                assert_eq!(body["result"]["offset"], n, "{body}");
+                n += 1;
+            } else {
+                // The engine is unavailable: the publisher retries the same publication.
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (a, failures)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    nats.stop();
+    // Longer than broker.nats.write_timeout (1 s): publishes fail while NATS is away.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    nats.restart();
+    let (a, failures) = publisher.await.unwrap();
+    // Every node saw NATS go and come back (the publisher's retries depend on timing).
+    for node in [&a, &b, &c] {
+        let metrics = node.metrics().await;
+        for name in ["herald_nats_disconnects_total", "herald_nats_reconnects_total"] {
+            let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0, "{line}");
+        }
+    }
+    eprintln!("publishes refused during the outage and retried: {failures}");
+    let expected: Vec<(u64, u64)> = (1..=total).map(|n| (n, n)).collect();
+    assert_eq!(collect(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
+    assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
+    // Nothing more arrives (no duplicates after the last one).
+    assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_recovers_on_another_node() {
+    let nats = NatsServer::start();
+    let env = cluster_env(&nats, "kill");
+    let (a, b, c) = (start(&env), start(&env), start(&env));
+    let channel = "rec:room";
+    let (mut client, _) = c.client("u").await;
+    let sub = SubscribeRequest { channel: channel.into(), recoverable: true, ..Default::default() };
+    let first = client.subscribe(sub).await.unwrap();
+    assert!(first.recoverable, "{first:?}");
+    for n in 1..=3u64 {
+        a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
+    }
+    assert_eq!(collect(&mut client, channel, 3, WAIT).await, vec![(1, 1), (2, 2), (3, 3)]);
+
+    drop(c); // SIGKILL: the client loses its node
+    for n in 4..=6u64 {
+        a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
+    }
+    let (mut client, _) = b.client("u").await;
+    let sub = SubscribeRequest {
+        channel: channel.into(),
+        recoverable: true,
+        recover: true,
+        offset: 3,
+        epoch: first.epoch.clone(),
+        ..Default::default()
+    };
+    let resumed = client.subscribe(sub).await.unwrap();
+    assert!(resumed.recovered, "{resumed:?}");
+    let missed: Vec<u64> = resumed.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(missed, vec![4, 5, 6]);
+    a.api_ok("publish", json!({"channel": channel, "data": {"n": 7}})).await;
+    assert_eq!(collect(&mut client, channel, 1, WAIT).await, vec![(7, 7)]);
+}

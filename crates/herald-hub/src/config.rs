@@ -150,6 +150,12 @@ pub struct ClientConfig {
     pub connect_include_server_time: bool,
     /// Maximum commands accepted in one transport message.
     pub max_commands_per_frame: usize,
+    /// Commands per second per connection (Herald's own option; off by default).
+    pub command_rate_limit: crate::limits::CommandRateLimit,
+    /// Open client connections on this node (0: no limit); more get 503 before the upgrade.
+    pub connection_limit: usize,
+    /// New client connections per second on this node (0: no limit); more get 503.
+    pub connection_rate_limit: u32,
 }
 
 impl Default for ClientConfig {
@@ -173,6 +179,9 @@ impl Default for ClientConfig {
             subscribe_to_user_personal_channel: PersonalChannelConfig::default(),
             connect_include_server_time: false,
             max_commands_per_frame: 256,
+            command_rate_limit: crate::limits::CommandRateLimit::default(),
+            connection_limit: 0,
+            connection_rate_limit: 0,
         }
     }
 }

@@ -30,6 +30,7 @@ use herald_proto::{ClientInfo, Command, DisconnectReason, Method, Push, Reply};
 
 use crate::channel::{ChannelError, Resolved};
 use crate::conn::ConnectionInfo;
+use crate::limits::{CommandBudget, OverRate};
 use crate::link::{ClientLink, Control};
 use crate::metrics;
 use crate::node::Node;
@@ -85,6 +86,8 @@ pub struct Session {
     /// Unix seconds when the connection expires (0: never).
     expire_at: i64,
     subs: Vec<Sub>,
+    /// `client.command_rate_limit` state, from the first command after connect.
+    budget: Option<Box<CommandBudget>>,
 }
 
 fn bad_request() -> Refusal {
@@ -116,6 +119,7 @@ impl Session {
             conn_info: Bytes::new(),
             expire_at: 0,
             subs: Vec::new(),
+            budget: None,
         }
     }
 
@@ -228,6 +232,24 @@ impl Session {
         if cmd.id == 0 && !matches!(method, Method::Send(_)) {
             metrics::command(name, "disconnect");
             return self.disconnect(DISCONNECT_BAD_REQUEST);
+        }
+        let limit = &p.rules().command_rate_limit;
+        if limit.rate > 0 {
+            // The one check a command pays when the limit is on (a delivery pays none).
+            let now = p.time().now_ms();
+            let budget = self.budget.get_or_insert_with(|| Box::new(CommandBudget::new(limit, now)));
+            match budget.check(limit, now) {
+                Ok(()) => {}
+                Err(OverRate::Refuse) => {
+                    metrics::limit_refused("command_rate", "error");
+                    return self.finish(name, cmd.id, Err(ERROR_TOO_MANY_REQUESTS.into()));
+                }
+                Err(OverRate::Disconnect) => {
+                    metrics::limit_refused("command_rate", "disconnect");
+                    metrics::command(name, "disconnect");
+                    return self.disconnect(DISCONNECT_TOO_MANY_REQUESTS);
+                }
+            }
         }
         let r = match method {
             Method::Connect(_) => Err(bad_request()),

@@ -1,0 +1,197 @@
+//! Token buckets: the sans-IO rate limiter every Herald limit uses (client commands here; new
+//! connections and the server API in `herald-server`). Time is passed in (milliseconds from any
+//! monotonic or wall clock), so tests drive it by hand.
+
+use serde::{Deserialize, Serialize};
+
+/// A rate: `rate` tokens per second, at most `burst` saved up. `rate == 0` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rate {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate { rate: 0, burst: 0 }
+    }
+}
+
+impl Rate {
+    pub fn enabled(&self) -> bool {
+        self.rate > 0
+    }
+
+    /// The bucket size: `burst`, or one second of `rate` when `burst` is 0.
+    fn capacity_milli(&self) -> u64 {
+        u64::from(if self.burst == 0 { self.rate } else { self.burst }) * 1000
+    }
+}
+
+/// One bucket. Tokens are counted in thousandths so refilling needs no floating point: `rate`
+/// tokens per second is `rate` thousandths per millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    milli: u64,
+    last_ms: i64,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(rate: &Rate, now_ms: i64) -> Self {
+        TokenBucket { milli: rate.capacity_milli(), last_ms: now_ms }
+    }
+
+    fn refill(&mut self, rate: &Rate, now_ms: i64) {
+        // A clock that goes back (wall time) refills nothing rather than draining.
+        let elapsed = now_ms.saturating_sub(self.last_ms).max(0) as u64;
+        self.last_ms = self.last_ms.max(now_ms);
+        let cap = rate.capacity_milli();
+        self.milli = self.milli.saturating_add(elapsed.saturating_mul(u64::from(rate.rate))).min(cap);
+    }
+
+    /// Takes one token at `now_ms`: `false` when the bucket is empty (the request is over the
+    /// rate). Always `true` for a disabled rate.
+    pub fn take(&mut self, rate: &Rate, now_ms: i64) -> bool {
+        if !rate.enabled() {
+            return true;
+        }
+        self.refill(rate, now_ms);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full again at `now_ms`: it then remembers nothing an equal fresh
+    /// bucket would not, so a bounded table may drop it.
+    pub fn is_full(&mut self, rate: &Rate, now_ms: i64) -> bool {
+        self.refill(rate, now_ms);
+        self.milli >= rate.capacity_milli()
+    }
+}
+
+/// `client.command_rate_limit`: commands per second per connection (Herald's own option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandRateLimit {
+    /// Commands per second (0: no limit). Pongs are not counted.
+    pub rate: u32,
+    /// Commands a connection may send at once (0: one second of `rate`).
+    pub burst: u32,
+    /// Refusals in a row (error 111 each) after which the connection is closed with 3013.
+    pub disconnect_after: u32,
+}
+
+impl Default for CommandRateLimit {
+    fn default() -> Self {
+        CommandRateLimit { rate: 0, burst: 0, disconnect_after: 20 }
+    }
+}
+
+impl CommandRateLimit {
+    pub fn rate(&self) -> Rate {
+        Rate { rate: self.rate, burst: self.burst }
+    }
+}
+
+/// A connection's command budget: one bucket and the refusals in a row.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandBudget {
+    bucket: TokenBucket,
+    refused: u32,
+}
+
+/// What a command over the rate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverRate {
+    /// Error 111 "too many requests".
+    Refuse,
+    /// Close with 3013 "too many requests": it went on after `disconnect_after` refusals.
+    Disconnect,
+}
+
+impl CommandBudget {
+    pub fn new(limit: &CommandRateLimit, now_ms: i64) -> Self {
+        CommandBudget { bucket: TokenBucket::full(&limit.rate(), now_ms), refused: 0 }
+    }
+
+    /// One command at `now_ms`: `Ok` to run it, or what to answer.
+    pub fn check(&mut self, limit: &CommandRateLimit, now_ms: i64) -> Result<(), OverRate> {
+        if self.bucket.take(&limit.rate(), now_ms) {
+            self.refused = 0;
+            return Ok(());
+        }
+        self.refused = self.refused.saturating_add(1);
+        if limit.disconnect_after > 0 && self.refused > limit.disconnect_after {
+            Err(OverRate::Disconnect)
+        } else {
+            Err(OverRate::Refuse)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let rate = Rate { rate: 10, burst: 3 };
+        let mut b = TokenBucket::full(&rate, 0);
+        assert!((0..3).all(|_| b.take(&rate, 0)), "the burst at once");
+        assert!(!b.take(&rate, 0), "the fourth at the same instant is over");
+        assert!(!b.take(&rate, 99), "a token takes 100 ms at 10/s");
+        assert!(b.take(&rate, 100));
+        assert!(!b.take(&rate, 100));
+        // A long pause refills to the burst, no more.
+        assert!(b.is_full(&rate, 10_000));
+        assert_eq!((0..10).filter(|_| b.take(&rate, 10_000)).count(), 3);
+    }
+
+    #[test]
+    fn fractional_rates_and_a_clock_going_back() {
+        let rate = Rate { rate: 3, burst: 1 };
+        let mut b = TokenBucket::full(&rate, 1000);
+        assert!(b.take(&rate, 1000));
+        assert!(!b.take(&rate, 1333), "999 thousandths after 333 ms at 3/s");
+        assert!(b.take(&rate, 1334));
+        assert!(!b.take(&rate, 500), "time going back refills nothing");
+        assert!(!b.take(&rate, 1667), "the bucket holds at most one token");
+        assert!(b.take(&rate, 1668));
+    }
+
+    #[test]
+    fn zero_burst_means_one_second_and_zero_rate_means_no_limit() {
+        let rate = Rate { rate: 5, burst: 0 };
+        let mut b = TokenBucket::full(&rate, 0);
+        assert_eq!((0..10).filter(|_| b.take(&rate, 0)).count(), 5);
+        let off = Rate::default();
+        let mut b = TokenBucket::full(&off, 0);
+        assert!((0..10_000).all(|_| b.take(&off, 0)));
+    }
+
+    #[test]
+    fn commands_are_refused_then_the_connection_is_closed() {
+        let limit = CommandRateLimit { rate: 1, burst: 2, disconnect_after: 2 };
+        let mut budget = CommandBudget::new(&limit, 0);
+        assert_eq!(budget.check(&limit, 0), Ok(()));
+        assert_eq!(budget.check(&limit, 0), Ok(()));
+        assert_eq!(budget.check(&limit, 0), Err(OverRate::Refuse));
+        assert_eq!(budget.check(&limit, 10), Err(OverRate::Refuse));
+        assert_eq!(budget.check(&limit, 20), Err(OverRate::Disconnect));
+        // A command within the rate resets the count of refusals.
+        let mut budget = CommandBudget::new(&limit, 0);
+        for _ in 0..2 {
+            budget.check(&limit, 0).unwrap();
+        }
+        assert_eq!(budget.check(&limit, 0), Err(OverRate::Refuse));
+        assert_eq!(budget.check(&limit, 1000), Ok(()));
+        assert_eq!(budget.check(&limit, 1000), Err(OverRate::Refuse));
+        assert_eq!(budget.check(&limit, 1000), Err(OverRate::Refuse));
+        assert_eq!(budget.check(&limit, 1000), Err(OverRate::Disconnect));
+    }
+}

@@ -147,6 +147,9 @@ pub fn env_var_names() -> Vec<(String, String)> {
 /// Checks what deserialization cannot: values in range, engines that exist, and everything the
 /// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    if let Err((key, problem)) = crate::edge::Edge::new(cfg) {
+        return Err(ConfigError::invalid(key, problem));
+    }
     if cfg.engine.kind != "memory" {
         return Err(ConfigError::invalid(
             "engine.type",

@@ -34,6 +34,8 @@ pub struct AppState {
     pub refusals: LogThrottle,
     /// `accept` failures (usually out of file descriptors anyway).
     pub accept_failures: LogThrottle,
+    /// Address lists, trusted proxies and admission limits.
+    pub edge: crate::edge::Edge,
 }
 
 impl AppState {
@@ -43,6 +45,8 @@ impl AppState {
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
+        // `loader::validate` refuses a configuration this cannot compile.
+        let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         AppState {
             node,
             config,
@@ -55,6 +59,7 @@ impl AppState {
             socket_limit: usize::MAX,
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
+            edge,
         }
     }
 }

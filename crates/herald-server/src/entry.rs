@@ -63,7 +63,9 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Err(_) => return timed_out(Phase::Head),
         };
     let first = first_route(&state.config, &head);
-    if let Some(route) = &first {
+    // Requests hyper serves are admitted one by one in `http_request`; here only the routes
+    // whose transport takes the socket.
+    if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
         match gate::admit_head(&state, route, peer, &head) {
             Ok(client) => peer = client,
             Err((status, message)) => return transport::reject(stream, status, message, "").await,

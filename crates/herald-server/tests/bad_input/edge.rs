@@ -71,6 +71,11 @@ fn list_cases() -> Vec<Case> {
     vec![
         Case::new("a denied client address", send_from("127.0.0.3", vec![], upgrade(&[])), http(403, refused(DENIED))),
         Case::new(
+            "a denied client address on the unidirectional SSE endpoint",
+            send_from("127.0.0.3", vec![], get("/connection/uni_sse", "")),
+            http(403, refused(DENIED)),
+        ),
+        Case::new(
             "the API from an address not on its allow list",
             send_from("127.0.0.5", vec![], api_info("")),
             http(403, refused(DENIED)),
@@ -121,6 +126,7 @@ fn list_cases() -> Vec<Case> {
 async fn edge_address_lists() {
     let env = [
         ("HERALD_ACCESS_TRUSTED_PROXIES", "127.0.0.2"),
+        ("HERALD_UNI_SSE_ENABLED", "true"),
         ("HERALD_ACCESS_CLIENT_DENY", "127.0.0.3"),
         ("HERALD_ACCESS_API_ALLOW", "127.0.0.1 127.0.0.2/32"),
         ("HERALD_ACCESS_ADMIN_DENY", "127.0.0.4"),
@@ -128,7 +134,7 @@ async fn edge_address_lists() {
         ("HERALD_LIMITS_CONNECTION_BURST_PER_ADDRESS", "2"),
     ];
     let metrics = [
-        ("herald_access_denied_total{endpoint=\"client\"}", 2),
+        ("herald_access_denied_total{endpoint=\"client\"}", 3),
         ("herald_access_denied_total{endpoint=\"api\"}", 2),
         ("herald_access_denied_total{endpoint=\"admin\"}", 1),
         ("herald_limit_refusals_total{limit=\"connection_rate_per_address\",outcome=\"429\"}", 1),
@@ -326,4 +332,29 @@ async fn edge_connection_limit() {
     let env = [("HERALD_CLIENT_CONNECTION_LIMIT", "3")];
     let metrics = [("herald_limit_refusals_total{limit=\"connection_limit\",outcome=\"503\"}", 1)];
     run_group("edge_connection_limit", &env, connection_limit_cases(), &metrics).await;
+}
+
+/// `limits.api_rate`: the burst of server API requests passes, the next gets 429; a subscriber
+/// connected meanwhile gets the publication made once the bucket refilled. (Not a group: the
+/// group's publisher uses the same API key.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_api_rate() {
+    let herald = Herald::start(&[("HERALD_LIMITS_API_RATE", "2"), ("HERALD_LIMITS_API_BURST", "4")]);
+    let (mut client, _) = herald.subscriber("healthy", "news").await;
+    // The harness's own API calls (start-up checks) drew on the bucket: let it fill again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(herald.api("info", json!({})).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|(s, _)| *s).collect();
+    assert_eq!(codes, [200, 200, 200, 200, 429]);
+    assert_eq!(statuses[4].1, json!({"error": "too many server API requests"}));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _) = herald.api("publish", json!({"channel": "news", "data": {"after": true}})).await;
+    assert_eq!(status, 200);
+    let (data, _) = next_publication(&mut client, "news").await;
+    assert_eq!(data, json!({"after": true}));
+    let text = herald.metrics().await;
+    assert_eq!(crate::sample(&text, "herald_limit_refusals_total{limit=\"api_rate\",outcome=\"429\"}"), Some(1));
 }

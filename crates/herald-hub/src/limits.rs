@@ -5,17 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 /// A rate: `rate` tokens per second, at most `burst` saved up. `rate == 0` means no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Rate {
     pub rate: u32,
     pub burst: u32,
-}
-
-impl Default for Rate {
-    fn default() -> Self {
-        Rate { rate: 0, burst: 0 }
-    }
 }
 
 impl Rate {

@@ -23,7 +23,8 @@ impl AddressBuckets {
         AddressBuckets { map: HashMap::new(), max: max.max(1), overflow: None, last_sweep_ms: i64::MIN }
     }
 
-    pub fn len(&self) -> usize {
+    /// Addresses with a bucket of their own.
+    pub fn tracked(&self) -> usize {
         self.map.len()
     }
 
@@ -38,11 +39,13 @@ impl AddressBuckets {
         if self.map.len() >= self.max && now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
             self.last_sweep_ms = now_ms;
             self.map.retain(|_, b| !b.is_full(rate, now_ms));
+            metrics::gauge!("herald_limit_address_table_entries").set(self.map.len() as f64);
         }
         if self.map.len() < self.max {
             let mut bucket = TokenBucket::full(rate, now_ms);
             let ok = bucket.take(rate, now_ms);
             self.map.insert(ip, bucket);
+            metrics::gauge!("herald_limit_address_table_entries").set(self.map.len() as f64);
             return ok;
         }
         metrics::counter!("herald_limit_address_table_overflows_total").increment(1);
@@ -78,14 +81,14 @@ mod tests {
         // Full, nobody quiet yet: the new addresses share one bucket.
         assert!(t.take(&rate, ip(100), 0));
         assert!(!t.take(&rate, ip(101), 0), "overflow bucket used up");
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.tracked(), 3);
         for n in 200..10_000 {
             t.take(&rate, ip(n), 500);
         }
-        assert_eq!(t.len(), 3, "never more than the bound");
+        assert_eq!(t.tracked(), 3, "never more than the bound");
         // A second later the old buckets are full again and are swept for newcomers.
         assert!(t.take(&rate, ip(50), 1000));
         assert!(!t.take(&rate, ip(50), 1000), "it has its own bucket now");
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.tracked(), 1);
     }
 }

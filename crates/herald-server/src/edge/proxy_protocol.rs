@@ -22,7 +22,7 @@ pub enum Parsed {
 /// Parses the header at the start of `buf`; the error says what is wrong with it.
 pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let sig = &V2_SIGNATURE[..buf.len().min(12)];
-    if buf.len() >= 1 && buf.starts_with(sig) {
+    if !buf.is_empty() && buf.starts_with(sig) {
         return parse_v2(buf);
     }
     let v1 = b"PROXY ";

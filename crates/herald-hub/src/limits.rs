@@ -189,3 +189,26 @@ mod tests {
         assert_eq!(budget.check(&limit, 1000), Err(OverRate::Disconnect));
     }
 }
+
+/// What one command pays for the limit, measured (`cargo test -p herald-hub --release --lib
+/// cost_of_a_check -- --ignored --nocapture`); figures in docs/architecture.md.
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, run in release"]
+    fn cost_of_a_check() {
+        let limit = CommandRateLimit { rate: 1_000_000, burst: 1_000_000, disconnect_after: 20 };
+        let mut budget = CommandBudget::new(&limit, 0);
+        let n = 50_000_000i64;
+        let start = std::time::Instant::now();
+        let mut ok = 0u64;
+        for i in 0..n {
+            ok += u64::from(std::hint::black_box(&mut budget).check(&limit, i / 1000).is_ok());
+        }
+        let per = start.elapsed().as_nanos() as f64 / n as f64;
+        println!("CommandBudget::check: {per:.2} ns per command ({ok} allowed)");
+        assert_eq!(ok, n as u64);
+    }
+}

@@ -49,6 +49,9 @@ pub struct ChannelOptions {
     pub allow_user_limited_channels: bool,
     /// Regular expression the channel name (after the namespace) must match.
     pub channel_regex: String,
+    /// Publications per second into this namespace's channels on this node, client and server
+    /// API together (Herald's own option; 0: no limit). More are answered 111.
+    pub publication_rate_limit: u32,
 }
 
 impl ChannelOptions {

@@ -241,6 +241,9 @@ impl Node {
             return Err(ERROR_BAD_REQUEST);
         }
         let resolved = self.api_resolve(channel)?;
+        if !resolved.ns.admit_publication(self.time.now_ms()) {
+            return Err(ERROR_TOO_MANY_REQUESTS);
+        }
         let mut opts = self.publish_options(resolved.options());
         if req.skip_history {
             opts.history_size = 0;

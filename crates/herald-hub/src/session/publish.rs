@@ -24,7 +24,8 @@ impl Session {
     }
 
     pub(super) async fn publish(&mut self, p: &Ports<'_>, id: u32, req: &PublishRequest) -> CmdResult {
-        let o = self.resolve_for_command(p, &req.channel)?;
+        let ns = check_channel(p, &req.channel)?.ns;
+        let o = &ns.options;
         if !self.permitted(
             &req.channel,
             o.allow_publish_for_client,
@@ -35,6 +36,9 @@ impl Session {
         }
         if req.data.is_empty() {
             return Err(ERROR_BAD_REQUEST.into());
+        }
+        if !ns.admit_publication(p.time().now_ms()) {
+            return Err(ERROR_TOO_MANY_REQUESTS.into());
         }
         let chan_info = self.find(&req.channel).map(|i| self.subs[i].chan_info.clone()).unwrap_or_default();
         let publication =

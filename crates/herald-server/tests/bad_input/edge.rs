@@ -358,3 +358,37 @@ async fn edge_api_rate() {
     let text = herald.metrics().await;
     assert_eq!(crate::sample(&text, "herald_limit_refusals_total{limit=\"api_rate\",outcome=\"429\"}"), Some(1));
 }
+
+fn namespace_cases() -> Vec<Case> {
+    vec![Case::new(
+        "publications over a namespace's publication_rate_limit: 111 from the API and clients",
+        |addr| async move {
+            let mut seen = Vec::new();
+            for n in 0..4 {
+                let (status, body) = api_at(addr, "publish", json!({"channel": "limited:x", "data": {"n": n}})).await;
+                seen.push(format!("{status} {}", body["error"]["code"].as_u64().unwrap_or(0)));
+            }
+            let mut ws =
+                RawWs::handshake_on(from("127.0.0.11", addr).await, &upgrade_request(addr, WS_PATH, &[])).await;
+            ws.send_json(&json!({"id": 1, "connect": {"token": token("writer")}})).await;
+            ws.recv_json().await;
+            ws.send_json(&json!({"id": 2, "publish": {"channel": "limited:x", "data": {"n": 4}}})).await;
+            let reply = ws.recv_json().await;
+            seen.push(format!("client {}", reply[0]["error"]));
+            Answer::Other(seen.join(", "))
+        },
+        Answer::Other(
+            "200 0, 200 0, 200 0, 200 111, client {\"code\":111,\"message\":\"too many requests\",\"temporary\":true}"
+                .into(),
+        ),
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_namespace_publication_rate() {
+    let namespaces = r#"[{"name":"hist","history_size":100,"history_ttl":"5m","presence":true,"allow_subscribe_for_client":true},
+        {"name":"limited","publication_rate_limit":3,"allow_publish_for_client":true}]"#;
+    let env = [("HERALD_CHANNEL_NAMESPACES", namespaces)];
+    let metrics = [("herald_limit_refusals_total{limit=\"namespace_publication_rate\",outcome=\"111\"}", 2)];
+    run_group("edge_namespace_publication_rate", &env, namespace_cases(), &metrics).await;
+}

@@ -2,6 +2,9 @@
 //! connections and the server API in `herald-server`). Time is passed in (milliseconds from any
 //! monotonic or wall clock), so tests drive it by hand.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
 use serde::{Deserialize, Serialize};
 
 /// A rate: `rate` tokens per second, at most `burst` saved up. `rate == 0` means no limit.
@@ -78,11 +81,16 @@ pub struct CommandRateLimit {
     pub burst: u32,
     /// Refusals in a row (error 111 each) after which the connection is closed with 3013.
     pub disconnect_after: u32,
+    /// Commands per second of all the connections of one user on this node (0: no limit;
+    /// anonymous connections are not counted per user).
+    pub user_rate: u32,
+    /// Commands one user may send at once (0: one second of `user_rate`).
+    pub user_burst: u32,
 }
 
 impl Default for CommandRateLimit {
     fn default() -> Self {
-        CommandRateLimit { rate: 0, burst: 0, disconnect_after: 20 }
+        CommandRateLimit { rate: 0, burst: 0, disconnect_after: 20, user_rate: 0, user_burst: 0 }
     }
 }
 
@@ -90,12 +98,56 @@ impl CommandRateLimit {
     pub fn rate(&self) -> Rate {
         Rate { rate: self.rate, burst: self.burst }
     }
+
+    pub fn user_rate(&self) -> Rate {
+        Rate { rate: self.user_rate, burst: self.user_burst }
+    }
+
+    /// Whether commands are counted at all.
+    pub fn enabled(&self) -> bool {
+        self.rate > 0 || self.user_rate > 0
+    }
 }
 
-/// A connection's command budget: one bucket and the refusals in a row.
-#[derive(Debug, Clone, Copy)]
+/// A bucket shared by every connection of a user.
+pub type SharedBucket = Arc<Mutex<TokenBucket>>;
+
+/// The per-user buckets of a node. An entry lives while a connection of its user holds it
+/// (a `Weak` here), so the table is bounded by the users connected; dead entries are swept when
+/// the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+pub struct UserBuckets {
+    map: Mutex<(HashMap<Arc<str>, Weak<Mutex<TokenBucket>>>, usize)>,
+}
+
+impl UserBuckets {
+    /// The bucket of `user`, made full at `now_ms` if no connection of theirs holds one.
+    pub fn get(&self, user: &Arc<str>, rate: &Rate, now_ms: i64) -> SharedBucket {
+        let mut guard = self.map.lock().expect("user buckets");
+        let (map, swept_at) = &mut *guard;
+        if let Some(bucket) = map.get(user).and_then(Weak::upgrade) {
+            return bucket;
+        }
+        if map.len() >= (*swept_at * 2).max(1024) {
+            map.retain(|_, w| w.strong_count() > 0);
+            *swept_at = map.len();
+        }
+        let bucket = Arc::new(Mutex::new(TokenBucket::full(rate, now_ms)));
+        map.insert(user.clone(), Arc::downgrade(&bucket));
+        bucket
+    }
+
+    /// Users with an entry (live or not yet swept).
+    pub fn entries(&self) -> usize {
+        self.map.lock().expect("user buckets").0.len()
+    }
+}
+
+/// A connection's command budget: its own bucket, its user's, and the refusals in a row.
+#[derive(Debug, Clone)]
 pub struct CommandBudget {
     bucket: TokenBucket,
+    user: Option<SharedBucket>,
     refused: u32,
 }
 
@@ -110,12 +162,27 @@ pub enum OverRate {
 
 impl CommandBudget {
     pub fn new(limit: &CommandRateLimit, now_ms: i64) -> Self {
-        CommandBudget { bucket: TokenBucket::full(&limit.rate(), now_ms), refused: 0 }
+        CommandBudget { bucket: TokenBucket::full(&limit.rate(), now_ms), user: None, refused: 0 }
+    }
+
+    /// A budget that also draws on its user's shared bucket.
+    pub fn with_user(limit: &CommandRateLimit, now_ms: i64, user: SharedBucket) -> Self {
+        CommandBudget { user: Some(user), ..CommandBudget::new(limit, now_ms) }
+    }
+
+    fn take(&mut self, limit: &CommandRateLimit, now_ms: i64) -> bool {
+        if !self.bucket.take(&limit.rate(), now_ms) {
+            return false;
+        }
+        match &self.user {
+            Some(user) => user.lock().expect("user bucket").take(&limit.user_rate(), now_ms),
+            None => true,
+        }
     }
 
     /// One command at `now_ms`: `Ok` to run it, or what to answer.
     pub fn check(&mut self, limit: &CommandRateLimit, now_ms: i64) -> Result<(), OverRate> {
-        if self.bucket.take(&limit.rate(), now_ms) {
+        if self.take(limit, now_ms) {
             self.refused = 0;
             return Ok(());
         }
@@ -131,6 +198,30 @@ impl CommandBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_of_one_user_share_the_user_rate() {
+        let limit = CommandRateLimit { user_rate: 1, user_burst: 3, ..Default::default() };
+        let users = UserBuckets::default();
+        let ann: Arc<str> = Arc::from("ann");
+        let mut a = CommandBudget::with_user(&limit, 0, users.get(&ann, &limit.user_rate(), 0));
+        let mut b = CommandBudget::with_user(&limit, 0, users.get(&ann, &limit.user_rate(), 0));
+        let bob: Arc<str> = Arc::from("bob");
+        let mut c = CommandBudget::with_user(&limit, 0, users.get(&bob, &limit.user_rate(), 0));
+        assert_eq!(a.check(&limit, 0), Ok(()));
+        assert_eq!(b.check(&limit, 0), Ok(()));
+        assert_eq!(a.check(&limit, 0), Ok(()));
+        assert_eq!(b.check(&limit, 0), Err(OverRate::Refuse), "ann's fourth command, on either connection");
+        assert_eq!(c.check(&limit, 0), Ok(()), "bob has his own bucket");
+        assert_eq!(b.check(&limit, 1000), Ok(()));
+        // Entries go with their user's last connection.
+        drop((a, b, c));
+        for n in 0..3000 {
+            let user: Arc<str> = Arc::from(format!("u{n}"));
+            drop(users.get(&user, &limit.user_rate(), 0));
+        }
+        assert!(users.entries() <= 2048, "{} entries", users.entries());
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
@@ -170,7 +261,7 @@ mod tests {
 
     #[test]
     fn commands_are_refused_then_the_connection_is_closed() {
-        let limit = CommandRateLimit { rate: 1, burst: 2, disconnect_after: 2 };
+        let limit = CommandRateLimit { rate: 1, burst: 2, disconnect_after: 2, ..Default::default() };
         let mut budget = CommandBudget::new(&limit, 0);
         assert_eq!(budget.check(&limit, 0), Ok(()));
         assert_eq!(budget.check(&limit, 0), Ok(()));
@@ -199,7 +290,7 @@ mod cost {
     #[test]
     #[ignore = "a measurement, run in release"]
     fn cost_of_a_check() {
-        let limit = CommandRateLimit { rate: 1_000_000, burst: 1_000_000, disconnect_after: 20 };
+        let limit = CommandRateLimit { rate: 1_000_000, burst: 1_000_000, ..Default::default() };
         let mut budget = CommandBudget::new(&limit, 0);
         let n = 50_000_000i64;
         let start = std::time::Instant::now();

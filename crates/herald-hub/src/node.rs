@@ -76,6 +76,7 @@ pub struct Node {
     auth: Box<dyn Authenticator>,
     time: Time,
     identity: NodeIdentity,
+    user_buckets: crate::limits::UserBuckets,
 }
 
 impl Node {
@@ -117,7 +118,12 @@ impl Node {
         broker
             .set_handler(Arc::new(Delivery::new(hub.clone())))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
-        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, time, identity }))
+        let user_buckets = crate::limits::UserBuckets::default();
+        Ok(Arc::new(Node { hub, cfg, channels, broker, presence, auth, time, identity, user_buckets }))
+    }
+
+    pub(crate) fn user_buckets(&self) -> &crate::limits::UserBuckets {
+        &self.user_buckets
     }
 
     pub fn config(&self) -> &HubConfig {

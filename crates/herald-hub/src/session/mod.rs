@@ -234,10 +234,17 @@ impl Session {
             return self.disconnect(DISCONNECT_BAD_REQUEST);
         }
         let limit = &p.rules().command_rate_limit;
-        if limit.rate > 0 {
+        if limit.enabled() {
             // The one check a command pays when the limit is on (a delivery pays none).
             let now = p.time().now_ms();
-            let budget = self.budget.get_or_insert_with(|| Box::new(CommandBudget::new(limit, now)));
+            let user = &self.user;
+            let budget = self.budget.get_or_insert_with(|| {
+                Box::new(if limit.user_rate > 0 && !user.is_empty() {
+                    CommandBudget::with_user(limit, now, p.user_buckets().get(user, &limit.user_rate(), now))
+                } else {
+                    CommandBudget::new(limit, now)
+                })
+            });
             match budget.check(limit, now) {
                 Ok(()) => {}
                 Err(OverRate::Refuse) => {

@@ -168,7 +168,8 @@ fn commands_over_the_rate_get_111_then_a_disconnect() {
     let mut cfg = HubConfig::default();
     let sub = ChannelOptions { allow_subscribe_for_client: true, ..Default::default() };
     cfg.channel.namespaces = vec![Namespace { name: "news".into(), options: sub }];
-    cfg.client.command_rate_limit = crate::limits::CommandRateLimit { rate: 2, burst: 2, disconnect_after: 2 };
+    cfg.client.command_rate_limit =
+        crate::limits::CommandRateLimit { rate: 2, burst: 2, disconnect_after: 2, ..Default::default() };
     let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
     let node = Node::new(cfg, identity, clock.clone()).expect("valid config");
     let backend = Backend { seen: Mutex::new(Vec::new()) };

@@ -236,32 +236,66 @@ fn error_codes(replies: &[Value]) -> Vec<u64> {
 }
 
 fn limit_cases() -> Vec<Case> {
-    vec![Case::new(
-        "commands over the rate: 111, then 3013",
+    vec![
+        Case::new(
+            "commands over the rate: 111, then 3013",
+            |addr| async move {
+                let mut ws =
+                    RawWs::handshake_on(from("127.0.0.8", addr).await, &upgrade_request(addr, WS_PATH, &[])).await;
+                ws.send_json(&json!({"id": 1, "connect": {"token": token("busy")}})).await;
+                ws.recv_json().await;
+                let batch = |ids: std::ops::Range<u32>| {
+                    ids.map(|id| json!({"id": id, "presence_stats": {"channel": "hist:watch"}}).to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                // A burst of 5 passes, the sixth gets 111.
+                ws.send_text(&batch(2..8)).await;
+                let (first, _) = replies(&mut ws, 6).await;
+                // With disconnect_after 2, the second refusal in a row is answered, the third closes.
+                ws.send_text(&batch(8..11)).await;
+                let (second, close) = replies(&mut ws, 3).await;
+                let seen = (error_codes(&first), error_codes(&second));
+                match close {
+                    // 103: presence is off in the namespace; the burst is answered as usual.
+                    Some(code) if seen == (vec![103, 103, 103, 103, 103, 111], vec![111]) => Answer::Disconnected(code),
+                    _ => Answer::Other(format!("{seen:?} {close:?}")),
+                }
+            },
+            Answer::Disconnected(3013),
+        ),
+        user_rate_case(),
+    ]
+}
+
+/// A connected JSON WebSocket of `user` from `ip`.
+async fn connected_from(ip: &str, addr: SocketAddr, user: &str) -> RawWs {
+    let mut ws = RawWs::handshake_on(from(ip, addr).await, &upgrade_request(addr, WS_PATH, &[])).await;
+    ws.send_json(&json!({"id": 1, "connect": {"token": token(user)}})).await;
+    ws.recv_json().await;
+    ws
+}
+
+fn stats_batch(ids: std::ops::Range<u32>) -> String {
+    ids.map(|id| json!({"id": id, "presence_stats": {"channel": "hist:watch"}}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn user_rate_case() -> Case {
+    Case::new(
+        "commands over the user rate, across two connections of one user: 111",
         |addr| async move {
-            let mut ws = RawWs::handshake_on(from("127.0.0.8", addr).await, &upgrade_request(addr, WS_PATH, &[])).await;
-            ws.send_json(&json!({"id": 1, "connect": {"token": token("busy")}})).await;
-            ws.recv_json().await;
-            let batch = |ids: std::ops::Range<u32>| {
-                ids.map(|id| json!({"id": id, "presence_stats": {"channel": "hist:watch"}}).to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            // A burst of 5 passes, the sixth gets 111.
-            ws.send_text(&batch(2..8)).await;
-            let (first, _) = replies(&mut ws, 6).await;
-            // With disconnect_after 2, the second refusal in a row is answered, the third closes.
-            ws.send_text(&batch(8..11)).await;
-            let (second, close) = replies(&mut ws, 3).await;
-            let seen = (error_codes(&first), error_codes(&second));
-            match close {
-                // 103: presence is off in the namespace; the burst is answered as usual.
-                Some(code) if seen == (vec![103, 103, 103, 103, 103, 111], vec![111]) => Answer::Disconnected(code),
-                _ => Answer::Other(format!("{seen:?} {close:?}")),
-            }
+            let mut a = connected_from("127.0.0.12", addr, "pair").await;
+            let mut b = connected_from("127.0.0.12", addr, "pair").await;
+            a.send_text(&stats_batch(2..7)).await;
+            let (first, _) = replies(&mut a, 5).await;
+            b.send_text(&stats_batch(2..6)).await;
+            let (second, _) = replies(&mut b, 4).await;
+            Answer::Other(format!("{:?} {:?}", error_codes(&first), error_codes(&second)))
         },
-        Answer::Disconnected(3013),
-    )]
+        Answer::Other("[103, 103, 103, 103, 103] [103, 103, 103, 111]".into()),
+    )
 }
 
 fn rate_cases() -> Vec<Case> {
@@ -312,9 +346,11 @@ async fn edge_command_rate() {
         ("HERALD_CLIENT_COMMAND_RATE_LIMIT_RATE", "1"),
         ("HERALD_CLIENT_COMMAND_RATE_LIMIT_BURST", "5"),
         ("HERALD_CLIENT_COMMAND_RATE_LIMIT_DISCONNECT_AFTER", "2"),
+        ("HERALD_CLIENT_COMMAND_RATE_LIMIT_USER_RATE", "1"),
+        ("HERALD_CLIENT_COMMAND_RATE_LIMIT_USER_BURST", "8"),
     ];
     let metrics = [
-        ("herald_limit_refusals_total{limit=\"command_rate\",outcome=\"error\"}", 2),
+        ("herald_limit_refusals_total{limit=\"command_rate\",outcome=\"error\"}", 3),
         ("herald_limit_refusals_total{limit=\"command_rate\",outcome=\"disconnect\"}", 1),
     ];
     run_group("edge_command_rate", &env, limit_cases(), &metrics).await;

@@ -117,8 +117,11 @@ pub type SharedBucket = Arc<Mutex<TokenBucket>>;
 /// the table has doubled since the last sweep.
 #[derive(Debug, Default)]
 pub struct UserBuckets {
-    map: Mutex<(HashMap<Arc<str>, Weak<Mutex<TokenBucket>>>, usize)>,
+    map: Mutex<(UserTable, usize)>,
 }
+
+/// Users to their buckets (held by their connections), and the size after the last sweep.
+type UserTable = HashMap<Arc<str>, Weak<Mutex<TokenBucket>>>;
 
 impl UserBuckets {
     /// The bucket of `user`, made full at `now_ms` if no connection of theirs holds one.

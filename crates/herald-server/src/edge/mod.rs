@@ -121,6 +121,15 @@ pub fn class(route: &Route<'_>) -> Class {
     }
 }
 
+/// The key of an address in the per-address table: an IPv4 address, or an IPv6 address's /64
+/// (one subscriber line usually holds a whole /64, so single IPv6 addresses cost nothing to vary).
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// A refusal: HTTP status and the message of its JSON body.
 pub type Refused = (u16, &'static str);
 
@@ -241,7 +250,7 @@ impl Edge {
         }
         let now = self.now_ms();
         if self.address_rate.enabled()
-            && !self.addresses.lock().expect("address buckets").take(&self.address_rate, canonical(ip), now)
+            && !self.addresses.lock().expect("address buckets").take(&self.address_rate, rate_key(ip), now)
         {
             herald_hub::metrics::limit_refused("connection_rate_per_address", "429");
             return Err((429, "too many new connections from your address"));

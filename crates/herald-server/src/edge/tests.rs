@@ -78,3 +78,15 @@ fn bad_networks_name_their_key() {
     let err = Edge::new(&config).err().expect("refused");
     assert_eq!(err.0, "access.api.deny");
 }
+
+#[test]
+fn ipv6_addresses_are_limited_by_their_64() {
+    let e = edge(|c| c.limits.connection_rate_per_address = 1);
+    let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+    let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert_eq!(e.admit_connection(a, 0), Ok(()));
+    assert!(e.admit_connection(b, 0).is_err(), "same /64");
+    assert_eq!(e.admit_connection(other, 0), Ok(()));
+    assert_eq!(rate_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+}

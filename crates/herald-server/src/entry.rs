@@ -68,7 +68,9 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
     if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
         match gate::admit_head(&state, route, peer, &head) {
             Ok(client) => peer = client,
-            Err((status, message)) => return transport::reject(stream, status, message, "").await,
+            Err((status, message)) => {
+                return transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
+            }
         }
     }
     let endpoint = match first {
@@ -400,8 +402,12 @@ async fn http_request(
     let peer = match gate::admit(&state, &routed, peer, headers) {
         Ok(client) => client,
         Err((status, message)) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            return Ok(api::transport_error(status, message));
+            let mut response =
+                api::transport_error(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), message);
+            if !crate::edge::retry_after(status).is_empty() {
+                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            return Ok(response);
         }
     };
     Ok(match routed {

@@ -130,6 +130,12 @@ pub fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The header line a refusal carries: `Retry-After: 1` for a rate or capacity refusal (429,
+/// 503: the bucket refills within a second), none for a list refusal.
+pub fn retry_after(status: u16) -> &'static str {
+    if matches!(status, 429 | 503) { "Retry-After: 1\r\n" } else { "" }
+}
+
 /// A refusal: HTTP status and the message of its JSON body.
 pub type Refused = (u16, &'static str);
 

@@ -115,9 +115,11 @@ fn list_cases() -> Vec<Case> {
                         return Answer::Other(format!("refused within the burst: {}", ws.status));
                     }
                 }
-                send_from("127.0.0.7", vec![], upgrade(&[]))(addr).await
+                let mut stream = from("127.0.0.7", addr).await;
+                let _ = stream.write_all(&upgrade_request(addr, WS_PATH, &[])).await;
+                read_answer(&mut stream, Some("retry-after")).await
             },
-            http(429, refused("too many new connections from your address")),
+            crate::http_with(429, refused("too many new connections from your address"), "retry-after", "1"),
         ),
     ]
 }

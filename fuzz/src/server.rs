@@ -1,7 +1,7 @@
 //! Fuzz harnesses for the parsers in `herald-server`: server API request bodies, the
-//! configuration loader, the first request head of a connection, and the opening requests of
-//! the streaming transports. Shared by the cargo-fuzz targets
-//! `fuzz_targets/{api_bodies,config,http_head,stream_request}.rs` and the stable smoke test
+//! configuration loader, the first request head of a connection, a PROXY protocol header, and
+//! the opening requests of the streaming transports. Shared by the cargo-fuzz targets
+//! `fuzz_targets/{api_bodies,config,http_head,proxy_header,stream_request}.rs` and the stable smoke test
 //! `crates/herald-server/tests/fuzz_smoke.rs` (which includes this file with `#[path]`).
 //!
 //! Each harness runs the production code through small pure entry points
@@ -384,5 +384,29 @@ fn check_first(kind: herald_server::transport::stream::StreamKind, protobuf: boo
         }
         Ok(cmds) => assert!(!cmds.is_empty() && cmds.len() <= 16),
         Err(r) => assert_eq!(r.status, 400),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy_header
+
+/// A PROXY protocol header (v1 or v2) and what follows it, as a trusted proxy would send them:
+/// parsing never panics; a complete header's length and address do not depend on what follows
+/// it, every shorter prefix of it is incomplete, and nothing over the size bound is incomplete.
+pub fn proxy_header(data: &[u8]) {
+    use herald_server::edge::proxy_protocol::{MAX_HEADER, Parsed, parse};
+    let outcome = parse(data);
+    if data.len() > MAX_HEADER {
+        assert_ne!(outcome, Ok(Parsed::Incomplete), "{} bytes and still incomplete", data.len());
+    }
+    if let Ok(Parsed::Done { len, source }) = outcome {
+        assert!(len <= data.len());
+        assert_eq!(parse(&data[..len]), Ok(Parsed::Done { len, source }), "what follows changed the header");
+        for cut in [0, len / 2, len - 1] {
+            assert!(
+                matches!(parse(&data[..cut]), Ok(Parsed::Incomplete)),
+                "a prefix of {cut} of a {len}-byte header is not incomplete"
+            );
+        }
     }
 }

@@ -20,6 +20,24 @@ pub struct NamespaceInfo {
     pub name: String,
     pub options: ChannelOptions,
     regex: Option<Regex>,
+    /// `publication_rate_limit`'s bucket (one per namespace and node).
+    publications: std::sync::Mutex<crate::limits::TokenBucket>,
+}
+
+impl NamespaceInfo {
+    /// Takes a publication token at `now_ms`: `false` when the namespace is over its
+    /// `publication_rate_limit` (counted in `herald_limit_refusals_total`).
+    pub fn admit_publication(&self, now_ms: i64) -> bool {
+        let rate = crate::limits::Rate { rate: self.options.publication_rate_limit, burst: 0 };
+        if !rate.enabled() {
+            return true;
+        }
+        let ok = self.publications.lock().expect("publication bucket").take(&rate, now_ms);
+        if !ok {
+            crate::metrics::limit_refused("namespace_publication_rate", "111");
+        }
+        ok
+    }
 }
 
 /// Compiled channel configuration.
@@ -117,7 +135,9 @@ fn compile(ns: &Namespace, key: &str) -> Result<Arc<NamespaceInfo>, ConfigError>
     if ns.options.force_recovery && !ns.options.history_enabled() {
         return Err(ConfigError::new(format!("{key}.force_recovery"), "needs history_size and history_ttl"));
     }
-    Ok(Arc::new(NamespaceInfo { name: ns.name.clone(), options: ns.options.clone(), regex }))
+    let rate = crate::limits::Rate { rate: ns.options.publication_rate_limit, burst: 0 };
+    let publications = std::sync::Mutex::new(crate::limits::TokenBucket::full(&rate, 0));
+    Ok(Arc::new(NamespaceInfo { name: ns.name.clone(), options: ns.options.clone(), regex, publications }))
 }
 
 impl Channels {

@@ -65,6 +65,9 @@ pub struct ChannelOptions {
     /// Ask a backend to extend subscriptions that have an expiry.
     pub sub_refresh_proxy_enabled: bool,
     pub sub_refresh_proxy_name: String,
+    /// Publications per second into this namespace's channels on this node, client and server
+    /// API together (Herald's own option; 0: no limit). More are answered 111.
+    pub publication_rate_limit: u32,
 }
 
 impl ChannelOptions {
@@ -175,6 +178,12 @@ pub struct ClientConfig {
     pub max_commands_per_frame: usize,
     /// The connect and refresh proxies.
     pub proxy: ClientProxyConfig,
+    /// Commands per second per connection (Herald's own option; off by default).
+    pub command_rate_limit: crate::limits::CommandRateLimit,
+    /// Open client connections on this node (0: no limit); more get 503 before the upgrade.
+    pub connection_limit: usize,
+    /// New client connections per second on this node (0: no limit); more get 503.
+    pub connection_rate_limit: u32,
 }
 
 /// `client.user_connection_limit_mode`: refuse the connection over the limit.
@@ -205,6 +214,9 @@ impl Default for ClientConfig {
             connect_include_server_time: false,
             max_commands_per_frame: 256,
             proxy: ClientProxyConfig::default(),
+            command_rate_limit: crate::limits::CommandRateLimit::default(),
+            connection_limit: 0,
+            connection_rate_limit: 0,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod conn;
 pub mod duration;
 pub mod hub;
+pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod node;

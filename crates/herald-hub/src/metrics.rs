@@ -60,6 +60,18 @@ pub fn channel_refused(source: &'static str, reason: &'static str) {
 }
 
 /// A client error reply, by code.
+/// A request refused by one of Herald's limits (`herald_limit_refusals_total`): which limit,
+/// and what the refusal was (`error`, `disconnect`, an HTTP status...).
+pub fn limit_refused(limit: &'static str, outcome: &'static str) {
+    static H: Handles<(&'static str, &'static str)> = OnceLock::new();
+    cached(
+        &H,
+        (limit, outcome),
+        || metrics::counter!("herald_limit_refusals_total", "limit" => limit, "outcome" => outcome),
+    )
+    .increment(1);
+}
+
 pub fn error_reply(code: u32) {
     by_code("herald_client_errors_total", code);
 }

@@ -83,6 +83,7 @@ pub struct Node {
     cluster: Arc<Cluster>,
     /// When this node last announced itself (Unix ms).
     last_heartbeat: std::sync::atomic::AtomicI64,
+    user_buckets: crate::limits::UserBuckets,
 }
 
 impl Node {
@@ -164,7 +165,12 @@ impl Node {
             identity,
             cluster,
             last_heartbeat: std::sync::atomic::AtomicI64::new(0),
+            user_buckets: crate::limits::UserBuckets::default(),
         }))
+    }
+
+    pub(crate) fn user_buckets(&self) -> &crate::limits::UserBuckets {
+        &self.user_buckets
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -293,6 +299,9 @@ impl Node {
             return Err(ERROR_BAD_REQUEST);
         }
         let resolved = self.api_resolve(channel)?;
+        if !resolved.ns.admit_publication(self.time.now_ms()) {
+            return Err(ERROR_TOO_MANY_REQUESTS);
+        }
         let mut opts = self.publish_options(resolved.options());
         if req.skip_history {
             opts.history_size = 0;

@@ -231,6 +231,11 @@ impl<'a> Ports<'a> {
         &self.node.config().client
     }
 
+    /// The per-user command buckets (`client.command_rate_limit.user_rate`).
+    pub(crate) fn user_buckets(&self) -> &'a crate::limits::UserBuckets {
+        self.node.user_buckets()
+    }
+
     /// This node's id (the `node` of emulation connect results).
     pub(crate) fn node_uid(&self) -> &'a str {
         &self.node.identity().uid

@@ -39,6 +39,10 @@ pub struct Config {
     pub health: HealthConfig,
     pub node: NodeConfig,
     pub runtime: RuntimeConfig,
+    /// Address lists and trusted proxies (Herald's own section).
+    pub access: crate::edge::AccessConfig,
+    /// Herald's own rate limits.
+    pub limits: crate::edge::LimitsConfig,
 }
 
 impl Config {

@@ -26,25 +26,54 @@ use tokio::time::{Instant, Sleep};
 
 use crate::api::{self, Body};
 use crate::config::Config;
+use crate::edge::gate;
 use crate::router::{Route, route};
 use crate::state::AppState;
 use crate::transport::stream;
 use crate::transport::{self, ws};
 
 /// Serves one accepted connection from `peer` until it ends.
-pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr) {
+pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr) {
     // On Linux the accepted socket inherits TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     let http = &state.config.http_server;
+    let mut prefix = Vec::new();
+    if state.edge.proxy_protocol && state.edge.trusts(peer.ip()) {
+        match tokio::time::timeout(http.request_head_timeout, gate::read_proxy_header(&stream)).await {
+            Ok(Ok((source, rest))) => {
+                peer = source.unwrap_or(peer);
+                prefix = rest;
+            }
+            Ok(Err(problem)) => {
+                metrics::counter!("herald_proxy_protocol_errors_total").increment(1);
+                tracing::debug!(%peer, %problem, "closing a connection without a valid PROXY protocol header");
+                return;
+            }
+            Err(_) => return timed_out(Phase::Head),
+        }
+    }
     let head =
-        match tokio::time::timeout(http.request_head_timeout, read_head(&stream, http.max_request_head_size)).await {
+        match tokio::time::timeout(http.request_head_timeout, read_head(&stream, prefix, http.max_request_head_size))
+            .await
+        {
             Ok(Ok(head)) => head,
             Ok(Err(HeadError::TooLarge)) => return transport::reject(stream, 431, "request head too large", "").await,
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
-    let endpoint = match first_route(&state.config, &head) {
+    let first = first_route(&state.config, &head);
+    // Requests hyper serves are admitted one by one in `http_request`; here only the routes
+    // whose transport takes the socket.
+    if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
+        match gate::admit_head(&state, route, peer, &head) {
+            Ok(client) => peer = client,
+            Err((status, message)) => {
+                return transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
+            }
+        }
+    }
+    let endpoint = match first {
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
         Some(Route::UniWebSocket) => Some(ws::Endpoint::Uni),
@@ -100,8 +129,24 @@ pub fn malformed_head(head: &[u8]) -> Option<(u16, String)> {
 }
 
 /// Reads a request head: returns the bytes read (head and possibly more).
-async fn read_head(stream: &TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
+async fn read_head(stream: &TcpStream, mut prefix: Vec<u8>, max: usize) -> Result<Vec<u8>, HeadError> {
     let mut head = HeadBuffer::new(max);
+    // Bytes that came after a PROXY protocol header.
+    while !prefix.is_empty() {
+        let room = head.spare().ok_or(HeadError::TooLarge)?;
+        let n = room.len().min(prefix.len());
+        room[..n].copy_from_slice(&prefix[..n]);
+        prefix.drain(..n);
+        match head.filled(n) {
+            HeadScan::Complete => {
+                let mut bytes = head.into_bytes();
+                bytes.extend_from_slice(&prefix);
+                return Ok(bytes);
+            }
+            HeadScan::TooLarge => return Err(HeadError::TooLarge),
+            HeadScan::Partial => {}
+        }
+    }
     let mut first = true;
     loop {
         // The request usually arrives with the connection: try reading before waiting for a
@@ -352,7 +397,20 @@ async fn http_request(
     peer: SocketAddr,
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Body>, Infallible> {
-    Ok(match route(&state.config, req.uri().path(), false) {
+    let routed = route(&state.config, req.uri().path(), false);
+    let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let peer = match gate::admit(&state, &routed, peer, headers) {
+        Ok(client) => client,
+        Err((status, message)) => {
+            let mut response =
+                api::transport_error(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), message);
+            if !crate::edge::retry_after(status).is_empty() {
+                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            return Ok(response);
+        }
+    };
+    Ok(match routed {
         Route::Health => api::health(&state),
         Route::Metrics => api::metrics(&state),
         Route::Api(name) => {

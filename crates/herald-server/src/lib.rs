@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod config_error;
 pub mod config_keys;
+pub mod edge;
 pub mod engine;
 pub mod entry;
 pub mod loader;

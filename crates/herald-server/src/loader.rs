@@ -214,6 +214,9 @@ fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
 /// Checks what deserialization cannot: values in range, engines that exist, and everything the
 /// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    if let Err((key, problem)) = crate::edge::Edge::new(cfg) {
+        return Err(ConfigError::invalid(key, problem));
+    }
     if !["memory", "redis"].contains(&cfg.engine.kind.as_str()) {
         return Err(ConfigError::invalid(
             "engine.type",

@@ -36,6 +36,8 @@ pub struct AppState {
     pub refusals: LogThrottle,
     /// `accept` failures (usually out of file descriptors anyway).
     pub accept_failures: LogThrottle,
+    /// Address lists, trusted proxies and admission limits.
+    pub edge: crate::edge::Edge,
 }
 
 impl AppState {
@@ -46,6 +48,8 @@ impl AppState {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
         let connect_headers = node.backend().table().connect_header_names();
+        // `loader::validate` refuses a configuration this cannot compile.
+        let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         AppState {
             node,
             config,
@@ -59,6 +63,7 @@ impl AppState {
             socket_limit: usize::MAX,
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
+            edge,
         }
     }
 }

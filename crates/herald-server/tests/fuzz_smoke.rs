@@ -1,5 +1,5 @@
 //! Stable-toolchain smoke run of the herald-server fuzz targets in `/fuzz` (`api_bodies`,
-//! `config`, `http_head`, `stream_request`; cargo-fuzz needs nightly).
+//! `config`, `http_head`, `proxy_header`, `stream_request`; cargo-fuzz needs nightly).
 //!
 //! Feeds the shared harnesses (included with `#[path]`) their committed seeds
 //! (`fuzz/seeds/<target>/`), mutations of them and random bytes (`fuzz/src/smoke.rs`), from a
@@ -72,6 +72,11 @@ fn api_bodies_smoke() {
 fn config_smoke() {
     // Fewer inputs: each one loads the configuration four times and validates it.
     smoke("config", 0x5EED_0102, &seeds("config"), 700, 150, &harness::config);
+}
+
+#[test]
+fn proxy_header_smoke() {
+    smoke("proxy_header", 0x5EED_0105, &seeds("proxy_header"), 3000, 500, &harness::proxy_header);
 }
 
 #[test]

@@ -32,6 +32,7 @@ use herald_proto::{ClientInfo, Command, DisconnectReason, Method, Push, Reply};
 
 use crate::channel::{ChannelError, Resolved};
 use crate::conn::ConnectionInfo;
+use crate::limits::{CommandBudget, OverRate};
 use crate::link::{ClientLink, Control};
 use crate::metrics;
 use crate::node::Node;
@@ -94,6 +95,8 @@ pub struct Session {
     /// The refresh proxy extends this connection at `expire_at`.
     server_refresh: bool,
     subs: Vec<Sub>,
+    /// `client.command_rate_limit` state, from the first command after connect.
+    budget: Option<Box<CommandBudget>>,
     /// Rarely present parts, boxed so an ordinary session does not carry them.
     ext: Option<Box<Extras>>,
 }
@@ -137,6 +140,7 @@ impl Session {
             expire_at: 0,
             server_refresh: false,
             subs: Vec::new(),
+            budget: None,
             ext: None,
         }
     }
@@ -290,6 +294,31 @@ impl Session {
         if cmd.id == 0 && !matches!(method, Method::Send(_)) {
             metrics::command(name, "disconnect");
             return self.disconnect(DISCONNECT_BAD_REQUEST);
+        }
+        let limit = &p.rules().command_rate_limit;
+        if limit.enabled() {
+            // The one check a command pays when the limit is on (a delivery pays none).
+            let now = p.time().now_ms();
+            let user = &self.user;
+            let budget = self.budget.get_or_insert_with(|| {
+                Box::new(if limit.user_rate > 0 && !user.is_empty() {
+                    CommandBudget::with_user(limit, now, p.user_buckets().get(user, &limit.user_rate(), now))
+                } else {
+                    CommandBudget::new(limit, now)
+                })
+            });
+            match budget.check(limit, now) {
+                Ok(()) => {}
+                Err(OverRate::Refuse) => {
+                    metrics::limit_refused("command_rate", "error");
+                    return self.finish(name, cmd.id, Err(ERROR_TOO_MANY_REQUESTS.into()));
+                }
+                Err(OverRate::Disconnect) => {
+                    metrics::limit_refused("command_rate", "disconnect");
+                    metrics::command(name, "disconnect");
+                    return self.disconnect(DISCONNECT_TOO_MANY_REQUESTS);
+                }
+            }
         }
         let r = match method {
             Method::Connect(_) => Err(bad_request()),

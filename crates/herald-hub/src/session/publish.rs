@@ -25,7 +25,8 @@ impl Session {
     }
 
     pub(super) async fn publish(&mut self, p: &Ports<'_>, id: u32, req: &PublishRequest) -> CmdResult {
-        let o = self.resolve_for_command(p, &req.channel)?;
+        let ns = check_channel(p, &req.channel)?.ns;
+        let o = &ns.options;
         let proxy = p.backend().table().channel_route(o, ProxyKind::Publish);
         // With a publish proxy the backend decides instead of the `allow_publish_*` options.
         if proxy.is_none()
@@ -40,6 +41,9 @@ impl Session {
         }
         if req.data.is_empty() {
             return Err(ERROR_BAD_REQUEST.into());
+        }
+        if !ns.admit_publication(p.time().now_ms()) {
+            return Err(ERROR_TOO_MANY_REQUESTS.into());
         }
         let mut data = req.data.clone();
         let mut skip_history = false;

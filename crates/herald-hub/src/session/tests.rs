@@ -161,6 +161,51 @@ fn a_refusal_from_the_authenticator_is_the_connect_outcome() {
     assert_eq!(node.hub().num_clients(), 0);
 }
 
+/// `client.command_rate_limit`: the burst passes, the next command gets 111, and one more than
+/// `disconnect_after` refusals in a row closes the connection with 3013; time refills.
+#[test]
+fn commands_over_the_rate_get_111_then_a_disconnect() {
+    let clock = Arc::new(ManualClock::new(NOW * 1000));
+    let mut cfg = HubConfig::default();
+    let sub = ChannelOptions { allow_subscribe_for_client: true, ..Default::default() };
+    cfg.channel.namespaces = vec![Namespace { name: "news".into(), options: sub }];
+    cfg.client.command_rate_limit =
+        crate::limits::CommandRateLimit { rate: 2, burst: 2, disconnect_after: 2, ..Default::default() };
+    let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    let node = Node::new(cfg, identity, clock.clone()).expect("valid config");
+    let backend = Backend { seen: Mutex::new(Vec::new()) };
+    let link = Arc::new(Recorder::new());
+    let mut session = Session::new(link.clone(), ConnectionInfo::default());
+    let mut run = |cmd: &Command| {
+        let mut ports = node.ports();
+        ports.auth = &backend;
+        session.dispatch(ports, cmd).now_or_never().expect("ready")
+    };
+    assert_eq!(run(&connect(b"\"let me in\"")), Flow::Continue, "connect is not counted");
+    let stats = |id| Command {
+        id,
+        presence_stats: Some(herald_proto::PresenceStatsRequest { channel: "news:a".into() }),
+        ..Default::default()
+    };
+    let errors = |link: &Recorder| {
+        link.frames.lock().unwrap().iter().filter(|f| f.windows(10).any(|w| w == b"\"code\":111")).count()
+    };
+    assert_eq!(run(&stats(2)), Flow::Continue);
+    assert_eq!(run(&stats(3)), Flow::Continue);
+    assert_eq!(errors(&link), 0, "the burst passes");
+    assert_eq!(run(&stats(4)), Flow::Continue);
+    assert_eq!(errors(&link), 1, "the next command gets 111");
+    clock.advance(500);
+    assert_eq!(run(&stats(5)), Flow::Continue);
+    assert_eq!(errors(&link), 1, "a token came back after 500 ms at 2/s");
+    assert_eq!(run(&stats(6)), Flow::Continue);
+    assert_eq!(run(&stats(7)), Flow::Continue);
+    assert_eq!(errors(&link), 3);
+    assert!(link.closes.lock().unwrap().is_empty());
+    assert_eq!(run(&stats(8)), Flow::Stop);
+    assert_eq!(link.closes.lock().unwrap().as_slice(), [DISCONNECT_TOO_MANY_REQUESTS]);
+}
+
 /// Transports keep a `Session` per connection: it must not grow unnoticed.
 #[test]
 fn session_stays_small() {

@@ -363,3 +363,32 @@ fn warnings_for_risky_settings() {
     c.client.token.hmac_secret_key = "s".into();
     assert!(warnings(&c).is_empty());
 }
+
+/// The edge options load from the environment (lists space-separated), and a bad network is
+/// refused naming its key.
+#[test]
+fn edge_options_load_and_bad_networks_are_refused() {
+    let loaded = load_env(&[
+        ("HERALD_ACCESS_TRUSTED_PROXIES", "10.0.0.0/8 127.0.0.2"),
+        ("HERALD_ACCESS_CLIENT_DENY", "192.0.2.0/24"),
+        ("HERALD_ACCESS_PROXY_PROTOCOL", "true"),
+        ("HERALD_CLIENT_CONNECTION_LIMIT", "1000"),
+        ("HERALD_CLIENT_CONNECTION_RATE_LIMIT", "50"),
+        ("HERALD_CLIENT_COMMAND_RATE_LIMIT_RATE", "20"),
+        ("HERALD_LIMITS_CONNECTION_RATE_PER_ADDRESS", "5"),
+        ("HERALD_LIMITS_API_RATE", "100"),
+    ])
+    .unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.access.trusted_proxies, ["10.0.0.0/8", "127.0.0.2"]);
+    assert_eq!(c.access.client.deny, ["192.0.2.0/24"]);
+    assert!(c.access.proxy_protocol);
+    assert_eq!((c.client.connection_limit, c.client.connection_rate_limit), (1000, 50));
+    assert_eq!(c.client.command_rate_limit.rate, 20);
+    assert_eq!((c.limits.connection_rate_per_address, c.limits.api_rate), (5, 100));
+    validate(c).unwrap();
+    let loaded = load_env(&[("HERALD_ACCESS_API_ALLOW", "10.0.0.0/8 10.1.2.3/99")]).unwrap();
+    let err = validate(&loaded.config).unwrap_err();
+    assert_eq!(err.key(), Some("access.api.allow"));
+    assert!(err.to_string().contains("\"10.1.2.3/99\": the prefix length must be 0 to 32"), "{err}");
+}

@@ -13,6 +13,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod edge;
 mod frames;
 mod http_edge;
 mod protocol;

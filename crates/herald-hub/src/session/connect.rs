@@ -124,7 +124,10 @@ impl Session {
         self.expire_at = expires_at.unwrap_or(0);
         self.server_refresh = server_refresh;
         if meta.is_empty() {
-            self.ext = None;
+            // The kept headers are not needed once connected; a rate budget is made later.
+            if self.ext.as_ref().is_some_and(|e| e.budget.is_none()) {
+                self.ext = None;
+            }
         } else {
             self.ext.get_or_insert_with(Default::default).meta = meta;
         }

@@ -95,8 +95,6 @@ pub struct Session {
     /// The refresh proxy extends this connection at `expire_at`.
     server_refresh: bool,
     subs: Vec<Sub>,
-    /// `client.command_rate_limit` state, from the first command after connect.
-    budget: Option<Box<CommandBudget>>,
     /// Rarely present parts, boxed so an ordinary session does not carry them.
     ext: Option<Box<Extras>>,
 }
@@ -108,6 +106,8 @@ struct Extras {
     headers: Vec<(String, String)>,
     /// Private connection meta (raw JSON) for proxies with `include_connection_meta`.
     meta: Bytes,
+    /// `client.command_rate_limit` state, from the first command after connect.
+    budget: Option<CommandBudget>,
 }
 
 fn bad_request() -> Refusal {
@@ -140,7 +140,6 @@ impl Session {
             expire_at: 0,
             server_refresh: false,
             subs: Vec::new(),
-            budget: None,
             ext: None,
         }
     }
@@ -149,7 +148,7 @@ impl Session {
     pub fn with_headers(link: Arc<dyn ClientLink>, conn: ConnectionInfo, headers: Vec<(String, String)>) -> Session {
         let mut session = Session::new(link, conn);
         if !headers.is_empty() {
-            session.ext = Some(Box::new(Extras { headers, meta: Bytes::new() }));
+            session.ext = Some(Box::new(Extras { headers, ..Default::default() }));
         }
         session
     }
@@ -300,12 +299,12 @@ impl Session {
             // The one check a command pays when the limit is on (a delivery pays none).
             let now = p.time().now_ms();
             let user = &self.user;
-            let budget = self.budget.get_or_insert_with(|| {
-                Box::new(if limit.user_rate > 0 && !user.is_empty() {
+            let budget = self.ext.get_or_insert_with(Default::default).budget.get_or_insert_with(|| {
+                if limit.user_rate > 0 && !user.is_empty() {
                     CommandBudget::with_user(limit, now, p.user_buckets().get(user, &limit.user_rate(), now))
                 } else {
                     CommandBudget::new(limit, now)
-                })
+                }
             });
             match budget.check(limit, now) {
                 Ok(()) => {}

@@ -13,6 +13,8 @@
 //! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
 //!   shutdown;
 //! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
+//! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change, and
+//!   the pump that hands a decrypted connection to [`entry`];
 //! - [`entry`]: a connection's first request head, then a transport or hyper;
 //! - [`router`]: request head → [`router::Route`], the one list of endpoints;
 //! - [`transport`]: client transports ([`transport::ws`]: handshake, connection task, link,
@@ -32,4 +34,5 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

@@ -274,8 +274,10 @@ fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
     let node = Node::new(config.hub(), identity, Arc::new(SystemClock))?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
+    let tls = crate::tls::Tls::from_config(&config.http_server.tls)?;
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;
+    state.tls = tls;
     Ok(Arc::new(state))
 }
 
@@ -342,7 +344,15 @@ async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting
                     state.connections.entered();
                     let entered = Entered(state.clone());
                     tokio::spawn(async move {
-                        handle_connection(entered.0.clone(), stream, peer).await;
+                        let state = entered.0.clone();
+                        match &state.tls {
+                            Some(tls) => {
+                                let timeout = state.config.http_server.request_head_timeout;
+                                let serve = |plain| handle_connection(state.clone(), plain, peer);
+                                tls.serve(stream, peer, timeout, serve).await;
+                            }
+                            None => handle_connection(state.clone(), stream, peer).await,
+                        }
                         drop(entered);
                     });
                 }
@@ -428,7 +438,8 @@ async fn run(
         }
     });
 
-    tracing::info!(address = %local, node = %node.identity().name, "herald listening on {local}");
+    let scheme = if state.tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, node = %node.identity().name, scheme, "herald listening on {local} ({scheme})");
     tokio::select! {
         _ = accept_loop(&state, listener, accepting) => {}
         _ = shutdown => {}

@@ -34,6 +34,8 @@ pub struct AppState {
     pub refusals: LogThrottle,
     /// `accept` failures (usually out of file descriptors anyway).
     pub accept_failures: LogThrottle,
+    /// `http_server.tls`, when enabled.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             socket_limit: usize::MAX,
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
+            tls: None,
         }
     }
 }

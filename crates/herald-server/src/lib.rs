@@ -15,6 +15,8 @@
 //! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
 //! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change, and
 //!   the pump that hands a decrypted connection to [`entry`];
+//! - [`reload`]: the configuration loaded again on SIGHUP, applied where it can be, refused
+//!   whole when invalid;
 //! - [`entry`]: a connection's first request head, then a transport or hyper;
 //! - [`router`]: request head → [`router::Route`], the one list of endpoints;
 //! - [`transport`]: client transports ([`transport::ws`]: handshake, connection task, link,
@@ -30,6 +32,7 @@ pub mod config_error;
 pub mod config_keys;
 pub mod entry;
 pub mod loader;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod state;

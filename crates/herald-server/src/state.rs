@@ -36,6 +36,9 @@ pub struct AppState {
     pub accept_failures: LogThrottle,
     /// `http_server.tls`, when enabled.
     pub tls: Option<crate::tls::Tls>,
+    /// Configuration reload on SIGHUP (absent when the server was started without a source to
+    /// load the configuration from again, e.g. in tests of the library).
+    pub reloader: Option<crate::reload::Reloader>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
             tls: None,
+            reloader: None,
         }
     }
 }

@@ -75,6 +75,12 @@ impl Tls {
         self.certs.current()
     }
 
+    /// Reads the certificate files now if they changed; true when a new pair is served from now
+    /// on (configuration reload).
+    pub fn reread(&self) -> bool {
+        self.certs.refresh(true)
+    }
+
     /// Completes the handshake on `stream` within `timeout`, then serves the decrypted
     /// connection with `serve` (given the plaintext end of a loopback connection) until either
     /// side ends.
@@ -257,15 +263,17 @@ impl Certificates {
     /// Reads the files again if they changed since they were last read (looked at no more than
     /// once per [`RECHECK`]). A pair that does not load (a half-written file, a key that does
     /// not match) is logged and the old one stays in use; it is tried again when a file changes.
-    fn refresh(&self) {
+    /// `force`: look now, however recently the files were looked at. True when a new pair was
+    /// loaded.
+    fn refresh(&self, force: bool) -> bool {
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked.0.elapsed() < RECHECK {
-            return;
+        if !force && checked.0.elapsed() < RECHECK {
+            return false;
         }
         checked.0 = Instant::now();
         let stamps = (self.cert.stamp(), self.key.stamp());
         if stamps == checked.1 {
-            return;
+            return false;
         }
         checked.1 = stamps;
         match certified_key(&self.cert, &self.key) {
@@ -273,10 +281,12 @@ impl Certificates {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
                 metrics::counter!("herald_tls_certificate_reloads_total", "outcome" => "ok").increment(1);
                 tracing::info!("TLS certificate files changed: the new certificate is served from now on");
+                true
             }
             Err(e) => {
                 metrics::counter!("herald_tls_certificate_reloads_total", "outcome" => "error").increment(1);
                 tracing::warn!(error = %e, "TLS certificate files changed but do not load; still serving the previous certificate");
+                false
             }
         }
     }
@@ -284,7 +294,7 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.refresh();
+        self.refresh(false);
         Some(self.current())
     }
 }
@@ -382,17 +392,17 @@ mod tests {
         let (cert2, key2) = pair("two.test");
         std::fs::write(&c, &cert2).unwrap();
         force();
-        certs.refresh();
+        certs.refresh(false);
         assert!(Arc::ptr_eq(&certs.current(), &first));
         // Then the key: the new pair is used.
         std::fs::write(&k, &key2).unwrap();
         force();
-        certs.refresh();
+        certs.refresh(false);
         let second = certs.current();
         assert_eq!(second.cert[0].as_ref(), CertificateDer::from_pem_slice(cert2.as_bytes()).unwrap().as_ref());
         // Unchanged files are not read again.
         force();
-        certs.refresh();
+        certs.refresh(false);
         assert!(Arc::ptr_eq(&certs.current(), &second));
     }
 }

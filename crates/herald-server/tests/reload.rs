@@ -45,6 +45,8 @@ async fn sighup_applies_the_log_level_names_the_rest_and_refuses_an_invalid_file
     let metrics = herald.metrics().await;
     assert!(metrics.contains("herald_config_version 2"), "{metrics}");
     assert!(metrics.contains(r#"herald_config_reloads_total{outcome="applied"} 1"#), "{metrics}");
+    let info = herald.api_ok("info", json!({})).await;
+    assert_eq!(info["nodes"][0]["config_version"], 2, "{info}");
 
     // An invalid file: refused, the key named, version unchanged.
     std::fs::write(&file, "[client]\nping_interval = \"soon\"\n").unwrap();

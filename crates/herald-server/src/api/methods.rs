@@ -685,6 +685,10 @@ struct NodeInfo {
     #[serde(skip_serializing_if = "is_zero")]
     uptime: u64,
     version: String,
+    /// Herald's own field: the active configuration's version (1 at start, +1 per applied
+    /// reload); absent when the server cannot reload.
+    #[serde(skip_serializing_if = "is_zero")]
+    config_version: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -703,6 +707,7 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiErr
         uid: id.uid.clone(),
         uptime: stats.uptime_secs,
         version: id.version.clone(),
+        config_version: ctx.state.reloader.as_ref().map_or(0, |r| r.version()),
     };
     Ok(InfoResult { nodes: [node] })
 }

@@ -20,7 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncWriteExt, split};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, split};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -30,9 +30,11 @@ use crate::config_error::ConfigError;
 /// How often, at most, a handshake checks whether the certificate files changed.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Buffer of each direction of the pump: one TLS record's plaintext fits in 16 KiB; smaller
-/// reads only mean more of them.
-const PUMP_BUFFER: usize = 4096;
+/// The pump's buffer towards the client: one TLS record's plaintext (16 KiB) at most.
+const DOWN_BUFFER: usize = 16 * 1024;
+/// The pump's buffer from the client, held for the connection's life: commands are small, and a
+/// larger one only takes more reads.
+const UP_BUFFER: usize = 1024;
 
 /// The TLS side of the listener: what accepts handshakes.
 pub struct Tls {
@@ -115,18 +117,45 @@ impl Tls {
 
 /// Moves bytes between the TLS stream and the plaintext loopback end until the server side
 /// closes (the entry finished with the connection) or the client goes away.
+///
+/// Idle memory matters more than copy speed here: towards the client (pushes, the bulk) a buffer
+/// is allocated only once the loopback end is readable and freed after the write; from the
+/// client (commands, small) a small fixed buffer.
 async fn pump(tls: tokio_rustls::server::TlsStream<TcpStream>, outer: TcpStream) {
     let (mut tls_read, mut tls_write) = split(tls);
-    let (mut outer_read, mut outer_write) = outer.into_split();
+    let (outer_read, mut outer_write) = outer.into_split();
     let mut up = std::pin::pin!(async {
-        let mut reader = tokio::io::BufReader::with_capacity(PUMP_BUFFER, &mut tls_read);
-        let _ = tokio::io::copy_buf(&mut reader, &mut outer_write).await;
+        let mut buf = [0u8; UP_BUFFER];
+        loop {
+            match tls_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if outer_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         // The client is done sending: the server sees the end of its request stream.
         let _ = outer_write.shutdown().await;
     });
     let down = async {
-        let mut reader = tokio::io::BufReader::with_capacity(PUMP_BUFFER, &mut outer_read);
-        let _ = tokio::io::copy_buf(&mut reader, &mut tls_write).await;
+        loop {
+            if outer_read.readable().await.is_err() {
+                break;
+            }
+            let mut buf = vec![0u8; DOWN_BUFFER];
+            match outer_read.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tls_write.write_all(&buf[..n]).await.is_err() || tls_write.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
         // close_notify, then FIN.
         let _ = tls_write.shutdown().await;
     };

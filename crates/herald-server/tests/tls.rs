@@ -236,3 +236,45 @@ fn a_bad_certificate_stops_start_up_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http_server.tls.cert_pem"), "{stderr}");
 }
+
+/// The HTTP streaming transports take the socket after the request: over TLS they get the
+/// decrypted connection like the WebSocket transport.
+#[tokio::test]
+async fn uni_sse_over_tls() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.leaf("first"));
+    let herald = Herald::start(&[
+        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
+        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", cert.to_str().unwrap()),
+        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", key.to_str().unwrap()),
+        ("HERALD_UNI_SSE_ENABLED", "true"),
+    ]);
+    let connector = ca.connector();
+    let connect = json!({"token": token("dave")}).to_string();
+    let query: String = connect
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let mut tls = tls_connect(herald.addr, &connector).await;
+    let request = format!("GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains("\"connect\"") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the connect event in time");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains("\"client\""), "{text}");
+}

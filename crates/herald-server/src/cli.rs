@@ -223,7 +223,7 @@ fn serve(args: ServeArgs) -> Result<(), StartupError> {
     loader::validate(&config)?;
     print_warnings(&loader::warnings(&config));
     telemetry::init_logging(&config.log);
-    crate::server::serve(config)
+    crate::server::serve_reloadable(config, Some(crate::reload::Source { file, overrides }))
 }
 
 fn checkconfig(args: CheckconfigArgs) -> Result<(), ConfigError> {

@@ -78,6 +78,21 @@ pub struct HttpServerConfig {
     /// accepted and closed at once while the open ones reach the process's file limit
     /// (`RLIMIT_NOFILE`) minus this reserve.
     pub file_limit_reserve: usize,
+    /// `http_server.tls`: TLS on the listening port (every endpoint).
+    pub tls: TlsConfig,
+}
+
+/// `http_server.tls` (Centrifugo v6 names). `cert_pem` and `key_pem` each hold a PEM text, its
+/// base64 encoding, or the path of a PEM file; files are read again when they change
+/// (`crate::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// The certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
 }
 
 impl Default for HttpServerConfig {
@@ -89,6 +104,7 @@ impl Default for HttpServerConfig {
             request_head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             file_limit_reserve: 64,
+            tls: TlsConfig::default(),
         }
     }
 }

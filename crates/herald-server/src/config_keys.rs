@@ -33,6 +33,8 @@ pub struct Refusal {
 
 const TLS: &str = "clients would be served without TLS; terminate TLS in a reverse proxy in front of Herald \
                    and turn this off";
+const MTLS: &str = "clients would be accepted without a certificate; verify client certificates in a reverse \
+                    proxy in front of Herald and remove this";
 const CLUSTER: &str = "this node would run alone and lose the messages published on other nodes; run a single \
                        Herald node with engine.type \"memory\" and turn this off";
 const REDIS_AUTH: &str = "Herald would connect without it; put it in engine.redis.address \
@@ -53,7 +55,10 @@ const INTERNAL_PORT: &str = "the server API, /metrics and /health are served on 
 
 /// Options whose path is fixed.
 const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
-    ("http_server.tls", "TLS", &["enabled"], TLS),
+    ("http_server.tls.client_ca_pem", "client certificate verification", &[""], MTLS),
+    ("http_server.tls.server_ca_pem", "a CA for outgoing TLS connections", &[], ""),
+    ("http_server.tls.insecure_skip_verify", "skipping verification of outgoing TLS connections", &[], ""),
+    ("http_server.tls.server_name", "a server name for outgoing TLS connections", &[], ""),
     ("http_server.tls_autocert", "automatic TLS certificates (ACME)", &["enabled"], TLS),
     ("http_server.tls_external", "TLS for external endpoints only", &[], ""),
     ("http_server.internal_port", "a separate port for the API, metrics and health", &[""], INTERNAL_PORT),
@@ -329,12 +334,14 @@ mod tests {
 
     #[test]
     fn refusals_and_warnings_for_files() {
-        let refused = file_key("http_server.tls", &json!({"enabled": true, "cert_pem": "x"}));
-        assert_eq!(refused.unwrap().unwrap_err().key, "http_server.tls.enabled");
-        let off = file_key("http_server.tls", &json!({"enabled": false}));
+        // TLS itself is implemented; verifying client certificates is not, and is refused.
+        assert_eq!(file_key("http_server.tls", &json!({"enabled": true})), None);
+        let mtls = file_key("http_server.tls.client_ca_pem", &json!("/etc/ca.pem"));
+        assert_eq!(mtls.unwrap().unwrap_err().key, "http_server.tls.client_ca_pem");
+        let off = file_key("http_server.tls_autocert", &json!({"enabled": false}));
         assert_eq!(
             off.unwrap().unwrap(),
-            r#""http_server.tls" is a Centrifugo option Herald does not implement yet (TLS); ignored"#
+            r#""http_server.tls_autocert" is a Centrifugo option Herald does not implement yet (automatic TLS certificates (ACME)); ignored"#
         );
         assert_eq!(file_key("client.proxy", &json!({"refresh": {"enabled": "true"}})), None, "implemented");
         let ns = file_key("channel.namespaces[2].subscribe_stream_proxy_enabled", &json!(true)).unwrap();
@@ -357,10 +364,9 @@ mod tests {
 
     #[test]
     fn refusals_and_warnings_for_env() {
-        let tls = env_var("HERALD_HTTP_SERVER_TLS_ENABLED", "1").unwrap().unwrap_err();
-        assert_eq!(tls.key, "http_server.tls.enabled");
-        assert!(env_var("HERALD_HTTP_SERVER_TLS_ENABLED", "false").unwrap().is_ok());
-        assert!(env_var("HERALD_HTTP_SERVER_TLS_CERT_PEM", "x").unwrap().is_ok());
+        assert_eq!(env_var("HERALD_HTTP_SERVER_TLS_ENABLED", "1"), None, "TLS is implemented");
+        let mtls = env_var("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", "x").unwrap().unwrap_err();
+        assert_eq!(mtls.key, "http_server.tls.client_ca_pem");
         assert_eq!(
             env_var("HERALD_ADMIN_PASSWORD", "x").unwrap().unwrap(),
             r#"environment variable "HERALD_ADMIN_PASSWORD" (admin) is a Centrifugo option Herald does not implement yet (the admin web UI); ignored"#

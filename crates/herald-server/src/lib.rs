@@ -13,6 +13,10 @@
 //! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
 //!   shutdown;
 //! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
+//! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change, and
+//!   the pump that hands a decrypted connection to [`entry`];
+//! - [`reload`]: the configuration loaded again on SIGHUP, applied where it can be, refused
+//!   whole when invalid;
 //! - [`entry`]: a connection's first request head, then a transport or hyper;
 //! - [`router`]: request head → [`router::Route`], the one list of endpoints;
 //! - [`transport`]: client transports ([`transport::ws`]: handshake, connection task, link,
@@ -33,8 +37,10 @@ pub mod engine;
 pub mod entry;
 pub mod loader;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

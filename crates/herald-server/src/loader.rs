@@ -305,6 +305,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_echo_endpoint(cfg, &endpoints)?;
+    // Reads and checks the certificate and key (the server builds its own copy at start).
+    crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(

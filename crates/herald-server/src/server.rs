@@ -87,19 +87,24 @@ impl std::error::Error for StartupError {
 /// do (`docs/architecture.md`, "Threads"). The calling thread is worker 0 and also runs the
 /// timers and the shutdown sequence.
 pub fn serve(config: Config) -> Result<(), StartupError> {
+    serve_reloadable(config, None)
+}
+
+/// [`serve`], and on SIGHUP the configuration is loaded again from `source` ([`crate::reload`]).
+pub fn serve_reloadable(config: Config, source: Option<crate::reload::Source>) -> Result<(), StartupError> {
     let workers = config.runtime.worker_count();
     let per_core = config.runtime.scheduler != WORK_STEALING;
     let listeners = bind_listeners(&config, if per_core { workers } else { 1 })?;
     let local = listeners[0].local_addr().map_err(StartupError::Listener)?;
     let (accepting_tx, accepting) = tokio::sync::watch::channel(true);
     if !per_core {
-        return serve_work_stealing(config, workers, listeners, local, accepting_tx, accepting);
+        return serve_work_stealing(config, source, workers, listeners, local, accepting_tx, accepting);
     }
     // Every runtime is built before any thread starts, so a failure stops start-up cleanly.
     let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
     let mut runtimes = runtimes.into_iter();
     let runtime = runtimes.next().expect("at least one worker");
-    let state = runtime.block_on(new_state(config, local, workers))?;
+    let state = runtime.block_on(new_state(config, source, local, workers))?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
@@ -151,6 +156,7 @@ fn start_relay(index: usize) {
 /// may run on any worker.
 fn serve_work_stealing(
     config: Config,
+    source: Option<crate::reload::Source>,
     workers: usize,
     listeners: Vec<std::net::TcpListener>,
     local: SocketAddr,
@@ -164,7 +170,7 @@ fn serve_work_stealing(
         .build()
         .map_err(StartupError::Runtime)?;
     runtime.block_on(async {
-        let state = new_state(config, local, 0).await?;
+        let state = new_state(config, source, local, 0).await?;
         let listener = listeners.into_iter().next().expect("one listener");
         let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
         run(state, listener, accepting_tx, accepting, shutdown_signal()).await
@@ -237,6 +243,26 @@ pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::Tcp
     Ok(all)
 }
 
+/// Reloads the configuration on every SIGHUP ([`crate::reload`]); without a reloader, SIGHUP is
+/// logged and ignored (instead of ending the process, its default action).
+async fn reload_on_hangup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            match &state.reloader {
+                Some(reloader) => {
+                    reloader.reload(&state);
+                }
+                None => tracing::warn!("SIGHUP ignored: this server cannot load its configuration again"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
 /// Completes on SIGTERM or SIGINT. The handlers are registered when this is called, not when
 /// the future is first polled: a signal that arrives right after the "listening" line (a
 /// supervisor, a test) must start a graceful shutdown instead of killing the process.
@@ -272,7 +298,12 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 /// Builds what request handlers share: the node, metrics and transport settings. With a network
 /// engine (Redis, NATS) it connects first (and fails when the engine cannot be reached),
 /// starting the engine's tasks on the calling runtime.
-async fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> Result<Arc<AppState>, StartupError> {
+async fn new_state(
+    config: Config,
+    source: Option<crate::reload::Source>,
+    local: SocketAddr,
+    pinned_workers: usize,
+) -> Result<Arc<AppState>, StartupError> {
     let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
@@ -280,8 +311,12 @@ async fn new_state(config: Config, local: SocketAddr, pinned_workers: usize) -> 
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
     let node = crate::engine::build_node(&config, identity).await?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
+    let tls = crate::tls::Tls::from_config(&config.http_server.tls)?;
+    let reloader = source.map(|source| crate::reload::Reloader::new(source, config.clone()));
     let mut state = AppState::new(config, node, metrics, pinned_workers);
     state.socket_limit = socket_limit;
+    state.tls = tls;
+    state.reloader = reloader;
     Ok(Arc::new(state))
 }
 
@@ -348,7 +383,15 @@ async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting
                     state.connections.entered();
                     let entered = Entered(state.clone());
                     tokio::spawn(async move {
-                        handle_connection(entered.0.clone(), stream, peer).await;
+                        let state = entered.0.clone();
+                        match &state.tls {
+                            Some(tls) => {
+                                let timeout = state.config.http_server.request_head_timeout;
+                                let serve = |plain| handle_connection(state.clone(), plain, peer);
+                                tls.serve(stream, peer, timeout, serve).await;
+                            }
+                            None => handle_connection(state.clone(), stream, peer).await,
+                        }
                         drop(entered);
                     });
                 }
@@ -447,7 +490,9 @@ async fn run(
         }
     });
 
-    tracing::info!(address = %local, node = %node.identity().name, "herald listening on {local}");
+    let reloads = tokio::spawn(reload_on_hangup(state.clone()));
+    let scheme = if state.tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, node = %node.identity().name, scheme, "herald listening on {local} ({scheme})");
     tokio::select! {
         _ = accept_loop(&state, listener, accepting) => {}
         _ = shutdown => {}
@@ -459,6 +504,7 @@ async fn run(
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
     cluster.abort();
+    reloads.abort();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -38,6 +38,11 @@ pub struct AppState {
     pub accept_failures: LogThrottle,
     /// Address lists, trusted proxies and admission limits.
     pub edge: crate::edge::Edge,
+    /// `http_server.tls`, when enabled.
+    pub tls: Option<crate::tls::Tls>,
+    /// Configuration reload on SIGHUP (absent when the server was started without a source to
+    /// load the configuration from again, e.g. in tests of the library).
+    pub reloader: Option<crate::reload::Reloader>,
 }
 
 impl AppState {
@@ -64,6 +69,8 @@ impl AppState {
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
             edge,
+            tls: None,
+            reloader: None,
         }
     }
 }

@@ -4,10 +4,12 @@
 //! empty, replaces `log.level` with a full filter (e.g. `RUST_LOG=herald_hub=debug,info`).
 
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::LogConfig;
 
@@ -15,6 +17,7 @@ use crate::config::LogConfig;
 /// (`none` turns logging off unless `RUST_LOG` is set). Does nothing if a subscriber is
 /// already installed.
 pub fn init_logging(cfg: &LogConfig) {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|d| !d.trim().is_empty());
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => match EnvFilter::try_new(&directives) {
             Ok(filter) => filter,
@@ -31,12 +34,41 @@ pub fn init_logging(cfg: &LogConfig) {
             None => return,
         },
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     // An error only means a subscriber is already installed (tests, repeated calls).
-    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let installed =
+        if cfg.format == "json" { registry.with(fmt.json()).try_init() } else { registry.with(fmt).try_init() };
+    if installed.is_ok() && !from_env {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// The filter of the installed subscriber, when `log.level` chose it (not `RUST_LOG`).
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Why a new `log.level` could not be applied while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LevelChange {
+    Applied,
+    /// `RUST_LOG` decides the filter.
+    SetByEnv,
+    /// Logging was off (`none`) at start, or no subscriber of Herald's is installed: a restart
+    /// is needed.
+    NeedsRestart,
+}
+
+/// Applies a new `log.level` to the running subscriber (`herald` reload).
+pub fn set_level(level: &str) -> LevelChange {
+    if std::env::var("RUST_LOG").is_ok_and(|d| !d.trim().is_empty()) {
+        return LevelChange::SetByEnv;
+    }
+    let (Some(handle), Some(filter)) = (LEVEL.get(), level_filter(level)) else { return LevelChange::NeedsRestart };
+    match handle.reload(filter) {
+        Ok(()) => LevelChange::Applied,
+        Err(_) => LevelChange::NeedsRestart,
+    }
 }
 
 /// The filter for a `log.level` value; `None` for `none`. Unknown levels fall back to `info`

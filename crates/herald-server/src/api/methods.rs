@@ -685,6 +685,10 @@ struct NodeInfo {
     #[serde(skip_serializing_if = "is_zero")]
     uptime: u64,
     version: String,
+    /// Herald's own field: the active configuration's version (1 at start, +1 per applied
+    /// reload); absent when the server cannot reload.
+    #[serde(skip_serializing_if = "is_zero")]
+    config_version: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -692,7 +696,10 @@ fn is_zero(v: &u64) -> bool {
 }
 
 async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiError> {
-    // Every live node of the cluster (only this one outside a cluster).
+    // Every live node of the cluster (only this one outside a cluster). The configuration
+    // version is known for this node only.
+    let own = ctx.state.node.identity().uid.clone();
+    let config_version = ctx.state.reloader.as_ref().map_or(0, |r| r.version());
     let nodes = ctx
         .state
         .node
@@ -704,6 +711,7 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiErr
             num_clients: n.num_clients,
             num_subs: n.num_subs,
             num_users: n.num_users,
+            config_version: if n.uid == own { config_version } else { 0 },
             uid: n.uid,
             uptime: n.uptime,
             version: n.version,

@@ -300,14 +300,16 @@ fn strict_mode_refuses_ignored_settings() {
 
 #[test]
 fn unsafe_centrifugo_options_are_refused_with_their_source() {
-    let (err, text) = env_error(&[("HERALD_HTTP_SERVER_TLS_ENABLED", "true")]);
+    let (err, text) = env_error(&[("HERALD_HTTP_SERVER_TLS_AUTOCERT_ENABLED", "true")]);
     assert!(matches!(&err, ConfigError::Unsupported { .. }), "{err:?}");
-    assert_eq!(err.key(), Some("http_server.tls.enabled"));
+    assert_eq!(err.key(), Some("http_server.tls_autocert.enabled"));
     assert!(
-        text.starts_with("http_server.tls.enabled: Herald does not support this Centrifugo option yet (TLS); "),
+        text.starts_with(
+            "http_server.tls_autocert.enabled: Herald does not support this Centrifugo option yet (automatic TLS certificates (ACME)); "
+        ),
         "{text}"
     );
-    assert!(text.ends_with("(set by environment variable HERALD_HTTP_SERVER_TLS_ENABLED)"), "{text}");
+    assert!(text.ends_with("(set by environment variable HERALD_HTTP_SERVER_TLS_AUTOCERT_ENABLED)"), "{text}");
 
     // Inside a section set as JSON by a variable Herald knows.
     let (err, text) = env_error(&[("HERALD_CLIENT_TOKEN", r#"{"audience_regex": "^app$"}"#)]);

@@ -114,6 +114,11 @@ impl Herald {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // An empty value removes a default variable (e.g. `HERALD_LOG_LEVEL`, to let a config
+        // file decide).
+        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn herald");
         let stderr = child.stderr.take().expect("piped stderr");

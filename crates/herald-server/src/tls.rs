@@ -1,0 +1,437 @@
+//! TLS on the listening port (`http_server.tls`): the rustls server configuration, the
+//! certificate resolver that reads the PEM files again when they change on disk, and the bridge
+//! that hands a decrypted connection to the connection entry ([`crate::entry`]).
+//!
+//! The transports write to their raw `TcpStream` from any thread under the link's lock
+//! (`transport::link`), so they cannot take a TLS stream as it is. A TLS connection is therefore
+//! decrypted by a small pump task and handed to the entry as the far end of a loopback TCP
+//! connection (docs/architecture.md, "TLS"): every endpoint works over TLS unchanged, at the cost
+//! of two more sockets and one more copy per TLS connection.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, split};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+use crate::config_error::ConfigError;
+
+/// How often, at most, a handshake checks whether the certificate files changed.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The pump's buffer towards the client: one TLS record's plaintext (16 KiB) at most.
+const DOWN_BUFFER: usize = 16 * 1024;
+/// The pump's buffer from the client, held for the connection's life: commands are small, and a
+/// larger one only takes more reads.
+const UP_BUFFER: usize = 1024;
+
+/// The TLS side of the listener: what accepts handshakes.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    certs: Arc<Certificates>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Builds the server configuration from `http_server.tls`; `None` when TLS is off. Errors
+    /// name the key whose value is wrong.
+    pub fn from_config(config: &TlsConfig) -> Result<Option<Tls>, ConfigError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let cert = PemSource::parse("http_server.tls.cert_pem", &config.cert_pem)?;
+        let key = PemSource::parse("http_server.tls.key_pem", &config.key_pem)?;
+        let certs = Arc::new(Certificates::load(cert, key)?);
+        let provider = Arc::new(provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::invalid("http_server.tls", e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // HTTP/1.1 only: the WebSocket upgrade and the streaming transports need it, and hyper
+        // serves the API over HTTP/1.1 here (HTTP/2 is not offered yet).
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Bound what a slow reader can make the server buffer in TLS records.
+        server.send_tls13_tickets = 2;
+        Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), certs }))
+    }
+
+    /// The certificate served now (tests, `info`).
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.certs.current()
+    }
+
+    /// Reads the certificate files now if they changed; true when a new pair is served from now
+    /// on (configuration reload).
+    pub fn reread(&self) -> bool {
+        self.certs.refresh(true)
+    }
+
+    /// Completes the handshake on `stream` within `timeout`, then serves the decrypted
+    /// connection with `serve` (given the plaintext end of a loopback connection) until either
+    /// side ends.
+    pub async fn serve<F, Fut>(&self, stream: TcpStream, peer: SocketAddr, timeout: Duration, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let tls = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::counter!("herald_tls_handshakes_total", "outcome" => "error").increment(1);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("herald_tls_handshakes_total", "outcome" => "timeout").increment(1);
+                return;
+            }
+        };
+        metrics::counter!("herald_tls_handshakes_total", "outcome" => "ok").increment(1);
+        let (inner, outer) = match loopback_pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the loopback connection for a TLS client; closing it");
+                return;
+            }
+        };
+        tokio::join!(Box::pin(serve(inner)), pump(tls, outer));
+    }
+}
+
+/// Moves bytes between the TLS stream and the plaintext loopback end until the server side
+/// closes (the entry finished with the connection) or the client goes away.
+///
+/// Idle memory matters more than copy speed here: towards the client (pushes, the bulk) a buffer
+/// is allocated only once the loopback end is readable and freed after the write; from the
+/// client (commands, small) a small fixed buffer.
+async fn pump(tls: tokio_rustls::server::TlsStream<TcpStream>, outer: TcpStream) {
+    let (mut tls_read, mut tls_write) = split(tls);
+    let (outer_read, mut outer_write) = outer.into_split();
+    let mut up = std::pin::pin!(async {
+        let mut buf = [0u8; UP_BUFFER];
+        loop {
+            match tls_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if outer_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The client is done sending: the server sees the end of its request stream.
+        let _ = outer_write.shutdown().await;
+    });
+    let down = async {
+        loop {
+            if outer_read.readable().await.is_err() {
+                break;
+            }
+            let mut buf = vec![0u8; DOWN_BUFFER];
+            match outer_read.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tls_write.write_all(&buf[..n]).await.is_err() || tls_write.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        // close_notify, then FIN.
+        let _ = tls_write.shutdown().await;
+    };
+    let mut down = std::pin::pin!(down);
+    tokio::select! {
+        _ = &mut down => {}
+        // Keep delivering the server's answer until it closes (its own timeouts bound this).
+        _ = &mut up => down.await,
+    }
+}
+
+thread_local! {
+    /// This thread's loopback listener: the far ends of the pump connections are accepted here.
+    static LOOPBACK: RefCell<Option<std::net::TcpListener>> = const { RefCell::new(None) };
+}
+
+/// A connected pair of loopback TCP sockets: (the end for the entry, the end for the pump).
+///
+/// Done synchronously on the calling thread (a connect on loopback completes at once), so no
+/// other pair made on this thread can be accepted in its place; a connection from anyone else
+/// to the listener is recognised by its address and closed.
+fn loopback_pair() -> io::Result<(TcpStream, TcpStream)> {
+    LOOPBACK.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            listener.set_nonblocking(true)?;
+            *slot = Some(listener);
+        }
+        let listener = slot.as_ref().expect("set above");
+        let outer = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let ours = outer.local_addr()?;
+        for _ in 0..64 {
+            match listener.accept() {
+                Ok((inner, from)) if from == ours => {
+                    inner.set_nonblocking(true)?;
+                    outer.set_nonblocking(true)?;
+                    inner.set_nodelay(true)?;
+                    outer.set_nodelay(true)?;
+                    return Ok((TcpStream::from_std(inner)?, TcpStream::from_std(outer)?));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("the loopback connection was not accepted"))
+    })
+}
+
+/// Where a PEM value comes from: Centrifugo accepts the PEM text, its base64 encoding, or the
+/// path of a file.
+#[derive(Debug, Clone, PartialEq)]
+enum PemSource {
+    Inline { key: &'static str, pem: Vec<u8> },
+    File { key: &'static str, path: PathBuf },
+}
+
+impl PemSource {
+    fn parse(key: &'static str, value: &str) -> Result<PemSource, ConfigError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(ConfigError::invalid(key, "required when http_server.tls.enabled is true"));
+        }
+        if value.contains("-----BEGIN") {
+            return Ok(PemSource::Inline { key, pem: value.as_bytes().to_vec() });
+        }
+        let path = PathBuf::from(value);
+        if path.is_file() {
+            return Ok(PemSource::File { key, path });
+        }
+        match base64::engine::general_purpose::STANDARD.decode(value) {
+            Ok(pem) if pem.windows(10).any(|w| w == b"-----BEGIN") => Ok(PemSource::Inline { key, pem }),
+            _ => Err(ConfigError::invalid(
+                key,
+                format!("{value:?} is neither a PEM text, its base64 encoding, nor the path of a readable file"),
+            )),
+        }
+    }
+
+    fn key(&self) -> &'static str {
+        match self {
+            PemSource::Inline { key, .. } | PemSource::File { key, .. } => key,
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, ConfigError> {
+        match self {
+            PemSource::Inline { pem, .. } => Ok(pem.clone()),
+            PemSource::File { key, path } => std::fs::read(path)
+                .map_err(|e| ConfigError::invalid(*key, format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// What changes when the file is replaced or rewritten; `None` for inline PEM.
+    fn stamp(&self) -> Option<(SystemTime, u64)> {
+        match self {
+            PemSource::Inline { .. } => None,
+            PemSource::File { path, .. } => {
+                std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+            }
+        }
+    }
+}
+
+/// The certificate and key in use, and where to read them again.
+struct Certificates {
+    cert: PemSource,
+    key: PemSource,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// When the files were last looked at, and what they looked like when last read.
+    checked: Mutex<(Instant, Stamps)>,
+}
+
+type Stamps = (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>);
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates").field("cert", &self.cert.key()).finish_non_exhaustive()
+    }
+}
+
+impl Certificates {
+    fn load(cert: PemSource, key: PemSource) -> Result<Certificates, ConfigError> {
+        let stamps = (cert.stamp(), key.stamp());
+        let current = certified_key(&cert, &key)?;
+        Ok(Certificates { cert, key, current: RwLock::new(current), checked: Mutex::new((Instant::now(), stamps)) })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the files again if they changed since they were last read (looked at no more than
+    /// once per [`RECHECK`]). A pair that does not load (a half-written file, a key that does
+    /// not match) is logged and the old one stays in use; it is tried again when a file changes.
+    /// `force`: look now, however recently the files were looked at. True when a new pair was
+    /// loaded.
+    fn refresh(&self, force: bool) -> bool {
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && checked.0.elapsed() < RECHECK {
+            return false;
+        }
+        checked.0 = Instant::now();
+        let stamps = (self.cert.stamp(), self.key.stamp());
+        if stamps == checked.1 {
+            return false;
+        }
+        checked.1 = stamps;
+        match certified_key(&self.cert, &self.key) {
+            Ok(new) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+                metrics::counter!("herald_tls_certificate_reloads_total", "outcome" => "ok").increment(1);
+                tracing::info!("TLS certificate files changed: the new certificate is served from now on");
+                true
+            }
+            Err(e) => {
+                metrics::counter!("herald_tls_certificate_reloads_total", "outcome" => "error").increment(1);
+                tracing::warn!(error = %e, "TLS certificate files changed but do not load; still serving the previous certificate");
+                false
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.refresh(false);
+        Some(self.current())
+    }
+}
+
+/// The crypto provider: *ring*, which builds without a C toolchain step (aws-lc-rs needs cmake
+/// and adds about 2 MB to the binary). rustls deprecates it for lacking post-quantum key
+/// exchange (X25519MLKEM768); switching is the `aws-lc-rs` feature and this function.
+#[allow(deprecated)]
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Parses and checks a certificate chain and its private key.
+fn certified_key(cert: &PemSource, key: &PemSource) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let cert_pem = cert.read()?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(cert.key(), format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(ConfigError::invalid(cert.key(), "no CERTIFICATE block found"));
+    }
+    let key_pem = key.read()?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| ConfigError::invalid(key.key(), format!("not a PEM private key: {e}")))?;
+    let provider = provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| ConfigError::invalid(key.key(), format!("unusable private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| ConfigError::invalid(key.key(), format!("does not match the certificate in cert_pem: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn enabled(cert: &str, key: &str) -> TlsConfig {
+        TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into() }
+    }
+
+    #[test]
+    fn pem_text_base64_or_file() {
+        let (cert, key) = pair("localhost");
+        assert!(Tls::from_config(&enabled(&cert, &key)).unwrap().is_some());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(Tls::from_config(&enabled(&b64(&cert), &b64(&key))).unwrap().is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, &cert).unwrap();
+        std::fs::write(&k, &key).unwrap();
+        let tls = Tls::from_config(&enabled(c.to_str().unwrap(), k.to_str().unwrap())).unwrap().unwrap();
+        assert_eq!(tls.current().cert[0].as_ref(), CertificateDer::from_pem_slice(cert.as_bytes()).unwrap().as_ref());
+        assert!(Tls::from_config(&TlsConfig::default()).unwrap().is_none(), "off by default");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let (cert, key) = pair("localhost");
+        let (_, other_key) = pair("localhost");
+        let err = |c: &str, k: &str| Tls::from_config(&enabled(c, k)).unwrap_err();
+        assert_eq!(err("", &key).key(), Some("http_server.tls.cert_pem"));
+        assert_eq!(err(&cert, "/no/such/file").key(), Some("http_server.tls.key_pem"));
+        assert!(err(&cert, "/no/such/file").to_string().contains("neither a PEM text"));
+        assert_eq!(err(&key, &key).key(), Some("http_server.tls.cert_pem"), "a key is no certificate");
+        let mismatch = err(&cert, &other_key);
+        assert_eq!(mismatch.key(), Some("http_server.tls.key_pem"));
+        assert!(mismatch.to_string().contains("does not match"), "{mismatch}");
+    }
+
+    #[test]
+    fn changed_files_are_read_again_and_a_bad_change_keeps_the_old_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (cert1, key1) = pair("one.test");
+        std::fs::write(&c, &cert1).unwrap();
+        std::fs::write(&k, &key1).unwrap();
+        let certs = Certificates::load(
+            PemSource::parse("http_server.tls.cert_pem", c.to_str().unwrap()).unwrap(),
+            PemSource::parse("http_server.tls.key_pem", k.to_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let first = certs.current();
+        let force = || certs.checked.lock().unwrap().0 -= RECHECK;
+        // A certificate without its new key: refused, the old pair stays.
+        let (cert2, key2) = pair("two.test");
+        std::fs::write(&c, &cert2).unwrap();
+        force();
+        certs.refresh(false);
+        assert!(Arc::ptr_eq(&certs.current(), &first));
+        // Then the key: the new pair is used.
+        std::fs::write(&k, &key2).unwrap();
+        force();
+        certs.refresh(false);
+        let second = certs.current();
+        assert_eq!(second.cert[0].as_ref(), CertificateDer::from_pem_slice(cert2.as_bytes()).unwrap().as_ref());
+        // Unchanged files are not read again.
+        force();
+        certs.refresh(false);
+        assert!(Arc::ptr_eq(&certs.current(), &second));
+    }
+}

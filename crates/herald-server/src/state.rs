@@ -119,8 +119,11 @@ impl Connections {
     }
 
     /// Every accepted socket still open: transport connections and those in [`Connections::entered`].
+    /// Long-poll sessions hold no socket of their own (their polls are plain HTTP requests,
+    /// counted in `entering`), so they are left out.
     pub fn sockets(&self) -> usize {
-        self.total() + self.entering.load(Ordering::Relaxed)
+        let sessions = self.open[slot(Transport::UniLongPoll)].load(Ordering::Relaxed);
+        self.total() - sessions + self.entering.load(Ordering::Relaxed)
     }
 
     /// A connection of `transport` was accepted by the task on `worker`.
@@ -216,6 +219,9 @@ mod tests {
         assert_eq!(c.sockets(), 3);
         c.left();
         assert_eq!((c.sockets(), c.total()), (2, 1));
+        // A long-poll session has no socket (its polls are counted while they are entering).
+        c.opened(Transport::UniLongPoll, 0);
+        assert_eq!((c.sockets(), c.total()), (2, 2));
     }
 
     #[test]

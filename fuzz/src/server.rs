@@ -384,9 +384,11 @@ pub fn long_poll_request(data: &[u8]) {
     let mut req = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(n)) = req.parse(data) else { return };
     let body = &data[n..];
-    let Ok(head) =
-        StreamHead::new(req.method.unwrap_or(""), req.path.unwrap_or(""), req.headers.iter().map(|h| (h.name, h.value)))
-    else {
+    let Ok(head) = StreamHead::new(
+        req.method.unwrap_or(""),
+        req.path.unwrap_or(""),
+        req.headers.iter().map(|h| (h.name, h.value)),
+    ) else {
         return;
     };
     let body = &body[..body.len().min(LIMIT)];

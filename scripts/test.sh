@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test Herald has: formatting, lints, Rust unit and integration tests (against real
 # `herald` processes), the Autobahn WebSocket conformance cases, the official centrifuge-js SDK
-# tests in compat/, and the README walkthrough. Installs the node and Python packages it needs
+# tests in compat/, the headless-Chromium browser test in browser/, and the README walkthrough. Installs the node and Python packages it needs
 # on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ cargo build -p herald-server --locked
 step "WebSocket conformance (Autobahn cases via kosoku)"
 HERALD_BIN="$PWD/target/debug/herald" ./scripts/autobahn.sh
 
-for dir in compat examples/node; do
+for dir in compat browser examples/node; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     step "npm ci ($dir)"
     (cd "$dir" && npm ci --no-audit --no-fund)
@@ -32,6 +32,9 @@ done
 
 step "SDK compatibility tests (compat/)"
 (cd compat && HERALD_BIN="$PWD/../target/debug/herald" npm test)
+
+step "browser test (headless Chromium: EventSource on uni_sse, fetch long-polling)"
+(cd browser && HERALD_BIN="$PWD/../target/debug/herald" npm test)
 
 step "README walkthrough"
 ./scripts/walkthrough-smoke.sh

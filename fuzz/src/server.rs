@@ -374,6 +374,42 @@ pub fn stream_request(data: &[u8]) {
     }
 }
 
+/// A long-poll request (`transport::long_poll::request::parse`): a connect or a poll, or a
+/// named refusal.
+pub fn long_poll_request(data: &[u8]) {
+    use herald_server::transport::long_poll::request::{PollRequest, parse};
+    use herald_server::transport::stream::request::StreamHead;
+    const LIMIT: usize = 1024;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = req.parse(data) else { return };
+    let body = &data[n..];
+    let Ok(head) = StreamHead::new(
+        req.method.unwrap_or(""),
+        req.path.unwrap_or(""),
+        req.headers.iter().map(|h| (h.name, h.value)),
+    ) else {
+        return;
+    };
+    let body = &body[..body.len().min(LIMIT)];
+    let first = parse(&head, body, LIMIT);
+    assert_eq!(first, parse(&head, body, LIMIT), "same answer twice");
+    match first {
+        Ok(PollRequest::Connect(cmds)) => {
+            assert_eq!(cmds.len(), 1);
+            assert!(cmds[0].id == 1 && cmds[0].connect.is_some());
+        }
+        Ok(PollRequest::Poll { session, .. }) => {
+            assert!(!session.is_empty());
+            assert!(head.query.contains("session=") && head.query.contains("seq="));
+        }
+        Err(r) => {
+            assert!(matches!(r.status, 400 | 405 | 413), "status {}", r.status);
+            assert!(!r.message.is_empty());
+        }
+    }
+}
+
 /// The commands of an opening payload: none is an error; a unidirectional one is exactly the
 /// connect command 1.
 fn check_first(kind: herald_server::transport::stream::StreamKind, protobuf: bool, data: &[u8]) {

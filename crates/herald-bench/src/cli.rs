@@ -71,6 +71,10 @@ pub struct Common {
     /// Herald client protocol encoding.
     #[arg(long, value_enum, default_value = "json")]
     pub encoding: Enc,
+    /// Herald client transport: websocket, or uni_sse / uni_long_poll (JSON; the channel comes
+    /// from the token's `channels` claim, so the server must have the transport enabled).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: crate::job::ClientTransport,
     /// Client connections (api: HTTP keep-alive connections, default 50).
     #[arg(long, short = 'n')]
     pub connections: Option<u64>,

@@ -183,6 +183,7 @@ pub async fn run(a: FloorArgs) -> Result<(), String> {
                 worker: w,
                 target: Target::Herald,
                 encoding: Enc::Json,
+                transport: Default::default(),
                 servers: vec![(addr, addr.to_string())],
                 ws_path: String::new(),
                 source_ips: source_ips.clone(),

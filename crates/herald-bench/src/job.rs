@@ -13,6 +13,30 @@ pub enum Target {
     Nchan,
 }
 
+/// How a Herald client connects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ClientTransport {
+    /// Bidirectional WebSocket (connect and subscribe commands).
+    #[default]
+    Websocket,
+    /// Unidirectional SSE (`GET /connection/uni_sse?cf_connect=`; the channel from the token).
+    UniSse,
+    /// HTTP long-polling (`/connection/uni_long_poll`; polls on one keep-alive connection).
+    UniLongPoll,
+}
+
+impl ClientTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTransport::Websocket => "websocket",
+            ClientTransport::UniSse => "uni_sse",
+            ClientTransport::UniLongPoll => "uni_long_poll",
+        }
+    }
+}
+
 impl Target {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -83,6 +107,8 @@ pub struct Job {
     pub worker: usize,
     pub target: Target,
     pub encoding: Enc,
+    #[serde(default)]
+    pub transport: ClientTransport,
     /// Servers `(address, Host header)`; connection `i` goes to `servers[i % len]`.
     pub servers: Vec<(SocketAddr, String)>,
     /// WebSocket path; `{channel}` is replaced by the connection's channel (Nchan).

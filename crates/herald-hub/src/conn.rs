@@ -18,6 +18,8 @@ pub enum Transport {
     UniWebSocket,
     UniSse,
     UniHttpStream,
+    /// HTTP long-polling: one logical session across the polls of a client.
+    UniLongPoll,
 }
 
 impl Transport {
@@ -30,6 +32,7 @@ impl Transport {
             Transport::UniWebSocket => "uni_websocket",
             Transport::UniSse => "uni_sse",
             Transport::UniHttpStream => "uni_http_stream",
+            Transport::UniLongPoll => "uni_long_poll",
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct Config {
     pub uni_websocket: UniWebsocketConfig,
     pub uni_sse: StreamTransportConfig,
     pub uni_http_stream: StreamTransportConfig,
+    pub uni_long_poll: LongPollConfig,
     pub engine: EngineConfig,
     pub broker: BrokerConfig,
     pub presence_manager: PresenceManagerConfig,
@@ -222,6 +223,36 @@ impl Default for UniWebsocketConfig {
             enabled: false,
             handler_prefix: "/connection/uni_websocket".into(),
             message_size_limit: 65536,
+        }
+    }
+}
+
+/// `uni_long_poll`: HTTP long-polling (not a Centrifugo transport). Off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LongPollConfig {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Largest connect request (POST body or `cf_connect`), bytes; 413 above it.
+    pub max_request_body_size: usize,
+    /// How long a poll is held when nothing is waiting for the client; it then answers an
+    /// empty batch.
+    #[serde(with = "herald_hub::duration")]
+    pub poll_timeout: Duration,
+    /// How long a session lives without a poll (after the last poll ended) before it is closed
+    /// (presence left, user connection freed).
+    #[serde(with = "herald_hub::duration")]
+    pub session_ttl: Duration,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            enabled: false,
+            handler_prefix: "/connection/uni_long_poll".into(),
+            max_request_body_size: 65536,
+            poll_timeout: Duration::from_secs(25),
+            session_ttl: Duration::from_secs(30),
         }
     }
 }

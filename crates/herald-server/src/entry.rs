@@ -419,6 +419,7 @@ async fn http_request(
         }
         Route::Stream(kind) => stream::handoff::answer(&state, req, kind, handoff).await,
         Route::Emulation => stream::emulation::handle(&state, req).await,
+        Route::LongPoll => crate::transport::long_poll::handle(&state, req, peer).await,
         Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst | Route::UniWebSocket => {
             api::transport_error(
                 StatusCode::BAD_REQUEST,

@@ -290,6 +290,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         ("uni_websocket.handler_prefix", cfg.uni_websocket.handler_prefix.as_str(), cfg.uni_websocket.enabled),
         ("uni_sse.handler_prefix", cfg.uni_sse.path(UNI_SSE_PATH), cfg.uni_sse.enabled),
         ("uni_http_stream.handler_prefix", cfg.uni_http_stream.path(UNI_HTTP_STREAM_PATH), cfg.uni_http_stream.enabled),
+        ("uni_long_poll.handler_prefix", cfg.uni_long_poll.handler_prefix.as_str(), cfg.uni_long_poll.enabled),
     ];
     for (key, prefix, _) in &endpoints {
         if !prefix.starts_with('/') {
@@ -323,6 +324,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for (key, value) in [
         ("http_server.request_head_timeout", http.request_head_timeout),
         ("http_server.idle_timeout", http.idle_timeout),
+        ("uni_long_poll.poll_timeout", cfg.uni_long_poll.poll_timeout),
+        ("uni_long_poll.session_ttl", cfg.uni_long_poll.session_ttl),
     ] {
         if value.is_zero() {
             return Err(ConfigError::invalid(
@@ -341,6 +344,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         ("uni_sse.max_request_body_size", cfg.uni_sse.body_limit()),
         ("uni_http_stream.max_request_body_size", cfg.uni_http_stream.body_limit()),
         ("emulation.max_request_body_size", cfg.emulation.max_request_body_size),
+        ("uni_long_poll.max_request_body_size", cfg.uni_long_poll.max_request_body_size),
     ] {
         if !(KIB..=64 * MIB).contains(&limit) {
             return Err(ConfigError::invalid(key, format!("{limit} is out of range (1024 to 67108864 bytes)")));

@@ -23,6 +23,8 @@ pub enum Route<'a> {
     /// An SSE or HTTP-streaming endpoint (when enabled): the streaming transport takes the
     /// socket (from hyper too, when it is not the connection's first request).
     Stream(StreamKind),
+    /// `uni_long_poll.handler_prefix` (when enabled): served by hyper.
+    LongPoll,
     /// `emulation.handler_prefix` (when `sse` or `http_stream` is enabled).
     Emulation,
     /// `GET /health` (any HTTP method).
@@ -65,6 +67,9 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     }
     if let Some(kind) = StreamKind::ALL.into_iter().find(|k| k.config(config).enabled && path == k.path(config)) {
         return Route::Stream(kind);
+    }
+    if config.uni_long_poll.enabled && path == config.uni_long_poll.handler_prefix {
+        return Route::LongPoll;
     }
     if (config.sse.enabled || config.http_stream.enabled) && path == config.emulation.handler_prefix {
         return Route::Emulation;

@@ -12,6 +12,7 @@ use herald_hub::{Node, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::transport::long_poll::Polls;
 use crate::transport::stream::emulation::Sessions;
 use crate::transport::ws::WsSettings;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub connections: Connections,
     /// Live SSE and HTTP-streaming sessions, found by `/emulation`.
     pub emulation: Sessions,
+    /// Live long-polling sessions, found by their polls.
+    pub polls: Polls,
     /// Open sockets ([`Connections::sockets`]) at which new connections are refused: the file
     /// limit minus what was open at start and `http_server.file_limit_reserve`.
     pub socket_limit: usize,
@@ -65,6 +68,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             connections: Connections::new(pinned_workers),
             emulation: Sessions::default(),
+            polls: Polls::default(),
             socket_limit: usize::MAX,
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
@@ -77,13 +81,14 @@ impl AppState {
 
 /// Every transport, in the order of the counters below. Adding a transport to
 /// `herald_hub::Transport` breaks the match in [`slot`] until it gets its counter here.
-const TRANSPORTS: [Transport; 6] = [
+const TRANSPORTS: [Transport; 7] = [
     Transport::WebSocket,
     Transport::Sse,
     Transport::HttpStream,
     Transport::UniWebSocket,
     Transport::UniSse,
     Transport::UniHttpStream,
+    Transport::UniLongPoll,
 ];
 
 fn slot(transport: Transport) -> usize {
@@ -94,6 +99,7 @@ fn slot(transport: Transport) -> usize {
         Transport::UniWebSocket => 3,
         Transport::UniSse => 4,
         Transport::UniHttpStream => 5,
+        Transport::UniLongPoll => 6,
     }
 }
 
@@ -129,8 +135,11 @@ impl Connections {
     }
 
     /// Every accepted socket still open: transport connections and those in [`Connections::entered`].
+    /// Long-poll sessions hold no socket of their own (their polls are plain HTTP requests,
+    /// counted in `entering`), so they are left out.
     pub fn sockets(&self) -> usize {
-        self.total() + self.entering.load(Ordering::Relaxed)
+        let sessions = self.open[slot(Transport::UniLongPoll)].load(Ordering::Relaxed);
+        self.total() - sessions + self.entering.load(Ordering::Relaxed)
     }
 
     /// A connection of `transport` was accepted by the task on `worker`.
@@ -226,6 +235,9 @@ mod tests {
         assert_eq!(c.sockets(), 3);
         c.left();
         assert_eq!((c.sockets(), c.total()), (2, 1));
+        // A long-poll session has no socket (its polls are counted while they are entering).
+        c.opened(Transport::UniLongPoll, 0);
+        assert_eq!((c.sockets(), c.total()), (2, 2));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Stable-toolchain smoke run of the herald-server fuzz targets in `/fuzz` (`api_bodies`,
-//! `config`, `http_head`, `proxy_header`, `stream_request`; cargo-fuzz needs nightly).
+//! `config`, `http_head`, `proxy_header`, `stream_request`, `long_poll_request`; cargo-fuzz needs nightly).
 //!
 //! Feeds the shared harnesses (included with `#[path]`) their committed seeds
 //! (`fuzz/seeds/<target>/`), mutations of them and random bytes (`fuzz/src/smoke.rs`), from a
@@ -84,6 +84,11 @@ fn proxy_header_smoke() {
 #[test]
 fn http_head_smoke() {
     smoke("http_head", 0x5EED_0103, &seeds("http_head"), 3000, 500, &harness::http_head);
+}
+
+#[test]
+fn long_poll_request_smoke() {
+    smoke("long_poll_request", 0x5EED_0105, &seeds("long_poll_request"), 3000, 500, &harness::long_poll_request);
 }
 
 #[test]

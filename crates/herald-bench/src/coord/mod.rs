@@ -67,9 +67,14 @@ fn setup(c: &Common, default_n: u64, default_procs: Option<usize>, held: bool) -
     let urls = urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
     let prefix = urls[0].prefix.clone();
     let ws_path = c.ws_path.clone().unwrap_or_else(|| match c.target {
-        Target::Herald => format!("{prefix}/connection/websocket"),
+        Target::Herald => format!("{prefix}/connection/{}", c.transport.as_str()),
         Target::Nchan => format!("{prefix}/sub/{{channel}}"),
     });
+    if c.transport != crate::job::ClientTransport::Websocket
+        && (c.target != Target::Herald || c.encoding != crate::job::Enc::Json)
+    {
+        return Err("--transport uni_sse / uni_long_poll: Herald with JSON only".into());
+    }
     let n = c.connections.unwrap_or(default_n);
     if n == 0 {
         return Err("--connections must be at least 1".into());
@@ -133,6 +138,7 @@ fn jobs(s: &Setup, stages: &[u64], spec: &JobSpec) -> Vec<Job> {
                 worker: w,
                 target: s.c.target,
                 encoding: s.c.encoding,
+                transport: s.c.transport,
                 servers: s.urls.iter().map(|u| (u.addr, u.host.clone())).collect(),
                 ws_path: s.ws_path.clone(),
                 source_ips: s.source_ips.clone(),
@@ -171,6 +177,7 @@ fn base(s: &Setup, scenario: &str) -> Map<String, Value> {
     m.insert("nodes".into(), json!(s.urls.len()));
     if s.c.target == Target::Herald {
         m.insert("encoding".into(), json!(s.c.encoding.as_str()));
+        m.insert("transport".into(), json!(s.c.transport.as_str()));
     }
     m.insert("connections_requested".into(), json!(s.n));
     m.insert("procs".into(), json!(s.procs));

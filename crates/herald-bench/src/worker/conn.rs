@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use super::Ctx;
-use crate::job::{Enc, Target, is_stalled};
+use crate::job::{ClientTransport, Enc, Target, is_stalled};
 use crate::util::now_ns;
 use crate::wsclient::{self, OP_BINARY, OP_TEXT, Pump, WsError, WsStream};
 
@@ -20,7 +20,7 @@ use crate::wsclient::{self, OP_BINARY, OP_TEXT, Pump, WsError, WsStream};
 const MAX_READS: usize = 4;
 
 /// Decrements the counters a connection task holds when it ends, including by abort.
-struct Guard {
+pub(super) struct Guard {
     ctx: Rc<Ctx>,
     handshaking: bool,
     open: bool,
@@ -28,6 +28,21 @@ struct Guard {
 }
 
 impl Guard {
+    pub(super) fn new(ctx: Rc<Ctx>, permit: OwnedSemaphorePermit) -> Self {
+        Guard { ctx, handshaking: true, open: false, permit: Some(permit) }
+    }
+
+    /// The connection is ready: counted open until the guard drops.
+    pub(super) fn opened(&mut self) {
+        self.handshake_done();
+        self.open = true;
+        self.ctx.open.set(self.ctx.open.get() + 1);
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.open
+    }
+
     fn handshake_done(&mut self) {
         if self.handshaking {
             self.handshaking = false;
@@ -339,6 +354,9 @@ pub(super) fn spawn_conn(ctx: &Rc<Ctx>, idx: u64, permit: OwnedSemaphorePermit) 
     ctx.pending.set(ctx.pending.get() + 1);
     if ctx.job.raw {
         return tokio::task::spawn_local(raw_conn_task(ctx.clone(), idx, permit)).abort_handle();
+    }
+    if ctx.job.transport != ClientTransport::Websocket {
+        return tokio::task::spawn_local(super::http::http_conn_task(ctx.clone(), idx, permit)).abort_handle();
     }
     tokio::task::spawn_local(conn_task(ctx.clone(), idx, permit)).abort_handle()
 }

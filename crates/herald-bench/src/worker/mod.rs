@@ -28,6 +28,7 @@ use crate::wsclient::WsError;
 
 mod api;
 mod conn;
+mod http;
 
 use api::run_api;
 use conn::{Conns, acquire, churn, open_stage, spawn_conn, wait_pending};

@@ -114,7 +114,9 @@ pub enum Class {
 pub fn class(route: &Route<'_>) -> Class {
     match route {
         Route::WebSocket | Route::UniWebSocket | Route::Stream(_) | Route::WebSocketEcho => Class::ClientConnect,
-        Route::Emulation => Class::Client,
+        // Every poll of a long-poll session is a request of its own: address lists apply, the
+        // connection limits (which would count each poll as a new connection) do not.
+        Route::Emulation | Route::LongPoll => Class::Client,
         Route::Api(_) => Class::Api,
         Route::Health | Route::Metrics => Class::Admin,
         Route::WebSocketNotFirst | Route::NotFound => Class::Other,

@@ -8,13 +8,14 @@
 //!
 //! Each transport is one folder here plus one [`crate::router::Route`]: [`ws`] (WebSocket and
 //! unidirectional WebSocket) and [`stream`] (SSE and HTTP streaming, bidirectional emulation and
-//! unidirectional, and `/emulation`); long polling (`long_poll`) goes next to them.
+//! unidirectional, and `/emulation`) and [`long_poll`] (HTTP long-polling, served by hyper).
 //!
 //! This module also holds what transports share: [`link::SocketLink`] (the `ClientLink` of a
 //! connection that owns its socket, with its outbound [`queue`]), `reject` (a plain HTTP error
 //! written straight to the socket) and the byte counters.
 
 pub mod link;
+pub mod long_poll;
 pub(crate) mod queue;
 pub mod stream;
 pub mod ws;

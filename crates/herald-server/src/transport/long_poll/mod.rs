@@ -1,0 +1,305 @@
+//! HTTP long-polling (`uni_long_poll`): a unidirectional transport where the client asks for
+//! its pushes with one plain HTTP request after another, and the polls of one client form one
+//! logical session (presence, user connection limit, subscriptions) that lives between them.
+//!
+//! - Connect: `POST <prefix>` with a connect request as the body (or `GET <prefix>?cf_connect=`).
+//!   The session is created, the connect runs, and the answer comes at once: a batch holding the
+//!   connect push (whose `session` names the session) and whatever followed it.
+//! - Poll: `GET <prefix>?session=<id>&seq=<n>`, `n` the number of items received so far in
+//!   this session (the connect push is item 0). Items before `n` are dropped; held items from
+//!   `n` on are answered at once; otherwise the poll is held up to `uni_long_poll.poll_timeout`
+//!   and answers an empty batch. An answer that never arrived is sent again by the next poll
+//!   (same `seq`), so nothing is lost or duplicated across polls.
+//! - A batch is newline-delimited JSON pushes (the `uni_http_stream` items), with `Herald-Session`
+//!   and `Herald-Seq` (the `seq` of the next poll) headers.
+//! - A session without a poll for `uni_long_poll.session_ttl` is closed; an unknown or ended
+//!   session answers 404 (connect again, with `recover` positions).
+//!
+//! [`link::PollLink`] holds the unacknowledged items (bounded by `client.queue_max_size`); one
+//! small task per session runs its controls and its end; one sweeper task per node expires
+//! sessions, so a session between polls holds no timer and no socket.
+
+pub mod link;
+pub mod request;
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herald_hub::{ClientLink, ConnectionInfo, Session, Transport};
+use herald_proto::codes::{DISCONNECT_CONNECTION_CLOSED, DISCONNECT_WRITE_ERROR};
+use herald_proto::envelope;
+use herald_proto::{Disconnect, DisconnectReason, Push, Reply};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::api::{Body, transport_error};
+use crate::state::AppState;
+use crate::transport::origin_allowed;
+use crate::transport::stream::request::{HttpMethod, StreamHead};
+use crate::transport::ws::conn::{handle_commands, handle_controls};
+use link::{Batch, ENVELOPE, PollLink};
+use request::PollRequest;
+
+const METHODS: &str = "GET, POST, OPTIONS";
+
+/// Live long-poll sessions of this node, by session id.
+#[derive(Default)]
+pub struct Polls {
+    map: Mutex<HashMap<Box<str>, Arc<PollLink>>>,
+    sweeper: AtomicBool,
+}
+
+impl Polls {
+    fn insert(&self, link: &Arc<PollLink>) {
+        self.map.lock().expect("polls").insert(link.session.clone(), link.clone());
+    }
+
+    fn find(&self, session: &str) -> Option<Arc<PollLink>> {
+        self.map.lock().expect("polls").get(session).cloned()
+    }
+
+    fn remove(&self, session: &str) {
+        self.map.lock().expect("polls").remove(session);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("polls").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn counted(result: &'static str, response: Response<Body>) -> Response<Body> {
+    metrics::counter!("herald_long_poll_requests_total", "result" => result).increment(1);
+    response
+}
+
+fn with_cors(mut response: Response<Body>, origin: Option<&str>) -> Response<Body> {
+    if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Herald-Session, Herald-Seq"));
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Answers a request on `uni_long_poll.handler_prefix`.
+pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let head = match StreamHead::new(
+        req.method().as_str(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    ) {
+        Ok(h) => h,
+        Err(message) => return counted("rejected", transport_error(StatusCode::BAD_REQUEST, message)),
+    };
+    let origin = head.origin.clone();
+    if !origin_allowed(origin.as_deref(), head.host.as_deref(), &state.config.client.allowed_origins) {
+        return counted("rejected", transport_error(StatusCode::FORBIDDEN, "origin not allowed"));
+    }
+    let response = if head.method == HttpMethod::Options {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("300"));
+        if let Some(v) = head.request_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        counted("preflight", r)
+    } else {
+        serve(state, req, &head, peer).await
+    };
+    with_cors(response, origin.as_deref())
+}
+
+async fn serve(state: &Arc<AppState>, req: Request<Incoming>, head: &StreamHead, peer: SocketAddr) -> Response<Body> {
+    let limit = state.config.uni_long_poll.max_request_body_size;
+    let body = if head.method == HttpMethod::Post {
+        match Limited::new(req.into_body(), limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return counted("rejected", transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+            }
+            Err(_) => {
+                return counted("rejected", transport_error(StatusCode::BAD_REQUEST, "request body not received"));
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    match request::parse(head, &body, limit) {
+        Err(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut resp = transport_error(status, &r.message);
+            if r.status == 405 {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(METHODS));
+            }
+            counted("rejected", resp)
+        }
+        Ok(PollRequest::Connect(cmds)) => {
+            if state.shutting_down.load(Ordering::Relaxed) {
+                return counted("rejected", transport_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+            }
+            connect(state, cmds, peer).await
+        }
+        Ok(PollRequest::Poll { session, seq }) => poll(state, &session, seq).await,
+    }
+}
+
+/// Creates a session and runs its connect; answers at once with what was queued.
+async fn connect(state: &Arc<AppState>, cmds: Vec<herald_proto::Command>, peer: SocketAddr) -> Response<Body> {
+    let link = Arc::new(PollLink::new(state.ws.queue_max));
+    let dyn_link: Arc<dyn ClientLink> = link.clone();
+    let mut session = Box::new(Session::new(dyn_link, ConnectionInfo::new(peer, Transport::UniLongPoll)));
+    Box::pin(handle_commands(&mut session, &state.node, cmds)).await;
+    if !session.is_connected() {
+        // A refused connect: its disconnect push (queued by the session, or made here from the
+        // close it asked for) is the whole answer, and there is no session to poll.
+        let reason = poll_fn(|cx| link.poll_task(cx)).await.close;
+        Box::pin(session.close(&state.node)).await;
+        link.end(reason.as_ref().and_then(disconnect_item));
+        let batch = link.take_now();
+        return counted("refused", batch_response(None, batch));
+    }
+    state.connections.opened(Transport::UniLongPoll, link.worker);
+    metrics::counter!("herald_stream_opened_total", "transport" => "uni_long_poll").increment(1);
+    state.polls.insert(&link);
+    start_sweeper(state);
+    tokio::spawn(run(link.clone(), state.clone(), session));
+    let Ok(_) = link.begin_poll(0) else { unreachable!("seq 0 is never ahead") };
+    let batch = link.take_now();
+    link.end_poll();
+    counted("connected", batch_response(Some(&link.session), batch))
+}
+
+/// One poll of an existing session.
+async fn poll(state: &AppState, session: &str, seq: u64) -> Response<Body> {
+    let Some(link) = state.polls.find(session) else {
+        return counted(
+            "unknown_session",
+            transport_error(StatusCode::NOT_FOUND, "unknown session (ended or expired): connect again"),
+        );
+    };
+    let ticket = match link.begin_poll(seq) {
+        Ok(ticket) => ticket,
+        Err(next) => {
+            let message = format!("seq {seq} is beyond the items sent (next is {next})");
+            return counted("rejected", transport_error(StatusCode::BAD_REQUEST, &message));
+        }
+    };
+    // Ends the poll even when hyper drops this future (the client went away).
+    struct Held(Arc<PollLink>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.end_poll();
+        }
+    }
+    let held = Held(link.clone());
+    let timeout = state.config.uni_long_poll.poll_timeout;
+    let batch = match tokio::time::timeout(timeout, poll_fn(|cx| link.poll_items(cx, ticket))).await {
+        Ok(batch) => batch,
+        Err(_) => link.take_now(),
+    };
+    drop(held);
+    if batch.ended && batch.items.is_empty() {
+        state.polls.remove(session);
+        return counted("unknown_session", transport_error(StatusCode::NOT_FOUND, "session ended: connect again"));
+    }
+    let result = if batch.items.is_empty() { "empty" } else { "items" };
+    counted(result, batch_response(Some(session), batch))
+}
+
+fn batch_response(session: Option<&str>, batch: Batch) -> Response<Body> {
+    let next = batch.from + batch.items.len() as u64;
+    let mut body = BytesMut::with_capacity(batch.items.iter().map(Bytes::len).sum());
+    for item in &batch.items {
+        body.extend_from_slice(item);
+    }
+    crate::transport::bytes_out(body.len());
+    let mut r = Response::new(Full::new(body.freeze()));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert("herald-session", s);
+    }
+    h.insert("herald-seq", HeaderValue::from(next));
+    r
+}
+
+/// The disconnect push of `reason` (none for a silent close).
+fn disconnect_item(reason: &DisconnectReason) -> Option<Bytes> {
+    if reason.code == DISCONNECT_CONNECTION_CLOSED.code || reason.code == DISCONNECT_WRITE_ERROR.code {
+        return None;
+    }
+    let push = Push {
+        disconnect: Some(Disconnect { code: reason.code, reason: reason.reason.to_string(), reconnect: false }),
+        ..Default::default()
+    };
+    envelope::encode(ENVELOPE, &Reply::push(push))
+}
+
+/// The session task: runs controls (server-side subscribe, disconnect, refresh) until the
+/// session is closed, then queues its disconnect push as the last item.
+async fn run(link: Arc<PollLink>, state: Arc<AppState>, mut session: Box<Session>) {
+    let reason = loop {
+        let wake = poll_fn(|cx| link.poll_task(cx)).await;
+        if !wake.controls.is_empty() {
+            Box::pin(handle_controls(&mut session, &state.node, wake.controls)).await;
+        }
+        if let Some(reason) = wake.close {
+            break reason;
+        }
+    };
+    herald_hub::metrics::by_code("herald_client_disconnects_total", reason.code);
+    link.timers().set_closed();
+    Box::pin(session.close(&state.node)).await;
+    drop(session);
+    link.end(disconnect_item(&reason));
+    state.connections.closed(Transport::UniLongPoll, link.worker);
+}
+
+/// Starts the node's sweeper once: it closes sessions without a poll for
+/// `uni_long_poll.session_ttl` and forgets ended ones after the same time.
+fn start_sweeper(state: &Arc<AppState>) {
+    if state.polls.sweeper.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak: Weak<AppState> = Arc::downgrade(state);
+    let ttl = state.config.uni_long_poll.session_ttl;
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            let links: Vec<Arc<PollLink>> = state.polls.map.lock().expect("polls").values().cloned().collect();
+            for link in links {
+                let Some(since) = link.idle_since() else { continue };
+                if since.elapsed() < ttl {
+                    continue;
+                }
+                if link.is_ended() {
+                    state.polls.remove(&link.session);
+                } else {
+                    metrics::counter!("herald_long_poll_sessions_expired_total").increment(1);
+                    link.close(DISCONNECT_CONNECTION_CLOSED);
+                }
+            }
+        }
+    });
+}

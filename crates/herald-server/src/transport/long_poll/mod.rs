@@ -82,15 +82,9 @@ fn counted(result: &'static str, response: Response<Body>) -> Response<Body> {
     response
 }
 
-fn with_cors(mut response: Response<Body>, origin: Option<&str>) -> Response<Body> {
-    if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Herald-Session, Herald-Seq"));
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    response
+/// Long-poll answers carry the session in headers a page must be allowed to read.
+fn with_cors(response: Response<Body>, origin: Option<&str>) -> Response<Body> {
+    crate::transport::stream::emulation::with_cors(response, origin, Some("Herald-Session, Herald-Seq"))
 }
 
 /// Answers a request on `uni_long_poll.handler_prefix`.

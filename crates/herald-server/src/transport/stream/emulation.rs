@@ -86,11 +86,20 @@ fn counted(outcome: &'static str, response: Response<Body>) -> Response<Body> {
     response
 }
 
-fn with_cors(mut response: Response<Body>, origin: Option<&str>) -> Response<Body> {
+/// Adds the CORS headers of an answer to an allowed origin; `expose` names response headers a
+/// page may read (long-polling's session headers). Shared by the hyper-served HTTP transports.
+pub(crate) fn with_cors(
+    mut response: Response<Body>,
+    origin: Option<&str>,
+    expose: Option<&'static str>,
+) -> Response<Body> {
     if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        if let Some(expose) = expose {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose));
+        }
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     response
@@ -134,7 +143,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
             counted("rejected", r)
         }
     };
-    with_cors(response, origin)
+    with_cors(response, origin, None)
 }
 
 async fn accept(state: &AppState, req: Request<Incoming>, protobuf: bool) -> Response<Body> {

@@ -143,124 +143,13 @@ pub fn env_var_names() -> Vec<(String, String)> {
     Schema::new().env_table().into_iter().map(|(name, target)| (name, target.path.join("."))).collect()
 }
 
-/// `broker` and `presence_manager`: NATS is the broker Herald has; presence then lives in NATS
-/// unless `presence_manager` names another place.
-fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
-    let (b, p) = (&cfg.broker, &cfg.presence_manager);
-    if b.enabled && cfg.engine.kind == "redis" {
-        return Err(ConfigError::invalid(
-            "broker.enabled",
-            "the NATS broker next to engine.type \"redis\" (NATS pub/sub with Redis history and presence) is not \
-             available yet: use engine.type \"redis\" alone, or the NATS broker with the memory engine",
-        ));
-    }
-    if b.enabled && b.kind != "nats" {
-        return Err(ConfigError::invalid(
-            "broker.type",
-            format!("{:?} is not available: the broker Herald supports is \"nats\" (NATS with JetStream)", b.kind),
-        ));
-    }
-    if p.enabled && p.kind != "nats" {
-        return Err(ConfigError::invalid(
-            "presence_manager.type",
-            format!("{:?} is not available: the presence manager Herald supports is \"nats\"", p.kind),
-        ));
-    }
-    if p.enabled && !b.enabled {
-        return Err(ConfigError::invalid(
-            "presence_manager.enabled",
-            "presence in NATS needs the NATS broker: set broker.enabled and broker.type \"nats\"",
-        ));
-    }
-    if b.enabled {
-        let n = &b.nats;
-        if !n.url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
-            return Err(ConfigError::invalid(
-                "broker.nats.url",
-                format!("{:?} is not a nats:// URL (or a comma-separated list)", n.url),
-            ));
-        }
-        let prefix_ok = !n.prefix.is_empty()
-            && n.prefix
-                .split('.')
-                .all(|t| !t.is_empty() && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
-        if !prefix_ok {
-            return Err(ConfigError::invalid(
-                "broker.nats.prefix",
-                format!("{:?} must be dot-separated tokens of letters, digits, '_' and '-'", n.prefix),
-            ));
-        }
-        if !["file", "memory"].contains(&n.history_storage.as_str()) {
-            return Err(ConfigError::invalid(
-                "broker.nats.history_storage",
-                format!("{:?} is not one of file, memory", n.history_storage),
-            ));
-        }
-        if n.replicas == 0 || n.replicas > 5 {
-            return Err(ConfigError::invalid("broker.nats.replicas", format!("{} is not in 1..=5", n.replicas)));
-        }
-        for (key, d) in [("broker.nats.dial_timeout", n.dial_timeout), ("broker.nats.write_timeout", n.write_timeout)] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than 0"));
-            }
-        }
-        if n.presence_ttl < std::time::Duration::from_secs(1) {
-            return Err(ConfigError::invalid("broker.nats.presence_ttl", "must be at least 1s"));
-        }
-    }
-    Ok(())
-}
-
 /// Checks what deserialization cannot: values in range, engines that exist, and everything the
 /// hub checks when it starts (channel options, namespaces, token keys). Errors name the key.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if let Err((key, problem)) = crate::edge::Edge::new(cfg) {
         return Err(ConfigError::invalid(key, problem));
     }
-    if !["memory", "redis"].contains(&cfg.engine.kind.as_str()) {
-        return Err(ConfigError::invalid(
-            "engine.type",
-            format!(
-                "{:?} is not available: Herald does not support this Centrifugo option yet, only \"memory\" \
-                 (a single node) and \"redis\"; a node running alone would lose the messages published on other nodes",
-                cfg.engine.kind
-            ),
-        ));
-    }
-    if cfg.engine.kind == "redis" {
-        let r = &cfg.engine.redis;
-        if r.address.is_empty() {
-            return Err(ConfigError::invalid("engine.redis.address", "no address: give at least one redis:// URL"));
-        }
-        for a in &r.address {
-            let sentinel = a.starts_with("redis+sentinel://");
-            if !a.starts_with("redis://") && !sentinel {
-                return Err(ConfigError::invalid(
-                    "engine.redis.address",
-                    format!(
-                        "{:?} is neither a redis:// nor a redis+sentinel:// URL (rediss:// and Redis Cluster are not supported yet)",
-                        a.split('@').next_back().unwrap_or_default()
-                    ),
-                ));
-            }
-            if sentinel && !a.contains("sentinel_master_name=") {
-                return Err(ConfigError::invalid(
-                    "engine.redis.address",
-                    "a redis+sentinel:// address needs ?sentinel_master_name=<name>",
-                ));
-            }
-        }
-        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
-            return Err(ConfigError::invalid("engine.redis.prefix", "must be non-empty, without { or }"));
-        }
-        if r.io_timeout.is_zero() || r.connect_timeout.is_zero() {
-            return Err(ConfigError::invalid("engine.redis.io_timeout", "io_timeout and connect_timeout must be > 0"));
-        }
-        if r.presence_ttl < std::time::Duration::from_secs(3) {
-            return Err(ConfigError::invalid("engine.redis.presence_ttl", "must be at least 3s"));
-        }
-    }
-    validate_broker(cfg)?;
+    engines::validate(cfg)?;
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "none"];
     if !LEVELS.contains(&cfg.log.level.as_str()) {
         return Err(ConfigError::invalid(
@@ -903,5 +792,6 @@ fn dotted(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+mod engines;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,8 @@ use crate::edge::gate;
 use crate::router::{Route, route};
 use crate::state::AppState;
 use crate::transport::stream;
-use crate::transport::{self, ws};
+use crate::transport::stream::handoff::Taken;
+use crate::transport::{self, long_poll, ws};
 
 /// Serves one accepted connection from `peer` until it ends.
 pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr) {
@@ -62,14 +63,43 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
+    // A connection goes on after a request only when it was served on the raw socket and
+    // another one follows (long-polling): then the next one is routed like a first request.
+    let mut next = Next::Request(stream, head);
+    loop {
+        next = match next {
+            Next::Done => return,
+            Next::Request(stream, head) => dispatch(&state, stream, head, peer).await,
+            Next::Poll(stream, handed, rest) => {
+                Box::pin(long_poll::raw::serve(&state, stream, long_poll::raw::Pending::Handed(handed, rest), peer))
+                    .await
+            }
+        };
+    }
+}
+
+/// What a connection does after a request.
+pub(crate) enum Next {
+    /// It ended, or its transport keeps it until it ends.
+    Done,
+    /// Route and serve this request head (and whatever followed it) read from the socket.
+    Request(TcpStream, Vec<u8>),
+    /// Answer a long poll hyper read, on the raw socket; then the bytes hyper read past it.
+    Poll(TcpStream, Box<long_poll::raw::Handed>, Vec<u8>),
+}
+
+/// Routes and serves a request read from the raw socket: the transport that takes the socket,
+/// or hyper. `peer` is the connection's address (before trusted-proxy headers).
+async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr) -> Next {
     let first = first_route(&state.config, &head);
-    // Requests hyper serves are admitted one by one in `http_request`; here only the routes
-    // whose transport takes the socket.
+    // Requests hyper serves are admitted one by one in `http_request`, long polls in
+    // `long_poll::raw`; here only the routes whose transport takes the socket.
     if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
-        match gate::admit_head(&state, route, peer, &head) {
+        match gate::admit_head(state, route, peer, &head) {
             Ok(client) => peer = client,
             Err((status, message)) => {
-                return transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
+                transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
+                return Next::Done;
             }
         }
     }
@@ -77,21 +107,48 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
         Some(Route::UniWebSocket) => Some(ws::Endpoint::Uni),
-        Some(Route::Stream(kind)) => return Box::pin(stream::serve(state, stream, head, peer, kind)).await,
+        Some(Route::Stream(kind)) => {
+            Box::pin(stream::serve(state.clone(), stream, head, peer, kind)).await;
+            return Next::Done;
+        }
+        Some(Route::LongPoll) => {
+            return Box::pin(long_poll::raw::serve(state, stream, long_poll::raw::Pending::Head(head), peer)).await;
+        }
         None => {
             if let Some((status, message)) = malformed_head(&head) {
-                return transport::reject(stream, status, &message, "").await;
+                transport::reject(stream, status, &message, "").await;
+                return Next::Done;
             }
             None
         }
         _ => None,
     };
     if let Some(endpoint) = endpoint {
-        ws::upgrade(state, stream, head, peer, endpoint).await;
+        ws::upgrade(state.clone(), stream, head, peer, endpoint).await;
+        Next::Done
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
-        Box::pin(serve_http(state, stream, Bytes::from(head), peer)).await;
+        Box::pin(serve_http(state.clone(), stream, Bytes::from(head), peer)).await
+    }
+}
+
+/// Waits for the next request on a keep-alive connection served on the raw socket:
+/// `http_server.idle_timeout` for its first byte, then `request_head_timeout` for the head.
+/// `rest` holds bytes already read past the previous request. A timeout is counted and ends
+/// the connection like a close.
+pub(crate) async fn next_head(state: &AppState, stream: &TcpStream, rest: Vec<u8>) -> Result<Vec<u8>, HeadError> {
+    let http = &state.config.http_server;
+    if rest.is_empty() && tokio::time::timeout(http.idle_timeout, stream.readable()).await.is_err() {
+        timed_out(Phase::Idle);
+        return Err(HeadError::Closed);
+    }
+    match tokio::time::timeout(http.request_head_timeout, read_head(stream, rest, http.max_request_head_size)).await {
+        Ok(result) => result,
+        Err(_) => {
+            timed_out(Phase::Head);
+            Err(HeadError::Closed)
+        }
     }
 }
 
@@ -168,7 +225,7 @@ async fn read_head(stream: &TcpStream, mut prefix: Vec<u8>, max: usize) -> Resul
     }
 }
 
-enum HeadError {
+pub(crate) enum HeadError {
     Closed,
     TooLarge,
 }
@@ -238,7 +295,7 @@ impl HeadBuffer {
     }
 }
 
-async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
+async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) -> Next {
     let http = &state.config.http_server;
     let busy = Arc::new(AtomicUsize::new(0));
     let deadline = Deadline {
@@ -272,13 +329,23 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         .header_read_timeout(backstop)
         .serve_connection(io, service)
         .without_shutdown();
-    match conn.await {
-        Ok(parts) => {
-            if let Some(taken) = handoff.take() {
-                stream::handoff::serve(state, parts.io.into_inner().inner, taken, peer).await;
-            }
+    let parts = match conn.await {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::debug!(error = %e, "http connection ended with an error");
+            return Next::Done;
         }
-        Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
+    };
+    let Some(taken) = handoff.take() else { return Next::Done };
+    // Only the socket and the bytes hyper read past the request are kept: hyper's buffers go.
+    let socket = parts.io.into_inner().inner;
+    let rest = parts.read_buf.to_vec();
+    match taken {
+        Taken::Stream { kind, head, data } => {
+            stream::handoff::serve(state, socket, kind, head, data, peer).await;
+            Next::Done
+        }
+        Taken::LongPoll(handed) => Next::Poll(socket, handed, rest),
     }
 }
 
@@ -419,7 +486,7 @@ async fn http_request(
         }
         Route::Stream(kind) => stream::handoff::answer(&state, req, kind, handoff).await,
         Route::Emulation => stream::emulation::handle(&state, req).await,
-        Route::LongPoll => crate::transport::long_poll::handle(&state, req, peer).await,
+        Route::LongPoll => long_poll::handle(&state, req, peer, handoff).await,
         Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst | Route::UniWebSocket => {
             api::transport_error(
                 StatusCode::BAD_REQUEST,

@@ -8,6 +8,7 @@
 //! first byte, and the wait for it is bounded by `http_server.idle_timeout` ([`Deadline`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,34 +64,21 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
-    // A connection goes on after a request only when it was served on the raw socket and
-    // another one follows (long-polling): then the next one is routed like a first request.
-    let mut next = Next::Request(stream, head);
-    loop {
-        next = match next {
-            Next::Done => return,
-            Next::Request(stream, head) => dispatch(&state, stream, head, peer).await,
-            Next::Poll(stream, handed, rest) => {
-                Box::pin(long_poll::raw::serve(&state, stream, long_poll::raw::Pending::Handed(handed, rest), peer))
-                    .await
-            }
-        };
-    }
+    dispatch(&state, stream, head, peer).await;
 }
 
-/// What a connection does after a request.
-pub(crate) enum Next {
-    /// It ended, or its transport keeps it until it ends.
-    Done,
-    /// Route and serve this request head (and whatever followed it) read from the socket.
-    Request(TcpStream, Vec<u8>),
-    /// Answer a long poll hyper read, on the raw socket; then the bytes hyper read past it.
-    Poll(TcpStream, Box<long_poll::raw::Handed>, Vec<u8>),
+/// Routes and serves, in a task of its own, a request that followed long polls on a connection
+/// served on the raw socket (`transport::long_poll::raw`). The future is boxed as a trait
+/// object: the long-poll task starts this one, and this one may start a long-poll task.
+pub(crate) fn spawn_dispatch(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
+    let next: Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(async move { dispatch(&state, stream, head, peer).await });
+    tokio::spawn(next);
 }
 
 /// Routes and serves a request read from the raw socket: the transport that takes the socket,
 /// or hyper. `peer` is the connection's address (before trusted-proxy headers).
-async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr) -> Next {
+async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr) {
     let first = first_route(&state.config, &head);
     // Requests hyper serves are admitted one by one in `http_request`, long polls in
     // `long_poll::raw`; here only the routes whose transport takes the socket.
@@ -98,8 +86,7 @@ async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut p
         match gate::admit_head(state, route, peer, &head) {
             Ok(client) => peer = client,
             Err((status, message)) => {
-                transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
-                return Next::Done;
+                return transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
             }
         }
     }
@@ -107,17 +94,14 @@ async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut p
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
         Some(Route::UniWebSocket) => Some(ws::Endpoint::Uni),
-        Some(Route::Stream(kind)) => {
-            Box::pin(stream::serve(state.clone(), stream, head, peer, kind)).await;
-            return Next::Done;
-        }
+        Some(Route::Stream(kind)) => return Box::pin(stream::serve(state.clone(), stream, head, peer, kind)).await,
+        // A task of its own, so that a held poll does not keep this (larger) future.
         Some(Route::LongPoll) => {
-            return Box::pin(long_poll::raw::serve(state, stream, long_poll::raw::Pending::Head(head), peer)).await;
+            return long_poll::raw::spawn(state.clone(), stream, long_poll::raw::Pending::Head(head), peer);
         }
         None => {
             if let Some((status, message)) = malformed_head(&head) {
-                transport::reject(stream, status, &message, "").await;
-                return Next::Done;
+                return transport::reject(stream, status, &message, "").await;
             }
             None
         }
@@ -125,7 +109,6 @@ async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut p
     };
     if let Some(endpoint) = endpoint {
         ws::upgrade(state.clone(), stream, head, peer, endpoint).await;
-        Next::Done
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
@@ -295,7 +278,7 @@ impl HeadBuffer {
     }
 }
 
-async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) -> Next {
+async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
     let http = &state.config.http_server;
     let busy = Arc::new(AtomicUsize::new(0));
     let deadline = Deadline {
@@ -331,21 +314,17 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         .without_shutdown();
     let parts = match conn.await {
         Ok(parts) => parts,
-        Err(e) => {
-            tracing::debug!(error = %e, "http connection ended with an error");
-            return Next::Done;
-        }
+        Err(e) => return tracing::debug!(error = %e, "http connection ended with an error"),
     };
-    let Some(taken) = handoff.take() else { return Next::Done };
+    let Some(taken) = handoff.take() else { return };
     // Only the socket and the bytes hyper read past the request are kept: hyper's buffers go.
     let socket = parts.io.into_inner().inner;
     let rest = parts.read_buf.to_vec();
     match taken {
-        Taken::Stream { kind, head, data } => {
-            stream::handoff::serve(state, socket, kind, head, data, peer).await;
-            Next::Done
+        Taken::Stream { kind, head, data } => stream::handoff::serve(state, socket, kind, head, data, peer).await,
+        Taken::LongPoll(handed) => {
+            long_poll::raw::spawn(state, socket, long_poll::raw::Pending::Handed(handed, rest), peer);
         }
-        Taken::LongPoll(handed) => Next::Poll(socket, handed, rest),
     }
 }
 

@@ -218,6 +218,12 @@ async fn refusals_are_named() {
     assert_eq!(r.status, 404);
     let r = http_at(addr, "PUT", PATH, &[], b"").await;
     assert_eq!((r.status, r.header("Allow")), (405, Some("GET, POST, OPTIONS")));
+    let chunked =
+        format!("POST {PATH} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n");
+    let r = raw_http(addr, chunked.as_bytes()).await;
+    assert_eq!((r.status, error(&r).starts_with("chunked request bodies are not accepted")), (411, true));
+    let r = http_at(addr, "GET", &format!("{PATH}?session=x&seq=0"), &[], b"{}").await;
+    assert_eq!((r.status, error(&r)), (400, "a GET request must not have a body".into()));
     let (poller, _) = connect(addr, "u5", json!({})).await;
     let r = poller.request(poller.seq + 5).await;
     assert_eq!(r.status, 400);

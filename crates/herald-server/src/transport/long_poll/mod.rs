@@ -17,7 +17,8 @@
 //!
 //! [`link::PollLink`] holds the unacknowledged items (bounded by `client.queue_max_size`); one
 //! small task per session runs its controls and its end; one sweeper task per node expires
-//! sessions, so a session between polls holds no timer and no socket.
+//! sessions, so a session between polls holds no timer and no socket. Requests are read and
+//! answered on the raw socket ([`raw`]), so a held poll holds no hyper connection state either.
 
 pub mod link;
 pub(crate) mod raw;
@@ -119,6 +120,11 @@ pub(crate) async fn handle(
             .collect::<Vec<_>>(),
     );
     let limit = state.config.uni_long_poll.max_request_body_size;
+    if head.method == HttpMethod::Post && head.chunked {
+        // Refused on the raw socket too (`raw`): one rule whichever way the request came.
+        let response = transport_error(StatusCode::LENGTH_REQUIRED, raw::CHUNKED);
+        return with_cors(counted("rejected", response), head.origin.as_deref());
+    }
     let body = if head.method == HttpMethod::Post {
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
@@ -180,7 +186,7 @@ async fn answer(state: &Arc<AppState>, head: &StreamHead, body: &[u8], peer: Soc
             if state.shutting_down.load(Ordering::Relaxed) {
                 return counted("rejected", transport_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
             }
-            connect(state, cmds, peer).await
+            Box::pin(connect(state, cmds, peer)).await
         }
         Ok(PollRequest::Poll { session, seq }) => poll(state, &session, seq).await,
     }

@@ -6,7 +6,8 @@
 //! that hyper read after other requests is handed over ([`Handed`], through
 //! `transport::stream::handoff`). After each answer the next request head is read here: another
 //! long-poll request is served in the same loop, anything else goes back to the entry
-//! ([`Next::Request`]), which routes it like a first request.
+//! (`entry::spawn_dispatch`), which routes it like a first request. The loop runs in a task of
+//! its own ([`spawn`]), so a held poll keeps only this loop's state.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -21,11 +22,14 @@ use tokio::net::TcpStream;
 use super::{answer, precheck, with_cors};
 use crate::api::{Body, transport_error};
 use crate::edge::{gate, retry_after};
-use crate::entry::{self, HeadError, Next};
+use crate::entry::{self, HeadError};
 use crate::router::Route;
 use crate::state::AppState;
 use crate::transport::stream::request::{HttpMethod, StreamHead};
 use crate::transport::stream::{BodyError, read_body};
+
+/// The answer to a chunked request body (411): every long-poll body is small and sent whole.
+pub(crate) const CHUNKED: &str = "chunked request bodies are not accepted: send Content-Length";
 
 /// A poll hyper read on a keep-alive connection, to be answered on the raw socket.
 pub(crate) struct Handed {
@@ -52,42 +56,52 @@ struct Parsed {
     client: SocketAddr,
 }
 
-/// Serves long-poll requests on `stream` until the connection ends or carries a request for
-/// another endpoint. `peer` is the connection's address (before trusted-proxy headers).
+/// Serves long-poll requests on `stream`, starting with `pending`, in a new task.
+pub(crate) fn spawn(state: Arc<AppState>, stream: TcpStream, pending: Pending, peer: SocketAddr) {
+    tokio::spawn(async move {
+        if let Some((stream, head)) = serve(&state, stream, pending, peer).await {
+            entry::spawn_dispatch(state, stream, head, peer);
+        }
+    });
+}
+
+/// Serves long-poll requests on `stream` until the connection ends (`None`) or carries a
+/// request for another endpoint (returned with the connection). `peer` is the connection's
+/// address (before trusted-proxy headers).
 pub(crate) async fn serve(
     state: &Arc<AppState>,
     mut stream: TcpStream,
     mut pending: Pending,
     peer: SocketAddr,
-) -> Next {
+) -> Option<(TcpStream, Vec<u8>)> {
     loop {
         let (response, keep_alive, rest) = match pending {
             Pending::Head(bytes) => match one(state, &stream, bytes, peer).await {
                 Some(answered) => answered,
-                None => return Next::Done,
+                None => return None,
             },
             Pending::Handed(h, rest) => {
                 let response = with_cors(answer(state, &h.head, &h.body, h.client).await, h.head.origin.as_deref());
                 (response, h.keep_alive, rest)
             }
         };
-        if write(&mut stream, response, keep_alive).await.is_err() {
-            return Next::Done;
+        if Box::pin(write(&mut stream, response, keep_alive)).await.is_err() {
+            return None;
         }
         if !keep_alive {
             let _ = stream.shutdown().await;
-            return Next::Done;
+            return None;
         }
-        let head = match entry::next_head(state, &stream, rest).await {
+        let head = match Box::pin(entry::next_head(state, &stream, rest)).await {
             Ok(head) => head,
             Err(HeadError::TooLarge) => {
                 crate::transport::reject(stream, 431, "request head too large", "").await;
-                return Next::Done;
+                return None;
             }
-            Err(HeadError::Closed) => return Next::Done,
+            Err(HeadError::Closed) => return None,
         };
         if !matches!(entry::first_route(&state.config, &head), Some(Route::LongPoll)) {
-            return Next::Request(stream, head);
+            return Some((stream, head));
         }
         pending = Pending::Head(head);
     }
@@ -119,15 +133,15 @@ async fn one(
     }
     let (body, rest) = if p.head.method == HttpMethod::Post {
         if p.head.chunked {
-            let message = "chunked request bodies are not accepted here: send Content-Length";
-            return Some((refused(StatusCode::LENGTH_REQUIRED, message), false, Vec::new()));
+            return Some((refused(StatusCode::LENGTH_REQUIRED, CHUNKED), false, Vec::new()));
         }
         let len = p.head.content_length.unwrap_or(0);
         if len > state.config.uni_long_poll.max_request_body_size {
             return Some((refused(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"), false, Vec::new()));
         }
         let rest = if after.len() > len { after.split_off(len) } else { Vec::new() };
-        match read_body(stream, after, len, state.config.http_server.request_head_timeout).await {
+        // Boxed, like the connect: what a held poll waits in should not pay for them.
+        match Box::pin(read_body(stream, after, len, state.config.http_server.request_head_timeout)).await {
             Ok(body) => (Bytes::from(body), rest),
             Err(BodyError::TimedOut) => {
                 let response = refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time");
@@ -207,7 +221,30 @@ async fn write(stream: &mut TcpStream, response: Response<Body>, keep_alive: boo
 
 #[cfg(test)]
 mod tests {
-    use super::keep_alive;
+    use std::sync::Arc;
+
+    use herald_hub::{HubConfig, Node, NodeIdentity, SystemClock};
+
+    use super::{Pending, keep_alive, serve};
+    use crate::config::Config;
+    use crate::state::AppState;
+
+    /// The loop's future is what a client holding a poll pays besides its session (the task
+    /// that owns the socket): keep it small. A connect's command handling is boxed.
+    #[tokio::test]
+    async fn the_poll_loop_state_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(peer).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+        let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
+        let state = Arc::new(AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0));
+        let fut = serve(&state, stream, Pending::Head(Vec::new()), peer);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("long-poll loop future {size} B");
+        assert!(size <= 1152, "long-poll loop future grew to {size} bytes");
+    }
 
     #[test]
     fn keep_alive_follows_the_version_and_the_connection_header() {

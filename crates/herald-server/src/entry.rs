@@ -8,6 +8,7 @@
 //! first byte, and the wait for it is bounded by `http_server.idle_timeout` ([`Deadline`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,7 +31,8 @@ use crate::edge::gate;
 use crate::router::{Route, route};
 use crate::state::AppState;
 use crate::transport::stream;
-use crate::transport::{self, ws};
+use crate::transport::stream::handoff::Taken;
+use crate::transport::{self, long_poll, ws};
 
 /// Serves one accepted connection from `peer` until it ends.
 pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr) {
@@ -62,11 +64,26 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
+    dispatch(&state, stream, head, peer).await;
+}
+
+/// Routes and serves, in a task of its own, a request that followed long polls on a connection
+/// served on the raw socket (`transport::long_poll::raw`). The future is boxed as a trait
+/// object: the long-poll task starts this one, and this one may start a long-poll task.
+pub(crate) fn spawn_dispatch(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
+    let next: Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(async move { dispatch(&state, stream, head, peer).await });
+    tokio::spawn(next);
+}
+
+/// Routes and serves a request read from the raw socket: the transport that takes the socket,
+/// or hyper. `peer` is the connection's address (before trusted-proxy headers).
+async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr) {
     let first = first_route(&state.config, &head);
-    // Requests hyper serves are admitted one by one in `http_request`; here only the routes
-    // whose transport takes the socket.
+    // Requests hyper serves are admitted one by one in `http_request`, long polls in
+    // `long_poll::raw`; here only the routes whose transport takes the socket.
     if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
-        match gate::admit_head(&state, route, peer, &head) {
+        match gate::admit_head(state, route, peer, &head) {
             Ok(client) => peer = client,
             Err((status, message)) => {
                 return transport::reject(stream, status, message, crate::edge::retry_after(status)).await;
@@ -77,7 +94,11 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
         Some(Route::WebSocket) => Some(ws::Endpoint::Client),
         Some(Route::WebSocketEcho) => Some(ws::Endpoint::Echo),
         Some(Route::UniWebSocket) => Some(ws::Endpoint::Uni),
-        Some(Route::Stream(kind)) => return Box::pin(stream::serve(state, stream, head, peer, kind)).await,
+        Some(Route::Stream(kind)) => return Box::pin(stream::serve(state.clone(), stream, head, peer, kind)).await,
+        // A task of its own, so that a held poll does not keep this (larger) future.
+        Some(Route::LongPoll) => {
+            return long_poll::raw::spawn(state.clone(), stream, long_poll::raw::Pending::Head(head), peer);
+        }
         None => {
             if let Some((status, message)) = malformed_head(&head) {
                 return transport::reject(stream, status, &message, "").await;
@@ -87,11 +108,30 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
         _ => None,
     };
     if let Some(endpoint) = endpoint {
-        ws::upgrade(state, stream, head, peer, endpoint).await;
+        ws::upgrade(state.clone(), stream, head, peer, endpoint).await;
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
-        Box::pin(serve_http(state, stream, Bytes::from(head), peer)).await;
+        Box::pin(serve_http(state.clone(), stream, Bytes::from(head), peer)).await
+    }
+}
+
+/// Waits for the next request on a keep-alive connection served on the raw socket:
+/// `http_server.idle_timeout` for its first byte, then `request_head_timeout` for the head.
+/// `rest` holds bytes already read past the previous request. A timeout is counted and ends
+/// the connection like a close.
+pub(crate) async fn next_head(state: &AppState, stream: &TcpStream, rest: Vec<u8>) -> Result<Vec<u8>, HeadError> {
+    let http = &state.config.http_server;
+    if rest.is_empty() && tokio::time::timeout(http.idle_timeout, stream.readable()).await.is_err() {
+        timed_out(Phase::Idle);
+        return Err(HeadError::Closed);
+    }
+    match tokio::time::timeout(http.request_head_timeout, read_head(stream, rest, http.max_request_head_size)).await {
+        Ok(result) => result,
+        Err(_) => {
+            timed_out(Phase::Head);
+            Err(HeadError::Closed)
+        }
     }
 }
 
@@ -168,7 +208,7 @@ async fn read_head(stream: &TcpStream, mut prefix: Vec<u8>, max: usize) -> Resul
     }
 }
 
-enum HeadError {
+pub(crate) enum HeadError {
     Closed,
     TooLarge,
 }
@@ -272,13 +312,19 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         .header_read_timeout(backstop)
         .serve_connection(io, service)
         .without_shutdown();
-    match conn.await {
-        Ok(parts) => {
-            if let Some(taken) = handoff.take() {
-                stream::handoff::serve(state, parts.io.into_inner().inner, taken, peer).await;
-            }
+    let parts = match conn.await {
+        Ok(parts) => parts,
+        Err(e) => return tracing::debug!(error = %e, "http connection ended with an error"),
+    };
+    let Some(taken) = handoff.take() else { return };
+    // Only the socket and the bytes hyper read past the request are kept: hyper's buffers go.
+    let socket = parts.io.into_inner().inner;
+    let rest = parts.read_buf.to_vec();
+    match taken {
+        Taken::Stream { kind, head, data } => stream::handoff::serve(state, socket, kind, head, data, peer).await,
+        Taken::LongPoll(handed) => {
+            long_poll::raw::spawn(state, socket, long_poll::raw::Pending::Handed(handed, rest), peer);
         }
-        Err(e) => tracing::debug!(error = %e, "http connection ended with an error"),
     }
 }
 
@@ -419,7 +465,7 @@ async fn http_request(
         }
         Route::Stream(kind) => stream::handoff::answer(&state, req, kind, handoff).await,
         Route::Emulation => stream::emulation::handle(&state, req).await,
-        Route::LongPoll => crate::transport::long_poll::handle(&state, req, peer).await,
+        Route::LongPoll => long_poll::handle(&state, req, peer, handoff).await,
         Route::WebSocket | Route::WebSocketEcho | Route::WebSocketNotFirst | Route::UniWebSocket => {
             api::transport_error(
                 StatusCode::BAD_REQUEST,

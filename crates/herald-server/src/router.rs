@@ -23,7 +23,8 @@ pub enum Route<'a> {
     /// An SSE or HTTP-streaming endpoint (when enabled): the streaming transport takes the
     /// socket (from hyper too, when it is not the connection's first request).
     Stream(StreamKind),
-    /// `uni_long_poll.handler_prefix` (when enabled): served by hyper.
+    /// `uni_long_poll.handler_prefix` (when enabled): served on the raw socket, request after
+    /// request (`transport::long_poll::raw`).
     LongPoll,
     /// `emulation.handler_prefix` (when `sse` or `http_stream` is enabled).
     Emulation,

@@ -218,6 +218,12 @@ async fn refusals_are_named() {
     assert_eq!(r.status, 404);
     let r = http_at(addr, "PUT", PATH, &[], b"").await;
     assert_eq!((r.status, r.header("Allow")), (405, Some("GET, POST, OPTIONS")));
+    let chunked =
+        format!("POST {PATH} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n");
+    let r = raw_http(addr, chunked.as_bytes()).await;
+    assert_eq!((r.status, error(&r).starts_with("chunked request bodies are not accepted")), (411, true));
+    let r = http_at(addr, "GET", &format!("{PATH}?session=x&seq=0"), &[], b"{}").await;
+    assert_eq!((r.status, error(&r)), (400, "a GET request must not have a body".into()));
     let (poller, _) = connect(addr, "u5", json!({})).await;
     let r = poller.request(poller.seq + 5).await;
     assert_eq!(r.status, 400);
@@ -249,4 +255,121 @@ async fn off_by_default() {
     let herald = Herald::start(&[]);
     let r = herald.http("POST", PATH, &[], b"{}").await;
     assert_eq!(r.status, 404);
+}
+
+/// One keep-alive HTTP/1.1 connection, requests sent one after another.
+struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> Self {
+        KeepAlive { stream: tokio::net::TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: herald\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes).await.expect("write");
+        let read = async {
+            loop {
+                let mut fields = [httparse::EMPTY_HEADER; 32];
+                let mut resp = httparse::Response::new(&mut fields);
+                if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                    let headers: Vec<(String, String)> = resp
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect();
+                    let status = resp.code.expect("status");
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.parse().expect("content-length"))
+                        .expect("every answer has a Content-Length");
+                    if self.buf.len() >= n + len {
+                        let body = self.buf[n..n + len].to_vec();
+                        self.buf.drain(..n + len);
+                        return HttpResponse { status, headers, body };
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let got = self.stream.read(&mut chunk).await.expect("read");
+                assert!(got > 0, "the server closed the connection before answering");
+                self.buf.extend_from_slice(&chunk[..got]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read).await.expect("an answer within 10 s")
+    }
+
+    /// Whether the server closes the connection (within 2 s).
+    async fn closed(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// Polls on one keep-alive connection are served one after another on the raw socket; a
+/// request for another endpoint in between is answered (by hyper), and a poll after it is
+/// handed back to the raw socket; `Connection: close` ends the connection after its answer.
+#[tokio::test]
+async fn polls_on_one_keep_alive_connection() {
+    let herald = start(&[]);
+    let addr = herald.addr;
+    let mut conn = KeepAlive::open(addr).await;
+    let body = json!({ "token": token("ka"), "subs": { "buf:ka": {} } }).to_string();
+    let resp = conn.send("POST", PATH, &[], body.as_bytes()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("Connection"), Some("keep-alive"));
+    let session = lines(&resp)[0]["connect"]["session"].as_str().unwrap().to_owned();
+    let mut seq = next_seq(&resp);
+    let publish_soon = |n: u64| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            api_at(addr, "publish", json!({ "channel": "buf:ka", "data": { "n": n } })).await.0
+        })
+    };
+
+    for n in 1..=3u64 {
+        let publish = publish_soon(n);
+        let resp = conn.send("GET", &format!("{PATH}?session={session}&seq={seq}"), &[], b"").await;
+        assert_eq!(resp.status, 200);
+        let mut seen = Vec::new();
+        publications(&lines(&resp), "buf:ka", &mut seen);
+        assert_eq!(seen, vec![n], "poll {n} on the same connection");
+        seq = next_seq(&resp);
+        assert_eq!(publish.await.unwrap(), 200);
+    }
+
+    // Another endpoint on the same connection, then a poll again: handed back to the raw socket.
+    let health = conn.send("GET", "/health", &[], b"").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    let publish = publish_soon(4);
+    let resp = conn.send("GET", &format!("{PATH}?session={session}&seq={seq}"), &[], b"").await;
+    let mut seen = Vec::new();
+    publications(&lines(&resp), "buf:ka", &mut seen);
+    assert_eq!((resp.status, seen), (200, vec![4]));
+    assert_eq!(resp.header("Connection"), Some("keep-alive"));
+    seq = next_seq(&resp);
+    assert_eq!(publish.await.unwrap(), 200);
+
+    // Held to the timeout on the same connection, then a last poll that asks to close.
+    let started = Instant::now();
+    let resp = conn.send("GET", &format!("{PATH}?session={session}&seq={seq}"), &[], b"").await;
+    assert_eq!((resp.status, lines(&resp).len()), (200, 0));
+    assert!(started.elapsed() >= Duration::from_millis(900), "held for the poll timeout");
+    let resp = conn.send("GET", &format!("{PATH}?session={session}&seq={seq}"), &[("Connection", "close")], b"").await;
+    assert_eq!((resp.status, resp.header("Connection")), (200, Some("close")));
+    assert!(conn.closed().await, "the server closes after an answer to Connection: close");
 }

@@ -8,7 +8,7 @@
 //!
 //! Each transport is one folder here plus one [`crate::router::Route`]: [`ws`] (WebSocket and
 //! unidirectional WebSocket) and [`stream`] (SSE and HTTP streaming, bidirectional emulation and
-//! unidirectional, and `/emulation`) and [`long_poll`] (HTTP long-polling, served by hyper).
+//! unidirectional, and `/emulation`) and [`long_poll`] (HTTP long-polling, served on the raw socket).
 //!
 //! This module also holds what transports share: [`link::SocketLink`] (the `ClientLink` of a
 //! connection that owns its socket, with its outbound [`queue`]), `reject` (a plain HTTP error

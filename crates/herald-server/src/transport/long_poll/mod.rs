@@ -17,9 +17,11 @@
 //!
 //! [`link::PollLink`] holds the unacknowledged items (bounded by `client.queue_max_size`); one
 //! small task per session runs its controls and its end; one sweeper task per node expires
-//! sessions, so a session between polls holds no timer and no socket.
+//! sessions, so a session between polls holds no timer and no socket. Requests are read and
+//! answered on the raw socket ([`raw`]), so a held poll holds no hyper connection state either.
 
 pub mod link;
+pub(crate) mod raw;
 pub mod request;
 
 use std::collections::HashMap;
@@ -41,6 +43,7 @@ use hyper::body::Incoming;
 use crate::api::{Body, transport_error};
 use crate::state::AppState;
 use crate::transport::origin_allowed;
+use crate::transport::stream::handoff::{Handoff, Taken};
 use crate::transport::stream::request::{HttpMethod, StreamHead};
 use crate::transport::ws::conn::{handle_commands, handle_controls};
 use link::{Batch, ENVELOPE, PollLink};
@@ -87,8 +90,15 @@ fn with_cors(response: Response<Body>, origin: Option<&str>) -> Response<Body> {
     crate::transport::stream::emulation::with_cors(response, origin, Some("Herald-Session, Herald-Seq"))
 }
 
-/// Answers a request on `uni_long_poll.handler_prefix`.
-pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Answers a request on `uni_long_poll.handler_prefix` that hyper read (one that came after
+/// other requests on its connection). A poll is handed over to the raw socket ([`raw`]), where
+/// it is held without hyper's per-connection state; the rest is answered here.
+pub(crate) async fn handle(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    handoff: &Handoff,
+) -> Response<Body> {
     let head = match StreamHead::new(
         req.method().as_str(),
         req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
@@ -97,42 +107,73 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketA
         Ok(h) => h,
         Err(message) => return counted("rejected", transport_error(StatusCode::BAD_REQUEST, message)),
     };
-    let origin = head.origin.clone();
-    if !origin_allowed(origin.as_deref(), head.host.as_deref(), &state.config.client.allowed_origins) {
-        return counted("rejected", transport_error(StatusCode::FORBIDDEN, "origin not allowed"));
+    if let Some(response) = precheck(state, &head) {
+        return response;
     }
-    let response = if head.method == HttpMethod::Options {
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        let h = r.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("300"));
-        if let Some(v) = head.request_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
-        }
-        counted("preflight", r)
-    } else {
-        serve(state, req, &head, peer).await
-    };
-    with_cors(response, origin.as_deref())
-}
-
-async fn serve(state: &Arc<AppState>, req: Request<Incoming>, head: &StreamHead, peer: SocketAddr) -> Response<Body> {
+    let keep_alive = raw::keep_alive(
+        if req.version() == http::Version::HTTP_10 { 0 } else { 1 },
+        &req.headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|t| t.trim_ascii().to_ascii_lowercase())
+            .collect::<Vec<_>>(),
+    );
     let limit = state.config.uni_long_poll.max_request_body_size;
+    if head.method == HttpMethod::Post && head.chunked {
+        // Refused on the raw socket too (`raw`): one rule whichever way the request came.
+        let response = transport_error(StatusCode::LENGTH_REQUIRED, raw::CHUNKED);
+        return with_cors(counted("rejected", response), head.origin.as_deref());
+    }
     let body = if head.method == HttpMethod::Post {
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return counted("rejected", transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+                let response = transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                return with_cors(counted("rejected", response), head.origin.as_deref());
             }
             Err(_) => {
-                return counted("rejected", transport_error(StatusCode::BAD_REQUEST, "request body not received"));
+                let response = transport_error(StatusCode::BAD_REQUEST, "request body not received");
+                return with_cors(counted("rejected", response), head.origin.as_deref());
             }
         }
     } else {
         Bytes::new()
     };
-    match request::parse(head, &body, limit) {
+    if head.query_param("session").is_some() {
+        return handoff.hand_over(Taken::LongPoll(Box::new(raw::Handed { head, body, keep_alive, client: peer })));
+    }
+    let origin = head.origin.clone();
+    with_cors(answer(state, &head, &body, peer).await, origin.as_deref())
+}
+
+/// The answers given before the body is read, CORS included: a refused origin (403) and the
+/// preflight (204).
+fn precheck(state: &AppState, head: &StreamHead) -> Option<Response<Body>> {
+    let origin = head.origin.as_deref();
+    if !origin_allowed(origin, head.host.as_deref(), &state.config.client.allowed_origins) {
+        let response = counted("rejected", transport_error(StatusCode::FORBIDDEN, "origin not allowed"));
+        return Some(with_cors(response, origin));
+    }
+    if head.method != HttpMethod::Options {
+        return None;
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("300"));
+    if let Some(v) = head.request_headers.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    Some(with_cors(counted("preflight", r), origin))
+}
+
+/// Answers a request that passed [`precheck`], whose body (POST) is `body`: a connect, or a
+/// poll (held until items arrive or `uni_long_poll.poll_timeout`). Without CORS headers.
+async fn answer(state: &Arc<AppState>, head: &StreamHead, body: &[u8], peer: SocketAddr) -> Response<Body> {
+    let limit = state.config.uni_long_poll.max_request_body_size;
+    match request::parse(head, body, limit) {
         Err(r) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
             let mut resp = transport_error(status, &r.message);
@@ -145,7 +186,7 @@ async fn serve(state: &Arc<AppState>, req: Request<Incoming>, head: &StreamHead,
             if state.shutting_down.load(Ordering::Relaxed) {
                 return counted("rejected", transport_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
             }
-            connect(state, cmds, peer).await
+            Box::pin(connect(state, cmds, peer)).await
         }
         Ok(PollRequest::Poll { session, seq }) => poll(state, &session, seq).await,
     }

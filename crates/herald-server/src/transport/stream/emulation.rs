@@ -87,7 +87,7 @@ fn counted(outcome: &'static str, response: Response<Body>) -> Response<Body> {
 }
 
 /// Adds the CORS headers of an answer to an allowed origin; `expose` names response headers a
-/// page may read (long-polling's session headers). Shared by the hyper-served HTTP transports.
+/// page may read (long-polling's session headers). Shared by `/emulation` and long-polling.
 pub(crate) fn with_cors(
     mut response: Response<Body>,
     origin: Option<&str>,

@@ -1,8 +1,9 @@
-//! Opening requests that arrive on a keep-alive connection hyper serves (browsers and `fetch`
-//! reuse pooled connections): hyper answers refusals and preflights itself; an accepted request
-//! is recorded here, hyper's placeholder answer (with `Connection: close`, so that hyper lets
-//! the connection go) is discarded by the socket wrapper in `crate::entry`, and the stream is
-//! then served on the raw socket like a first request.
+//! Requests that arrive on a keep-alive connection hyper serves (browsers and `fetch` reuse
+//! pooled connections) but are served on the raw socket: a stream's opening request and a
+//! long poll. hyper answers refusals and preflights itself; an accepted request is recorded
+//! here, hyper's placeholder answer (with `Connection: close`, so that hyper lets the
+//! connection go) is discarded by the socket wrapper in `crate::entry`, and the request is then
+//! served on the raw socket like a first request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,11 +29,12 @@ pub(crate) struct Handoff {
     request: Mutex<Option<Taken>>,
 }
 
-/// An accepted opening request waiting for the raw socket.
-pub(crate) struct Taken {
-    kind: StreamKind,
-    head: StreamHead,
-    data: Vec<u8>,
+/// An accepted request waiting for the raw socket.
+pub(crate) enum Taken {
+    /// A stream's opening request and its connect payload.
+    Stream { kind: StreamKind, head: StreamHead, data: Vec<u8> },
+    /// A long poll.
+    LongPoll(Box<crate::transport::long_poll::raw::Handed>),
 }
 
 impl Handoff {
@@ -45,11 +47,27 @@ impl Handoff {
     pub(crate) fn take(&self) -> Option<Taken> {
         self.request.lock().expect("handoff").take()
     }
+
+    /// Records `taken` and returns hyper's placeholder answer: discarded, and it ends hyper's
+    /// hold on the connection.
+    pub(crate) fn hand_over(&self, taken: Taken) -> Response<Body> {
+        self.discard.store(true, Ordering::Relaxed);
+        *self.request.lock().expect("handoff") = Some(taken);
+        let mut r = Response::new(Body::default());
+        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        r
+    }
 }
 
-/// Serves a handed-over request on the raw socket.
-pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, taken: Taken, peer: SocketAddr) {
-    let Taken { kind, head, data } = taken;
+/// Serves a handed-over stream on the raw socket.
+pub(crate) async fn serve(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    kind: StreamKind,
+    head: StreamHead,
+    data: Vec<u8>,
+    peer: SocketAddr,
+) {
     super::open(state, stream, head, data, peer, kind).await;
 }
 
@@ -85,11 +103,7 @@ pub(crate) async fn answer(
                     Err(_) => return api::transport_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
                 },
             };
-            handoff.discard.store(true, Ordering::Relaxed);
-            *handoff.request.lock().expect("handoff") = Some(Taken { kind, head, data });
-            let mut r = Response::new(Body::default());
-            r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-            return r;
+            return handoff.hand_over(Taken::Stream { kind, head, data });
         }
         Ok(None) => (
             StatusCode::NO_CONTENT,

@@ -128,14 +128,19 @@ async fn refuse(stream: TcpStream, kind: StreamKind, origin: Option<&str>, r: Re
     reject(stream, r.status, &r.message, &extra).await;
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     Closed,
     TimedOut,
 }
 
 /// Reads a request body of `len` bytes (checked against the limit already), starting with the
 /// bytes that came with the head.
-async fn read_body(stream: &TcpStream, mut body: Vec<u8>, len: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+pub(crate) async fn read_body(
+    stream: &TcpStream,
+    mut body: Vec<u8>,
+    len: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
     let read = async {
         body.truncate(len);
         let mut filled = body.len();

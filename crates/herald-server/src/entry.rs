@@ -27,13 +27,13 @@ use tokio::time::{Instant, Sleep};
 use crate::api::{self, Body};
 use crate::config::Config;
 use crate::edge::gate;
-use crate::router::{Route, route};
+use crate::router::{Listener, Route, on_listener, route};
 use crate::state::AppState;
 use crate::transport::stream;
 use crate::transport::{self, ws};
 
-/// Serves one accepted connection from `peer` until it ends.
-pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr) {
+/// Serves one connection from `peer`, accepted on `listener`, until it ends.
+pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr, listener: Listener) {
     // On Linux the accepted socket inherits TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
@@ -62,7 +62,7 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
-    let first = first_route(&state.config, &head);
+    let first = first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
     // Requests hyper serves are admitted one by one in `http_request`; here only the routes
     // whose transport takes the socket.
     if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
@@ -91,7 +91,7 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
-        Box::pin(serve_http(state, stream, Bytes::from(head), peer)).await;
+        Box::pin(serve_http(state, stream, Bytes::from(head), peer, listener)).await;
     }
 }
 
@@ -238,7 +238,7 @@ impl HeadBuffer {
     }
 }
 
-async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
+async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr, listener: Listener) {
     let http = &state.config.http_server;
     let busy = Arc::new(AtomicUsize::new(0));
     let deadline = Deadline {
@@ -261,7 +261,7 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         let state = service_state.clone();
         let handoff = service_handoff.clone();
         async move {
-            let response = http_request(state, req, peer, &handoff).await?;
+            let response = http_request(state, req, peer, listener, &handoff).await?;
             Ok::<_, Infallible>(response.map(|body| Answer { body, _answering: answering }))
         }
     });
@@ -395,9 +395,10 @@ async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    listener: Listener,
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Body>, Infallible> {
-    let routed = route(&state.config, req.uri().path(), false);
+    let routed = on_listener(&state.config, route(&state.config, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {
         Ok(client) => client,

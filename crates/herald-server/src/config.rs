@@ -423,11 +423,26 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
+    /// Main log file, appended to instead of stderr; empty: stderr. Reopened on SIGHUP.
+    pub file: String,
+    /// Warn and error lines are also appended here (whatever `level`); empty: nowhere else.
+    pub error_file: String,
+    /// Access lines (one per API request and per client connection closed) in the main log.
+    pub access: bool,
+    /// Access lines appended here instead (implies `access`); empty: see `access`.
+    pub access_file: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+            file: String::new(),
+            error_file: String::new(),
+            access: false,
+            access_file: String::new(),
+        }
     }
 }
 

@@ -108,7 +108,6 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("usage_stats", "usage statistics", &[], ""),
     ("consumers", "asynchronous API consumers", &[], ""),
     ("pid_file", "a PID file", &[], ""),
-    ("log.file", "logging to a file", &[], ""),
 ];
 
 /// Channel options Herald does not have, for `channel.without_namespace` and every namespace.

@@ -272,6 +272,10 @@ async fn reload_on_hangup(state: Arc<AppState>) {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
         while hangup.recv().await.is_some() {
+            // logrotate moved the files away: write to new ones from now on.
+            for (path, error) in telemetry::reopen_log_files() {
+                tracing::error!(path = %path.display(), %error, "cannot reopen a log file; still writing to the old one");
+            }
             match &state.reloader {
                 Some(reloader) => {
                     reloader.reload(&state);
@@ -533,6 +537,7 @@ async fn run(
         }
         None => None,
     };
+    telemetry::note_base_memory();
     tracing::info!(address = %local, node = %node.identity().name, scheme, "herald listening on {local} ({scheme})");
     tokio::select! {
         _ = accept_loop(&state, listener, Listener::Public, accepting) => {}

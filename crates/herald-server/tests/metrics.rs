@@ -77,6 +77,7 @@ async fn a_scripted_session_moves_the_counters_by_the_expected_amounts() {
     assert_eq!(value(&during, "herald_connections", &[]), 1.0);
     assert_eq!(value(&during, "herald_subscriptions", &[]), 1.0);
     assert_eq!(value(&during, "herald_transport_connections", &[("transport", "websocket")]), 1.0);
+    assert_eq!(value(&during, "herald_queued_bytes", &[]), 0.0, "every reply was written");
     assert!(value(&during, "herald_process_bytes_per_connection", &[]) >= 0.0);
     alice.close().await;
 
@@ -133,6 +134,7 @@ async fn a_scripted_session_moves_the_counters_by_the_expected_amounts() {
         ("herald_process_resident_memory_bytes", "gauge"),
         ("herald_process_open_fds", "gauge"),
         ("herald_process_bytes_per_connection", "gauge"),
+        ("herald_queued_bytes", "gauge"),
     ] {
         assert_eq!(kind(&after, name), want, "{name}");
     }

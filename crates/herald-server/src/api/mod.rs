@@ -95,6 +95,9 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     metrics::gauge!("herald_users").set(stats.num_users as f64);
     metrics::gauge!("herald_channels").set(stats.num_channels as f64);
     metrics::gauge!("herald_subscriptions").set(stats.num_subs as f64);
+    // One lock per connection, at scrape time only: the write path keeps no shared total.
+    let queued: usize = state.node.hub().all_links().iter().map(|l| l.queued_bytes()).sum();
+    metrics::gauge!("herald_queued_bytes").set(queued as f64);
     for (transport, open) in state.connections.by_transport() {
         metrics::gauge!("herald_transport_connections", "transport" => transport.name()).set(open as f64);
     }

@@ -441,6 +441,8 @@ async fn accept_loop(
     }
 }
 
+/// How often histogram samples are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -525,6 +527,19 @@ async fn run(
         }
     });
 
+    // Histogram samples wait in the recorder until drained into their buckets: without a scrape
+    // they would pile up (8 bytes per command), so they are drained every few seconds.
+    let upkeep = tokio::spawn({
+        let metrics = state.metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let internal = match internal {
@@ -553,6 +568,7 @@ async fn run(
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
     cluster.abort();
+    upkeep.abort();
     reloads.abort();
     tracing::info!("shutdown complete");
     Ok(())

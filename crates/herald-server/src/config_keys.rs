@@ -50,7 +50,6 @@ const PROXY: &str = "your backend would not be asked, so access would be decided
                      alone; GRPC stream proxies are not implemented, turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
                              issuer (exact values) instead";
-
 const OTLP: &str = "no span would be exported: this Herald build has no OTLP exporter; incoming traceparent \
                     headers are still continued (trace_id in the log lines, traceparent on proxy calls), turn \
                     this off";

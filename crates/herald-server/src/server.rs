@@ -259,9 +259,17 @@ pub fn bind_internal(config: &Config) -> Result<Option<std::net::TcpListener>, S
     let addr = format!("{}:{port}", address.map_or("0.0.0.0", |a| a.as_str()));
     let fail = |error: io::Error| StartupError::Bind { address: addr.clone(), error };
     let sockaddr = addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| fail(io::Error::other("no address")))?;
-    let listener = std::net::TcpListener::bind(sockaddr).map_err(fail)?;
-    listener.set_nonblocking(true).map_err(fail)?;
-    Ok(Some(listener))
+    let open = || -> io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(sockaddr), Type::STREAM, Some(Protocol::TCP))?;
+        // A restart binds again while the last run's connections are in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&sockaddr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    Ok(Some(open().map_err(fail)?))
 }
 
 /// Reloads the configuration on every SIGHUP ([`crate::reload`]); without a reloader, SIGHUP is

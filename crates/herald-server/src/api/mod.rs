@@ -128,7 +128,11 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::proxy::parse_traceparent)
         .map(|(trace, _)| trace.to_owned());
-    let span = tracing::info_span!("api", method = name, trace_id = trace_id.as_deref());
+    // A span only for traced calls: an untraced publish pays no span.
+    let span = match &trace_id {
+        Some(id) => tracing::info_span!("api", method = name, trace_id = id.as_str()),
+        None => tracing::Span::none(),
+    };
     let (response, tally) = call(state, method, req, peer).instrument(span).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

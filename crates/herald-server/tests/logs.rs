@@ -163,3 +163,23 @@ fn a_log_file_that_cannot_be_opened_stops_start_up_naming_the_key() {
     assert!(!out.status.success());
     assert!(stderr.contains("log.error_file") && stderr.contains("/nonexistent-dir/error.log"), "{stderr}");
 }
+
+/// `log.access = true` without a file: access lines in the main log (stderr here).
+#[tokio::test]
+async fn access_lines_can_go_to_the_main_log() {
+    let herald = Herald::start(&[("HERALD_LOG_ACCESS", "true"), ("HERALD_LOG_FORMAT", "json")]);
+    let resp = http_at(herald.addr, "POST", "/api/info", &[("X-API-Key", API_KEY)], b"{}").await;
+    assert_eq!(resp.status, 200);
+    wait_for("the access line on stderr", WAIT, || async {
+        herald.logs().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|l| {
+            l["target"] == "herald::access" && l["kind"] == "api" && l["method"] == "info" && l["status"] == 200
+        })
+    })
+    .await;
+    // Without log.access, no access line.
+    let quiet = Herald::start(&[("HERALD_LOG_FORMAT", "json")]);
+    let resp = http_at(quiet.addr, "POST", "/api/info", &[("X-API-Key", API_KEY)], b"{}").await;
+    assert_eq!(resp.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!quiet.logs().contains("herald::access"), "{}", quiet.logs());
+}

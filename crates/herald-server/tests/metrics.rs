@@ -78,6 +78,8 @@ async fn a_scripted_session_moves_the_counters_by_the_expected_amounts() {
     assert_eq!(value(&during, "herald_subscriptions", &[]), 1.0);
     assert_eq!(value(&during, "herald_transport_connections", &[("transport", "websocket")]), 1.0);
     assert_eq!(value(&during, "herald_queued_bytes", &[]), 0.0, "every reply was written");
+    assert_eq!(value(&during, "herald_connections_by_encoding", &[("encoding", "json")]), 1.0);
+    assert_eq!(value(&during, "herald_connections_by_encoding", &[("encoding", "protobuf")]), 0.0);
     assert!(value(&during, "herald_process_bytes_per_connection", &[]) >= 0.0);
     alice.close().await;
 

@@ -95,9 +95,20 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     metrics::gauge!("herald_users").set(stats.num_users as f64);
     metrics::gauge!("herald_channels").set(stats.num_channels as f64);
     metrics::gauge!("herald_subscriptions").set(stats.num_subs as f64);
-    // One lock per connection, at scrape time only: the write path keeps no shared total.
-    let queued: usize = state.node.hub().all_links().iter().map(|l| l.queued_bytes()).sum();
+    // One pass over the connections, at scrape time only: the write path keeps no shared
+    // total (one lock per connection for its queue).
+    let (mut queued, mut json, mut protobuf) = (0, 0, 0);
+    for link in state.node.hub().all_links() {
+        queued += link.queued_bytes();
+        match link.envelope().encoding() {
+            herald_proto::Encoding::Json => json += 1,
+            herald_proto::Encoding::Protobuf => protobuf += 1,
+        }
+    }
     metrics::gauge!("herald_queued_bytes").set(queued as f64);
+    for (encoding, n) in [(herald_proto::Encoding::Json, json), (herald_proto::Encoding::Protobuf, protobuf)] {
+        metrics::gauge!("herald_connections_by_encoding", "encoding" => encoding.as_str()).set(f64::from(n));
+    }
     for (transport, open) in state.connections.by_transport() {
         metrics::gauge!("herald_transport_connections", "transport" => transport.name()).set(open as f64);
     }

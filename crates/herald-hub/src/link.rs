@@ -74,6 +74,12 @@ pub trait ClientLink: Send + Sync + 'static {
         None
     }
 
+    /// Bytes queued for the client and not written yet (`herald_queued_bytes`, summed at each
+    /// scrape).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
+
     /// The frame sent as a server ping: usually `herald_proto::envelope::ping(self.envelope())`,
     /// or a transport's own keep-alive (a WebSocket ping frame).
     fn ping_frame(&self) -> Bytes;

@@ -48,6 +48,27 @@ pub fn command(method: &'static str, result: &'static str) {
     .increment(1);
 }
 
+/// Client command latency, seconds, by method: from the decoded command to its reply queued
+/// (a proxied command includes the backend's answer).
+pub const COMMAND_DURATION: &str = "herald_client_command_duration_seconds";
+
+thread_local! {
+    /// Histogram handles by method, per thread: no lock shared by the workers on the command
+    /// path.
+    static DURATIONS: std::cell::RefCell<HashMap<&'static str, metrics::Histogram>> = Default::default();
+}
+
+/// Records the latency of a `method` command that started at `started`.
+pub fn command_duration(method: &'static str, started: std::time::Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    DURATIONS.with(|h| {
+        h.borrow_mut()
+            .entry(method)
+            .or_insert_with(|| metrics::histogram!(COMMAND_DURATION, "method" => method))
+            .record(seconds)
+    });
+}
+
 /// A channel name refused by `Channels::check`, by who named it (`client`, `api`) and why.
 pub fn channel_refused(source: &'static str, reason: &'static str) {
     static H: Handles<(&'static str, &'static str)> = OnceLock::new();

@@ -222,7 +222,7 @@ fn serve(args: ServeArgs) -> Result<(), StartupError> {
     telemetry::install_metrics().map_err(StartupError::Metrics)?;
     loader::validate(&config)?;
     print_warnings(&loader::warnings(&config));
-    telemetry::init_logging(&config.log);
+    telemetry::init_logging(&config.log)?;
     crate::server::serve_reloadable(config, Some(crate::reload::Source { file, overrides }))
 }
 

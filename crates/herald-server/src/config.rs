@@ -79,8 +79,37 @@ pub struct HttpServerConfig {
     /// accepted and closed at once while the open ones reach the process's file limit
     /// (`RLIMIT_NOFILE`) minus this reserve.
     pub file_limit_reserve: usize,
-    /// `http_server.tls`: TLS on the listening port (every endpoint).
+    /// `http_server.tls`: TLS on the listening port (every endpoint), and on the internal port
+    /// when there is one.
     pub tls: TlsConfig,
+    /// A second port for the server API, `/metrics`, `/health` and the admin endpoints, which are
+    /// then no longer served on `port` (Centrifugo v6). Unset: everything on `port`. `0` picks a
+    /// free port (tests). Centrifugo writes it as a string: `"9000"` is accepted too.
+    #[serde(deserialize_with = "port_or_string")]
+    pub internal_port: Option<u16>,
+    /// Interface of the internal port; empty means `address`.
+    pub internal_address: String,
+}
+
+/// `9000`, `"9000"`, or `""` / `null` for none.
+fn port_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    match Option::<Port>::deserialize(d)? {
+        None => Ok(None),
+        Some(Port::Number(n)) => Ok(Some(n)),
+        Some(Port::Text(t)) if t.trim().is_empty() => Ok(None),
+        Some(Port::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected a port number (0-65535), got {t:?}"))),
+    }
 }
 
 /// `http_server.tls` (Centrifugo v6 names). `cert_pem` and `key_pem` each hold a PEM text, its
@@ -106,6 +135,8 @@ impl Default for HttpServerConfig {
             idle_timeout: Duration::from_secs(20),
             file_limit_reserve: 64,
             tls: TlsConfig::default(),
+            internal_port: None,
+            internal_address: String::new(),
         }
     }
 }
@@ -392,11 +423,26 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
+    /// Main log file, appended to instead of stderr; empty: stderr. Reopened on SIGHUP.
+    pub file: String,
+    /// Warn and error lines are also appended here (whatever `level`); empty: nowhere else.
+    pub error_file: String,
+    /// Access lines (one per API request and per client connection closed) in the main log.
+    pub access: bool,
+    /// Access lines appended here instead (implies `access`); empty: see `access`.
+    pub access_file: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+            file: String::new(),
+            error_file: String::new(),
+            access: false,
+            access_file: String::new(),
+        }
     }
 }
 

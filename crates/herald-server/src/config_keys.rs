@@ -50,8 +50,9 @@ const PROXY: &str = "your backend would not be asked, so access would be decided
                      alone; GRPC stream proxies are not implemented, turn this off";
 const TOKEN_PATTERN: &str = "tokens would be accepted whatever their claim says; use client.token.audience / \
                              issuer (exact values) instead";
-const INTERNAL_PORT: &str = "the server API, /metrics and /health are served on http_server.port; restrict them in \
-                             a proxy or firewall and remove this";
+const OTLP: &str = "no span would be exported: this Herald build has no OTLP exporter; incoming traceparent \
+                    headers are still continued (trace_id in the log lines, traceparent on proxy calls), turn \
+                    this off";
 
 /// Options whose path is fixed.
 const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
@@ -61,8 +62,6 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("http_server.tls.server_name", "a server name for outgoing TLS connections", &[], ""),
     ("http_server.tls_autocert", "automatic TLS certificates (ACME)", &["enabled"], TLS),
     ("http_server.tls_external", "TLS for external endpoints only", &[], ""),
-    ("http_server.internal_port", "a separate port for the API, metrics and health", &[""], INTERNAL_PORT),
-    ("http_server.internal_address", "a separate address for the API, metrics and health", &[""], INTERNAL_PORT),
     ("http_server.internal_tls", "TLS on the internal port", &["enabled"], TLS),
     ("http_server.http3", "HTTP/3", &[], ""),
     ("http_server.h2c_external", "HTTP/2 without TLS", &[], ""),
@@ -107,12 +106,11 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("admin", "the admin web UI", &[], ""),
     ("debug", "the debug endpoints", &[], ""),
     ("swagger", "the Swagger UI", &[], ""),
-    ("opentelemetry", "OpenTelemetry tracing", &[], ""),
+    ("opentelemetry", "OpenTelemetry span export", &["enabled"], OTLP),
     ("graphite", "Graphite metrics", &[], ""),
     ("usage_stats", "usage statistics", &[], ""),
     ("consumers", "asynchronous API consumers", &[], ""),
     ("pid_file", "a PID file", &[], ""),
-    ("log.file", "logging to a file", &[], ""),
 ];
 
 /// Channel options Herald does not have, for `channel.without_namespace` and every namespace.
@@ -371,12 +369,17 @@ mod tests {
             env_var("HERALD_ADMIN_PASSWORD", "x").unwrap().unwrap(),
             r#"environment variable "HERALD_ADMIN_PASSWORD" (admin) is a Centrifugo option Herald does not implement yet (the admin web UI); ignored"#
         );
-        let internal = env_var("HERALD_HTTP_SERVER_INTERNAL_PORT", "9000").unwrap().unwrap_err();
-        assert_eq!(internal.key, "http_server.internal_port");
+        assert_eq!(env_var("HERALD_HTTP_SERVER_INTERNAL_PORT", "9000"), None, "the internal port is implemented");
+        let internal_tls = env_var("HERALD_HTTP_SERVER_INTERNAL_TLS_ENABLED", "true").unwrap().unwrap_err();
+        assert_eq!(internal_tls.key, "http_server.internal_tls.enabled");
         let ns = env_var("HERALD_CHANNEL_WITHOUT_NAMESPACE_SUBSCRIBE_STREAM_PROXY_ENABLED", "yes").unwrap();
         assert_eq!(ns.unwrap_err().key, "channel.without_namespace.subscribe_stream_proxy_enabled");
         // A longer name that merely starts like an option is not that option.
         assert_eq!(env_var("HERALD_ADMINISTRATOR", "x"), None);
+        let otlp = env_var("HERALD_OPENTELEMETRY_ENABLED", "true").unwrap().unwrap_err();
+        assert_eq!(otlp.key, "opentelemetry.enabled");
+        assert!(otlp.why.contains("no OTLP exporter"), "{}", otlp.why);
+        assert!(env_var("HERALD_OPENTELEMETRY_ENABLED", "false").unwrap().is_ok(), "off is only warned about");
         let acme = env_var("HERALD_HTTP_SERVER_TLS_AUTOCERT_ENABLED", "true").unwrap().unwrap_err();
         assert_eq!(acme.key, "http_server.tls_autocert.enabled");
     }

@@ -28,14 +28,14 @@ use tokio::time::{Instant, Sleep};
 use crate::api::{self, Body};
 use crate::config::Config;
 use crate::edge::gate;
-use crate::router::{Route, route};
+use crate::router::{Listener, Route, on_listener, route};
 use crate::state::AppState;
 use crate::transport::stream;
 use crate::transport::stream::handoff::Taken;
 use crate::transport::{self, long_poll, ws};
 
-/// Serves one accepted connection from `peer` until it ends.
-pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr) {
+/// Serves one connection from `peer`, accepted on `listener`, until it ends.
+pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer: SocketAddr, listener: Listener) {
     // On Linux the accepted socket inherits TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
@@ -64,22 +64,28 @@ pub async fn handle_connection(state: Arc<AppState>, stream: TcpStream, mut peer
             Ok(Err(HeadError::Closed)) => return,
             Err(_) => return timed_out(Phase::Head),
         };
-    dispatch(&state, stream, head, peer).await;
+    dispatch(&state, stream, head, peer, listener).await;
 }
 
 /// Routes and serves, in a task of its own, a request that followed long polls on a connection
 /// served on the raw socket (`transport::long_poll::raw`). The future is boxed as a trait
 /// object: the long-poll task starts this one, and this one may start a long-poll task.
-pub(crate) fn spawn_dispatch(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>, peer: SocketAddr) {
+pub(crate) fn spawn_dispatch(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    head: Vec<u8>,
+    peer: SocketAddr,
+    listener: Listener,
+) {
     let next: Pin<Box<dyn Future<Output = ()> + Send>> =
-        Box::pin(async move { dispatch(&state, stream, head, peer).await });
+        Box::pin(async move { dispatch(&state, stream, head, peer, listener).await });
     tokio::spawn(next);
 }
 
 /// Routes and serves a request read from the raw socket: the transport that takes the socket,
 /// or hyper. `peer` is the connection's address (before trusted-proxy headers).
-async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr) {
-    let first = first_route(&state.config, &head);
+async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr, listener: Listener) {
+    let first = first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
     // Requests hyper serves are admitted one by one in `http_request`, long polls in
     // `long_poll::raw`; here only the routes whose transport takes the socket.
     if let Some(route) = first.as_ref().filter(|r| crate::edge::class(r) == crate::edge::Class::ClientConnect) {
@@ -97,7 +103,7 @@ async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut p
         Some(Route::Stream(kind)) => return Box::pin(stream::serve(state.clone(), stream, head, peer, kind)).await,
         // A task of its own, so that a held poll does not keep this (larger) future.
         Some(Route::LongPoll) => {
-            return long_poll::raw::spawn(state.clone(), stream, long_poll::raw::Pending::Head(head), peer);
+            return long_poll::raw::spawn(state.clone(), stream, long_poll::raw::Pending::Head(head), peer, listener);
         }
         None => {
             if let Some((status, message)) = malformed_head(&head) {
@@ -112,7 +118,7 @@ async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut p
     } else {
         // Boxed: hyper's connection state is large, and the task's future is as large as its
         // largest branch; the WebSocket path should not pay for copying it around.
-        Box::pin(serve_http(state.clone(), stream, Bytes::from(head), peer)).await
+        Box::pin(serve_http(state.clone(), stream, Bytes::from(head), peer, listener)).await
     }
 }
 
@@ -278,7 +284,7 @@ impl HeadBuffer {
     }
 }
 
-async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr) {
+async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: SocketAddr, listener: Listener) {
     let http = &state.config.http_server;
     let busy = Arc::new(AtomicUsize::new(0));
     let deadline = Deadline {
@@ -301,7 +307,7 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
         let state = service_state.clone();
         let handoff = service_handoff.clone();
         async move {
-            let response = http_request(state, req, peer, &handoff).await?;
+            let response = http_request(state, req, peer, listener, &handoff).await?;
             Ok::<_, Infallible>(response.map(|body| Answer { body, _answering: answering }))
         }
     });
@@ -323,7 +329,7 @@ async fn serve_http(state: Arc<AppState>, stream: TcpStream, head: Bytes, peer: 
     match taken {
         Taken::Stream { kind, head, data } => stream::handoff::serve(state, socket, kind, head, data, peer).await,
         Taken::LongPoll(handed) => {
-            long_poll::raw::spawn(state, socket, long_poll::raw::Pending::Handed(handed, rest), peer);
+            long_poll::raw::spawn(state, socket, long_poll::raw::Pending::Handed(handed, rest), peer, listener);
         }
     }
 }
@@ -441,9 +447,10 @@ async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    listener: Listener,
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Body>, Infallible> {
-    let routed = route(&state.config, req.uri().path(), false);
+    let routed = on_listener(&state.config, route(&state.config, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {
         Ok(client) => client,

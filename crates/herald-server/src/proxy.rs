@@ -147,8 +147,9 @@ pub fn traceparent(parent: Option<&str>, rng: &mut impl Rng) -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
-/// `version-trace-parent-flags` with a known version, non-zero ids, lower-case hex.
-fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+/// `version-trace-parent-flags` with a known version, non-zero ids, lower-case hex: the trace
+/// id and the flags.
+pub fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));

@@ -85,9 +85,49 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     Route::NotFound
 }
 
+/// The listening socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `http_server.port`.
+    Public,
+    /// `http_server.internal_port`.
+    Internal,
+}
+
+/// `route` as seen from `listener`: with an internal port configured, the server API, metrics,
+/// health and admin endpoints answer only there, and client endpoints only on the public port
+/// (Centrifugo v6); the other side answers 404. Without one, the public port serves everything.
+pub fn on_listener<'a>(config: &Config, route: Route<'a>, listener: Listener) -> Route<'a> {
+    use crate::edge::Class;
+    let internal = matches!(crate::edge::class(&route), Class::Api | Class::Admin);
+    let split = config.http_server.internal_port.is_some();
+    match listener {
+        Listener::Public if split && internal => Route::NotFound,
+        Listener::Internal if !internal => Route::NotFound,
+        _ => route,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_port_splits_the_endpoints() {
+        let mut config = Config::default();
+        let ws = config.websocket.handler_prefix.clone();
+        fn both<'a>(config: &Config, path: &'a str, upgrade: bool) -> (Route<'a>, Route<'a>) {
+            let routed = route(config, path, upgrade);
+            (on_listener(config, routed, Listener::Public), on_listener(config, routed, Listener::Internal))
+        }
+        assert_eq!(both(&config, "/api/info", false).0, Route::Api("info"), "no internal port: all public");
+        config.http_server.internal_port = Some(9001);
+        assert_eq!(both(&config, "/api/info", false), (Route::NotFound, Route::Api("info")));
+        assert_eq!(both(&config, "/metrics", false), (Route::NotFound, Route::Metrics));
+        assert_eq!(both(&config, "/health", false), (Route::NotFound, Route::Health));
+        assert_eq!(both(&config, &ws, true), (Route::WebSocket, Route::NotFound));
+        assert_eq!(both(&config, "/nowhere", false), (Route::NotFound, Route::NotFound));
+    }
 
     #[test]
     fn routes_each_endpoint() {

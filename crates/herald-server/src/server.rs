@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, WORK_STEALING};
 use crate::config_error::ConfigError;
 use crate::entry::handle_connection;
+use crate::router::Listener;
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -96,8 +97,10 @@ pub fn serve_reloadable(config: Config, source: Option<crate::reload::Source>) -
     let per_core = config.runtime.scheduler != WORK_STEALING;
     let listeners = bind_listeners(&config, if per_core { workers } else { 1 })?;
     let local = listeners[0].local_addr().map_err(StartupError::Listener)?;
+    let internal = bind_internal(&config)?;
     let (accepting_tx, accepting) = tokio::sync::watch::channel(true);
     if !per_core {
+        let listeners = Listeners { public: listeners.into_iter().next().expect("one listener"), internal };
         return serve_work_stealing(config, source, workers, listeners, local, accepting_tx, accepting);
     }
     // Every runtime is built before any thread starts, so a failure stops start-up cleanly.
@@ -118,7 +121,7 @@ pub fn serve_reloadable(config: Config, source: Option<crate::reload::Source>) -
                 worker.block_on(async move {
                     start_relay(i + 1);
                     let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
-                    accept_loop(&state, listener, accepting).await;
+                    accept_loop(&state, listener, Listener::Public, accepting).await;
                     // Keep serving the connections of this thread until the shutdown is over.
                     let _ = exit.wait_for(|done| *done).await;
                     Ok::<(), StartupError>(())
@@ -130,8 +133,7 @@ pub fn serve_reloadable(config: Config, source: Option<crate::reload::Source>) -
 
     let result = runtime.block_on(async {
         start_relay(0);
-        let listener = TcpListener::from_std(first).map_err(StartupError::Listener)?;
-        run(state, listener, accepting_tx, accepting, shutdown_signal()).await
+        run(state, Listeners { public: first, internal }, accepting_tx, accepting, shutdown_signal()).await
     });
     let _ = exit_tx.send(true);
     for thread in threads {
@@ -158,7 +160,7 @@ fn serve_work_stealing(
     config: Config,
     source: Option<crate::reload::Source>,
     workers: usize,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Listeners,
     local: SocketAddr,
     accepting_tx: tokio::sync::watch::Sender<bool>,
     accepting: tokio::sync::watch::Receiver<bool>,
@@ -171,9 +173,7 @@ fn serve_work_stealing(
         .map_err(StartupError::Runtime)?;
     runtime.block_on(async {
         let state = new_state(config, source, local, 0).await?;
-        let listener = listeners.into_iter().next().expect("one listener");
-        let listener = TcpListener::from_std(listener).map_err(StartupError::Listener)?;
-        run(state, listener, accepting_tx, accepting, shutdown_signal()).await
+        run(state, listeners, accepting_tx, accepting, shutdown_signal()).await
     })
 }
 
@@ -243,6 +243,35 @@ pub fn bind_listeners(config: &Config, count: usize) -> Result<Vec<std::net::Tcp
     Ok(all)
 }
 
+/// The sockets worker 0 accepts on: its share of the public port, and the internal port.
+struct Listeners {
+    public: std::net::TcpListener,
+    internal: Option<std::net::TcpListener>,
+}
+
+/// Binds `http_server.internal_port` on `internal_address` (or `address`), when set. One socket
+/// accepted by worker 0: the API, metrics and health see little traffic next to the clients.
+pub fn bind_internal(config: &Config) -> Result<Option<std::net::TcpListener>, StartupError> {
+    use std::net::ToSocketAddrs;
+    let http = &config.http_server;
+    let Some(port) = http.internal_port else { return Ok(None) };
+    let address = [&http.internal_address, &http.address].into_iter().find(|a| !a.is_empty());
+    let addr = format!("{}:{port}", address.map_or("0.0.0.0", |a| a.as_str()));
+    let fail = |error: io::Error| StartupError::Bind { address: addr.clone(), error };
+    let sockaddr = addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| fail(io::Error::other("no address")))?;
+    let open = || -> io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(sockaddr), Type::STREAM, Some(Protocol::TCP))?;
+        // A restart binds again while the last run's connections are in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&sockaddr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    Ok(Some(open().map_err(fail)?))
+}
+
 /// Reloads the configuration on every SIGHUP ([`crate::reload`]); without a reloader, SIGHUP is
 /// logged and ignored (instead of ending the process, its default action).
 async fn reload_on_hangup(state: Arc<AppState>) {
@@ -251,6 +280,10 @@ async fn reload_on_hangup(state: Arc<AppState>) {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
         while hangup.recv().await.is_some() {
+            // logrotate moved the files away: write to new ones from now on.
+            for (path, error) in telemetry::reopen_log_files() {
+                tracing::error!(path = %path.display(), %error, "cannot reopen a log file; still writing to the old one");
+            }
             match &state.reloader {
                 Some(reloader) => {
                     reloader.reload(&state);
@@ -367,7 +400,12 @@ fn open_descriptors() -> usize {
 /// At `AppState::socket_limit` open sockets a new connection is accepted and closed at once:
 /// the client sees a closed connection instead of waiting in the backlog, and the process keeps
 /// descriptors for everything else (docs/architecture.md, "Near the file limit").
-async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting: tokio::sync::watch::Receiver<bool>) {
+async fn accept_loop(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    kind: Listener,
+    mut accepting: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
@@ -387,10 +425,10 @@ async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting
                         match &state.tls {
                             Some(tls) => {
                                 let timeout = state.config.http_server.request_head_timeout;
-                                let serve = |plain| handle_connection(state.clone(), plain, peer);
+                                let serve = |plain| handle_connection(state.clone(), plain, peer, kind);
                                 tls.serve(stream, peer, timeout, serve).await;
                             }
-                            None => handle_connection(state.clone(), stream, peer).await,
+                            None => handle_connection(state.clone(), stream, peer, kind).await,
                         }
                         drop(entered);
                     });
@@ -411,6 +449,8 @@ async fn accept_loop(state: &Arc<AppState>, listener: TcpListener, mut accepting
     }
 }
 
+/// How often histogram samples are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -458,13 +498,18 @@ async fn stopped(accepting: &mut tokio::sync::watch::Receiver<bool>) {
 /// every accept loop and shuts down gracefully.
 async fn run(
     state: Arc<AppState>,
-    listener: TcpListener,
+    listeners: Listeners,
     accepting_tx: tokio::sync::watch::Sender<bool>,
     accepting: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
     let node = state.node.clone();
+    let listener = TcpListener::from_std(listeners.public).map_err(StartupError::Listener)?;
     let local = listener.local_addr().map_err(StartupError::Listener)?;
+    let internal = match listeners.internal {
+        Some(internal) => Some(TcpListener::from_std(internal).map_err(StartupError::Listener)?),
+        None => None,
+    };
     let timers = tokio::spawn({
         let node = node.clone();
         async move {
@@ -490,12 +535,39 @@ async fn run(
         }
     });
 
+    // Histogram samples wait in the recorder until drained into their buckets: without a scrape
+    // they would pile up (8 bytes per command), so they are drained every few seconds.
+    let upkeep = tokio::spawn({
+        let metrics = state.metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
     let scheme = if state.tls.is_some() { "https" } else { "http" };
+    let internal = match internal {
+        Some(internal) => {
+            let at = internal.local_addr().map_err(StartupError::Listener)?;
+            // Logged before the main line, which tools (and the tests) wait for.
+            tracing::info!(address = %at, scheme, "internal endpoints (API, metrics, health) on {at} ({scheme})");
+            let (state, accepting) = (state.clone(), accepting.clone());
+            Some(tokio::spawn(async move { accept_loop(&state, internal, Listener::Internal, accepting).await }))
+        }
+        None => None,
+    };
+    telemetry::note_base_memory();
     tracing::info!(address = %local, node = %node.identity().name, scheme, "herald listening on {local} ({scheme})");
     tokio::select! {
-        _ = accept_loop(&state, listener, accepting) => {}
+        _ = accept_loop(&state, listener, Listener::Public, accepting) => {}
         _ = shutdown => {}
+    }
+    if let Some(internal) = internal {
+        internal.abort();
     }
     let _ = accepting_tx.send(false);
     state.shutting_down.store(true, Ordering::SeqCst);
@@ -504,6 +576,7 @@ async fn run(
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
     timers.abort();
     cluster.abort();
+    upkeep.abort();
     reloads.abort();
     tracing::info!("shutdown complete");
     Ok(())

@@ -55,7 +55,12 @@ impl AppState {
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
-        let connect_headers = node.backend().table().connect_header_names();
+        let mut connect_headers = node.backend().table().connect_header_names();
+        // Kept with or without a connect proxy: the connection's trace goes on in its log lines
+        // and proxy calls. Only connections that send one pay for it.
+        if !connect_headers.iter().any(|n| n == "traceparent") {
+            connect_headers.push("traceparent".into());
+        }
         // `loader::validate` refuses a configuration this cannot compile.
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         AppState {

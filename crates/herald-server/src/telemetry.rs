@@ -1,85 +1,16 @@
-//! Logging (tracing-subscriber) and the Prometheus recorder.
+//! Logging ([`logs`]: tracing-subscriber, log files, access lines) and the Prometheus recorder
+//! with the process gauges sampled at each scrape.
 //!
-//! Logs go to stderr, so stdout stays free for command output. `RUST_LOG`, when set and not
-//! empty, replaces `log.level` with a full filter (e.g. `RUST_LOG=herald_hub=debug,info`).
+//! Logs go to stderr (or `log.file`), so stdout stays free for command output.
 
-use std::io::IsTerminal;
-use std::sync::{Mutex, OnceLock};
+mod logs;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::LogConfig;
-
-/// Installs the global tracing subscriber: text or JSON lines on stderr at `cfg.level`
-/// (`none` turns logging off unless `RUST_LOG` is set). Does nothing if a subscriber is
-/// already installed.
-pub fn init_logging(cfg: &LogConfig) {
-    let from_env = std::env::var("RUST_LOG").is_ok_and(|d| !d.trim().is_empty());
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => match EnvFilter::try_new(&directives) {
-            Ok(filter) => filter,
-            Err(e) => {
-                eprintln!("warning: ignoring RUST_LOG={directives:?}: {e}");
-                match level_filter(&cfg.level) {
-                    Some(filter) => filter,
-                    None => return,
-                }
-            }
-        },
-        _ => match level_filter(&cfg.level) {
-            Some(filter) => filter,
-            None => return,
-        },
-    };
-    let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let registry = tracing_subscriber::registry().with(filter);
-    // An error only means a subscriber is already installed (tests, repeated calls).
-    let installed =
-        if cfg.format == "json" { registry.with(fmt.json()).try_init() } else { registry.with(fmt).try_init() };
-    if installed.is_ok() && !from_env {
-        let _ = LEVEL.set(handle);
-    }
-}
-
-/// The filter of the installed subscriber, when `log.level` chose it (not `RUST_LOG`).
-static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
-
-/// Why a new `log.level` could not be applied while running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LevelChange {
-    Applied,
-    /// `RUST_LOG` decides the filter.
-    SetByEnv,
-    /// Logging was off (`none`) at start, or no subscriber of Herald's is installed: a restart
-    /// is needed.
-    NeedsRestart,
-}
-
-/// Applies a new `log.level` to the running subscriber (`herald` reload).
-pub fn set_level(level: &str) -> LevelChange {
-    if std::env::var("RUST_LOG").is_ok_and(|d| !d.trim().is_empty()) {
-        return LevelChange::SetByEnv;
-    }
-    let (Some(handle), Some(filter)) = (LEVEL.get(), level_filter(level)) else { return LevelChange::NeedsRestart };
-    match handle.reload(filter) {
-        Ok(()) => LevelChange::Applied,
-        Err(_) => LevelChange::NeedsRestart,
-    }
-}
-
-/// The filter for a `log.level` value; `None` for `none`. Unknown levels fall back to `info`
-/// (the loader's validation rejects them earlier).
-fn level_filter(level: &str) -> Option<EnvFilter> {
-    match level {
-        "none" => None,
-        "trace" | "debug" | "info" | "warn" | "error" => Some(EnvFilter::new(level)),
-        _ => Some(EnvFilter::new("info")),
-    }
-}
+pub use logs::{ACCESS, LevelChange, init_logging, reopen_log_files, set_level};
 
 static PROMETHEUS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
@@ -96,9 +27,84 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(crate::proxy::DURATION_METRIC.into()), crate::proxy::DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(API_DURATION.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(herald_hub::metrics::COMMAND_DURATION.into()), LATENCY_BUCKETS)?
         .install_recorder()?;
     *slot = Some(handle.clone());
     Ok(handle)
+}
+
+/// Server API latency, seconds, by method (`herald_api_request_duration_seconds`).
+pub const API_DURATION: &str = "herald_api_request_duration_seconds";
+/// Buckets of the API latency histogram, seconds: most calls take well under a millisecond,
+/// a broadcast to many channels or a slow engine takes longer.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Milliseconds since the process's first call: when a connection opened, in 8 bytes of its
+/// state (an `Instant` takes 16).
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// The access line of a client connection that ended with `code` (`reason` when the server
+/// closed it), opened at `opened` ([`now_ms`]).
+pub fn connection_closed(session: &herald_hub::Session, client: &uuid::Uuid, code: u32, reason: &str, opened: u64) {
+    let conn = session.connection();
+    let user = session.user();
+    tracing::info!(
+        target: ACCESS,
+        kind = "connection",
+        address = %conn.peer().ip(),
+        transport = conn.transport().name(),
+        client = %client,
+        user,
+        duration_ms = now_ms().saturating_sub(opened),
+        code,
+        reason,
+        trace_id = session.trace_id(),
+        "connection closed {code}"
+    );
+}
+
+/// Resident memory when the server started listening, bytes: the base of
+/// `herald_process_bytes_per_connection`.
+static BASE_RSS: AtomicU64 = AtomicU64::new(0);
+
+/// Notes the resident memory of the process before any client connects.
+pub fn note_base_memory() {
+    BASE_RSS.store(resident_bytes().unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Sets the process gauges, at each scrape: resident memory and open descriptors (from
+/// `/proc/self`, where there is one) and the memory per open connection, computed as
+/// (resident memory - resident memory at start) / connections.
+pub fn sample_process(connections: usize) {
+    let rss = resident_bytes();
+    if let Some(rss) = rss {
+        metrics::gauge!("herald_process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("herald_process_open_fds").set(dir.count() as f64);
+    }
+    metrics::gauge!("herald_process_bytes_per_connection").set(per_connection(
+        rss.unwrap_or(0),
+        BASE_RSS.load(Ordering::Relaxed),
+        connections,
+    ));
+}
+
+fn per_connection(rss: u64, base: u64, connections: usize) -> f64 {
+    if connections == 0 { 0.0 } else { rss.saturating_sub(base) as f64 / connections as f64 }
+}
+
+/// `VmRSS` of `/proc/self/status`, bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -115,10 +121,11 @@ mod tests {
     }
 
     #[test]
-    fn levels() {
-        assert!(level_filter("none").is_none());
-        assert!(level_filter("debug").is_some());
-        init_logging(&LogConfig::default());
-        init_logging(&LogConfig { level: "debug".into(), format: "json".into() });
+    fn process_figures() {
+        let rss = resident_bytes().expect("Linux has /proc/self/status");
+        assert!(rss > 1024 * 1024, "{rss}");
+        assert_eq!(per_connection(10_000, 4_000, 0), 0.0);
+        assert_eq!(per_connection(10_000, 4_000, 3), 2_000.0);
+        assert_eq!(per_connection(3_000, 4_000, 3), 0.0, "memory given back below the base");
     }
 }

@@ -832,14 +832,14 @@ fn unimplemented_centrifugo_options_are_warned_by_name() {
         &dir,
         "c.yaml",
         "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nadmin:\n  enabled: true\n  password: p\n\
-         uni_websocket:\n  join_push_messages: true\nopentelemetry:\n  enabled: true\n",
+         uni_websocket:\n  join_push_messages: true\ngraphite:\n  enabled: true\n",
     );
     let out = herald(&["checkconfig", "c.yaml"], dir.path(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for (key, what) in [
         ("admin", "the admin web UI"),
-        ("opentelemetry", "OpenTelemetry tracing"),
+        ("graphite", "Graphite metrics"),
         ("uni_websocket.join_push_messages", "joined pushes on the unidirectional WebSocket"),
     ] {
         let line = format!("warning: {key:?} is a Centrifugo option Herald does not implement yet ({what}); ignored");
@@ -875,6 +875,24 @@ fn out_of_range_integers_name_the_range() {
         stderr(&out)
             .trim()
             .starts_with(r#"error: invalid value for client.ping_interval: expected a duration such as "25s""#),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// OpenTelemetry span export is not built in: turning it on is refused, naming the key.
+#[test]
+fn opentelemetry_enabled_is_refused() {
+    let dir = TempDir::new().unwrap();
+    write(
+        &dir,
+        "otel.yaml",
+        "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nopentelemetry:\n  enabled: true\n",
+    );
+    let out = herald(&["checkconfig", "otel.yaml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("opentelemetry.enabled") && stderr(&out).contains("no OTLP exporter"),
         "{}",
         stderr(&out)
     );

@@ -165,6 +165,13 @@ async fn a_slow_stream_reader_is_disconnected() {
     assert!(closed, "the slow reader was not disconnected");
     let metrics = herald.metrics().await;
     assert!(metrics.contains("herald_transport_slow_total{transport=\"uni_http_stream\"} 1"), "{metrics}");
+    // At least the publication that did not fit was dropped.
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_transport_dropped_bytes_total{transport=\"uni_http_stream\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped bytes counted: {metrics}"));
+    assert!(dropped >= 60_000.0, "{dropped}");
     let mut last = None;
     while let Some(item) = tokio::time::timeout(Duration::from_secs(20), uni.next()).await.unwrap() {
         last = Some(item.json);

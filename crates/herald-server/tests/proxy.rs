@@ -143,7 +143,8 @@ async fn connect_proxy_lets_in_with_the_backends_identity_and_gets_the_exact_req
     let rpc = backend.requests_to("/rpc").await;
     let tp2 = rpc[0]["headers"]["traceparent"].as_str().unwrap();
     assert_eq!(tp2.len(), 55);
-    assert!(!tp2.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "a new trace for a later call");
+    assert!(tp2.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "later calls continue the connection's trace");
+    assert!(tp2 != tp && tp2 != parent, "with a parent id of their own: {tp2}");
     assert_eq!(rpc[0]["headers"]["x-forwarded-for"], "127.0.0.1");
     assert!(rpc[0]["headers"].get("cookie").is_none(), "client headers go to the connect proxy only");
 }
@@ -445,4 +446,29 @@ fn https_and_unknown_named_proxies_stop_start_up_naming_the_key() {
         "rpc": {"namespaces": [{"name": "ns", "proxy_enabled": true, "proxy_name": "p1"}]}}));
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("unknown configuration key"), "static header names are not config keys: {stderr}");
+}
+
+/// A connection authenticated by token (no connect proxy call) keeps its `traceparent` for the
+/// proxy calls made for it; a connection without one gets a new trace per call.
+#[tokio::test]
+async fn token_connections_continue_their_trace_in_proxy_calls() {
+    let backend = Backend::start();
+    let herald = herald_with(Some(&backend), &[]);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut traced = RawWs::open(herald.addr, WS_PATH, &[("traceparent", parent)]).await;
+    traced.send_json(&json!({"id": 1, "connect": {"token": token("tina")}})).await;
+    assert!(traced.recv_json().await[0]["connect"]["client"].is_string());
+    let r = command(&mut traced, json!({"id": 2, "rpc": {"method": "whoami", "data": {}}})).await;
+    assert!(r["rpc"].is_object(), "{r}");
+    let mut plain = RawWs::connected(&herald, "pete").await;
+    let r = command(&mut plain, json!({"id": 2, "rpc": {"method": "whoami", "data": {}}})).await;
+    assert!(r["rpc"].is_object(), "{r}");
+
+    assert!(backend.requests_to("/connect").await.is_empty(), "token connections do not call the connect proxy");
+    let rpc = backend.requests_to("/rpc").await;
+    assert_eq!(rpc.len(), 2);
+    let traced_tp = rpc[0]["headers"]["traceparent"].as_str().unwrap();
+    assert!(traced_tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && traced_tp != parent, "{traced_tp}");
+    let plain_tp = rpc[1]["headers"]["traceparent"].as_str().unwrap();
+    assert!(!plain_tp.contains("0af7651916cd43dd8448eb211c80319c") && plain_tp.len() == 55, "{plain_tp}");
 }

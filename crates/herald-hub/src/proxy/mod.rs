@@ -298,8 +298,8 @@ pub struct ProxyRequest<'a> {
     pub spec: &'a ProxySpec,
     pub kind: ProxyKind,
     pub body: Vec<u8>,
-    /// Client headers to forward (lower-case names), connect only. A `traceparent` among them
-    /// is continued rather than forwarded as is.
+    /// Client headers to forward (lower-case names) for connect; for the calls after it, the
+    /// connection's `traceparent` alone. A `traceparent` is continued rather than forwarded as is.
     pub headers: &'a [(String, String)],
     /// The client's address, sent as `X-Forwarded-For`.
     pub peer: IpAddr,

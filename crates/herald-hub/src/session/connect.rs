@@ -35,8 +35,14 @@ impl Session {
             encoding: self.link.envelope().encoding(),
             headers: &headers,
         };
-        let identity = p.auth.connect(attempt).await?;
-        drop(headers);
+        let identity = p.auth.connect(attempt).await;
+        // Later proxy calls continue the client's trace too.
+        if let Some(traceparent) = headers.into_iter().find(|(name, _)| name == "traceparent")
+            && let Some(ext) = self.ext.as_mut()
+        {
+            ext.trace = vec![traceparent];
+        }
+        let identity = identity?;
         self.establish(p, id, req, identity).await
     }
 
@@ -125,7 +131,7 @@ impl Session {
         self.server_refresh = server_refresh;
         if meta.is_empty() {
             // The kept headers are not needed once connected; a rate budget is made later.
-            if self.ext.as_ref().is_some_and(|e| e.budget.is_none()) {
+            if self.ext.as_ref().is_some_and(|e| e.budget.is_none() && e.trace.is_empty()) {
                 self.ext = None;
             }
         } else {
@@ -324,8 +330,10 @@ impl Session {
             let (common, _) = self.proxy_common(spec);
             serde_json::to_vec(&common).expect("serializable")
         };
-        let decision =
-            p.backend().call::<wire::RefreshResult>(spec, ProxyKind::Refresh, body, &[], self.conn.peer().ip()).await;
+        let decision = p
+            .backend()
+            .call::<wire::RefreshResult>(spec, ProxyKind::Refresh, body, self.trace_headers(), self.conn.peer().ip())
+            .await;
         let result = match decision {
             Ok(Decision::Allow(r)) => r,
             Ok(Decision::Refuse(_)) => return self.disconnect(DISCONNECT_EXPIRED),

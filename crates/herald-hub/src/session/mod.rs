@@ -108,6 +108,9 @@ struct Extras {
     meta: Bytes,
     /// `client.command_rate_limit` state, from the first command after connect.
     budget: Option<CommandBudget>,
+    /// The `traceparent` the client connected with (one header), continued by every proxy call
+    /// made for this connection.
+    trace: Vec<(String, String)>,
 }
 
 fn bad_request() -> Refusal {
@@ -177,7 +180,7 @@ impl Session {
         kind: ProxyKind,
         body: Vec<u8>,
     ) -> Result<R, Refusal> {
-        match p.backend().call::<R>(spec, kind, body, &[], self.conn.peer().ip()).await {
+        match p.backend().call::<R>(spec, kind, body, self.trace_headers(), self.conn.peer().ip()).await {
             Ok(Decision::Allow(r)) => Ok(r),
             Ok(Decision::Refuse(r)) => Err(r),
             Err(_) => Err(ERROR_INTERNAL.into()),
@@ -199,6 +202,17 @@ impl Session {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The W3C trace id of the `traceparent` the client connected with, if it sent one.
+    pub fn trace_id(&self) -> Option<&str> {
+        let (_, value) = self.ext.as_ref()?.trace.first()?;
+        value.trim().split('-').nth(1).filter(|id| id.len() == 32)
+    }
+
+    /// The headers every proxy call after connect carries: the connection's `traceparent`.
+    fn trace_headers(&self) -> &[(String, String)] {
+        self.ext.as_ref().map_or(&[], |e| &e.trace)
     }
 
     /// Channels this session is subscribed to.
@@ -260,7 +274,9 @@ impl Session {
             return match method {
                 Some(Method::Connect(req)) if cmd.id > 0 => {
                     // Boxed: the connect state is large and needed once per connection.
+                    let started = std::time::Instant::now();
                     let r = Box::pin(self.connect(&p, cmd.id, req)).await;
+                    metrics::command_duration(name, started);
                     let flow = self.finish(name, cmd.id, r);
                     if self.state == State::Fresh && flow == Flow::Continue {
                         // After a connect error the rest of the batch is dropped (as Go does)
@@ -319,6 +335,7 @@ impl Session {
                 }
             }
         }
+        let started = std::time::Instant::now();
         let r = match method {
             Method::Connect(_) => Err(bad_request()),
             Method::Subscribe(req) => Box::pin(self.subscribe(&p, cmd.id, req)).await,
@@ -334,6 +351,7 @@ impl Session {
             Method::Refresh(req) => self.refresh(&p, cmd.id, req),
             Method::SubRefresh(req) => self.sub_refresh(&p, cmd.id, req),
         };
+        metrics::command_duration(name, started);
         self.finish(name, cmd.id, r)
     }
 

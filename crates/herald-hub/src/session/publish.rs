@@ -59,7 +59,7 @@ impl Session {
                 Ok(replaced) if !replaced.is_empty() => data = replaced,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(channel = %req.channel, error = %e, "publish proxy answered invalid data");
+                    tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), channel = %req.channel, error = %e, "publish proxy answered invalid data");
                     return Err(ERROR_INTERNAL.into());
                 }
             }

@@ -23,7 +23,7 @@ impl Session {
         };
         let r: wire::RpcResult = self.ask(p, proxy, ProxyKind::Rpc, body).await?;
         let Ok(data) = wire::bytes_of(r.data.as_deref(), r.b64data.as_deref()) else {
-            tracing::warn!(method = %req.method, "rpc proxy answered invalid base64");
+            tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), method = %req.method, "rpc proxy answered invalid base64");
             return Err(ERROR_INTERNAL.into());
         };
         self.send(&Reply { id, rpc: Some(RpcResult { data }), ..Default::default() });

@@ -111,7 +111,7 @@ impl Session {
                 Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
                 Err(TokenError::NotYetValid) => return Err(ERROR_TOKEN_NOT_YET_VALID.into()),
                 Err(TokenError::Invalid(e)) => {
-                    tracing::debug!(error = %e, "invalid subscription token");
+                    tracing::debug!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), error = %e, "invalid subscription token");
                     return Err(ERROR_PERMISSION_DENIED.into());
                 }
             };
@@ -333,7 +333,7 @@ impl Session {
         {
             let info = self.client_info(sub.chan_info.clone());
             if let Err(e) = p.engine().broker().publish_join(channel, info).await {
-                tracing::warn!(channel, error = %e, "join publish failed");
+                tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), channel, error = %e, "join publish failed");
             }
         }
     }
@@ -352,7 +352,7 @@ impl Session {
         if emit_leave && sub.flags & EMIT_JOIN_LEAVE != 0 {
             let info = self.client_info(sub.chan_info);
             if let Err(e) = p.engine().broker().publish_leave(channel, info).await {
-                tracing::warn!(channel, error = %e, "leave publish failed");
+                tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), channel, error = %e, "leave publish failed");
             }
         }
     }
@@ -429,7 +429,7 @@ impl Session {
             Ok(r) => r,
             Err(Refusal::Disconnect(d)) => return self.disconnect(d),
             Err(Refusal::Error(ErrorCode { code, .. }) | Refusal::Backend(BackendError { code, .. })) => {
-                tracing::warn!(channel = %sub.channel, code, "server-side subscribe failed");
+                tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), channel = %sub.channel, code, "server-side subscribe failed");
                 return Flow::Continue;
             }
         };
@@ -475,7 +475,7 @@ impl Session {
         let info = wire::bytes_of(r.info.as_deref(), r.b64info.as_deref());
         let data = wire::bytes_of(r.data.as_deref(), r.b64data.as_deref());
         let (Ok(info), Ok(data)) = (info, data) else {
-            tracing::warn!(channel = %req.channel, "subscribe proxy answered invalid base64");
+            tracing::warn!(client = %self.link.id(), user = %self.user, trace_id = self.trace_id(), channel = %req.channel, "subscribe proxy answered invalid base64");
             return Err(ERROR_INTERNAL.into());
         };
         let mut spec = SubSpec::from_options(o, &r.override_.unwrap_or_default(), false);
@@ -511,7 +511,8 @@ impl Session {
             serde_json::to_vec(&body).expect("serializable")
         };
         let peer = self.conn.peer().ip();
-        let decision = p.backend().call::<wire::RefreshResult>(proxy, ProxyKind::SubRefresh, body, &[], peer).await;
+        let trace = self.trace_headers();
+        let decision = p.backend().call::<wire::RefreshResult>(proxy, ProxyKind::SubRefresh, body, trace, peer).await;
         let Some(i) = self.find(channel) else { return };
         let result = match decision {
             Ok(Decision::Allow(r)) => r,

@@ -89,11 +89,26 @@ pub fn health(state: &AppState) -> Response<Body> {
 
 /// `GET /metrics`: gauges sampled now, then the Prometheus text exposition.
 pub fn metrics(state: &AppState) -> Response<Body> {
+    crate::telemetry::sample_process(state.connections.total());
     let stats = state.node.stats();
     metrics::gauge!("herald_connections").set(stats.num_clients as f64);
     metrics::gauge!("herald_users").set(stats.num_users as f64);
     metrics::gauge!("herald_channels").set(stats.num_channels as f64);
     metrics::gauge!("herald_subscriptions").set(stats.num_subs as f64);
+    // One pass over the connections, at scrape time only: the write path keeps no shared
+    // total (one lock per connection for its queue).
+    let (mut queued, mut json, mut protobuf) = (0, 0, 0);
+    for link in state.node.hub().all_links() {
+        queued += link.queued_bytes();
+        match link.envelope().encoding() {
+            herald_proto::Encoding::Json => json += 1,
+            herald_proto::Encoding::Protobuf => protobuf += 1,
+        }
+    }
+    metrics::gauge!("herald_queued_bytes").set(queued as f64);
+    for (encoding, n) in [(herald_proto::Encoding::Json, json), (herald_proto::Encoding::Protobuf, protobuf)] {
+        metrics::gauge!("herald_connections_by_encoding", "encoding" => encoding.as_str()).set(f64::from(n));
+    }
     for (transport, open) in state.connections.by_transport() {
         metrics::gauge!("herald_transport_connections", "transport" => transport.name()).set(open as f64);
     }
@@ -114,9 +129,51 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let (response, tally) = call(state, method, req, peer).await;
-    api_metric(method.map_or("unknown", |m| m.name), response.status().as_u16(), tally);
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let name = method.map_or("unknown", |m| m.name);
+    // The caller's trace, continued: its id tags every line logged while the call runs.
+    let trace_id = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::proxy::parse_traceparent)
+        .map(|(trace, _)| trace.to_owned());
+    // A span only for traced calls: an untraced publish pays no span.
+    let span = match &trace_id {
+        Some(id) => tracing::info_span!("api", method = name, trace_id = id.as_str()),
+        None => tracing::Span::none(),
+    };
+    let (response, tally) = call(state, method, req, peer).instrument(span).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    api_metric(name, status, tally);
+    api_duration(name).record(elapsed.as_secs_f64());
+    let bytes = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
+    let code = match tally {
+        Tally::Error(code) => Some(code),
+        _ => None,
+    };
+    tracing::info!(
+        target: crate::telemetry::ACCESS,
+        kind = "api",
+        address = %peer.ip(),
+        method = name,
+        status,
+        code,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        bytes,
+        trace_id = trace_id.as_deref(),
+        "api {name} {status}"
+    );
     response
+}
+
+/// The latency histogram of an API method (cached, as [`api_metric`]).
+fn api_duration(method: &'static str) -> metrics::Histogram {
+    static H: OnceLock<std::sync::Mutex<std::collections::HashMap<&'static str, metrics::Histogram>>> = OnceLock::new();
+    let mut map = H.get_or_init(Default::default).lock().expect("metric handles");
+    map.entry(method).or_insert_with(|| metrics::histogram!(crate::telemetry::API_DURATION, "method" => method)).clone()
 }
 
 /// Checks the API key (header `X-API-Key`, `Authorization: apikey <key>` or `?api_key=`); the

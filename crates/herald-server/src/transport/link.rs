@@ -88,9 +88,13 @@ impl SocketLink {
         if out.queue.pending() + len > self.queue_max {
             // Slow consumer: drop what is queued and close (no flush), but finish a frame that
             // is partly written so that the goodbye is not written into it.
+            let before = out.queue.pending();
             out.queue.drop_unstarted();
             out.close = Some(Box::new(DISCONNECT_SLOW));
-            metrics::counter!("herald_transport_slow_total", "transport" => self.envelope_name()).increment(1);
+            let transport = self.envelope_name();
+            metrics::counter!("herald_transport_slow_total", "transport" => transport).increment(1);
+            let dropped = (before - out.queue.pending() + len) as u64;
+            metrics::counter!("herald_transport_dropped_bytes_total", "transport" => transport).increment(dropped);
         } else {
             for frame in frames {
                 out.queue.push(frame);
@@ -197,6 +201,10 @@ impl ClientLink for SocketLink {
 
     fn timers(&self) -> &LinkTimers {
         &self.timers
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.out.lock().expect("link out").queue.pending()
     }
 
     fn emulation_session(&self) -> Option<&str> {

@@ -208,11 +208,14 @@ impl ClientLink for PollLink {
         if inner.bytes + frame.len() > self.queue_max {
             // The client does not poll fast enough: what it has not acknowledged is dropped
             // (numbering goes on, so its `seq` stays valid) and the session ends with 3008.
+            let dropped = (inner.bytes + frame.len()) as u64;
             inner.base += inner.items.len() as u64;
             inner.items.clear();
             inner.bytes = 0;
             inner.close = Some(DISCONNECT_SLOW);
             metrics::counter!("herald_transport_slow_total", "transport" => "uni_long_poll").increment(1);
+            metrics::counter!("herald_transport_dropped_bytes_total", "transport" => "uni_long_poll")
+                .increment(dropped);
             self.wake_task(&mut inner);
             return;
         }
@@ -237,6 +240,10 @@ impl ClientLink for PollLink {
 
     fn timers(&self) -> &LinkTimers {
         &self.timers
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn emulation_session(&self) -> Option<&str> {

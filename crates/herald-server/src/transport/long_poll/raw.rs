@@ -23,7 +23,7 @@ use super::{answer, precheck, with_cors};
 use crate::api::{Body, transport_error};
 use crate::edge::{gate, retry_after};
 use crate::entry::{self, HeadError};
-use crate::router::Route;
+use crate::router::{Listener, Route, on_listener};
 use crate::state::AppState;
 use crate::transport::stream::request::{HttpMethod, StreamHead};
 use crate::transport::stream::{BodyError, read_body};
@@ -57,10 +57,10 @@ struct Parsed {
 }
 
 /// Serves long-poll requests on `stream`, starting with `pending`, in a new task.
-pub(crate) fn spawn(state: Arc<AppState>, stream: TcpStream, pending: Pending, peer: SocketAddr) {
+pub(crate) fn spawn(state: Arc<AppState>, stream: TcpStream, pending: Pending, peer: SocketAddr, listener: Listener) {
     tokio::spawn(async move {
-        if let Some((stream, head)) = serve(&state, stream, pending, peer).await {
-            entry::spawn_dispatch(state, stream, head, peer);
+        if let Some((stream, head)) = serve(&state, stream, pending, peer, listener).await {
+            entry::spawn_dispatch(state, stream, head, peer, listener);
         }
     });
 }
@@ -73,6 +73,7 @@ pub(crate) async fn serve(
     mut stream: TcpStream,
     mut pending: Pending,
     peer: SocketAddr,
+    listener: Listener,
 ) -> Option<(TcpStream, Vec<u8>)> {
     loop {
         let (response, keep_alive, rest) = match pending {
@@ -100,7 +101,8 @@ pub(crate) async fn serve(
             }
             Err(HeadError::Closed) => return None,
         };
-        if !matches!(entry::first_route(&state.config, &head), Some(Route::LongPoll)) {
+        let route = entry::first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
+        if !matches!(route, Some(Route::LongPoll)) {
             return Some((stream, head));
         }
         pending = Pending::Head(head);
@@ -240,7 +242,7 @@ mod tests {
         let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
         let node = Node::new(HubConfig::default(), identity, Arc::new(SystemClock)).unwrap();
         let state = Arc::new(AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0));
-        let fut = serve(&state, stream, Pending::Head(Vec::new()), peer);
+        let fut = serve(&state, stream, Pending::Head(Vec::new()), peer, crate::router::Listener::Public);
         let size = std::mem::size_of_val(&fut);
         eprintln!("long-poll loop future {size} B");
         assert!(size <= 1152, "long-poll loop future grew to {size} bytes");

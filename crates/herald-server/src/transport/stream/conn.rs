@@ -71,6 +71,7 @@ pub(super) async fn start(
 /// The connection task, from the started session until the stream ends.
 pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, mut session: Box<Session>, kind: StreamKind) {
     let transport = kind.transport();
+    let opened = crate::telemetry::now_ms();
     let ending = 'serve: loop {
         match link.flush() {
             Err(_) => break Ending::Gone,
@@ -111,6 +112,11 @@ pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, mut session
         Ending::Gone => DISCONNECT_CONNECTION_CLOSED.code,
     };
     herald_hub::metrics::by_code("herald_client_disconnects_total", code);
+    let why = match &ending {
+        Ending::Server(r) => &*r.reason,
+        Ending::Gone => "connection lost",
+    };
+    crate::telemetry::connection_closed(&session, &link.id, code, why, opened);
     if !kind.is_unidirectional() {
         state.emulation.remove(&link);
     }

@@ -279,6 +279,7 @@ pub(super) async fn run(
     mut session: Box<Session>,
 ) {
     let transport = session.connection().transport();
+    let opened = crate::telemetry::now_ms();
     state.connections.opened(transport, link.worker);
     let uni = link.envelope == Envelope::UniWs;
     let settings = if uni { &state.uni_ws } else { &state.ws };
@@ -354,6 +355,14 @@ pub(super) async fn run(
         Closing::Broken => 3009,
     };
     disconnect_metric(code);
+    let why = match &reason {
+        Closing::Server(r) => &*r.reason,
+        Closing::Peer(_) => "closed by the client",
+        Closing::HungUp => "connection lost",
+        Closing::Protocol(_, why) => why,
+        Closing::Broken => "write failed",
+    };
+    crate::telemetry::connection_closed(&session, &link.id, code, why, opened);
     link.timers.set_closed();
     Box::pin(session.close(&state.node)).await;
     drop(session);

@@ -6,8 +6,9 @@
 //!
 //! A session's push takes the lock, appends and returns: it never waits for the backend. When
 //! the queue is full the event is dropped and counted. Batches go out one at a time, a failed
-//! one is retried before later ones, so each client's events keep their order. Best-effort:
-//! what is queued when the process ends is lost.
+//! one is retried before later ones, so each client's events keep their order. At a graceful
+//! shutdown the queue is sent at once (`drain`) for up to the webhook proxy's timeout; what is
+//! still queued then, or when the process crashes, is lost (best-effort).
 //!
 //! Metrics: `herald_webhook_events_total{event,outcome}` (`queued`, `sent`, `dropped`),
 //! `herald_webhook_dropped_total{reason}` (`queue_full`, `retries_exhausted`),
@@ -16,10 +17,12 @@
 //! `herald_proxy_requests_total` with `kind="webhook"` for the batch latency and outcomes.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_hub::Node;
+use herald_hub::broker::BoxFuture;
 use herald_hub::proxy::{ProxyKind, ProxyPort, ProxyRequest, ProxySpec};
 use herald_hub::webhook::{Batcher, EventKind, LifecycleEvent, LifecycleSink, Next, Webhooks, encode_batch};
 use metrics::{Counter, Gauge};
@@ -85,6 +88,8 @@ impl Metrics {
 pub struct WebhookSender {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Shutting down: batches go out without waiting for the flush interval or retry delays.
+    draining: AtomicBool,
     start: Instant,
     metrics: Metrics,
 }
@@ -94,6 +99,7 @@ impl WebhookSender {
         WebhookSender {
             queue: Mutex::new(Queue { batcher: Batcher::new(webhooks.settings), seq: 0 }),
             wake: Notify::new(),
+            draining: AtomicBool::new(false),
             start: Instant::now(),
             metrics: Metrics::new(),
         }
@@ -112,7 +118,12 @@ impl WebhookSender {
         // Not a client's address: the backend sees the node itself.
         let peer = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         loop {
-            let next = self.lock().batcher.poll(self.now_ms());
+            let mut now = self.now_ms();
+            if self.draining.load(Ordering::Relaxed) {
+                // Far enough ahead that every flush deadline and retry delay has passed.
+                now = now.saturating_add(1 << 40);
+            }
+            let next = self.lock().batcher.poll(now);
             match next {
                 Next::Send(batch) => {
                     let body = encode_batch(&node, &batch);
@@ -150,6 +161,21 @@ impl WebhookSender {
 }
 
 impl LifecycleSink for WebhookSender {
+    fn drain(&self, limit: Duration) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            self.draining.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+            let deadline = Instant::now() + limit;
+            loop {
+                let left = self.lock().batcher.depth();
+                if left == 0 || Instant::now() >= deadline {
+                    return left;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+
     fn push(&self, event: LifecycleEvent) {
         let kind = event.kind;
         let now = self.now_ms();

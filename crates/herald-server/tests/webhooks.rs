@@ -2,7 +2,8 @@
 //! (`support/backend.rs`). Events arrive batched and in order per client with every field; a
 //! backend that hangs does not slow connects and the queue bound drops with a counter; a
 //! backend that is not there, then fails, then comes back gets the queued events; a batch that
-//! exhausts its retries is dropped with a counter; bad options stop start-up naming the key.
+//! exhausts its retries is dropped with a counter; a graceful shutdown sends what is queued;
+//! bad options stop start-up naming the key.
 
 mod support;
 
@@ -267,6 +268,34 @@ async fn a_batch_that_exhausts_its_retries_is_dropped_with_a_counter() {
     assert!(events.iter().all(|e| e["user"] == "erin"), "the dropped batch is gone: {events:?}");
     assert!(events[0]["seq"].as_u64().unwrap() > 1, "a gap in seq shows the drop: {events:?}");
     assert!(events.iter().all(|e| e["event"] == "connect" || e["event"] == "disconnect"), "only the listed events");
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_sends_what_is_queued() {
+    let backend = Backend::start();
+    // A flush interval longer than the test: only the shutdown can send these events.
+    let mut herald = herald_with_hooks(
+        &backend.url("/webhook"),
+        &[("HERALD_WEBHOOKS_FLUSH_INTERVAL", "1h"), ("HERALD_SHUTDOWN_CLIENT_CLOSE_WINDOW", "0s")],
+    );
+    let (mut ws, client) = connect(&herald, "frank").await;
+    command(&mut ws, json!({"id": 2, "subscribe": {"channel": "news"}})).await;
+    let m = herald.metrics().await;
+    assert_eq!(metric(&m, r#"herald_webhook_events_total{event="subscribe",outcome="queued"}"#), 1.0, "{m}");
+    assert!(backend.requests_to("/webhook").await.is_empty(), "nothing sent before the interval");
+    herald.signal(libc::SIGTERM);
+    assert!(herald.wait_exit(WAIT).await.is_some(), "herald exits");
+    assert_eq!(
+        of_client(&backend.webhook_events(), &client),
+        vec![
+            ev("connect", "", -1),
+            ev("subscribe", "news", -1),
+            ev("unsubscribe", "news", 3001),
+            ev("disconnect", "", 3001)
+        ]
+    );
+    let bye = backend.webhook_events().into_iter().find(|e| e["event"] == "disconnect").unwrap();
+    assert_eq!(bye["reason"], "shutdown");
 }
 
 fn checkconfig(file: &Value) -> (bool, String) {

@@ -63,6 +63,13 @@ pub struct LifecycleEvent {
 /// Where sessions push events: the server's bounded queue. Must not block.
 pub trait LifecycleSink: Send + Sync {
     fn push(&self, event: LifecycleEvent);
+
+    /// At shutdown: sends what is queued without waiting for `flush_interval` or retry
+    /// delays, for at most `limit`; resolves to the number of events left unsent.
+    fn drain(&self, limit: std::time::Duration) -> crate::broker::BoxFuture<'_, usize> {
+        let _ = limit;
+        Box::pin(std::future::ready(0))
+    }
 }
 
 /// The `webhooks` section, checked: which events, which proxy, which bounds.
@@ -145,6 +152,14 @@ impl Hooks {
     /// sessions report nothing.
     pub fn install(&self, sink: Arc<dyn LifecycleSink>) -> bool {
         self.sink.set(sink).is_ok()
+    }
+
+    /// Sends what is queued for at most `limit` (shutdown); the number of events left.
+    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+        match self.sink.get() {
+            Some(sink) => sink.drain(limit).await,
+            None => 0,
+        }
     }
 
     /// The sink, when `kind` is switched on and a sink is installed.

@@ -38,6 +38,9 @@ pub enum Scenario {
     /// Kernel cost floor of one small loopback TCP write per delivery, without any server:
     /// plain TCP writer threads here, epoll readers in the worker processes.
     Floor(FloorArgs),
+    /// RPC round trips/s through Herald (a JWT client per connection, one call outstanding
+    /// each), or straight to a backend with --direct (the floor): latency, CPU per call.
+    Rpc(RpcArgs),
     /// Internal: a load process started by the coordinator (job on stdin).
     #[command(hide = true)]
     Worker,
@@ -276,4 +279,34 @@ pub struct FloorArgs {
     pub drain: Duration,
     #[command(flatten)]
     pub output: Output,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RpcArgs {
+    /// Herald's address (WebSocket at /connection/websocket).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: std::net::SocketAddr,
+    /// HMAC secret of the connection tokens.
+    #[arg(long, default_value = "")]
+    pub hmac_secret: String,
+    /// Clients, each with one call outstanding.
+    #[arg(long = "connections", short = 'n', default_value_t = 16)]
+    pub conns: usize,
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub duration: Duration,
+    /// RPC method called.
+    #[arg(long, default_value = "echo")]
+    pub method: String,
+    /// Post the RPC proxy request body straight to this backend (`HOST:PORT/path`) instead.
+    #[arg(long)]
+    pub direct: Option<String>,
+    /// Server processes whose CPU is charged per call.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Backend processes whose CPU is reported per call.
+    #[arg(long = "backend-pid")]
+    pub backend_pids: Vec<u32>,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
 }

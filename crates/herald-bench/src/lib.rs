@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod payload;
 pub mod procfs;
 pub mod report;
+pub mod rpc;
 pub mod series;
 pub mod stats;
 pub mod util;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use herald_bench::cli::{Cli, Scenario};
-use herald_bench::{coord, floor, worker};
+use herald_bench::{coord, floor, rpc, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Scenario::Storm(a) => coord::storm(a).await,
             Scenario::Api(a) => coord::api(a).await,
             Scenario::Floor(a) => floor::run(a).await,
+            Scenario::Rpc(a) => rpc::run(a).await,
             Scenario::Worker => unreachable!("handled above"),
         }
     });

@@ -230,6 +230,8 @@ pub struct HubConfig {
     pub rpc: RpcConfig,
     /// Named proxies, referenced by `*_proxy_name`.
     pub proxies: Vec<NamedProxy>,
+    /// Lifecycle webhooks (Herald's own section).
+    pub webhooks: crate::webhook::WebhookConfig,
 }
 
 /// A configuration value the hub cannot run with, named by its config key (e.g.

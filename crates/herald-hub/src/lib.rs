@@ -13,6 +13,8 @@
 //! - [`conn`]: what a transport tells a session about its connection (peer address, transport);
 //! - [`proxy`]: the logic-layer proxies (backend endpoints deciding connects, subscriptions,
 //!   publications, RPC) behind a port the server implements over HTTP;
+//! - [`webhook`]: lifecycle webhooks (connect, disconnect, subscribe, unsubscribe events pushed
+//!   into a bounded queue the server sends in batches);
 //! - [`channel`], [`config`], [`recovery`], [`duration`], [`clock`]: rules and helpers.
 
 pub mod auth;
@@ -34,6 +36,7 @@ pub mod recovery;
 pub mod session;
 pub mod timer;
 pub mod wake;
+pub mod webhook;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, HubConfig};

@@ -84,6 +84,8 @@ pub struct Node {
     /// When this node last announced itself (Unix ms).
     last_heartbeat: std::sync::atomic::AtomicI64,
     user_buckets: crate::limits::UserBuckets,
+    /// Lifecycle webhooks: the checked section and, once the server installs it, the sink.
+    hooks: crate::webhook::Hooks,
 }
 
 impl Node {
@@ -147,6 +149,7 @@ impl Node {
                 format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
             ));
         }
+        let hooks = crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, backend.table())?);
         let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock.now_ms()));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
@@ -166,7 +169,13 @@ impl Node {
             cluster,
             last_heartbeat: std::sync::atomic::AtomicI64::new(0),
             user_buckets: crate::limits::UserBuckets::default(),
+            hooks,
         }))
+    }
+
+    /// Lifecycle webhooks: their options and where events go.
+    pub fn hooks(&self) -> &crate::webhook::Hooks {
+        &self.hooks
     }
 
     pub(crate) fn user_buckets(&self) -> &crate::limits::UserBuckets {

@@ -242,6 +242,11 @@ impl<'a> Ports<'a> {
     }
 
     /// The logic-layer proxies.
+    /// Where a lifecycle event of `kind` goes, when webhooks report it.
+    pub(crate) fn lifecycle(&self, kind: crate::webhook::EventKind) -> Option<&'a dyn crate::webhook::LifecycleSink> {
+        self.node.hooks().sink(kind)
+    }
+
     pub(crate) fn backend(&self) -> &'a crate::proxy::Backend {
         self.node.backend()
     }

@@ -23,6 +23,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Named logic-layer proxies.
     pub proxies: Vec<NamedProxy>,
+    /// Lifecycle webhooks (Herald's own section), sent to a named proxy.
+    pub webhooks: herald_hub::webhook::WebhookConfig,
     pub websocket: WebsocketConfig,
     pub sse: StreamTransportConfig,
     pub http_stream: StreamTransportConfig,
@@ -54,6 +56,7 @@ impl Config {
             channel: self.channel.clone(),
             rpc: self.rpc.clone(),
             proxies: self.proxies.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 }

@@ -44,8 +44,9 @@ pub fn nats_config(config: &Config, node_uid: &str) -> NatsConfig {
 }
 
 /// The node with the engines the config names: memory, Redis (`engine.type = "redis"`) or NATS
-/// (`broker.enabled`), with the logic-layer proxies' client whatever the engine. Connecting to
-/// an engine may fail: the error names the engine and why.
+/// (`broker.enabled`), with the logic-layer proxies' client whatever the engine and the lifecycle
+/// webhook sender when `webhooks` is on. Connecting to an engine may fail: the error names the
+/// engine and why.
 pub async fn build_node(config: &Config, identity: NodeIdentity) -> Result<Arc<Node>, crate::server::StartupError> {
     let clock: Arc<dyn herald_hub::Clock> = Arc::new(SystemClock);
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = if config.broker.enabled {
@@ -55,7 +56,9 @@ pub async fn build_node(config: &Config, identity: NodeIdentity) -> Result<Arc<N
     } else {
         (Arc::new(MemoryBroker::new(clock.clone())), Arc::new(MemoryPresence::default()))
     };
-    Ok(crate::proxy::build_node(config.hub(), identity, clock, broker, presence)?)
+    let node = crate::proxy::build_node(config.hub(), identity, clock, broker, presence)?;
+    crate::webhook::start(&node)?;
+    Ok(node)
 }
 
 /// `engine.type = "redis"`: one engine for PUB/SUB, history and presence.

@@ -25,6 +25,8 @@
 //!   metrics endpoints;
 //! - [`proxy`]: the HTTP client of the logic-layer proxies (connect, refresh, subscribe,
 //!   publish, sub_refresh, RPC backends), with per-proxy metrics;
+//! - [`webhook`]: the lifecycle webhook sender (a bounded queue sessions push into, batches
+//!   posted to a named proxy from its own thread);
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod api;
@@ -44,3 +46,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod webhook;

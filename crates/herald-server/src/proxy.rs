@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_hub::broker::BoxFuture;
-use herald_hub::proxy::{ProxyFailure, ProxyPort, ProxyRequest, ProxySpec};
+use herald_hub::proxy::{ProxyFailure, ProxyKind, ProxyPort, ProxyRequest, ProxySpec};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -102,7 +102,10 @@ impl HttpProxy {
             }
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
+        if req.kind != ProxyKind::Webhook {
+            // A webhook batch is the node's own request, not a client's.
+            insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
+        }
         insert(headers, "traceparent", &traceparent(parent, &mut rand::rng()));
         let response = self.client.request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
         if response.status() != StatusCode::OK {

@@ -574,6 +574,13 @@ async fn run(
     tracing::info!("shutting down: closing {} clients", node.hub().num_clients());
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
+    if let Some(hooks) = node.hooks().config() {
+        // The closed clients' events and what was queued: one try, bounded by the proxy's timeout.
+        let left = node.hooks().drain(hooks.spec.timeout).await;
+        if left > 0 {
+            tracing::warn!(events = left, "lifecycle webhook events not sent before exit");
+        }
+    }
     timers.abort();
     cluster.abort();
     upkeep.abort();

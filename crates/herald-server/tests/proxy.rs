@@ -1,5 +1,5 @@
-//! The logic-layer proxies end to end: a real `herald` asking a real backend process
-//! (`support/proxy_backend.py`) over HTTP. For each proxy type: allow, deny (application
+//! The logic-layer proxies end to end: a real `herald` asking a real backend over HTTP
+//! (`support/backend.rs`, a hyper server in the test process). For each proxy type: allow, deny (application
 //! error), disconnect, timeout and backend down; the exact request bodies and headers; the
 //! per-proxy metrics; and that a slow backend does not hold up other clients.
 

@@ -41,6 +41,8 @@ pub enum ProxyKind {
     Publish,
     SubRefresh,
     Rpc,
+    /// A batch of lifecycle webhook events (`webhook`).
+    Webhook,
 }
 
 impl ProxyKind {
@@ -52,6 +54,7 @@ impl ProxyKind {
             ProxyKind::Publish => "publish",
             ProxyKind::SubRefresh => "sub_refresh",
             ProxyKind::Rpc => "rpc",
+            ProxyKind::Webhook => "webhook",
         }
     }
 }
@@ -232,6 +235,11 @@ impl Proxies {
     /// Every compiled endpoint, by id.
     pub fn specs(&self) -> &[ProxySpec] {
         &self.specs
+    }
+
+    /// An entry of `proxies[]` by name.
+    pub fn named(&self, name: &str) -> Option<&ProxySpec> {
+        self.named.get(name).map(|i| &self.specs[*i])
     }
 
     pub fn connect(&self) -> Option<&ProxySpec> {

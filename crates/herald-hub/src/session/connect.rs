@@ -5,6 +5,7 @@
 //! expansion, authorization of requested channels, limits, registration, timers and the reply.
 //! Either step can be answered by a backend without touching the other.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::channel::ChannelError;
 use crate::metrics;
 use crate::ports::{ConnectAttempt, Identity, Ports};
 use crate::proxy::{Decision, ProxyKind, wire};
+use crate::webhook::EventKind;
 
 impl Session {
     pub(super) async fn connect(&mut self, p: &Ports<'_>, id: u32, req: &ConnectRequest) -> CmdResult {
@@ -181,8 +183,10 @@ impl Session {
         let after: Vec<(String, u64)> = result.subs.iter().map(|(c, r)| (c.clone(), activation_offset(r))).collect();
         self.send(&Reply { id, connect: Some(result), ..Default::default() });
         self.state = State::Connected;
+        self.notify(p, EventKind::Connect, None, 0, Cow::Borrowed(""));
         for (channel, offset) in after {
             self.activate(p, &channel, offset).await;
+            self.notify(p, EventKind::Subscribe, Some(&channel), 0, Cow::Borrowed(""));
         }
         // Timers: first ping at a random point in [interval/2, interval] to spread load.
         let tick = p.time().tick();

@@ -22,7 +22,10 @@ mod rpc;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhook_tests;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -40,6 +43,7 @@ use crate::ports::{Ports, Refusal};
 use crate::proxy::connect::protocol_of;
 use crate::proxy::wire::{self, Common};
 use crate::proxy::{Decision, ProxyKind, ProxySpec};
+use crate::webhook::{EventKind, LifecycleEvent};
 
 /// Per-subscription flags kept in the session.
 mod sub_flags {
@@ -184,6 +188,23 @@ impl Session {
             Ok(Decision::Allow(r)) => Ok(r),
             Ok(Decision::Refuse(r)) => Err(r),
             Err(_) => Err(ERROR_INTERNAL.into()),
+        }
+    }
+
+    /// Reports a lifecycle event when webhooks want its kind: one branch when they are off, a
+    /// push into a bounded queue (never a wait) when on.
+    fn notify(&self, p: &Ports<'_>, kind: EventKind, channel: Option<&str>, code: u32, reason: Cow<'static, str>) {
+        if let Some(sink) = p.lifecycle(kind) {
+            sink.push(LifecycleEvent {
+                kind,
+                client: self.link.id(),
+                user: self.user.clone(),
+                channel: channel.map(Arc::from),
+                code,
+                reason,
+                time_ms: p.time().now_ms(),
+                transport: self.conn.transport().name(),
+            });
         }
     }
 
@@ -404,15 +425,34 @@ impl Session {
     }
 
     /// Cleans up after the connection is gone: subscriptions, presence, leaves, user index.
+    /// Lifecycle webhooks see it as closed by the client (3000); transports that know the
+    /// reason call [`close_with`](Session::close_with).
     pub fn close<'a>(&'a mut self, node: &'a Node) -> impl Future<Output = ()> + Send + 'a {
-        self.clean_up(node.ports())
+        self.clean_up(node.ports(), DISCONNECT_CONNECTION_CLOSED)
     }
 
-    async fn clean_up(&mut self, p: Ports<'_>) {
+    /// [`close`](Session::close) with the code and reason the connection ended with, as the
+    /// lifecycle webhooks report them.
+    pub fn close_with<'a>(
+        &'a mut self,
+        node: &'a Node,
+        reason: DisconnectReason,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        self.clean_up(node.ports(), reason)
+    }
+
+    async fn clean_up(&mut self, p: Ports<'_>, reason: DisconnectReason) {
         self.link.timers().set_closed();
+        let connected = self.state == State::Connected;
         while let Some(sub) = self.subs.last() {
             let channel = sub.channel.clone();
             self.remove_sub(&p, &channel, true).await;
+            if connected {
+                self.notify(&p, EventKind::Unsubscribe, Some(&channel), reason.code, reason.reason.clone());
+            }
+        }
+        if connected {
+            self.notify(&p, EventKind::Disconnect, None, reason.code, reason.reason);
         }
         if self.state == State::Connected || self.state == State::Unusable {
             p.registry().remove_user(&self.user, &self.link);

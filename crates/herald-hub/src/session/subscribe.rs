@@ -2,6 +2,7 @@
 //! (from connect and the server API), positioning and recovery, and the shared machinery that
 //! sets a subscription up (pending → reply → live) and tears it down.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use crate::link::ServerSubscribe;
 use crate::ports::{BackendError, Ports, Refusal};
 use crate::proxy::{Decision, ProxyKind, ProxySpec, wire};
 use crate::recovery;
+use crate::webhook::EventKind;
 
 /// How one subscription is set up (client-side, from a token, or server-side).
 #[derive(Debug, Clone, Default)]
@@ -174,6 +176,7 @@ impl Session {
         let after = activation_offset(&result);
         self.send(&Reply { id, subscribe: Some(result), ..Default::default() });
         self.activate(p, channel, after).await;
+        self.notify(p, EventKind::Subscribe, Some(channel), 0, Cow::Borrowed(""));
         self.reschedule(p);
         Ok(())
     }
@@ -182,7 +185,10 @@ impl Session {
         if req.channel.is_empty() {
             return Err(bad_request());
         }
-        self.remove_sub(p, &req.channel, true).await;
+        if self.find(&req.channel).is_some() {
+            self.remove_sub(p, &req.channel, true).await;
+            self.notify(p, EventKind::Unsubscribe, Some(&req.channel), 0, Cow::Borrowed("client unsubscribe"));
+        }
         self.send(&Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() });
         Ok(())
     }
@@ -367,7 +373,10 @@ impl Session {
     /// Removes a subscription first, then tells the client (so an immediate resubscribe after a
     /// ≥ 2500 code does not get 105).
     pub(super) async fn server_unsubscribe(&mut self, p: &Ports<'_>, channel: &str, code: UnsubscribeCode) {
-        self.remove_sub(p, channel, true).await;
+        if self.find(channel).is_some() {
+            self.remove_sub(p, channel, true).await;
+            self.notify(p, EventKind::Unsubscribe, Some(channel), code.code, Cow::Borrowed(code.reason));
+        }
         self.push(Push {
             channel: channel.to_owned(),
             unsubscribe: Some(Unsubscribe { code: code.code, reason: code.reason.to_owned() }),
@@ -449,6 +458,7 @@ impl Session {
             self.push(Push { channel: sub.channel.clone(), publication: Some(publication), ..Default::default() });
         }
         self.activate(p, &sub.channel, after).await;
+        self.notify(p, EventKind::Subscribe, Some(&sub.channel), 0, Cow::Borrowed(""));
         self.reschedule(p);
         Flow::Continue
     }

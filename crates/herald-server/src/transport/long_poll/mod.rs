@@ -302,7 +302,7 @@ async fn run(link: Arc<PollLink>, state: Arc<AppState>, mut session: Box<Session
     };
     herald_hub::metrics::by_code("herald_client_disconnects_total", reason.code);
     link.timers().set_closed();
-    Box::pin(session.close(&state.node)).await;
+    Box::pin(session.close_with(&state.node, reason.clone())).await;
     drop(session);
     link.end(disconnect_item(&reason));
     state.connections.closed(Transport::UniLongPoll, link.worker);

@@ -121,7 +121,11 @@ pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, mut session
         state.emulation.remove(&link);
     }
     link.timers.set_closed();
-    Box::pin(session.close(&state.node)).await;
+    let ended = match &ending {
+        Ending::Server(r) => r.clone(),
+        Ending::Gone => DISCONNECT_CONNECTION_CLOSED,
+    };
+    Box::pin(session.close_with(&state.node, ended)).await;
     drop(session);
     if let Ending::Server(reason) = ending {
         Box::pin(goodbye(&link, reason)).await;

@@ -364,7 +364,13 @@ pub(super) async fn run(
     };
     crate::telemetry::connection_closed(&session, &link.id, code, why, opened);
     link.timers.set_closed();
-    Box::pin(session.close(&state.node)).await;
+    let ended = match &reason {
+        Closing::Server(r) => r.clone(),
+        Closing::Peer(_) | Closing::HungUp => DISCONNECT_CONNECTION_CLOSED,
+        Closing::Protocol(_, why) => DisconnectReason::new(code, why),
+        Closing::Broken => DisconnectReason::new(code, "write error"),
+    };
+    Box::pin(session.close_with(&state.node, ended)).await;
     drop(session);
     Box::pin(goodbye(&link, reason)).await;
     state.connections.closed(transport, link.worker);

@@ -64,8 +64,39 @@ async fn redis_engine(
     identity: &NodeIdentity,
 ) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
     let r = &config.engine.redis;
+    let startup = |e: crate::config_error::ConfigError| crate::server::StartupError::Config(e);
+    let pem = |key: &'static str, value: &str| -> Result<Option<Vec<u8>>, crate::server::StartupError> {
+        if value.is_empty() { Ok(None) } else { crate::tls::read_pem(key, value).map(Some).map_err(startup) }
+    };
+    let tls = herald_redis::TlsOptions {
+        root_ca: pem("engine.redis.tls.server_ca_pem", &r.tls.server_ca_pem)?,
+        client_cert: match (
+            pem("engine.redis.tls.cert_pem", &r.tls.cert_pem)?,
+            pem("engine.redis.tls.key_pem", &r.tls.key_pem)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        },
+        insecure_skip_verify: r.tls.insecure_skip_verify,
+    };
+    // `tls.enabled` turns plain addresses into TLS ones, as Centrifugo does.
+    let addresses = r
+        .address
+        .iter()
+        .map(|a| match a.strip_prefix("redis://") {
+            Some(rest) if r.tls.enabled => format!("rediss://{rest}"),
+            _ => a.clone(),
+        })
+        .collect();
+    let none_if_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let opts = herald_redis::RedisOptions {
-        addresses: r.address.clone(),
+        addresses,
+        access: herald_redis::Access {
+            tls,
+            sentinel_master_tls: r.tls.enabled,
+            sentinel_user: none_if_empty(&r.sentinel_user),
+            sentinel_password: none_if_empty(&r.sentinel_password),
+        },
         prefix: r.prefix.clone(),
         connect_timeout: r.connect_timeout,
         io_timeout: r.io_timeout,

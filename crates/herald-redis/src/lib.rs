@@ -66,6 +66,10 @@ pub struct RedisOptions {
     pub node_uid: String,
     /// TLS and Sentinel credentials.
     pub access: Access,
+    /// Carry publications and control messages over Redis PUB/SUB. Off when another broker
+    /// (NATS) carries them and Redis only keeps history, idempotency keys and presence: a
+    /// publish is then the atomic append alone.
+    pub pubsub: bool,
 }
 
 impl Default for RedisOptions {
@@ -79,6 +83,7 @@ impl Default for RedisOptions {
             idempotent_result_ttl: Duration::from_secs(300),
             node_uid: String::new(),
             access: Access::default(),
+            pubsub: true,
         }
     }
 }
@@ -167,8 +172,10 @@ impl RedisEngine {
             Backend::Cluster(c) => c.clone().start(Arc::new(Events(Arc::downgrade(&inner)))),
         }
         // Control names are wanted for the engine's whole life.
-        inner.control_node().subscribe(inner.names.control()).await?;
-        inner.control_node().subscribe(inner.names.node(&inner.opts.node_uid)).await?;
+        if inner.opts.pubsub {
+            inner.control_node().subscribe(inner.names.control()).await?;
+            inner.control_node().subscribe(inner.names.node(&inner.opts.node_uid)).await?;
+        }
         tokio::spawn(refresh_presence(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner })
     }
@@ -392,7 +399,10 @@ impl Inner {
         let mut conn = shard.conn();
         let body = wire::publication_body(&publication);
         let history = opts.history_size > 0 && !opts.history_ttl.is_zero();
-        let outcome = if !history && opts.idempotency_key.is_none() {
+        let outcome = if !history && opts.idempotency_key.is_none() && !self.opts.pubsub {
+            // Another broker carries it: nothing to store.
+            PublishOutcome::default()
+        } else if !history && opts.idempotency_key.is_none() {
             let msg = wire::publication_message(&body, opts.exclude_client);
             let cmd = redis::cmd(self.names.publish_command()).arg(self.names.pubsub(channel)).arg(msg).to_owned();
             self.run::<i64, _>(shard, "publish", cmd.query_async(&mut conn)).await?;
@@ -411,7 +421,7 @@ impl Inner {
                 .arg(self.names.pubsub(channel))
                 .arg(if key.is_some() { secs(self.opts.idempotent_result_ttl).max(1) } else { 0 })
                 .arg(opts.exclude_client.map(|u| u.to_string()).unwrap_or_default())
-                .arg(self.names.publish_command().to_ascii_lowercase());
+                .arg(if self.opts.pubsub { self.names.publish_command().to_ascii_lowercase() } else { String::new() });
             let (epoch, offset, suppressed): (String, u64, i64) =
                 self.run(shard, "publish", inv.invoke_async(&mut conn)).await?;
             let position = history.then_some(StreamPosition { offset, epoch });

@@ -178,7 +178,8 @@ pub(crate) fn encode_info(info: &ClientInfo) -> Bytes {
 ///
 /// KEYS: stream, meta, idempotency result. ARGV: body, history size (0: no history), history
 /// TTL s, meta TTL s (0: none), a fresh epoch, PUB/SUB name, idempotency TTL s (0: no key),
-/// exclude client (or empty), publish command (`publish` or `spublish`).
+/// exclude client (or empty), publish command (`publish`, `spublish`, or empty when another
+/// broker carries the publication).
 /// Returns {epoch, offset, suppressed}.
 pub(crate) const PUBLISH: &str = r#"
 if ARGV[7] ~= '0' then
@@ -205,7 +206,9 @@ if ARGV[2] ~= '0' then
     if redis.call('ttl', KEYS[2]) < ttl then redis.call('expire', KEYS[2], ttl) end
   end
 end
-redis.call(ARGV[9], ARGV[6], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[1])
+if ARGV[9] ~= '' then
+  redis.call(ARGV[9], ARGV[6], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[1])
+end
 if ARGV[7] ~= '0' then
   redis.call('hset', KEYS[3], 'e', epoch, 's', offset)
   redis.call('expire', KEYS[3], ARGV[7])

@@ -86,16 +86,10 @@ fn validate_redis_tls(t: &crate::config::RedisTlsConfig) -> Result<(), ConfigErr
 }
 
 /// `broker` and `presence_manager`: NATS is the broker Herald has; presence then lives in NATS
-/// unless `presence_manager` names another place.
+/// unless `presence_manager` names another place. Next to `engine.type = "redis"` the NATS
+/// broker carries publications while Redis keeps history, idempotency keys and presence.
 fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
     let (b, p) = (&cfg.broker, &cfg.presence_manager);
-    if b.enabled && cfg.engine.kind == "redis" {
-        return Err(ConfigError::invalid(
-            "broker.enabled",
-            "the NATS broker next to engine.type \"redis\" (NATS pub/sub with Redis history and presence) is not \
-             available yet: use engine.type \"redis\" alone, or the NATS broker with the memory engine",
-        ));
-    }
     if b.enabled && b.kind != "nats" {
         return Err(ConfigError::invalid(
             "broker.type",

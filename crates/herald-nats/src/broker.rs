@@ -101,7 +101,7 @@ impl NatsBroker {
         store: Arc<dyn Broker>,
     ) -> Result<NatsBroker, BrokerError> {
         let names = Names::new(&cfg.prefix);
-        NatsBroker::start(conn, cfg, names, Store::External(store), None).await
+        NatsBroker::start(conn, cfg, names, Store::External(store, cfg.history_max_age), None).await
     }
 
     async fn start(

@@ -13,8 +13,10 @@ use crate::history::History;
 
 pub(crate) enum Store {
     JetStream(Box<History>),
-    /// An engine used for its history and idempotency keys only (its own PUB/SUB is off).
-    External(Arc<dyn Broker>),
+    /// An engine used for its history and idempotency keys only (its own PUB/SUB is off), and
+    /// the meta TTL its position reads keep: reading a position creates the channel's epoch in
+    /// Redis, and a channel without history must not keep that key forever.
+    External(Arc<dyn Broker>, std::time::Duration),
 }
 
 impl Store {
@@ -28,7 +30,7 @@ impl Store {
     ) -> Result<(PublishOutcome, Option<(Publication, String)>), BrokerError> {
         match self {
             Store::JetStream(h) => h.append(channel, publication, opts).await,
-            Store::External(engine) => {
+            Store::External(engine, _) => {
                 let mut stored = publication.clone();
                 let outcome = engine.publish(channel, publication, opts).await?;
                 if outcome.suppressed {
@@ -56,8 +58,8 @@ impl Store {
             Store::JetStream(h) => {
                 Ok(h.top(channel).await?.map(|t| StreamPosition { offset: t.record.offset, epoch: t.record.epoch }))
             }
-            Store::External(engine) => {
-                let q = HistoryQuery { limit: 0, ..Default::default() };
+            Store::External(engine, meta_ttl) => {
+                let q = HistoryQuery { limit: 0, meta_ttl: *meta_ttl, ..Default::default() };
                 Ok(Some(engine.history(channel, q).await?.top))
             }
         }
@@ -72,7 +74,7 @@ impl Store {
     ) -> Result<Vec<(Publication, String)>, BrokerError> {
         match self {
             Store::JetStream(h) => h.read_after(channel, after).await,
-            Store::External(engine) => {
+            Store::External(engine, _) => {
                 let q = HistoryQuery { since: Some(after.clone()), limit: -1, ..Default::default() };
                 let slice = engine.history(channel, q).await?;
                 if slice.top.epoch != after.epoch {
@@ -91,14 +93,14 @@ impl Store {
     pub(crate) async fn read(&self, channel: &str, q: &HistoryQuery) -> Result<HistorySlice, BrokerError> {
         match self {
             Store::JetStream(h) => h.read(channel, q).await,
-            Store::External(engine) => engine.history(channel, q.clone()).await,
+            Store::External(engine, _) => engine.history(channel, q.clone()).await,
         }
     }
 
     pub(crate) async fn remove(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
             Store::JetStream(h) => h.remove(channel).await,
-            Store::External(engine) => engine.remove_history(channel).await,
+            Store::External(engine, _) => engine.remove_history(channel).await,
         }
     }
 
@@ -106,12 +108,12 @@ impl Store {
     pub(crate) fn healthy(&self) -> bool {
         match self {
             Store::JetStream(_) => true,
-            Store::External(engine) => engine.healthy(),
+            Store::External(engine, _) => engine.healthy(),
         }
     }
 
     /// Whether idempotency keys of publications without history are kept here too.
     pub(crate) fn keeps_idempotency(&self) -> bool {
-        matches!(self, Store::External(_))
+        matches!(self, Store::External(..))
     }
 }

@@ -126,6 +126,9 @@ async fn nats_carries_redis_stores_and_three_nodes_agree() {
     let (mut plain, _) = c.subscriber("p", "plain").await;
     a.publish("plain", json!({"n": 7})).await;
     assert_eq!(collect(&mut plain, "plain", 1, WAIT).await, vec![(7, 0)]);
+    // Reading its position at subscribe left a meta key in Redis: it expires.
+    let ttl: i64 = cli(redis.port, &["TTL", &format!("{p}.stream.meta.{{plain}}")]).trim().parse().unwrap();
+    assert!(ttl > 0, "meta key of a channel without history: TTL {ttl}");
     a.api_ok("unsubscribe", json!({"user": "p", "channel": "plain"})).await;
     let push = next_push(&mut plain).await;
     assert_eq!((push.channel.as_str(), push.unsubscribe.map(|u| u.code)), ("plain", Some(2000)));

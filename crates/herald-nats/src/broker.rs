@@ -331,9 +331,20 @@ impl ChannelTask {
         }
     }
 
-    /// After a reconnect: delivers what was published while this node was cut off.
+    /// After a reconnect: delivers what was published while this node was cut off. A channel
+    /// that never delivered a positioned publication (no history) cannot be repaired: its local
+    /// subscribers are told to resubscribe (2500), so nothing is missed silently.
     async fn catch_up(&mut self) {
-        let Some(last) = self.last.clone() else { return };
+        let last = match self.last.clone() {
+            Some(last) if last.offset > 0 => last,
+            _ => {
+                if let Some(h) = self.handler() {
+                    let channel = self.channel.as_str();
+                    h.handle_reconnect(&|c| c == channel);
+                }
+                return;
+            }
+        };
         for _ in 0..CATCH_UP_ATTEMPTS {
             if self.fill_from(&last).await {
                 return;

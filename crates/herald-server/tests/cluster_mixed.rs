@@ -148,6 +148,7 @@ async fn a_nats_restart_while_publishing_recovers_from_redis_history() {
     let channel = "hist:live";
     let (mut on_b, _) = b.subscriber("ub", channel).await;
     let (mut on_c, _) = c.subscriber("uc", channel).await;
+    let (mut plain, _) = c.subscriber("p", "plain").await;
     let total = 200u64;
     let publisher = tokio::spawn(async move {
         let (mut n, mut failures) = (1, 0);
@@ -181,6 +182,9 @@ async fn a_nats_restart_while_publishing_recovers_from_redis_history() {
     assert_eq!(collect(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
     assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
     assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err(), "a repeat arrived");
+    // A channel without history cannot be repaired: its subscriber is told to resubscribe.
+    let push = next_push(&mut plain).await;
+    assert_eq!((push.channel.as_str(), push.unsubscribe.map(|u| u.code)), ("plain", Some(2500)));
     for node in [&a, &b, &c] {
         wait_for("healthy again", WAIT, || async { node.http("GET", "/health", &[], b"").await.status == 200 }).await;
     }

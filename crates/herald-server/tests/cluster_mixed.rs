@@ -137,6 +137,28 @@ async fn nats_carries_redis_stores_and_three_nodes_agree() {
         info["nodes"].as_array().unwrap().len() == 3
     })
     .await;
+
+    // Node announcements carry the node's publications per second: C's rate shows on A while
+    // A publishes to C's subscriber.
+    let (_rate_sub, _) = c.subscriber("rate", "plain2").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0u64;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "C never announced a publication rate");
+        for _ in 0..10 {
+            n += 1;
+            a.publish("plain2", json!({"n": n})).await;
+        }
+        let info = a.api_ok("info", json!({})).await;
+        let rate = info["nodes"].as_array().unwrap().iter().find(|node| node["name"] == "c").unwrap()
+            ["publications_per_second"]
+            .as_u64()
+            .unwrap();
+        if rate > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

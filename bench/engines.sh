@@ -82,4 +82,3 @@ run mixed HERALD_ENGINE_TYPE=redis HERALD_ENGINE_REDIS_ADDRESS="redis://127.0.0.
 
 body="$(head -c 100 /dev/zero | tr '\0' x)"
 echo "raw redis-benchmark PUBLISH ($conns clients, no pipelining): $(redis-benchmark -p "$r1" -c "$conns" -n 200000 -q PUBLISH herald.client.bench_api "$body" 2>&1 | tr '\r' '\n' | grep 'requests per second')"
-echo "raw redis-benchmark SPUBLISH on a cluster master ($conns clients): $(redis-benchmark -p "${cluster[0]#*:}" -c "$conns" -n 200000 -q SPUBLISH 'herald.client.{x}' "$body" 2>&1 | tr '\r' '\n' | grep 'requests per second' || echo n/a)"

@@ -44,6 +44,35 @@ pub struct NodeInfo {
     pub num_channels: usize,
     pub num_subs: usize,
     pub uptime: u64,
+    /// Publications handed to the node's subscribers per second (sampled over the last
+    /// announcement period).
+    pub publications_per_second: u64,
+}
+
+/// A rate sampled from a growing counter: recomputed when at least a second passed since the
+/// last sample, so reads between heartbeats see the last period's rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    count: u64,
+    at_ms: i64,
+    per_second: u64,
+}
+
+impl Rate {
+    pub fn new(count: u64, now_ms: i64) -> Rate {
+        Rate { count, at_ms: now_ms, per_second: 0 }
+    }
+
+    /// The rate given the counter's value `count` at `now_ms`.
+    pub fn sample(&mut self, count: u64, now_ms: i64) -> u64 {
+        let elapsed = now_ms - self.at_ms;
+        if elapsed >= 1_000 {
+            self.per_second = count.saturating_sub(self.count).saturating_mul(1_000) / elapsed as u64;
+            self.count = count;
+            self.at_ms = now_ms;
+        }
+        self.per_second
+    }
 }
 
 /// A server-side subscription as carried between nodes.
@@ -252,6 +281,15 @@ fn unsubscribe_code(code: u32) -> herald_proto::UnsubscribeCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_is_sampled_over_at_least_a_second() {
+        let mut r = Rate::new(100, 0);
+        assert_eq!(r.sample(150, 500), 0, "too early: no sample yet");
+        assert_eq!(r.sample(400, 3_000), 100, "300 in 3 s");
+        assert_eq!(r.sample(401, 3_400), 100, "kept between samples");
+        assert_eq!(r.sample(401, 5_000), 0, "idle");
+    }
 
     #[test]
     fn control_messages_round_trip_and_garbage_is_refused() {

@@ -62,6 +62,8 @@ pub struct Hub {
     num_subs: AtomicUsize,
     num_clients: AtomicUsize,
     num_users: AtomicUsize,
+    /// Publications fanned out to local subscribers so far (the node's messages/s).
+    num_publications: std::sync::atomic::AtomicU64,
     /// Most pushes buffered for one pending subscriber before it is closed as slow.
     pending_limit: usize,
 }
@@ -79,6 +81,7 @@ impl Hub {
             num_subs: AtomicUsize::new(0),
             num_clients: AtomicUsize::new(0),
             num_users: AtomicUsize::new(0),
+            num_publications: std::sync::atomic::AtomicU64::new(0),
             pending_limit,
         }
     }
@@ -180,6 +183,7 @@ impl Hub {
 
     /// Delivers a publication to local subscribers. Returns live deliveries.
     pub fn broadcast_publication(&self, channel: &str, publication: &Publication, exclude: Option<Uuid>) -> usize {
+        self.num_publications.fetch_add(1, Ordering::Relaxed);
         let push = Push { channel: channel.to_owned(), publication: Some(publication.clone()), ..Default::default() };
         self.fan_out(channel, push, publication.offset, 0, exclude)
     }
@@ -284,6 +288,11 @@ impl Hub {
 
     pub fn num_subscribers(&self, channel: &str) -> usize {
         self.channel_subs(channel).map(|s| s.subs.lock().expect("channel subs").len()).unwrap_or(0)
+    }
+
+    /// Publications fanned out so far.
+    pub fn num_publications(&self) -> u64 {
+        self.num_publications.load(Ordering::Relaxed)
     }
 
     pub fn num_subs(&self) -> usize {

@@ -83,6 +83,8 @@ pub struct Node {
     cluster: Arc<Cluster>,
     /// When this node last announced itself (Unix ms).
     last_heartbeat: std::sync::atomic::AtomicI64,
+    /// Publications per second, as announced.
+    publication_rate: std::sync::Mutex<cluster::Rate>,
     user_buckets: crate::limits::UserBuckets,
     /// Lifecycle webhooks: the checked section and, once the server installs it, the sink.
     hooks: crate::webhook::Hooks,
@@ -150,13 +152,16 @@ impl Node {
             ));
         }
         let hooks = crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, backend.table())?);
-        let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock.now_ms()));
+        let clock_now = clock.now_ms();
+        let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock_now));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
         let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
         broker
             .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
+        let publication_rate = std::sync::Mutex::new(cluster::Rate::new(0, clock_now));
         Ok(Arc::new(Node {
+            publication_rate,
             hub,
             cfg,
             channels,
@@ -516,6 +521,11 @@ impl Node {
             num_channels: stats.num_channels,
             num_subs: stats.num_subs,
             uptime: stats.uptime_secs,
+            publications_per_second: self
+                .publication_rate
+                .lock()
+                .expect("rate")
+                .sample(self.hub.num_publications(), self.time.now_ms()),
         }
     }
 

@@ -8,6 +8,9 @@
 //! offset it delivered and hands publications to the hub in offset order, once: an older or
 //! repeated offset is dropped, and a gap (a lost or late message, or a reconnect) is filled
 //! from the stream before going on. After a reconnect every task reads what it missed.
+//!
+//! The stream is JetStream, or in mixed mode another engine's history (Redis): see
+//! [`crate::store`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -27,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::history::{History, error};
+use crate::store::Store;
 use crate::subject::{Names, kv_segment};
 use crate::wire::{self, Envelope};
 use crate::{NatsConfig, NatsConnection, metrics};
@@ -38,8 +42,10 @@ const CATCH_UP_ATTEMPTS: usize = 40;
 struct Shared {
     client: async_nats::Client,
     names: Names,
-    history: History,
-    idempotency: kv::Store,
+    history: Store,
+    /// Idempotency keys of publications without history (JetStream only; an external store
+    /// keeps them itself).
+    idempotency: Option<kv::Store>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     resync: watch::Receiver<u64>,
     /// `write_timeout`: the longest a request may take.
@@ -84,6 +90,27 @@ impl NatsBroker {
         let idempotency = crate::presence::open_bucket(&js, &names.idempotency_bucket(), cfg.idempotent_window, cfg)
             .await
             .map_err(|e| error(ErrorKind::Unavailable, "nats idempotency bucket setup", std::io::Error::other(e)))?;
+        NatsBroker::start(conn, cfg, names, Store::JetStream(Box::new(history)), Some(idempotency)).await
+    }
+
+    /// Mixed mode: publications over core NATS, history and idempotency keys in `store` (an
+    /// engine whose own PUB/SUB is off, e.g. Redis). JetStream is not needed.
+    pub async fn open_with_store(
+        conn: &NatsConnection,
+        cfg: &NatsConfig,
+        store: Arc<dyn Broker>,
+    ) -> Result<NatsBroker, BrokerError> {
+        let names = Names::new(&cfg.prefix);
+        NatsBroker::start(conn, cfg, names, Store::External(store, cfg.history_max_age), None).await
+    }
+
+    async fn start(
+        conn: &NatsConnection,
+        cfg: &NatsConfig,
+        names: Names,
+        history: Store,
+        idempotency: Option<kv::Store>,
+    ) -> Result<NatsBroker, BrokerError> {
         let shared = Arc::new(Shared {
             client: conn.client.clone(),
             names,
@@ -132,7 +159,9 @@ impl NatsBroker {
     ) -> Result<PublishOutcome, BrokerError> {
         let history = opts.history_size > 0 && !opts.history_ttl.is_zero();
         let exclude_client = opts.exclude_client.map(|u| u.to_string()).unwrap_or_default();
-        if history {
+        // An external store takes idempotency keys of publications without history too.
+        let stored_first = history || (opts.idempotency_key.is_some() && self.shared.history.keeps_idempotency());
+        if stored_first {
             // Fail fast while cut off rather than queue an append whose outcome nobody learns.
             self.connected()?;
             let (outcome, stored) = self.shared.history.append(channel, publication, opts).await?;
@@ -151,10 +180,10 @@ impl NatsBroker {
             }
             return Ok(outcome);
         }
-        if let Some(key) = &opts.idempotency_key {
+        if let (Some(key), Some(idempotency)) = (&opts.idempotency_key, &self.shared.idempotency) {
             self.connected()?;
             let k = format!("{}.{}", kv_segment(channel), kv_segment(key));
-            match self.shared.idempotency.create(&k, Bytes::new()).await {
+            match idempotency.create(&k, Bytes::new()).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     return Ok(PublishOutcome { position: None, suppressed: true });
@@ -186,8 +215,7 @@ impl NatsBroker {
             Ok(r) => r.map_err(|e| error(ErrorKind::Unavailable, "nats subscribe", e))?,
             Err(_) => return Err(BrokerError::new(ErrorKind::Timeout, "nats subscribe")),
         }
-        let top = self.shared.history.top(channel).await?;
-        let last = top.map(|t| StreamPosition { offset: t.record.offset, epoch: t.record.epoch });
+        let last = self.shared.history.top(channel).await?;
         let task = ChannelTask { shared: self.shared.clone(), channel: channel.to_owned(), last };
         Ok(tokio::spawn(task.run(sub, self.shared.resync.clone())))
     }
@@ -303,9 +331,20 @@ impl ChannelTask {
         }
     }
 
-    /// After a reconnect: delivers what was published while this node was cut off.
+    /// After a reconnect: delivers what was published while this node was cut off. A channel
+    /// that never delivered a positioned publication (no history) cannot be repaired: its local
+    /// subscribers are told to resubscribe (2500), so nothing is missed silently.
     async fn catch_up(&mut self) {
-        let Some(last) = self.last.clone() else { return };
+        let last = match self.last.clone() {
+            Some(last) if last.offset > 0 => last,
+            _ => {
+                if let Some(h) = self.handler() {
+                    let channel = self.channel.as_str();
+                    h.handle_reconnect(&|c| c == channel);
+                }
+                return;
+            }
+        };
         for _ in 0..CATCH_UP_ATTEMPTS {
             if self.fill_from(&last).await {
                 return;
@@ -406,5 +445,6 @@ impl Broker for NatsBroker {
 
     fn healthy(&self) -> bool {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
+            && self.shared.history.healthy()
     }
 }

@@ -12,6 +12,7 @@ mod broker;
 mod history;
 mod metrics;
 mod presence;
+mod store;
 mod subject;
 mod wire;
 

@@ -14,11 +14,21 @@
 //! - Each shard's PUB/SUB connection reconnects by itself; after a reconnect the engine tells
 //!   the node which channels may have missed publications ([`BrokerHandler::handle_reconnect`]).
 //!
-//! Byte layouts and scripts are in [`wire`]; one Redis instance is a [`shard::Shard`].
+//! - A Redis Cluster (detected with `INFO cluster` on the first address) is one backend of its
+//!   own ([`cluster::Cluster`]): commands follow the slots, PUB/SUB is sharded.
+//!
+//! Byte layouts and scripts are in [`wire`]; one Redis instance is a [`shard::Shard`]; TLS
+//! settings are in [`tls`].
 
+mod cluster;
+mod conn;
 mod metrics;
 mod shard;
+mod tls;
 mod wire;
+
+pub use shard::Access;
+pub use tls::TlsOptions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -54,6 +64,12 @@ pub struct RedisOptions {
     pub idempotent_result_ttl: Duration,
     /// This node's uid: the engine subscribes to the node's own control name.
     pub node_uid: String,
+    /// TLS and Sentinel credentials.
+    pub access: Access,
+    /// Carry publications and control messages over Redis PUB/SUB. Off when another broker
+    /// (NATS) carries them and Redis only keeps history, idempotency keys and presence: a
+    /// publish is then the atomic append alone.
+    pub pubsub: bool,
 }
 
 impl Default for RedisOptions {
@@ -66,6 +82,8 @@ impl Default for RedisOptions {
             presence_ttl: Duration::from_secs(60),
             idempotent_result_ttl: Duration::from_secs(300),
             node_uid: String::new(),
+            access: Access::default(),
+            pubsub: true,
         }
     }
 }
@@ -78,12 +96,13 @@ pub struct RedisEngine {
 struct Inner {
     opts: RedisOptions,
     names: Names,
-    shards: Vec<Arc<Shard>>,
+    backend: Backend,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     publish: Script,
     history: Script,
     presence_add: Script,
     presence_get: Script,
+    presence_remove: Script,
     /// Presence entries of this node's clients, re-added before they expire.
     local_presence: Mutex<HashMap<String, HashMap<String, Bytes>>>,
 }
@@ -95,37 +114,129 @@ impl RedisEngine {
         if opts.addresses.is_empty() {
             return Err(BrokerError::new(ErrorKind::Rejected, "redis: no address configured"));
         }
-        let mut shards = Vec::with_capacity(opts.addresses.len());
-        for (i, address) in opts.addresses.iter().enumerate() {
-            shards.push(Arc::new(Shard::connect(i, address, opts.connect_timeout, opts.io_timeout).await?));
-        }
+        // A Redis Cluster answers on any of its nodes: ask the first address.
+        let first = &opts.addresses[0];
+        let cluster_mode = if first.starts_with("redis+sentinel://") {
+            false
+        } else {
+            let client = opts.access.tls.client(first).map_err(|e| {
+                BrokerError::new(ErrorKind::Rejected, format!("redis address {}: invalid", shard::redacted(first)))
+                    .with_source(e)
+            })?;
+            cluster::is_cluster(&client, opts.connect_timeout.max(opts.io_timeout)).await.map_err(|e| {
+                BrokerError::new(e.kind(), format!("redis connect to {}", shard::redacted(first))).with_source(e)
+            })?
+        };
+        let backend = if cluster_mode {
+            if opts.addresses.len() > 1 {
+                return Err(BrokerError::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "redis address {} is a Redis Cluster: give one address (its other nodes are discovered); \
+                         sharding over several clusters is not supported",
+                        shard::redacted(first)
+                    ),
+                ));
+            }
+            let seeds = [opts.access.tls.address(first)];
+            Backend::Cluster(
+                cluster::Cluster::connect(&seeds, &opts.access.tls, opts.connect_timeout, opts.io_timeout).await?,
+            )
+        } else {
+            let mut shards = Vec::with_capacity(opts.addresses.len());
+            for (i, address) in opts.addresses.iter().enumerate() {
+                shards.push(Arc::new(
+                    Shard::connect(i, address, &opts.access, opts.connect_timeout, opts.io_timeout).await?,
+                ));
+            }
+            Backend::Shards(shards)
+        };
         let inner = Arc::new(Inner {
-            names: Names::new(&opts.prefix),
+            names: if cluster_mode { Names::for_cluster(&opts.prefix) } else { Names::new(&opts.prefix) },
+            backend,
             opts,
-            shards,
             handler: OnceLock::new(),
             publish: Script::new(wire::PUBLISH),
             history: Script::new(wire::HISTORY),
             presence_add: Script::new(wire::PRESENCE_ADD),
             presence_get: Script::new(wire::PRESENCE_GET),
+            presence_remove: Script::new(wire::PRESENCE_REMOVE),
             local_presence: Mutex::new(HashMap::new()),
         });
-        // Control names are wanted for the engine's whole life.
-        let control = inner.names.control();
-        let own = inner.names.node(&inner.opts.node_uid);
-        let first = inner.shards[0].clone();
-        for shard in &inner.shards {
-            tokio::spawn(shard.clone().run(Arc::new(Events(Arc::downgrade(&inner)))));
+        match &inner.backend {
+            Backend::Shards(shards) => {
+                for shard in shards {
+                    tokio::spawn(shard.clone().run(Arc::new(Events(Arc::downgrade(&inner)))));
+                }
+            }
+            Backend::Cluster(c) => c.clone().start(Arc::new(Events(Arc::downgrade(&inner)))),
         }
-        first.subscribe(control).await?;
-        first.subscribe(own).await?;
+        // Control names are wanted for the engine's whole life.
+        if inner.opts.pubsub {
+            inner.control_node().subscribe(inner.names.control()).await?;
+            inner.control_node().subscribe(inner.names.node(&inner.opts.node_uid)).await?;
+        }
         tokio::spawn(refresh_presence(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner })
     }
 
     /// Addresses of the shards (passwords hidden), for logs.
     pub fn addresses(&self) -> Vec<String> {
-        self.inner.shards.iter().map(|s| s.address.clone()).collect()
+        match &self.inner.backend {
+            Backend::Shards(shards) => shards.iter().map(|s| s.address.clone()).collect(),
+            Backend::Cluster(c) => vec![format!("cluster {}", c.address)],
+        }
+    }
+}
+
+/// Where the engine's data lives.
+enum Backend {
+    /// Independent instances (one or more), channels spread by jump hash.
+    Shards(Vec<Arc<Shard>>),
+    /// One Redis Cluster.
+    Cluster(Arc<cluster::Cluster>),
+}
+
+/// The instance (or cluster) that serves one channel or the control names.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Shard(&'a Shard),
+    Cluster(&'a cluster::Cluster),
+}
+
+impl Node<'_> {
+    fn conn(&self) -> conn::Conn {
+        match self {
+            Node::Shard(s) => conn::Conn::Single(s.conn()),
+            Node::Cluster(c) => conn::Conn::Cluster(c.conn()),
+        }
+    }
+
+    fn io_timeout(&self) -> Duration {
+        match self {
+            Node::Shard(s) => s.io_timeout,
+            Node::Cluster(c) => c.io_timeout,
+        }
+    }
+
+    fn master_moved(&self) {
+        if let Node::Shard(s) = self {
+            s.master_moved();
+        }
+    }
+
+    async fn subscribe(&self, name: String) -> Result<(), BrokerError> {
+        match self {
+            Node::Shard(s) => s.subscribe(name).await,
+            Node::Cluster(c) => c.subscribe(name).await,
+        }
+    }
+
+    async fn unsubscribe(&self, name: &str) -> Result<(), BrokerError> {
+        match self {
+            Node::Shard(s) => s.unsubscribe(name).await,
+            Node::Cluster(c) => c.unsubscribe(name).await,
+        }
     }
 }
 
@@ -160,8 +271,14 @@ impl shard::Events for Events {
     fn reconnected(&self, shard: usize) {
         let Some(inner) = self.0.upgrade() else { return };
         let Some(handler) = inner.handler.get() else { return };
-        let shards = inner.shards.len();
-        handler.handle_reconnect(&|channel| jump_hash(channel, shards) == shard);
+        match &inner.backend {
+            Backend::Shards(shards) => {
+                let shards = shards.len();
+                handler.handle_reconnect(&|channel| jump_hash(channel, shards) == shard);
+            }
+            // Which slots lived on the node that dropped is the crate's knowledge: recover all.
+            Backend::Cluster(_) => handler.handle_reconnect(&|_| true),
+        }
     }
 }
 
@@ -226,16 +343,28 @@ fn unix_secs() -> u64 {
 }
 
 impl Inner {
-    fn shard(&self, channel: &str) -> &Shard {
-        &self.shards[jump_hash(channel, self.shards.len())]
+    /// Where a channel's keys and PUB/SUB name live.
+    fn node(&self, channel: &str) -> Node<'_> {
+        match &self.backend {
+            Backend::Shards(shards) => Node::Shard(&shards[jump_hash(channel, shards.len())]),
+            Backend::Cluster(c) => Node::Cluster(c),
+        }
+    }
+
+    /// Where the control names live: the first shard (any node of a cluster, by slot).
+    fn control_node(&self) -> Node<'_> {
+        match &self.backend {
+            Backend::Shards(shards) => Node::Shard(&shards[0]),
+            Backend::Cluster(c) => Node::Cluster(c),
+        }
     }
 
     /// Runs a command with the engine's deadline, mapping failures to a [`BrokerError`].
-    async fn run<T, F>(&self, shard: &Shard, what: &'static str, fut: F) -> Result<T, BrokerError>
+    async fn run<T, F>(&self, shard: Node<'_>, what: &'static str, fut: F) -> Result<T, BrokerError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let r = match tokio::time::timeout(shard.io_timeout, fut).await {
+        let r = match tokio::time::timeout(shard.io_timeout(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let read_only = e.to_string().contains("READONLY");
@@ -266,13 +395,16 @@ impl Inner {
         opts: &PublishOptions,
     ) -> Result<PublishOutcome, BrokerError> {
         let started = Instant::now();
-        let shard = self.shard(channel);
+        let shard = self.node(channel);
         let mut conn = shard.conn();
         let body = wire::publication_body(&publication);
         let history = opts.history_size > 0 && !opts.history_ttl.is_zero();
-        let outcome = if !history && opts.idempotency_key.is_none() {
+        let outcome = if !history && opts.idempotency_key.is_none() && !self.opts.pubsub {
+            // Another broker carries it: nothing to store.
+            PublishOutcome::default()
+        } else if !history && opts.idempotency_key.is_none() {
             let msg = wire::publication_message(&body, opts.exclude_client);
-            let cmd = redis::cmd("PUBLISH").arg(self.names.pubsub(channel)).arg(msg).to_owned();
+            let cmd = redis::cmd(self.names.publish_command()).arg(self.names.pubsub(channel)).arg(msg).to_owned();
             self.run::<i64, _>(shard, "publish", cmd.query_async(&mut conn)).await?;
             PublishOutcome::default()
         } else {
@@ -288,7 +420,8 @@ impl Inner {
                 .arg(new_epoch())
                 .arg(self.names.pubsub(channel))
                 .arg(if key.is_some() { secs(self.opts.idempotent_result_ttl).max(1) } else { 0 })
-                .arg(opts.exclude_client.map(|u| u.to_string()).unwrap_or_default());
+                .arg(opts.exclude_client.map(|u| u.to_string()).unwrap_or_default())
+                .arg(if self.opts.pubsub { self.names.publish_command().to_ascii_lowercase() } else { String::new() });
             let (epoch, offset, suppressed): (String, u64, i64) =
                 self.run(shard, "publish", inv.invoke_async(&mut conn)).await?;
             let position = history.then_some(StreamPosition { offset, epoch });
@@ -299,7 +432,7 @@ impl Inner {
     }
 
     async fn history(&self, channel: &str, q: HistoryQuery) -> Result<HistorySlice, BrokerError> {
-        let shard = self.shard(channel);
+        let shard = self.node(channel);
         let mut conn = shard.conn();
         // The id range and direction XRANGE/XREVRANGE take for the query (entry ids are
         // `<offset>-1`); `None` when the answer is empty whatever the stream holds.
@@ -341,7 +474,7 @@ impl Inner {
     }
 
     async fn presence_add_raw(&self, channel: &str, client: &str, info: &Bytes) -> Result<(), BrokerError> {
-        let shard = self.shard(channel);
+        let shard = self.node(channel);
         let mut conn = shard.conn();
         let ttl = secs(self.opts.presence_ttl).max(1);
         let mut inv = self.presence_add.prepare_invoke();
@@ -355,7 +488,7 @@ impl Inner {
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
-        let shard = self.shard(channel);
+        let shard = self.node(channel);
         let mut conn = shard.conn();
         let mut inv = self.presence_get.prepare_invoke();
         inv.key(self.names.presence_expire(channel)).key(self.names.presence_data(channel)).arg(unix_secs());
@@ -424,9 +557,9 @@ impl Broker for RedisEngine {
                 Some(uid) => inner.names.node(uid),
                 None => inner.names.control(),
             };
-            let shard = &inner.shards[0];
+            let shard = inner.control_node();
             let mut conn = shard.conn();
-            let cmd = redis::cmd("PUBLISH").arg(name).arg(payload.as_ref()).to_owned();
+            let cmd = redis::cmd(inner.names.publish_command()).arg(name).arg(payload.as_ref()).to_owned();
             inner.run::<i64, _>(shard, "control", cmd.query_async(&mut conn)).await.map(|_| ())
         })
     }
@@ -436,11 +569,11 @@ impl Broker for RedisEngine {
     }
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.inner.shard(channel).subscribe(self.inner.names.pubsub(channel)))
+        Box::pin(async move { self.inner.node(channel).subscribe(self.inner.names.pubsub(channel)).await })
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move { self.inner.shard(channel).unsubscribe(&self.inner.names.pubsub(channel)).await })
+        Box::pin(async move { self.inner.node(channel).unsubscribe(&self.inner.names.pubsub(channel)).await })
     }
 
     fn history<'a>(
@@ -454,7 +587,7 @@ impl Broker for RedisEngine {
     fn remove_history<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let shard = inner.shard(channel);
+            let shard = inner.node(channel);
             let mut conn = shard.conn();
             let cmd = redis::cmd("DEL").arg(inner.names.stream(channel)).to_owned();
             inner.run::<i64, _>(shard, "history remove", cmd.query_async(&mut conn)).await.map(|_| ())
@@ -462,15 +595,18 @@ impl Broker for RedisEngine {
     }
 
     fn healthy(&self) -> bool {
-        self.inner.shards.iter().all(|s| s.up())
+        match &self.inner.backend {
+            Backend::Shards(shards) => shards.iter().all(|s| s.up()),
+            Backend::Cluster(c) => c.up(),
+        }
     }
 }
 
 impl Inner {
     async fn publish_raw(&self, channel: &str, msg: Vec<u8>) -> Result<(), BrokerError> {
-        let shard = self.shard(channel);
+        let shard = self.node(channel);
         let mut conn = shard.conn();
-        let cmd = redis::cmd("PUBLISH").arg(self.names.pubsub(channel)).arg(msg).to_owned();
+        let cmd = redis::cmd(self.names.publish_command()).arg(self.names.pubsub(channel)).arg(msg).to_owned();
         self.run::<i64, _>(shard, "publish", cmd.query_async(&mut conn)).await.map(|_| ())
     }
 }
@@ -498,19 +634,11 @@ impl PresenceManager for RedisEngine {
                     }
                 }
             }
-            let shard = inner.shard(channel);
+            let shard = inner.node(channel);
             let mut conn = shard.conn();
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("ZREM")
-                .arg(inner.names.presence_expire(channel))
-                .arg(client)
-                .ignore()
-                .cmd("HDEL")
-                .arg(inner.names.presence_data(channel))
-                .arg(client)
-                .ignore();
-            inner.run::<(), _>(shard, "presence remove", pipe.query_async(&mut conn)).await
+            let mut inv = inner.presence_remove.prepare_invoke();
+            inv.key(inner.names.presence_expire(channel)).key(inner.names.presence_data(channel)).arg(client);
+            inner.run::<i64, _>(shard, "presence remove", inv.invoke_async(&mut conn)).await.map(|_| ())
         })
     }
 

@@ -54,32 +54,85 @@ enum Target {
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
+/// Credentials and TLS settings that do not fit in an address.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub tls: crate::tls::TlsOptions,
+    /// Use TLS to the master a Sentinel names (a `redis+sentinel://` address cannot say it).
+    pub sentinel_master_tls: bool,
+    /// Sentinel's own user and password (`requirepass` in the sentinel's config), unless the
+    /// address gives `sentinel_user`/`sentinel_password`.
+    pub sentinel_user: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
 impl Target {
-    fn parse(address: &str) -> Result<Target, BrokerError> {
+    fn parse(address: &str, access: &Access) -> Result<Target, BrokerError> {
         let bad =
             |why: &str| BrokerError::new(ErrorKind::Rejected, format!("redis address {}: {why}", redacted(address)));
         let Some(rest) = address.strip_prefix("redis+sentinel://") else {
-            let client = redis::Client::open(address).map_err(|e| bad("invalid").with_source(e))?;
+            let client = access.tls.client(address).map_err(|e| bad("invalid").with_source(e))?;
             return Ok(Target::Direct(client));
         };
         let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let master = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("sentinel_master_name="))
+        let param =
+            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(percent_decode);
+        let master = param("sentinel_master_name")
             .filter(|m| !m.is_empty())
             .ok_or_else(|| bad("sentinel_master_name is missing"))?;
+        // `user:password@` before the hosts are the master's credentials.
         let hosts = hosts.trim_end_matches('/');
-        if hosts.is_empty() || hosts.contains('@') {
-            return Err(bad("give sentinel host:port pairs, without credentials"));
+        let (credentials, hosts) = match hosts.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, hosts),
+        };
+        let (hosts, db) = match hosts.split_once('/') {
+            Some((h, db)) => (h, Some(db.parse::<i64>().map_err(|_| bad("the database after / is not a number"))?)),
+            None => (hosts, None),
+        };
+        if hosts.is_empty() {
+            return Err(bad("give sentinel host:port pairs"));
         }
-        let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
-        let client = redis::sentinel::SentinelClient::build(
-            sentinels,
-            master.to_owned(),
-            None,
-            redis::sentinel::SentinelServerType::Master,
-        )
-        .map_err(|e| bad("invalid").with_source(e))?;
+        let mut sentinels = Vec::new();
+        for h in hosts.split(',') {
+            let (host, port) = h.rsplit_once(':').unwrap_or((h, "26379"));
+            let port = port.parse::<u16>().map_err(|_| bad("a sentinel port is not a number"))?;
+            if host.is_empty() {
+                return Err(bad("a sentinel host is empty"));
+            }
+            sentinels.push(redis::ConnectionAddr::Tcp(host.to_owned(), port));
+        }
+        let mut builder =
+            redis::sentinel::SentinelClientBuilder::new(sentinels, master, redis::sentinel::SentinelServerType::Master)
+                .map_err(|e| bad("invalid").with_source(e))?;
+        if let Some(c) = credentials {
+            let (user, password) = c.split_once(':').unwrap_or(("", c));
+            if !user.is_empty() {
+                builder = builder.set_client_to_redis_username(percent_decode(user));
+            }
+            if !password.is_empty() {
+                builder = builder.set_client_to_redis_password(percent_decode(password));
+            }
+        }
+        if let Some(db) = db {
+            builder = builder.set_client_to_redis_db(db);
+        }
+        if let Some(user) = param("sentinel_user").or_else(|| access.sentinel_user.clone()).filter(|u| !u.is_empty()) {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(pw) =
+            param("sentinel_password").or_else(|| access.sentinel_password.clone()).filter(|p| !p.is_empty())
+        {
+            builder = builder.set_client_to_sentinel_password(pw);
+        }
+        if access.sentinel_master_tls {
+            let mode = if access.tls.insecure_skip_verify { redis::TlsMode::Insecure } else { redis::TlsMode::Secure };
+            builder = builder.set_client_to_redis_tls_mode(mode);
+            if let Some(certs) = access.tls.certificates() {
+                builder = builder.set_client_to_redis_certificates(certs);
+            }
+        }
+        let client = builder.build().map_err(|e| bad("invalid").with_source(e))?;
         Ok(Target::Sentinel(tokio::sync::Mutex::new(client)))
     }
 
@@ -113,10 +166,11 @@ impl Shard {
     pub(crate) async fn connect(
         index: usize,
         address: &str,
+        access: &Access,
         connect_timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Shard, BrokerError> {
-        let target = Target::parse(address)?;
+        let target = Target::parse(address, access)?;
         let cmd = command_connection(&target, connect_timeout, io_timeout).await.map_err(|e| {
             BrokerError::new(e.kind(), format!("redis connect to {}", redacted(address))).with_source(e)
         })?;
@@ -337,6 +391,27 @@ async fn command_connection(
     }
 }
 
+/// `%XX` escapes of a URL part decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// An address without its password, for logs and errors.
 pub(crate) fn redacted(address: &str) -> String {
     match (address.find("://"), address.rfind('@')) {
@@ -350,18 +425,32 @@ mod tests {
     use super::redacted;
 
     #[test]
-    fn sentinel_addresses_need_a_master_name_and_no_credentials() {
-        use super::Target;
-        assert!(matches!(Target::parse("redis://127.0.0.1:7000"), Ok(Target::Direct(_))));
+    fn sentinel_addresses_need_a_master_name_and_valid_hosts() {
+        use super::{Access, Target};
+        let a = Access::default();
+        assert!(matches!(Target::parse("redis://127.0.0.1:7000", &a), Ok(Target::Direct(_))));
         assert!(matches!(
-            Target::parse("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380?sentinel_master_name=mymaster"),
+            Target::parse("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380?sentinel_master_name=mymaster", &a),
             Ok(Target::Sentinel(_))
         ));
-        let err = Target::parse("redis+sentinel://127.0.0.1:26379").err().unwrap().to_string();
+        // The master's credentials, a database and the sentinels' own credentials.
+        assert!(matches!(
+            Target::parse("redis+sentinel://u:p%40ss@127.0.0.1:26379/2?sentinel_master_name=m&sentinel_password=s", &a),
+            Ok(Target::Sentinel(_))
+        ));
+        let err = Target::parse("redis+sentinel://127.0.0.1:26379", &a).err().unwrap().to_string();
         assert!(err.contains("sentinel_master_name is missing"), "{err}");
         let err =
-            Target::parse("redis+sentinel://:pw@127.0.0.1:26379?sentinel_master_name=m").err().unwrap().to_string();
-        assert!(err.contains("without credentials") && !err.contains("pw"), "{err}");
+            Target::parse("redis+sentinel://:pw@127.0.0.1:x?sentinel_master_name=m", &a).err().unwrap().to_string();
+        assert!(err.contains("port is not a number") && !err.contains("pw"), "{err}");
+        let err = Target::parse("redis+sentinel://:pw@?sentinel_master_name=m", &a).err().unwrap().to_string();
+        assert!(err.contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(super::percent_decode("p%40ss%2F"), "p@ss/");
+        assert_eq!(super::percent_decode("bad%zz%4"), "bad%zz%4");
     }
 
     #[test]

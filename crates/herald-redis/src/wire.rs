@@ -3,7 +3,9 @@
 //! append one atomic step.
 //!
 //! Keys of one channel share a hash tag (`{channel}`), so in a Redis Cluster they live in one
-//! slot and one script may touch them all. PUB/SUB channel names carry no tag: they are not keys.
+//! slot and one script may touch them all. PUB/SUB names carry the same tag only in a Redis
+//! Cluster, where they are sharded channels (`SPUBLISH` from the script must stay in the slot of
+//! the keys); on standalone instances they stay untagged, as nodes of earlier versions name them.
 //!
 //! Messages on a channel's PUB/SUB name start with one tag byte:
 //! - `p<offset>:<epoch>:<exclude client>:<Publication protobuf>`: a publication (offset 0 and an
@@ -21,21 +23,39 @@ use prost::Message;
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     prefix: String,
+    /// Redis Cluster: PUB/SUB names are sharded channels tagged like the channel's keys.
+    cluster: bool,
 }
 
 impl Names {
     pub(crate) fn new(prefix: &str) -> Self {
-        Names { prefix: prefix.to_owned() }
+        Names { prefix: prefix.to_owned(), cluster: false }
+    }
+
+    /// Names for a Redis Cluster (sharded PUB/SUB).
+    pub(crate) fn for_cluster(prefix: &str) -> Self {
+        Names { prefix: prefix.to_owned(), cluster: true }
     }
 
     /// PUB/SUB name of a Herald channel.
     pub(crate) fn pubsub(&self, channel: &str) -> String {
-        format!("{}.client.{channel}", self.prefix)
+        if self.cluster {
+            format!("{}.client.{{{channel}}}", self.prefix)
+        } else {
+            format!("{}.client.{channel}", self.prefix)
+        }
     }
 
     /// The Herald channel of a PUB/SUB name, if it is one.
     pub(crate) fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
-        pubsub.strip_prefix(self.prefix.as_str())?.strip_prefix(".client.")
+        let rest = pubsub.strip_prefix(self.prefix.as_str())?.strip_prefix(".client.")?;
+        if self.cluster { rest.strip_prefix('{')?.strip_suffix('}') } else { Some(rest) }
+    }
+
+    /// The command that publishes to a PUB/SUB name: sharded in a Redis Cluster, where a plain
+    /// `PUBLISH` would be broadcast to every node of the cluster.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.cluster { "SPUBLISH" } else { "PUBLISH" }
     }
 
     pub(crate) fn control(&self) -> String {
@@ -158,7 +178,9 @@ pub(crate) fn encode_info(info: &ClientInfo) -> Bytes {
 ///
 /// KEYS: stream, meta, idempotency result. ARGV: body, history size (0: no history), history
 /// TTL s, meta TTL s (0: none), a fresh epoch, PUB/SUB name, idempotency TTL s (0: no key),
-/// exclude client (or empty). Returns {epoch, offset, suppressed}.
+/// exclude client (or empty), publish command (`publish`, `spublish`, or empty when another
+/// broker carries the publication).
+/// Returns {epoch, offset, suppressed}.
 pub(crate) const PUBLISH: &str = r#"
 if ARGV[7] ~= '0' then
   local r = redis.call('hmget', KEYS[3], 'e', 's')
@@ -184,7 +206,9 @@ if ARGV[2] ~= '0' then
     if redis.call('ttl', KEYS[2]) < ttl then redis.call('expire', KEYS[2], ttl) end
   end
 end
-redis.call('publish', ARGV[6], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[1])
+if ARGV[9] ~= '' then
+  redis.call(ARGV[9], ARGV[6], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[1])
+end
 if ARGV[7] ~= '0' then
   redis.call('hset', KEYS[3], 'e', epoch, 's', offset)
   redis.call('expire', KEYS[3], ARGV[7])
@@ -225,6 +249,14 @@ redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
 redis.call('hset', KEYS[2], ARGV[3], ARGV[4])
 redis.call('expire', KEYS[1], ARGV[1])
 redis.call('expire', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// KEYS: expire zset, data hash. ARGV: client. One script rather than MULTI, which a Redis
+/// Cluster connection does not route.
+pub(crate) const PRESENCE_REMOVE: &str = r#"
+redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('hdel', KEYS[2], ARGV[1])
 return 1
 "#;
 
@@ -283,5 +315,17 @@ mod tests {
         assert_eq!(n.result("chat:1", "k"), "herald.result.{chat:1}.k");
         assert_eq!(n.channel_of(&n.pubsub("chat:1")), Some("chat:1"));
         assert_eq!(n.channel_of("herald.control"), None);
+        assert_eq!(n.publish_command(), "PUBLISH");
+    }
+
+    #[test]
+    fn cluster_pubsub_names_share_the_keys_slot() {
+        let n = Names::for_cluster("herald");
+        assert_eq!(n.pubsub("chat:1"), "herald.client.{chat:1}");
+        assert_eq!(n.channel_of(&n.pubsub("chat:1")), Some("chat:1"));
+        // Braces inside a channel name survive the round trip.
+        assert_eq!(n.channel_of(&n.pubsub("a}b{c")), Some("a}b{c"));
+        assert_eq!(n.channel_of("herald.client.untagged"), None);
+        assert_eq!(n.publish_command(), "SPUBLISH");
     }
 }

@@ -332,6 +332,32 @@ pub struct RedisEngineConfig {
     /// entries vanish after this).
     #[serde(with = "herald_hub::duration")]
     pub presence_ttl: Duration,
+    /// TLS to Redis: `rediss://` addresses use it, and `enabled` turns `redis://` addresses and
+    /// Sentinel masters into TLS connections too.
+    pub tls: RedisTlsConfig,
+    /// Sentinel's own credentials (for a `redis+sentinel://` address that does not give
+    /// `sentinel_user`/`sentinel_password` itself).
+    pub sentinel_user: String,
+    pub sentinel_password: String,
+}
+
+/// `engine.redis.tls` (Centrifugo v6 names). PEM values hold a PEM text, its base64 encoding or
+/// the path of a PEM file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsConfig {
+    pub enabled: bool,
+    /// Client certificate (mutual TLS), with `key_pem`.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// CA the servers' certificates must chain to (default: the system's roots).
+    pub server_ca_pem: String,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
+    /// Not supported (refused): the certificate must name the address's host.
+    pub server_name: String,
+    /// A server-side option, meaningless towards Redis (refused).
+    pub client_ca_pem: String,
 }
 
 /// `broker`: a broker shared by a cluster of nodes, instead of the engine's pub/sub and history.
@@ -376,6 +402,9 @@ impl Default for RedisEngineConfig {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(4),
             presence_ttl: Duration::from_secs(60),
+            tls: RedisTlsConfig::default(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
         }
     }
 }

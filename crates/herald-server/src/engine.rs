@@ -1,8 +1,8 @@
 //! Builds the node's engines from the config: the memory engine on a single node, the Redis
 //! engine, or a NATS broker (history in JetStream) with presence in NATS.
 //!
-//! The node takes its broker and its presence manager separately, so mixed setups (NATS
-//! pub/sub with presence elsewhere) only add a branch here.
+//! The node takes its broker and its presence manager separately, so the mixed setup (NATS
+//! pub/sub, Redis history and presence) is one more branch here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,13 +49,16 @@ pub fn nats_config(config: &Config, node_uid: &str) -> NatsConfig {
 /// engine and why.
 pub async fn build_node(config: &Config, identity: NodeIdentity) -> Result<Arc<Node>, crate::server::StartupError> {
     let clock: Arc<dyn herald_hub::Clock> = Arc::new(SystemClock);
-    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = if config.broker.enabled {
-        nats_engines(config, &identity, clock.clone()).await?
-    } else if config.engine.kind == "redis" {
-        redis_engine(config, &identity).await?
-    } else {
-        (Arc::new(MemoryBroker::new(clock.clone())), Arc::new(MemoryPresence::default()))
-    };
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) =
+        if config.broker.enabled && config.engine.kind == "redis" {
+            mixed_engines(config, &identity).await?
+        } else if config.broker.enabled {
+            nats_engines(config, &identity, clock.clone()).await?
+        } else if config.engine.kind == "redis" {
+            redis_engine(config, &identity).await?
+        } else {
+            (Arc::new(MemoryBroker::new(clock.clone())), Arc::new(MemoryPresence::default()))
+        };
     let node = crate::proxy::build_node(config.hub(), identity, clock, broker, presence)?;
     crate::webhook::start(&node)?;
     Ok(node)
@@ -66,14 +69,80 @@ async fn redis_engine(
     config: &Config,
     identity: &NodeIdentity,
 ) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+    let engine = connect_redis(config, identity, true).await?;
+    Ok((engine.clone(), engine))
+}
+
+/// `broker.type = "nats"` next to `engine.type = "redis"`: publications and control messages
+/// over NATS; history, idempotency keys and presence in Redis (or presence in NATS when
+/// `presence_manager` says so). A publication with history is appended to Redis first, which
+/// gives it its offset and epoch atomically, then sent over NATS with that position; nodes
+/// repair gaps and catch up after a NATS reconnect from the Redis history.
+async fn mixed_engines(
+    config: &Config,
+    identity: &NodeIdentity,
+) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+    let redis = connect_redis(config, identity, false).await?;
+    let cfg = nats_config(config, &identity.uid);
+    let engine = |e: BrokerError| crate::server::StartupError::Engine(e);
+    let conn = herald_nats::connect(&cfg).await.map_err(engine)?;
+    let broker: Arc<dyn Broker> =
+        Arc::new(NatsBroker::open_with_store(&conn, &cfg, redis.clone()).await.map_err(engine)?);
+    let presence: Arc<dyn PresenceManager> = if config.presence_manager.enabled {
+        Arc::new(NatsPresence::open(conn.client().clone(), &cfg).await.map_err(engine)?)
+    } else {
+        redis
+    };
+    tracing::info!(url = %cfg.url, prefix = %cfg.prefix, "cluster over NATS: history and idempotency keys in Redis");
+    Ok((broker, presence))
+}
+
+/// Connects the Redis engine; `pubsub` off when NATS carries the publications.
+async fn connect_redis(
+    config: &Config,
+    identity: &NodeIdentity,
+    pubsub: bool,
+) -> Result<Arc<herald_redis::RedisEngine>, crate::server::StartupError> {
     let r = &config.engine.redis;
+    let startup = |e: crate::config_error::ConfigError| crate::server::StartupError::Config(e);
+    let pem = |key: &'static str, value: &str| -> Result<Option<Vec<u8>>, crate::server::StartupError> {
+        if value.is_empty() { Ok(None) } else { crate::tls::read_pem(key, value).map(Some).map_err(startup) }
+    };
+    let tls = herald_redis::TlsOptions {
+        root_ca: pem("engine.redis.tls.server_ca_pem", &r.tls.server_ca_pem)?,
+        client_cert: match (
+            pem("engine.redis.tls.cert_pem", &r.tls.cert_pem)?,
+            pem("engine.redis.tls.key_pem", &r.tls.key_pem)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        },
+        insecure_skip_verify: r.tls.insecure_skip_verify,
+    };
+    // `tls.enabled` turns plain addresses into TLS ones, as Centrifugo does.
+    let addresses = r
+        .address
+        .iter()
+        .map(|a| match a.strip_prefix("redis://") {
+            Some(rest) if r.tls.enabled => format!("rediss://{rest}"),
+            _ => a.clone(),
+        })
+        .collect();
+    let none_if_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let opts = herald_redis::RedisOptions {
-        addresses: r.address.clone(),
+        addresses,
+        access: herald_redis::Access {
+            tls,
+            sentinel_master_tls: r.tls.enabled,
+            sentinel_user: none_if_empty(&r.sentinel_user),
+            sentinel_password: none_if_empty(&r.sentinel_password),
+        },
         prefix: r.prefix.clone(),
         connect_timeout: r.connect_timeout,
         io_timeout: r.io_timeout,
         presence_ttl: r.presence_ttl,
         node_uid: identity.uid.clone(),
+        pubsub,
         ..Default::default()
     };
     let engine = Arc::new(herald_redis::RedisEngine::connect(opts).await.map_err(|e| {
@@ -83,7 +152,7 @@ async fn redis_engine(
         ))
     })?);
     tracing::info!(shards = ?engine.addresses(), "Redis engine connected");
-    Ok((engine.clone(), engine))
+    Ok(engine)
 }
 
 /// `broker.enabled` with `broker.type = "nats"`: NATS PUB/SUB with history in JetStream and

@@ -206,6 +206,12 @@ fn loopback_pair() -> io::Result<(TcpStream, TcpStream)> {
     })
 }
 
+/// The bytes of a non-empty PEM value (PEM text, base64 or file path), read once: used for the
+/// TLS options of outgoing connections (`engine.redis.tls`). Errors name `key`.
+pub(crate) fn read_pem(key: &'static str, value: &str) -> Result<Vec<u8>, ConfigError> {
+    PemSource::parse(key, value)?.read()
+}
+
 /// Where a PEM value comes from: Centrifugo accepts the PEM text, its base64 encoding, or the
 /// path of a file.
 #[derive(Debug, Clone, PartialEq)]

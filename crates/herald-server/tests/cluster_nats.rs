@@ -107,6 +107,7 @@ async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
     let channel = "hist:live";
     let (mut on_b, _) = b.subscriber("ub", channel).await;
     let (mut on_c, _) = c.subscriber("uc", channel).await;
+    let (mut plain, _) = c.subscriber("p", "plain").await;
     let total = 200u64;
     let publisher = tokio::spawn(async move {
         let mut n = 1;
@@ -150,6 +151,9 @@ async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
     assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
     // Nothing more arrives (no duplicates after the last one).
     assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err());
+    // A channel without history cannot be repaired: its subscriber is told to resubscribe.
+    let push = next_push(&mut plain).await;
+    assert_eq!((push.channel.as_str(), push.unsubscribe.map(|u| u.code)), ("plain", Some(2500)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

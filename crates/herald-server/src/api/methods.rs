@@ -689,6 +689,8 @@ struct NodeInfo {
     /// reload); absent when the server cannot reload.
     #[serde(skip_serializing_if = "is_zero")]
     config_version: u64,
+    /// Herald's own field: publications handed to the node's subscribers per second.
+    publications_per_second: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -715,6 +717,7 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiErr
             uid: n.uid,
             uptime: n.uptime,
             version: n.version,
+            publications_per_second: n.publications_per_second,
         })
         .collect();
     Ok(InfoResult { nodes })

@@ -23,11 +23,11 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
         for a in &r.address {
             let sentinel = a.starts_with("redis+sentinel://");
-            if !a.starts_with("redis://") && !sentinel {
+            if !a.starts_with("redis://") && !a.starts_with("rediss://") && !sentinel {
                 return Err(ConfigError::invalid(
                     "engine.redis.address",
                     format!(
-                        "{:?} is neither a redis:// nor a redis+sentinel:// URL (rediss:// and Redis Cluster are not supported yet)",
+                        "{:?} is neither a redis://, a rediss:// (TLS) nor a redis+sentinel:// URL",
                         a.split('@').next_back().unwrap_or_default()
                     ),
                 ));
@@ -48,21 +48,48 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if r.presence_ttl < std::time::Duration::from_secs(3) {
             return Err(ConfigError::invalid("engine.redis.presence_ttl", "must be at least 3s"));
         }
+        validate_redis_tls(&r.tls)?;
     }
     validate_broker(cfg)
 }
 
-/// `broker` and `presence_manager`: NATS is the broker Herald has; presence then lives in NATS
-/// unless `presence_manager` names another place.
-fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
-    let (b, p) = (&cfg.broker, &cfg.presence_manager);
-    if b.enabled && cfg.engine.kind == "redis" {
+/// `engine.redis.tls`: the options a client can use; the PEM values must be readable.
+fn validate_redis_tls(t: &crate::config::RedisTlsConfig) -> Result<(), ConfigError> {
+    if !t.server_name.is_empty() {
         return Err(ConfigError::invalid(
-            "broker.enabled",
-            "the NATS broker next to engine.type \"redis\" (NATS pub/sub with Redis history and presence) is not \
-             available yet: use engine.type \"redis\" alone, or the NATS broker with the memory engine",
+            "engine.redis.tls.server_name",
+            "is not supported: the server certificate must name the host given in engine.redis.address",
         ));
     }
+    if !t.client_ca_pem.is_empty() {
+        return Err(ConfigError::invalid(
+            "engine.redis.tls.client_ca_pem",
+            "is a server-side option: to verify Redis give server_ca_pem, to authenticate to it cert_pem and key_pem",
+        ));
+    }
+    if t.cert_pem.is_empty() != t.key_pem.is_empty() {
+        return Err(ConfigError::invalid(
+            "engine.redis.tls.cert_pem",
+            "cert_pem and key_pem go together (the client certificate and its key)",
+        ));
+    }
+    for (key, value) in [
+        ("engine.redis.tls.cert_pem", &t.cert_pem),
+        ("engine.redis.tls.key_pem", &t.key_pem),
+        ("engine.redis.tls.server_ca_pem", &t.server_ca_pem),
+    ] {
+        if !value.is_empty() {
+            crate::tls::read_pem(key, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// `broker` and `presence_manager`: NATS is the broker Herald has; presence then lives in NATS
+/// unless `presence_manager` names another place. Next to `engine.type = "redis"` the NATS
+/// broker carries publications while Redis keeps history, idempotency keys and presence.
+fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
+    let (b, p) = (&cfg.broker, &cfg.presence_manager);
     if b.enabled && b.kind != "nats" {
         return Err(ConfigError::invalid(
             "broker.type",

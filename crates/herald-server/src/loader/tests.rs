@@ -130,6 +130,23 @@ fn validation_errors_name_keys() {
         },
         "engine.redis.prefix",
     );
+    let redis_tls = |f: fn(&mut crate::config::RedisTlsConfig)| {
+        move |c: &mut Config| {
+            c.engine.kind = "redis".into();
+            f(&mut c.engine.redis.tls);
+        }
+    };
+    check(&redis_tls(|t| t.server_name = "redis.internal".into()), "engine.redis.tls.server_name");
+    check(&redis_tls(|t| t.client_ca_pem = "ca.pem".into()), "engine.redis.tls.client_ca_pem");
+    check(&redis_tls(|t| t.cert_pem = "-----BEGIN CERTIFICATE-----".into()), "engine.redis.tls.cert_pem");
+    check(&redis_tls(|t| t.server_ca_pem = "/nonexistent/ca.pem".into()), "engine.redis.tls.server_ca_pem");
+    // TLS addresses, and NATS carrying publications next to Redis (mixed mode), are accepted.
+    let mut c = Config::default();
+    c.engine.kind = "redis".into();
+    c.engine.redis.address = vec!["rediss://127.0.0.1:6380".into()];
+    c.broker.enabled = true;
+    c.broker.kind = "nats".into();
+    validate(&c).unwrap();
     check(&|c| c.log.level = "loud".into(), "log.level");
     check(&|c| c.log.format = "xml".into(), "log.format");
     check(&|c| c.runtime.scheduler = "green".into(), "runtime.scheduler");

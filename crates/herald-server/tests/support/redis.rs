@@ -47,6 +47,19 @@ impl RedisServer {
         server
     }
 
+    /// A server with extra arguments (cluster mode, TLS, a password), ready on its plain port.
+    pub fn start_with(extra: Vec<String>) -> RedisServer {
+        let mut server =
+            RedisServer { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, persistent: false, extra };
+        server.spawn();
+        server
+    }
+
+    /// The server's working directory (certificates, cluster state).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// A replica of `master`.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
         let mut server = RedisServer {
@@ -85,7 +98,9 @@ impl RedisServer {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        // `-NOAUTH` also means the server is up (it has a password).
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     pub fn url(&self) -> String {
@@ -129,6 +144,19 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(master: &RedisServer) -> Sentinel {
+        Sentinel::launch(master, "")
+    }
+
+    /// A sentinel that requires `sentinel_password` and reaches the master with
+    /// `master_password`.
+    pub fn start_with_auth(master: &RedisServer, master_password: &str, sentinel_password: &str) -> Sentinel {
+        Sentinel::launch(
+            master,
+            &format!("sentinel auth-pass mymaster {master_password}\nrequirepass {sentinel_password}\n"),
+        )
+    }
+
+    fn launch(master: &RedisServer, extra: &str) -> Sentinel {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
@@ -136,7 +164,7 @@ impl Sentinel {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n{extra}",
                 dir.path().display(),
                 master.port
             ),
@@ -151,7 +179,7 @@ impl Sentinel {
             .spawn()
             .expect("redis-server --sentinel");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !cli(port, &["PING"]).starts_with("PONG") {
+        while !(cli(port, &["PING"]).starts_with("PONG") || cli(port, &["PING"]).contains("NOAUTH")) {
             assert!(Instant::now() < deadline, "sentinel on {port} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -172,6 +200,57 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of `masters` masters (no replicas), each a `redis-server --cluster-enabled
+/// yes` on its own port, joined by `redis-cli --cluster create`; ready once every node says
+/// `cluster_state:ok`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &self.nodes {
+            while !cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster node {} not ok", n.port);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

@@ -491,6 +491,7 @@ async fn run(
     });
 
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
+    let health_checks = crate::edge::gateway::health::spawn_all(&state);
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %local, node = %node.identity().name, scheme, "herald listening on {local} ({scheme})");
     tokio::select! {
@@ -505,6 +506,7 @@ async fn run(
     timers.abort();
     cluster.abort();
     reloads.abort();
+    health_checks.iter().for_each(tokio::task::JoinHandle::abort);
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -96,6 +96,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(crate::proxy::DURATION_METRIC.into()), crate::proxy::DURATION_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::edge::gateway::forward::DURATION_METRIC.into()),
+            crate::edge::gateway::forward::DURATION_BUCKETS,
+        )?
         .install_recorder()?;
     *slot = Some(handle.clone());
     Ok(handle)

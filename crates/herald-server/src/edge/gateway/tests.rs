@@ -156,3 +156,23 @@ interval = "2s"
     assert_eq!(loaded.config.gateway.routes[0].prefix, "/x");
     assert_eq!(loaded.config.gateway.routes[0].auth, "none");
 }
+
+/// The README's example is a valid configuration that means what the README says.
+#[test]
+fn the_readme_example_is_valid() {
+    use crate::config_error::FileFormat;
+    use crate::loader::{Overrides, load_text};
+    let readme = include_str!("../../../../../README.md");
+    let start = readme.find("```toml\n[client.token]\nhmac_secret_key = \"change-me\"").expect("the example") + 8;
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let loaded = load_text(std::path::Path::new("readme.toml"), FileFormat::Toml, text, vec![], &Overrides::default())
+        .expect("loads");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    crate::loader::validate(&loaded.config).expect("valid");
+    let g = Gateway::new(&loaded.config).unwrap();
+    let r = &g.routes[0];
+    assert_eq!((r.label.as_str(), r.balance, r.auth), ("orders", Balance::UserHash, Auth::Jwt));
+    assert_eq!(r.upstreams[1].base, "/v2");
+    assert_eq!((r.user_rate.rate, r.address_rate.rate, r.thresholds.active), (20, 50, true));
+    assert_eq!(loaded.config.access.gateway.deny, ["192.0.2.0/24"]);
+}

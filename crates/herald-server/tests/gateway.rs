@@ -42,7 +42,7 @@ async fn jwt_and_api_key_auth_and_the_identity_passed_upstream() {
             {"prefix": "/key", "upstreams": [up.url()], "auth": "api_key"},
             {"prefix": "/open", "upstreams": [format!("{}/base", up.url())], "auth": "none", "strip_prefix": true},
         ])),
-        &[],
+        &[("HERALD_CLIENT_DISALLOW_ANONYMOUS_CONNECTION_TOKENS", "true")],
     );
     let r = h.http("GET", "/jwt/orders", &[], b"").await;
     assert_eq!(r.status, 401, "{}", r.text());
@@ -58,6 +58,9 @@ async fn jwt_and_api_key_auth_and_the_identity_passed_upstream() {
     let expired = herald_auth::sign_hmac(&json!({"sub": "eve", "exp": 1000}), SECRET, "HS256").unwrap();
     let r = h.http("GET", "/jwt/x", &[("Authorization", &bearer(&expired))], b"").await;
     assert_eq!((r.status, r.json()["error"].clone()), (401, json!("unauthorized: token expired")));
+    let anonymous = herald_auth::sign_hmac(&json!({"sub": ""}), SECRET, "HS256").unwrap();
+    let r = h.http("GET", "/jwt/x", &[("Authorization", &bearer(&anonymous))], b"").await;
+    assert_eq!(r.status, 401, "client.disallow_anonymous_connection_tokens applies: {}", r.text());
     assert_eq!(up.served(), 0, "nothing refused reached the upstream");
 
     // A valid token; spoofed identity headers are replaced, never passed on.

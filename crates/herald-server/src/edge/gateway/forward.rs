@@ -186,7 +186,8 @@ async fn forward(
             Caller::default()
         }
         Auth::Jwt => {
-            policy::verify_jwt(route, &gateway.tokens, req.headers(), &query, unix_now()).map_err(Fail::refused)?
+            policy::verify_jwt(route, &gateway.tokens, gateway.reject_anonymous, req.headers(), &query, unix_now())
+                .map_err(Fail::refused)?
         }
     };
     if let Some(user) = caller.user.as_ref().filter(|_| route.user_rate.enabled())

@@ -191,6 +191,8 @@ pub struct Gateway {
     pub client: forward::HttpClient,
     /// `client.token`'s keys, for `auth = "jwt"`.
     pub tokens: TokenVerifier,
+    /// `client.disallow_anonymous_connection_tokens`: a token without a user gets 401.
+    pub reject_anonymous: bool,
     start: Instant,
 }
 
@@ -231,7 +233,8 @@ impl Gateway {
             }
             routes.push(route);
         }
-        Ok(Gateway { routes, client: forward::client(), tokens, start: Instant::now() })
+        let reject_anonymous = config.client.disallow_anonymous_connection_tokens;
+        Ok(Gateway { routes, client: forward::client(), tokens, reject_anonymous, start: Instant::now() })
     }
 
     /// Milliseconds since start (the rate tables' and health states' clock).

@@ -59,6 +59,7 @@ pub fn token<'a>(route: &Route, headers: &'a HeaderMap, query: &'a str) -> Optio
 pub fn verify_jwt(
     route: &Route,
     tokens: &herald_auth::TokenVerifier,
+    reject_anonymous: bool,
     headers: &HeaderMap,
     query: &str,
     now_unix: i64,
@@ -74,6 +75,10 @@ pub fn verify_jwt(
         return Err((StatusCode::UNAUTHORIZED, format!("unauthorized: no token (send it in {})", places.join(" or "))));
     };
     match tokens.verify_connect(token, now_unix) {
+        Ok(claims) if claims.user.is_empty() && reject_anonymous => Err((
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: a token without a user (client.disallow_anonymous_connection_tokens)".into(),
+        )),
         Ok(claims) => Ok(Caller { user: Some(claims.user).filter(|u| !u.is_empty()), info: claims.info }),
         Err(TokenError::Expired) => Err((StatusCode::UNAUTHORIZED, "unauthorized: token expired".into())),
         Err(TokenError::NotYetValid) => Err((StatusCode::UNAUTHORIZED, "unauthorized: token not yet valid".into())),

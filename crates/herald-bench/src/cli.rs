@@ -239,6 +239,13 @@ pub struct StormArgs {
 pub struct ApiArgs {
     #[command(flatten)]
     pub common: Common,
+    /// POST the payload to this path instead of publishing (e.g. a gateway route, or its
+    /// upstream directly for the baseline); any 2xx answer counts as a success.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Extra request header (`Name: value`) with --path; repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -92,6 +92,9 @@ pub struct ApiJob {
     pub herald_channel: Option<String>,
     pub payload: usize,
     pub duration_ms: u64,
+    /// `api --path`: any 2xx answer is a success (a gateway route or its upstream).
+    #[serde(default)]
+    pub any_2xx: bool,
 }
 
 /// Handshake-rate load (churn `--handshake-rate`): open, handshake, close, repeat.

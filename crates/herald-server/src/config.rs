@@ -46,9 +46,37 @@ pub struct Config {
     pub access: crate::edge::AccessConfig,
     /// Herald's own rate limits.
     pub limits: crate::edge::LimitsConfig,
+    /// Gateway routes to the logic layer's HTTP APIs (Herald's own section).
+    pub gateway: crate::edge::gateway::GatewayConfig,
 }
 
 impl Config {
+    /// Herald's own endpoints: (config key, path, enabled). Routes and the echo endpoint must
+    /// not take their paths.
+    pub fn endpoints(&self) -> Vec<(&'static str, &str, bool)> {
+        vec![
+            ("http_api.handler_prefix", self.http_api.handler_prefix.as_str(), !self.http_api.disabled),
+            ("websocket.handler_prefix", self.websocket.handler_prefix.as_str(), !self.websocket.disabled),
+            ("prometheus.handler_prefix", self.prometheus.handler_prefix.as_str(), self.prometheus.enabled),
+            ("health.handler_prefix", self.health.handler_prefix.as_str(), self.health.enabled),
+            ("sse.handler_prefix", self.sse.path(SSE_PATH), self.sse.enabled),
+            ("http_stream.handler_prefix", self.http_stream.path(HTTP_STREAM_PATH), self.http_stream.enabled),
+            (
+                "emulation.handler_prefix",
+                self.emulation.handler_prefix.as_str(),
+                self.sse.enabled || self.http_stream.enabled,
+            ),
+            ("uni_websocket.handler_prefix", self.uni_websocket.handler_prefix.as_str(), self.uni_websocket.enabled),
+            ("uni_sse.handler_prefix", self.uni_sse.path(UNI_SSE_PATH), self.uni_sse.enabled),
+            (
+                "uni_http_stream.handler_prefix",
+                self.uni_http_stream.path(UNI_HTTP_STREAM_PATH),
+                self.uni_http_stream.enabled,
+            ),
+            ("uni_long_poll.handler_prefix", self.uni_long_poll.handler_prefix.as_str(), self.uni_long_poll.enabled),
+        ]
+    }
+
     /// The part the hub needs.
     pub fn hub(&self) -> HubConfig {
         HubConfig {

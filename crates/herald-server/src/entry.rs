@@ -25,9 +25,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::api::{self, Body};
+use crate::api;
 use crate::config::Config;
 use crate::edge::gate;
+use crate::edge::gateway::forward::{BoxError, Reply};
 use crate::router::{Listener, Route, on_listener, route};
 use crate::state::AppState;
 use crate::transport::stream;
@@ -354,15 +355,16 @@ impl Drop for Answering {
 
 /// A response body that holds its request's [`Answering`] until hyper drops it.
 struct Answer {
-    body: Body,
+    body: Reply,
     _answering: Answering,
 }
 
 impl hyper::body::Body for Answer {
     type Data = Bytes;
-    type Error = Infallible;
+    /// A streamed answer (gateway routes) can fail half-way: hyper then closes the connection.
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -449,7 +451,7 @@ async fn http_request(
     peer: SocketAddr,
     listener: Listener,
     handoff: &stream::handoff::Handoff,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Reply>, Infallible> {
     let routed = on_listener(&state.config, route(&state.config, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {
@@ -460,10 +462,13 @@ async fn http_request(
             if !crate::edge::retry_after(status).is_empty() {
                 response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
             }
-            return Ok(response);
+            return Ok(response.map(Reply::Full));
         }
     };
-    Ok(match routed {
+    if let Route::Gateway(index) = routed {
+        return Ok(crate::edge::gateway::forward::handle(&state, index, req, peer).await);
+    }
+    let response = match routed {
         Route::Health => api::health(&state),
         Route::Metrics => api::metrics(&state),
         Route::Api(name) => {
@@ -479,8 +484,9 @@ async fn http_request(
                 "expected a WebSocket upgrade (it must be the first request on its connection)",
             )
         }
-        Route::NotFound => api::transport_error(StatusCode::NOT_FOUND, "not found"),
-    })
+        Route::NotFound | Route::Gateway(_) => api::transport_error(StatusCode::NOT_FOUND, "not found"),
+    };
+    Ok(response.map(Reply::Full))
 }
 
 /// A stream that first replays bytes already read from it, and applies the keep-alive read

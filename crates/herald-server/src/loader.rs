@@ -37,7 +37,7 @@ use herald_hub::config::{ChannelOptions, NamedProxy, Namespace, RpcNamespace};
 use serde_json::{Map, Value};
 use serde_path_to_error::Segment;
 
-use crate::config::{Config, HTTP_STREAM_PATH, SSE_PATH, UNI_HTTP_STREAM_PATH, UNI_SSE_PATH};
+use crate::config::Config;
 use crate::config_error::{ConfigError, FileFormat, FileProblem, Source};
 use crate::config_keys::{self, Refusal};
 
@@ -168,19 +168,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         ));
     }
 
-    let endpoints = [
-        ("http_api.handler_prefix", cfg.http_api.handler_prefix.as_str(), !cfg.http_api.disabled),
-        ("websocket.handler_prefix", cfg.websocket.handler_prefix.as_str(), !cfg.websocket.disabled),
-        ("prometheus.handler_prefix", cfg.prometheus.handler_prefix.as_str(), cfg.prometheus.enabled),
-        ("health.handler_prefix", cfg.health.handler_prefix.as_str(), cfg.health.enabled),
-        ("sse.handler_prefix", cfg.sse.path(SSE_PATH), cfg.sse.enabled),
-        ("http_stream.handler_prefix", cfg.http_stream.path(HTTP_STREAM_PATH), cfg.http_stream.enabled),
-        ("emulation.handler_prefix", cfg.emulation.handler_prefix.as_str(), cfg.sse.enabled || cfg.http_stream.enabled),
-        ("uni_websocket.handler_prefix", cfg.uni_websocket.handler_prefix.as_str(), cfg.uni_websocket.enabled),
-        ("uni_sse.handler_prefix", cfg.uni_sse.path(UNI_SSE_PATH), cfg.uni_sse.enabled),
-        ("uni_http_stream.handler_prefix", cfg.uni_http_stream.path(UNI_HTTP_STREAM_PATH), cfg.uni_http_stream.enabled),
-        ("uni_long_poll.handler_prefix", cfg.uni_long_poll.handler_prefix.as_str(), cfg.uni_long_poll.enabled),
-    ];
+    let endpoints = cfg.endpoints();
     for (key, prefix, _) in &endpoints {
         if !prefix.starts_with('/') {
             return Err(ConfigError::invalid(*key, format!("{prefix:?} must start with '/'")));
@@ -195,6 +183,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_echo_endpoint(cfg, &endpoints)?;
+    crate::edge::gateway::Gateway::new(cfg).map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 
@@ -367,6 +356,7 @@ struct Schema {
     namespace: Value,
     named_proxy: Value,
     rpc_namespace: Value,
+    gateway_route: Value,
 }
 
 /// Map-typed options whose keys are the user's own (header names), never unknown keys.
@@ -400,7 +390,8 @@ impl Schema {
         let named_proxy = serde_json::to_value(NamedProxy::default()).expect("the default proxy serializes");
         let rpc_namespace =
             serde_json::to_value(RpcNamespace::default()).expect("the default RPC namespace serializes");
-        Schema { defaults, namespace, named_proxy, rpc_namespace }
+        let gateway_route = serde_json::to_value(crate::edge::gateway::RouteConfig::default()).expect("serializes");
+        Schema { defaults, namespace, named_proxy, rpc_namespace, gateway_route }
     }
 
     /// The template of a list's elements, for lists of objects.
@@ -409,6 +400,7 @@ impl Schema {
             NAMESPACES_PATH => Some(&self.namespace),
             "proxies" => Some(&self.named_proxy),
             "rpc.namespaces" => Some(&self.rpc_namespace),
+            "gateway.routes" => Some(&self.gateway_route),
             _ => None,
         }
     }

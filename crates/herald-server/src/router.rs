@@ -34,6 +34,8 @@ pub enum Route<'a> {
     Metrics,
     /// `/api/<method>`: the server API, with the method name as written in the path.
     Api(&'a str),
+    /// Under a `gateway.routes` prefix: the route's index (longest prefix).
+    Gateway(usize),
     NotFound,
 }
 
@@ -81,6 +83,10 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
             path.strip_prefix(api.handler_prefix.trim_end_matches('/')).and_then(|m| m.strip_prefix('/'))
     {
         return Route::Api(method);
+    }
+    // Start-up refuses a route prefix that could take one of the paths above.
+    if let Some(index) = crate::edge::gateway::match_route(&config.gateway.routes, path) {
+        return Route::Gateway(index);
     }
     Route::NotFound
 }
@@ -170,6 +176,21 @@ mod tests {
         assert_eq!(route(&config, "/connection/http_stream", false), Route::NotFound);
         assert_eq!(route(&config, "/connection/uni_websocket", true), Route::UniWebSocket);
         assert_eq!(route(&config, "/connection/uni_websocket", false), Route::WebSocketNotFirst);
+    }
+
+    #[test]
+    fn gateway_routes_come_after_herald_endpoints() {
+        let mut config = Config::default();
+        let route = |prefix: &str| crate::edge::gateway::RouteConfig { prefix: prefix.into(), ..Default::default() };
+        config.gateway.routes = vec![route("/app"), route("/app/orders")];
+        assert_eq!(route_of(&config, "/app/x"), Route::Gateway(0));
+        assert_eq!(route_of(&config, "/app/orders/1"), Route::Gateway(1));
+        assert_eq!(route_of(&config, "/apple"), Route::NotFound);
+        assert_eq!(route_of(&config, "/api/publish"), Route::Api("publish"));
+    }
+
+    fn route_of<'a>(config: &Config, path: &'a str) -> Route<'a> {
+        route(config, path, false)
     }
 
     #[test]

@@ -549,6 +549,7 @@ async fn run(
         }
     });
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
+    let health_checks = crate::edge::gateway::health::spawn_all(&state);
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let internal = match internal {
         Some(internal) => {
@@ -585,6 +586,7 @@ async fn run(
     cluster.abort();
     upkeep.abort();
     reloads.abort();
+    health_checks.iter().for_each(tokio::task::JoinHandle::abort);
     tracing::info!("shutdown complete");
     Ok(())
 }

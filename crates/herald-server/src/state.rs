@@ -41,6 +41,8 @@ pub struct AppState {
     pub accept_failures: LogThrottle,
     /// Address lists, trusted proxies and admission limits.
     pub edge: crate::edge::Edge,
+    /// Gateway routes, compiled.
+    pub gateway: crate::edge::gateway::Gateway,
     /// `http_server.tls`, when enabled.
     pub tls: Option<crate::tls::Tls>,
     /// Configuration reload on SIGHUP (absent when the server was started without a source to
@@ -63,6 +65,8 @@ impl AppState {
         }
         // `loader::validate` refuses a configuration this cannot compile.
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
+        let gateway =
+            crate::edge::gateway::Gateway::new(&config).expect("gateway routes validated with the configuration");
         AppState {
             node,
             config,
@@ -78,6 +82,7 @@ impl AppState {
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
             edge,
+            gateway,
             tls: None,
             reloader: None,
         }

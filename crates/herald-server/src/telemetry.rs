@@ -29,6 +29,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(crate::proxy::DURATION_METRIC.into()), crate::proxy::DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(API_DURATION.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(herald_hub::metrics::COMMAND_DURATION.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::edge::gateway::forward::DURATION_METRIC.into()),
+            crate::edge::gateway::forward::DURATION_BUCKETS,
+        )?
         .install_recorder()?;
     *slot = Some(handle.clone());
     Ok(handle)

@@ -18,16 +18,20 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
     let s = setup(&a.common, 50, Some(2), true)?;
     let duration = s.c.duration.unwrap_or(Duration::from_secs(10));
     let channel = s.c.channel.clone().unwrap_or_else(|| "bench_api".into());
-    let (path, headers, herald_channel) = match s.c.target {
-        Target::Herald => (
+    let (path, headers, herald_channel) = match (&a.path, s.c.target) {
+        (Some(path), _) => {
+            (format!("{}{path}", s.urls[0].prefix), a.headers.iter().map(|h| format!("{h}\r\n")).collect(), None)
+        }
+        (None, Target::Herald) => (
             format!("{}/api/publish", s.urls[0].prefix),
             s.c.api_key.as_ref().map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default(),
             Some(channel.clone()),
         ),
-        Target::Nchan => (format!("{}/pub/{channel}", s.urls[0].prefix), String::new(), None),
+        (None, Target::Nchan) => (format!("{}/pub/{channel}", s.urls[0].prefix), String::new(), None),
     };
+    let what = if a.path.is_some() { format!("posting to {path}") } else { format!("publishing to {channel}") };
     eprintln!(
-        "api: {} keep-alive connections over {} process(es) publishing to {channel} on {} ({}) for {:.0} s",
+        "api: {} keep-alive connections over {} process(es) {what} on {} ({}) for {:.0} s",
         s.n,
         s.procs,
         s.hosts(),
@@ -47,6 +51,7 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
             herald_channel,
             payload: s.c.payload,
             duration_ms: duration.as_millis() as u64,
+            any_2xx: a.path.is_some(),
         }),
         stalled_share: 0.0,
         reconnect: None,

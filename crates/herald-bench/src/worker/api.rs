@@ -71,6 +71,7 @@ pub(super) async fn run_api(ctx: Rc<Ctx>, api: ApiJob, mut rx: mpsc::UnboundedRe
                 )
                 .await;
                 let ok = match &r {
+                    Ok(Ok(resp)) if api.any_2xx => (200..300).contains(&resp.status),
                     Ok(Ok(resp)) => publish_ok(api.herald_channel.is_some(), resp.status, &resp.body),
                     _ => false,
                 };

@@ -177,8 +177,9 @@ fn api_duration(method: &'static str) -> metrics::Histogram {
 }
 
 /// Checks the API key (header `X-API-Key`, `Authorization: apikey <key>` or `?api_key=`); the
-/// error says whether no key was given or a wrong one, never what the key is.
-fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), &'static str> {
+/// error says whether no key was given or a wrong one, never what the key is. Gateway routes
+/// with `auth = "api_key"` use it too.
+pub(crate) fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), &'static str> {
     let cfg = &state.config.http_api;
     if cfg.insecure {
         return Ok(());

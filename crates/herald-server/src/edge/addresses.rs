@@ -5,22 +5,32 @@
 //! at most once a second; if it is still full, every address not in the table shares one
 //! overflow bucket of the same rate, so new addresses are limited together rather than not at
 //! all (known addresses keep their own buckets). Memory: about 48 bytes per entry.
+//!
+//! The table is generic over its key: gateway routes keep one per route keyed by user id too.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use herald_hub::limits::{Rate, TokenBucket};
 
-pub struct AddressBuckets {
-    map: HashMap<IpAddr, TokenBucket>,
+pub struct AddressBuckets<K = IpAddr> {
+    map: HashMap<K, TokenBucket>,
     max: usize,
     overflow: Option<TokenBucket>,
     last_sweep_ms: i64,
+    /// The gauge of entries and the counter of overflows.
+    metrics: (&'static str, &'static str),
 }
 
-impl AddressBuckets {
+impl<K: Hash + Eq> AddressBuckets<K> {
     pub fn new(max: usize) -> Self {
-        AddressBuckets { map: HashMap::new(), max: max.max(1), overflow: None, last_sweep_ms: i64::MIN }
+        Self::with_metrics(max, ("herald_limit_address_table_entries", "herald_limit_address_table_overflows_total"))
+    }
+
+    /// A table reporting under other metric names: (entries gauge, overflows counter).
+    pub fn with_metrics(max: usize, metrics: (&'static str, &'static str)) -> Self {
+        AddressBuckets { map: HashMap::new(), max: max.max(1), overflow: None, last_sweep_ms: i64::MIN, metrics }
     }
 
     /// Addresses with a bucket of their own.
@@ -28,8 +38,8 @@ impl AddressBuckets {
         self.map.len()
     }
 
-    /// Takes a token for `ip` at `now_ms`: `false` when it is over `rate`.
-    pub fn take(&mut self, rate: &Rate, ip: IpAddr, now_ms: i64) -> bool {
+    /// Takes a token for `ip` (the key) at `now_ms`: `false` when it is over `rate`.
+    pub fn take(&mut self, rate: &Rate, ip: K, now_ms: i64) -> bool {
         if !rate.enabled() {
             return true;
         }
@@ -39,16 +49,16 @@ impl AddressBuckets {
         if self.map.len() >= self.max && now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
             self.last_sweep_ms = now_ms;
             self.map.retain(|_, b| !b.is_full(rate, now_ms));
-            metrics::gauge!("herald_limit_address_table_entries").set(self.map.len() as f64);
+            metrics::gauge!(self.metrics.0).set(self.map.len() as f64);
         }
         if self.map.len() < self.max {
             let mut bucket = TokenBucket::full(rate, now_ms);
             let ok = bucket.take(rate, now_ms);
             self.map.insert(ip, bucket);
-            metrics::gauge!("herald_limit_address_table_entries").set(self.map.len() as f64);
+            metrics::gauge!(self.metrics.0).set(self.map.len() as f64);
             return ok;
         }
-        metrics::counter!("herald_limit_address_table_overflows_total").increment(1);
+        metrics::counter!(self.metrics.1).increment(1);
         self.overflow.get_or_insert_with(|| TokenBucket::full(rate, now_ms)).take(rate, now_ms)
     }
 }

@@ -5,10 +5,11 @@
 //!
 //! Everything here runs once per new connection or per HTTP request; a delivery to a connected
 //! client never touches it, and a client command pays only the hub's token bucket
-//! (`herald_hub::limits`). Gateway routes will reuse [`Lists`] and the buckets.
+//! (`herald_hub::limits`). Gateway routes ([`gateway`]) have their own list and per-route buckets.
 
 pub mod addresses;
 pub mod gate;
+pub mod gateway;
 pub mod ipnet;
 pub mod proxy_protocol;
 
@@ -40,6 +41,8 @@ pub struct AccessConfig {
     pub api: ListConfig,
     /// `/health` and `/metrics`.
     pub admin: ListConfig,
+    /// Gateway routes (`gateway.routes`).
+    pub gateway: ListConfig,
 }
 
 /// An allow and a deny list of CIDR networks. Deny wins; an empty allow list allows all.
@@ -107,6 +110,8 @@ pub enum Class {
     Client,
     Api,
     Admin,
+    /// A gateway route (its own policies run in `gateway::forward`).
+    Gateway,
     /// Not found or refused anyway.
     Other,
 }
@@ -119,6 +124,7 @@ pub fn class(route: &Route<'_>) -> Class {
         Route::Emulation | Route::LongPoll => Class::Client,
         Route::Api(_) => Class::Api,
         Route::Health | Route::Metrics => Class::Admin,
+        Route::Gateway(_) => Class::Gateway,
         Route::WebSocketNotFirst | Route::NotFound => Class::Other,
     }
 }
@@ -148,6 +154,7 @@ pub struct Edge {
     client: Lists,
     api: Lists,
     admin: Lists,
+    gateway: Lists,
     connection_limit: usize,
     node_rate: Rate,
     address_rate: Rate,
@@ -176,6 +183,7 @@ impl Edge {
             client: Lists::parse("access.client", &access.client)?,
             api: Lists::parse("access.api", &access.api)?,
             admin: Lists::parse("access.admin", &access.admin)?,
+            gateway: Lists::parse("access.gateway", &access.gateway)?,
             connection_limit: config.client.connection_limit,
             node_rate,
             address_rate,
@@ -236,6 +244,7 @@ impl Edge {
             Class::ClientConnect | Class::Client => &self.client,
             Class::Api => &self.api,
             Class::Admin => &self.admin,
+            Class::Gateway => &self.gateway,
             Class::Other => return Ok(()),
         };
         if lists.allows(ip) {
@@ -244,6 +253,7 @@ impl Edge {
         let label = match class {
             Class::Api => "api",
             Class::Admin => "admin",
+            Class::Gateway => "gateway",
             _ => "client",
         };
         metrics::counter!("herald_access_denied_total", "endpoint" => label).increment(1);

@@ -241,6 +241,11 @@ impl<'a> Ports<'a> {
         &self.node.identity().uid
     }
 
+    /// The hub, kept by a traced session to record its replies.
+    pub(crate) fn hub(&self) -> Arc<Hub> {
+        self.node.hub_arc()
+    }
+
     /// The logic-layer proxies.
     pub(crate) fn backend(&self) -> &'a crate::proxy::Backend {
         self.node.backend()

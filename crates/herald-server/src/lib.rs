@@ -25,8 +25,11 @@
 //!   metrics endpoints;
 //! - [`proxy`]: the HTTP client of the logic-layer proxies (connect, refresh, subscribe,
 //!   publish, sub_refresh, RPC backends), with per-proxy metrics;
+//! - [`admin`]: the admin console (embedded page, login, actions through the API's method table,
+//!   the user-trace stream);
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -195,6 +195,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_echo_endpoint(cfg, &endpoints)?;
+    crate::admin::validate(cfg)?;
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 

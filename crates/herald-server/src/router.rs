@@ -33,6 +33,8 @@ pub enum Route<'a> {
     Metrics,
     /// `/api/<method>`: the server API, with the method name as written in the path.
     Api(&'a str),
+    /// Under `admin.handler_prefix` (when the console is on): the path after the prefix.
+    Admin(&'a str),
     NotFound,
 }
 
@@ -80,6 +82,10 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
             path.strip_prefix(api.handler_prefix.trim_end_matches('/')).and_then(|m| m.strip_prefix('/'))
     {
         return Route::Api(method);
+    }
+    // Last: with the default empty prefix the console owns every path nothing else took.
+    if let Some(rest) = crate::admin::subpath(config, path) {
+        return Route::Admin(rest);
     }
     Route::NotFound
 }

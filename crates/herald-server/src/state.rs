@@ -46,6 +46,8 @@ pub struct AppState {
     /// Configuration reload on SIGHUP (absent when the server was started without a source to
     /// load the configuration from again, e.g. in tests of the library).
     pub reloader: Option<crate::reload::Reloader>,
+    /// The admin console, when `admin.enabled`.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 impl AppState {
@@ -58,7 +60,9 @@ impl AppState {
         let connect_headers = node.backend().table().connect_header_names();
         // `loader::validate` refuses a configuration this cannot compile.
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
+        let admin = crate::admin::Admin::new(&config);
         AppState {
+            admin,
             node,
             config,
             metrics,

@@ -148,6 +148,18 @@ async fn start_up_refuses_a_console_without_password_or_secret() {
     assert_eq!(info.status, 200, "CSRF still applies: {}", info.text());
 }
 
+/// The events of an SSE body: (event, id, data as JSON).
+fn sse(text: &str) -> Vec<(String, Option<u64>, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name));
+            let data = field("data: ")?;
+            let event = field("event: ").unwrap_or("message").to_owned();
+            Some((event, field("id: ").and_then(|id| id.parse().ok()), serde_json::from_str(data).expect("JSON data")))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn trace_of_user_42_logs_json_lines_streams_them_and_ends_by_itself() {
     let h = console(&[("HERALD_ADMIN_TRACE_MAX_DURATION", "2s")]);
@@ -168,17 +180,21 @@ async fn trace_of_user_42_logs_json_lines_streams_them_and_ends_by_itself() {
 
     // The console's stream has the lines of user 42 only.
     let (cookie, _) = login(&h).await;
-    let stream = h.http("GET", "/admin/trace?after=0", &[("Cookie", &cookie)], b"").await;
+    let stream = h.http("GET", "/admin/trace", &[("Cookie", &cookie)], b"").await;
     assert_eq!(stream.status, 200, "{}", stream.text());
-    let body = stream.json();
-    let lines = body["lines"].as_array().unwrap();
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    let events = sse(&stream.text());
+    let lines: Vec<&Value> = events.iter().filter(|(e, _, _)| e == "line").map(|(_, _, d)| d).collect();
+    let ids: Vec<u64> = events.iter().filter(|(e, _, _)| e == "line").map(|(_, id, _)| id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "event ids are the line sequence: {ids:?}");
+    let traces = &events.iter().find(|(e, _, _)| e == "traces").expect("a traces event").2;
     let kinds: Vec<(&str, &str)> =
         lines.iter().map(|l| (l["kind"].as_str().unwrap(), l["method"].as_str().unwrap())).collect();
     for expected in [("trace", "start"), ("command", "presence_stats"), ("reply", ""), ("push", "news")] {
         assert!(kinds.contains(&expected), "{expected:?} missing from {kinds:?}");
     }
     assert!(lines.iter().all(|l| l["user"] == "42"), "{lines:?}");
-    assert_eq!(body["traces"][0]["user"], "42");
+    assert_eq!(traces[0]["user"], "42");
     let push = lines.iter().find(|l| l["kind"] == "push").unwrap();
     assert!(push["payload"].as_str().unwrap().contains("traced"), "{push}");
 
@@ -200,11 +216,13 @@ async fn trace_of_user_42_logs_json_lines_streams_them_and_ends_by_itself() {
     assert!(command["fields"]["payload"].as_str().unwrap().contains("news"));
 
     // The trace ends by itself: an end line, and later commands are not traced.
-    let last = body["last"].as_u64().unwrap();
+    // The browser's reconnection: Last-Event-ID resumes after the last line seen.
+    let last = ids.last().unwrap().to_string();
     wait_for("the trace to end", Duration::from_secs(5), || async {
-        let after = format!("/admin/trace?after={last}");
-        let resp = h.http("GET", &after, &[("Cookie", &cookie)], b"").await.json();
-        resp["lines"].as_array().unwrap().iter().any(|l| l["kind"] == "trace" && l["method"] == "end")
+        let resp = h.http("GET", "/admin/trace", &[("Cookie", &cookie), ("Last-Event-ID", &last)], b"").await;
+        let events = sse(&resp.text());
+        assert!(events.iter().filter_map(|(_, id, _)| *id).all(|id| id > ids[ids.len() - 1]), "nothing twice");
+        events.iter().any(|(e, _, l)| e == "line" && l["kind"] == "trace" && l["method"] == "end")
     })
     .await;
     let before = h.logs().matches("\"herald::trace\"").count();

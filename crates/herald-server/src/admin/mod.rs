@@ -10,8 +10,7 @@
 //! - `POST P/admin/logout`; `GET P/admin/session`: `{csrf, expires}` of the current session;
 //! - `POST P/admin/api/<method>`: a server API method (session cookie, `X-Herald-CSRF` and a
 //!   same-origin `Origin` required);
-//! - `GET P/admin/trace?after=<seq>`: trace lines after `seq`, long-polled (up to
-//!   [`TRACE_WAIT`]).
+//! - `GET P/admin/trace`: trace lines as Server-Sent Events (see [`trace`]).
 
 pub mod auth;
 
@@ -167,27 +166,27 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr, 
             Some(refused) => refused,
             None => login(state, admin, req, peer).await,
         },
-        "/admin/logout" => match post_only(&req).or_else(|| same_origin(&req).err()) {
+        "/admin/logout" => match post_only(&req).or_else(|| same_origin(&req).err().map(refuse)) {
             Some(refused) => refused,
             None => logout(state),
         },
-        "/admin/session" => match session(state, admin, &req) {
+        "/admin/session" => match session(admin, &req) {
             Ok(s) => json(StatusCode::OK, &session_answer(admin, &s)),
-            Err(refused) => refused,
+            Err(refused) => refuse(refused),
         },
-        "/admin/trace" if get => match session(state, admin, &req) {
+        "/admin/trace" if get => match session(admin, &req) {
             Ok(_) => trace(state, &req).await,
-            Err(refused) => refused,
+            Err(refused) => refuse(refused),
         },
         _ if rest.starts_with("/admin/api/") => {
             if let Some(refused) = post_only(&req) {
                 return refused;
             }
-            if let Err(refused) = session(state, admin, &req).and_then(|s| csrf(admin, &s, &req)) {
-                return refused;
+            if let Err(refused) = session(admin, &req).and_then(|s| csrf(admin, &s, &req)) {
+                return refuse(refused);
             }
             if let Err(refused) = same_origin(&req) {
-                return refused;
+                return refuse(refused);
             }
             call(state, &rest["/admin/api/".len()..], req, peer).await
         }
@@ -240,21 +239,28 @@ fn post_only(req: &Request<Incoming>) -> Option<Response<Body>> {
 }
 
 /// An action must come from a page of this origin: its `Origin` names the host it was sent to.
-fn same_origin(req: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// Why a console request is refused: its status and message.
+type Refused = (StatusCode, &'static str);
+
+fn refuse((status, message): Refused) -> Response<Body> {
+    transport_error(status, message)
+}
+
+fn same_origin(req: &Request<Incoming>) -> Result<(), Refused> {
     let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let Some(origin) = header(header::ORIGIN) else {
-        return Err(transport_error(StatusCode::FORBIDDEN, "forbidden: the Origin header is required"));
+        return Err((StatusCode::FORBIDDEN, "forbidden: the Origin header is required"));
     };
     let host = header(header::HOST).unwrap_or("");
     let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
     if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
-        return Err(transport_error(StatusCode::FORBIDDEN, "forbidden: cross-origin request"));
+        return Err((StatusCode::FORBIDDEN, "forbidden: cross-origin request"));
     }
     Ok(())
 }
 
 /// The request's session, or the 401 that says why there is none.
-fn session(state: &AppState, admin: &Admin, req: &Request<Incoming>) -> Result<auth::Session, Response<Body>> {
+fn session(admin: &Admin, req: &Request<Incoming>) -> Result<auth::Session, Refused> {
     if admin.insecure {
         return Ok(auth::Session { nonce: "insecure".into(), expires_ms: i64::MAX });
     }
@@ -265,18 +271,17 @@ fn session(state: &AppState, admin: &Admin, req: &Request<Incoming>) -> Result<a
         .filter_map(|v| v.to_str().ok())
         .find_map(|h| auth::cookie(h, auth::COOKIE));
     let Some(cookie) = cookie else {
-        return Err(transport_error(StatusCode::UNAUTHORIZED, "unauthorized: log in first"));
+        return Err((StatusCode::UNAUTHORIZED, "unauthorized: log in first"));
     };
-    let _ = state;
-    admin.keys.verify(cookie, now_ms()).map_err(|why| transport_error(StatusCode::UNAUTHORIZED, why))
+    admin.keys.verify(cookie, now_ms()).map_err(|why| (StatusCode::UNAUTHORIZED, why))
 }
 
-fn csrf(admin: &Admin, session: &auth::Session, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn csrf(admin: &Admin, session: &auth::Session, req: &Request<Incoming>) -> Result<(), Refused> {
     let token = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
     if admin.keys.csrf_matches(session, token) {
         Ok(())
     } else {
-        Err(transport_error(StatusCode::FORBIDDEN, "forbidden: missing or wrong X-Herald-CSRF token"))
+        Err((StatusCode::FORBIDDEN, "forbidden: missing or wrong X-Herald-CSRF token"))
     }
 }
 
@@ -297,7 +302,7 @@ async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Bo
 
 async fn login(state: &AppState, admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if let Err(refused) = same_origin(&req) {
-        return refused;
+        return refuse(refused);
     }
     let cfg = &state.config.admin;
     let limit = cfg.login_failures_per_minute;
@@ -379,31 +384,48 @@ async fn call(state: &AppState, name: &str, req: Request<Incoming>, peer: Socket
     response
 }
 
-/// Trace lines after `?after=`, waiting up to [`TRACE_WAIT`] for one.
+/// Trace lines as Server-Sent Events: the lines after the request's `Last-Event-ID` (or
+/// `?after=`), each an event `line` with its sequence as the event id, then an event `traces`
+/// listing the running traces. The response ends as soon as it has lines, or after
+/// [`TRACE_WAIT`]; `retry` makes the browser's EventSource reconnect at once with the last id,
+/// so the console follows the stream without a long-lived response (hyper's bodies here are
+/// whole buffers).
 async fn trace(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
-    let after: u64 = req
+    let from_header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let from_query = req
         .uri()
         .query()
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("after="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .and_then(|v| v.parse().ok());
+    let after: u64 = from_header.or(from_query).unwrap_or(0);
     let tracer = state.node.hub().tracer();
     let deadline = tokio::time::Instant::now() + TRACE_WAIT;
-    loop {
+    let (lines, newest) = loop {
         let (lines, newest) = tracer.lines_after(after, TRACE_BATCH);
-        // `after` past the newest line: the ring was renumbered by a restart; start over.
         let done = !lines.is_empty()
             || after > newest
             || tokio::time::Instant::now() >= deadline
             || state.shutting_down.load(std::sync::atomic::Ordering::Relaxed);
         if done {
-            let last = lines.last().map_or(newest.min(after), |l| l.seq);
-            let traces: Vec<_> =
-                tracer.traced().into_iter().map(|(user, until)| json!({"user": user, "until": until})).collect();
-            return json(StatusCode::OK, &json!({ "lines": lines, "last": last, "traces": traces }));
+            break (lines, newest);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut out = String::from("retry: 250\n\n");
+    for line in &lines {
+        let data = serde_json::to_string(line).expect("trace lines serialize");
+        out.push_str(&format!("id: {}\nevent: line\ndata: {data}\n\n", line.seq));
     }
+    let traces: Vec<_> =
+        tracer.traced().into_iter().map(|(user, until)| json!({"user": user, "until": until})).collect();
+    // `after` past the newest line: the ring was renumbered by a restart; start over from it.
+    let reset = if after > newest { format!("id: {newest}\n") } else { String::new() };
+    out.push_str(&format!("{reset}event: traces\ndata: {}\n\n", json!(traces)));
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

@@ -1,10 +1,10 @@
 // The Herald admin console: plain JavaScript, no framework, no build step. Every action is a
 // server API method called through POST admin/api/<method> with the session cookie and the
-// CSRF token; the dashboard polls `info` every 3 s; trace lines are long-polled.
+// CSRF token; the dashboard polls `info` every 3 s; trace lines come as Server-Sent Events.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
-const state = { csrf: '', history: [], last: null, traceAfter: 0, tracing: false, timers: [] };
+const state = { csrf: '', history: [], last: null, trace: null, timers: [] };
 window.consoleState = state;
 
 function show(loggedIn) {
@@ -104,29 +104,28 @@ async function refreshChannels() {
   if (!names.length) list.innerHTML = '<li>No channel with subscribers matches.</li>';
 }
 
-async function pollTrace() {
-  if (!state.tracing) return;
-  try {
-    const res = await fetch('admin/trace?after=' + state.traceAfter, { credentials: 'same-origin' });
-    if (res.status === 401) { stop(); show(false); return; }
-    const json = await res.json();
-    state.traceAfter = json.last;
-    const ol = $('trace-lines');
-    for (const l of json.lines) {
-      const li = document.createElement('li');
-      const time = new Date(l.time).toISOString().slice(11, 23);
-      li.textContent = `${time} ${l.node} user=${l.user} client=${l.client || '-'} ${l.kind} ${l.method} ${l.payload}`;
-      ol.appendChild(li);
-    }
-    while (ol.children.length > 1000) ol.removeChild(ol.firstChild);
-    if (json.lines.length) ol.scrollTop = ol.scrollHeight;
-    $('traces').textContent = json.traces.length
-      ? 'Tracing: ' + json.traces.map((t) => `${t.user} (until ${new Date(t.until).toLocaleTimeString()})`).join(', ')
+function addTraceLine(l) {
+  const ol = $('trace-lines');
+  const li = document.createElement('li');
+  const time = new Date(l.time).toISOString().slice(11, 23);
+  li.textContent = `${time} ${l.node} user=${l.user} client=${l.client || '-'} ${l.kind} ${l.method} ${l.payload}`;
+  ol.appendChild(li);
+  while (ol.children.length > 1000) ol.removeChild(ol.firstChild);
+  ol.scrollTop = ol.scrollHeight;
+}
+
+// Trace lines arrive as Server-Sent Events; each response ends after a batch and the browser
+// reconnects with Last-Event-ID, so no line is shown twice or lost while it is in the ring.
+function followTrace() {
+  const source = new EventSource('admin/trace');
+  state.trace = source;
+  source.addEventListener('line', (ev) => addTraceLine(JSON.parse(ev.data)));
+  source.addEventListener('traces', (ev) => {
+    const traces = JSON.parse(ev.data);
+    $('traces').textContent = traces.length
+      ? 'Tracing: ' + traces.map((t) => `${t.user} (until ${new Date(t.until).toLocaleTimeString()})`).join(', ')
       : 'No trace running.';
-  } catch (e) {
-    await new Promise((r) => setTimeout(r, 2000));
-  }
-  setTimeout(pollTrace, 0);
+  });
 }
 
 async function userAction(action) {
@@ -152,14 +151,14 @@ function start() {
   refreshNodes();
   refreshChannels();
   state.timers.push(setInterval(refreshNodes, 3000), setInterval(refreshChannels, 5000));
-  state.tracing = true;
-  pollTrace();
+  followTrace();
 }
 
 function stop() {
   state.timers.forEach(clearInterval);
   state.timers = [];
-  state.tracing = false;
+  if (state.trace) state.trace.close();
+  state.trace = null;
 }
 
 async function init() {

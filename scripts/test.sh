@@ -33,7 +33,7 @@ done
 step "SDK compatibility tests (compat/)"
 (cd compat && HERALD_BIN="$PWD/../target/debug/herald" npm test)
 
-step "browser test (headless Chromium: EventSource on uni_sse, fetch long-polling)"
+step "browser tests (headless Chromium: EventSource on uni_sse, fetch long-polling, the admin console)"
 (cd browser && HERALD_BIN="$PWD/../target/debug/herald" npm test)
 
 step "README walkthrough"

@@ -11,6 +11,9 @@
 //! - Server-API actions on users (disconnect, unsubscribe, subscribe, refresh) are applied by
 //!   the node that got the call to its own connections and sent to every other node, which
 //!   applies them to its connections; a node ignores its own echo.
+//! - User traces ([`Command::Trace`]) are started and stopped on every node like the user
+//!   commands; each node sends the lines of its own traced connections to the others about
+//!   once a second ([`Command::TraceLines`], at most [`crate::trace::MAX_OUTBOX`] a time).
 //! - The probe: every [`HEARTBEAT`] a node sends [`Command::Probe`] to itself through the
 //!   engine. A node whose last probe came back more than [`PROBE_STALE`] ago is not delivering,
 //!   and `/health` says so.
@@ -47,6 +50,12 @@ pub struct NodeInfo {
     /// Publications handed to the node's subscribers per second (sampled over the last
     /// announcement period).
     pub publications_per_second: u64,
+    /// Publications fanned out to this node's subscribers since start.
+    pub num_msgs_in: u64,
+    /// Pushes queued to this node's clients since start.
+    pub num_msgs_out: u64,
+    /// Resident memory, bytes (0: unknown).
+    pub rss: u64,
 }
 
 /// A rate sampled from a growing counter: recomputed when at least a second passed since the
@@ -93,11 +102,45 @@ pub struct RemoteSubscribe {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     Node(NodeInfo),
-    Probe { seq: u64 },
-    Disconnect { user: String, client: String, whitelist: Vec<String>, code: u32, reason: String },
-    Unsubscribe { user: String, client: String, channel: String, code: u32 },
-    Subscribe { user: String, client: String, subscribe: RemoteSubscribe },
-    Refresh { user: String, client: String, expired: bool, expire_at: Option<i64>, info: Option<Vec<u8>> },
+    Probe {
+        seq: u64,
+    },
+    Disconnect {
+        user: String,
+        client: String,
+        whitelist: Vec<String>,
+        code: u32,
+        reason: String,
+    },
+    Unsubscribe {
+        user: String,
+        client: String,
+        channel: String,
+        code: u32,
+    },
+    Subscribe {
+        user: String,
+        client: String,
+        subscribe: RemoteSubscribe,
+    },
+    Refresh {
+        user: String,
+        client: String,
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Vec<u8>>,
+    },
+    /// Trace `user` until `until` (Unix ms); `until` 0 ends the trace.
+    Trace {
+        user: String,
+        until: i64,
+    },
+    /// Trace lines of the sender's connections, for the other nodes' consoles; `dropped`
+    /// lines did not fit the sender's rate bound.
+    TraceLines {
+        lines: Vec<crate::trace::TraceLine>,
+        dropped: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,6 +250,14 @@ impl Cluster {
                 crate::metrics::control_received("node");
                 self.node_seen(info, now_ms)
             }
+            Command::TraceLines { lines, dropped } if !own => {
+                crate::metrics::control_received("trace_lines");
+                if dropped > 0 {
+                    tracing::debug!(from, dropped, "trace lines dropped by the sending node");
+                }
+                hub.tracer().record_remote(lines);
+            }
+            Command::TraceLines { .. } => {}
             Command::Probe { seq } => {
                 if own && let Some(rtt) = self.probe_returned(seq, now_ms) {
                     crate::metrics::probe_latency(rtt as f64 / 1000.0);
@@ -264,7 +315,14 @@ pub(crate) fn apply(hub: &Hub, command: Command) {
                 link.control(Control::Refresh { expired, expire_at, info: info.clone() });
             }
         }
-        Command::Node(_) | Command::Probe { .. } => {}
+        Command::Trace { user, until } => {
+            if until > 0 {
+                hub.trace_start(&user, until);
+            } else {
+                hub.trace_stop(&user, "stopped");
+            }
+        }
+        Command::Node(_) | Command::Probe { .. } | Command::TraceLines { .. } => {}
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald_proto::codes::DISCONNECT_SLOW;
@@ -20,7 +20,9 @@ use herald_proto::{ClientInfo, Join, Leave, Prepared, Publication, Push, Reply};
 use indexmap::IndexMap;
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::link::{ClientLink, Control};
+use crate::trace::{self, Tracer};
 use crate::wake;
 
 /// Per-subscriber flags kept in the hub.
@@ -66,6 +68,15 @@ pub struct Hub {
     num_publications: std::sync::atomic::AtomicU64,
     /// Most pushes buffered for one pending subscriber before it is closed as slow.
     pending_limit: usize,
+    /// Publications fanned out to local subscribers, and pushes queued by those fan-outs
+    /// (the admin console's messages in and out per second).
+    msgs_in: AtomicU64,
+    msgs_out: AtomicU64,
+    tracer: Tracer,
+    /// Client ids of traced connections and their users (pushes are traced per link, and a
+    /// link does not know its user).
+    traced_clients: Mutex<HashMap<Uuid, Arc<str>>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Why a user could not be added.
@@ -73,8 +84,13 @@ pub struct Hub {
 pub struct UserLimitReached;
 
 impl Hub {
-    pub fn new(pending_limit: usize) -> Self {
+    pub fn new(pending_limit: usize, clock: Arc<dyn Clock>) -> Self {
         Hub {
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
+            tracer: Tracer::default(),
+            traced_clients: Mutex::new(HashMap::new()),
+            clock,
             channels: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
@@ -152,6 +168,8 @@ impl Hub {
         let Some(subs) = self.channel_subs(channel) else { return 0 };
         let prepared = Arc::new(Prepared::new(Reply::push(push)));
         let mut delivered = 0;
+        // The one check a fan-out pays for user traces.
+        let tracing = self.tracer.any();
         // Handed over after the channel lock is released (dropped in reverse order).
         let _batch = wake::Batch::open();
         let mut subs = subs.subs.lock().expect("channel subs");
@@ -175,16 +193,28 @@ impl Hub {
                 None => {
                     sub.link.send_prepared(&prepared);
                     delivered += 1;
+                    if tracing && sub.link.timers().is_traced() {
+                        self.trace_push(&*sub.link, channel, &prepared);
+                    }
                 }
             }
         }
+        self.msgs_out.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
+    }
+
+    fn trace_push(&self, link: &dyn ClientLink, channel: &str, prepared: &Prepared) {
+        let client = link.id();
+        let Some(user) = self.traced_clients.lock().expect("traced clients").get(&client).cloned() else { return };
+        let payload = trace::Json(prepared.reply());
+        self.tracer.record(self.clock.now_ms(), &user, &client.to_string(), trace::kind::PUSH, channel, &payload);
     }
 
     /// Delivers a publication to local subscribers. Returns live deliveries.
     pub fn broadcast_publication(&self, channel: &str, publication: &Publication, exclude: Option<Uuid>) -> usize {
         self.num_publications.fetch_add(1, Ordering::Relaxed);
         let push = Push { channel: channel.to_owned(), publication: Some(publication.clone()), ..Default::default() };
+        self.msgs_in.fetch_add(1, Ordering::Relaxed);
         self.fan_out(channel, push, publication.offset, 0, exclude)
     }
 
@@ -240,6 +270,10 @@ impl Hub {
             }
         }
         self.num_clients.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        if self.tracer.is_traced(user, self.clock.now_ms()) {
+            self.mark_traced(user, link, true);
+        }
         Ok(())
     }
 
@@ -250,12 +284,92 @@ impl Hub {
             links.retain(|l| key(l) != key(link));
             if links.len() < before {
                 self.num_clients.fetch_sub(1, Ordering::Relaxed);
+                if link.timers().is_traced() {
+                    self.traced_clients.lock().expect("traced clients").remove(&link.id());
+                }
             }
             if links.is_empty() {
                 shard.remove(user);
                 self.num_users.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The node's user traces.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// The time trace lines are stamped with, Unix ms.
+    pub fn tracer_now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn mark_traced(&self, user: &str, link: &Arc<dyn ClientLink>, on: bool) {
+        link.timers().set_traced(on);
+        let mut clients = self.traced_clients.lock().expect("traced clients");
+        if on {
+            clients.insert(link.id(), Arc::from(user));
+        } else {
+            clients.remove(&link.id());
+        }
+    }
+
+    /// Traces `user`'s connections on this node until `until_ms` (Unix ms); connections made
+    /// before then are traced from their connect. Returns how many connections were marked.
+    pub fn trace_start(&self, user: &str, until_ms: i64) -> usize {
+        let new = self.tracer.start(user, until_ms);
+        let links = self.user_links(user);
+        for link in &links {
+            self.mark_traced(user, link, true);
+        }
+        if new {
+            let detail = format!("{} connection(s) on this node", links.len());
+            self.tracer.record(self.clock.now_ms(), user, "", trace::kind::TRACE, "start", &detail);
+        }
+        links.len()
+    }
+
+    /// Ends the trace of `user` (its connections stop logging at once).
+    pub fn trace_stop(&self, user: &str, why: &str) -> bool {
+        let was = self.tracer.stop(user);
+        for link in self.user_links(user) {
+            self.mark_traced(user, &link, false);
+        }
+        if was {
+            self.tracer.record(self.clock.now_ms(), user, "", trace::kind::TRACE, "end", &why);
+        }
+        was
+    }
+
+    /// Ends the traces that are over; call about once a second.
+    pub fn trace_sweep(&self) {
+        for user in self.tracer.expire(self.clock.now_ms()) {
+            for link in self.user_links(&user) {
+                self.mark_traced(&user, &link, false);
+            }
+            self.tracer.record(self.clock.now_ms(), &user, "", trace::kind::TRACE, "end", &"its duration is over");
+        }
+    }
+
+    /// Publications fanned out here since start, and pushes queued by them.
+    pub fn messages(&self) -> (u64, u64) {
+        (self.msgs_in.load(Ordering::Relaxed), self.msgs_out.load(Ordering::Relaxed))
+    }
+
+    /// The channels `link` is subscribed to here (a scan of every channel: for the admin
+    /// console's user lookup, not for a hot path).
+    pub fn channels_of(&self, link: &Arc<dyn ClientLink>) -> Vec<String> {
+        let mut out = Vec::new();
+        for shard in self.channels.iter() {
+            for (name, subs) in shard.lock().expect("hub shard").iter() {
+                if subs.subs.lock().expect("channel subs").contains_key(&key(link)) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Connections of `user` on this node.

@@ -8,6 +8,7 @@
 //!   errors), the delivery sink into the hub, and the memory engines;
 //! - [`cluster`]: control messages between nodes, the node registry and the delivery probe;
 //! - [`node`]: ties them together and implements the server API operations;
+//! - [`trace`]: per-user tracing (which users, the bounded line buffer);
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
 //! - [`link`]: the trait transports implement for each connection;
 //! - [`conn`]: what a transport tells a session about its connection (peer address, transport);
@@ -35,6 +36,7 @@ pub mod proxy;
 pub mod recovery;
 pub mod session;
 pub mod timer;
+pub mod trace;
 pub mod wake;
 pub mod webhook;
 

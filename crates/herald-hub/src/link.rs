@@ -105,6 +105,10 @@ pub struct LinkTimers {
     /// Whether the client answers pings (bidirectional transports); fixed by the transport.
     pong_expected: bool,
     awaiting_pong: AtomicBool,
+    /// The connection's user is traced (`crate::trace`): its commands, replies and pushes are
+    /// logged. Kept here, where a session and a fan-out already look, so an untraced
+    /// connection pays one relaxed load.
+    traced: AtomicBool,
     /// Deadline of this link's live entry in the wheel (0: none).
     pub(crate) scheduled: AtomicU32,
     stale_at: AtomicU32,
@@ -127,6 +131,7 @@ impl LinkTimers {
             state: AtomicU8::new(STATE_FRESH),
             pong_expected,
             awaiting_pong: AtomicBool::new(false),
+            traced: AtomicBool::new(false),
             scheduled: AtomicU32::new(0),
             stale_at: AtomicU32::new(0),
             next_ping: AtomicU32::new(0),
@@ -157,6 +162,17 @@ impl LinkTimers {
     /// The connection is gone: every later timer entry is dropped.
     pub fn set_closed(&self) {
         self.state.store(STATE_CLOSED, Ordering::Release);
+    }
+
+    /// Whether this connection's user is traced.
+    #[inline]
+    pub fn is_traced(&self) -> bool {
+        self.traced.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection traced or not (the hub does, when a trace starts or ends).
+    pub fn set_traced(&self, on: bool) {
+        self.traced.store(on, Ordering::Relaxed);
     }
 
     /// The client answered a ping.

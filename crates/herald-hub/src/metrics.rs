@@ -140,3 +140,12 @@ pub fn resync(n: usize) {
 pub fn user_limit(outcome: &'static str) {
     metrics::counter!("herald_user_connection_limit_total", "outcome" => outcome).increment(1);
 }
+
+/// A user-trace line recorded on this node, by kind (`command`, `reply`, `push`, `proxy`,
+/// `trace`).
+pub fn trace_line(kind: &str) {
+    use crate::trace::kind::*;
+    let kind = [COMMAND, REPLY, PUSH, PROXY, TRACE].into_iter().find(|k| *k == kind).unwrap_or("other");
+    static H: Handles<&'static str> = OnceLock::new();
+    cached(&H, kind, || metrics::counter!("herald_trace_lines_total", "kind" => kind)).increment(1);
+}

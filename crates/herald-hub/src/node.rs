@@ -88,6 +88,8 @@ pub struct Node {
     user_buckets: crate::limits::UserBuckets,
     /// Lifecycle webhooks: the checked section and, once the server installs it, the sink.
     hooks: crate::webhook::Hooks,
+    /// Resident memory in bytes, as the server last measured it (`set_rss`); 0 unknown.
+    rss: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -155,7 +157,8 @@ impl Node {
         let clock_now = clock.now_ms();
         let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock_now));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
-        let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64));
+        let hub = Arc::new(Hub::new(c.queue_max_size.clamp(1024, 1 << 20) / 64, clock.clone()));
+        hub.tracer().set_node(&identity.name);
         broker
             .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
@@ -175,6 +178,7 @@ impl Node {
             last_heartbeat: std::sync::atomic::AtomicI64::new(0),
             user_buckets: crate::limits::UserBuckets::default(),
             hooks,
+            rss: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -202,6 +206,10 @@ impl Node {
     /// The local indexes of connections and subscriptions.
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    pub(crate) fn hub_arc(&self) -> Arc<Hub> {
+        self.hub.clone()
     }
 
     /// The timer wheel transports schedule their connections' deadlines on.
@@ -421,7 +429,7 @@ impl Node {
 
     /// Sends a user command to the other nodes (nothing to do outside a cluster). A failure is
     /// error 100: the command reached this node's connections but maybe not the others'.
-    async fn tell_cluster(&self, command: Command) -> Result<(), ErrorCode> {
+    pub(crate) async fn tell_cluster(&self, command: Command) -> Result<(), ErrorCode> {
         if !self.broker.delivers_control() {
             return Ok(());
         }
@@ -509,6 +517,16 @@ impl Node {
         self.broker.delivers_control()
     }
 
+    /// The node clock's time, Unix ms.
+    pub(crate) fn time_now_ms(&self) -> i64 {
+        self.time.now_ms()
+    }
+
+    /// Records the process's resident memory (the server measures it; the hub does no I/O).
+    pub fn set_rss(&self, bytes: u64) {
+        self.rss.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What this node announces about itself.
     pub fn node_info(&self) -> NodeInfo {
         let stats = self.stats();
@@ -526,6 +544,9 @@ impl Node {
                 .lock()
                 .expect("rate")
                 .sample(self.hub.num_publications(), self.time.now_ms()),
+            num_msgs_in: self.hub.messages().0,
+            num_msgs_out: self.hub.messages().1,
+            rss: self.rss.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -241,6 +241,11 @@ impl<'a> Ports<'a> {
         &self.node.identity().uid
     }
 
+    /// The hub, kept by a traced session to record its replies.
+    pub(crate) fn hub(&self) -> Arc<Hub> {
+        self.node.hub_arc()
+    }
+
     /// The logic-layer proxies.
     /// Where a lifecycle event of `kind` goes, when webhooks report it.
     pub(crate) fn lifecycle(&self, kind: crate::webhook::EventKind) -> Option<&'a dyn crate::webhook::LifecycleSink> {

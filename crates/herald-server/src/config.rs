@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: crate::edge::LimitsConfig,
     /// Gateway routes to the logic layer's HTTP APIs (Herald's own section).
     pub gateway: crate::edge::gateway::GatewayConfig,
+    /// The admin console (off by default).
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -591,4 +593,42 @@ impl RuntimeConfig {
 pub struct NodeConfig {
     /// Node name shown by the `info` API (default: host name and port).
     pub name: String,
+}
+
+/// `admin`: the web console (`crate::admin`), off by default as in Centrifugo v6.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// The console's login password.
+    pub password: String,
+    /// Signs session cookies and CSRF tokens.
+    pub secret: String,
+    /// No login at all (development only; start-up warns loudly).
+    pub insecure: bool,
+    /// Where the console is served; empty: `/`.
+    pub handler_prefix: String,
+    /// How long a login lasts (Herald's own).
+    #[serde(with = "herald_hub::duration")]
+    pub session_ttl: Duration,
+    /// Failed logins allowed per client address and minute before 429 (Herald's own).
+    pub login_failures_per_minute: u32,
+    /// The longest user trace `trace_user` may start (Herald's own; also bounds the API).
+    #[serde(with = "herald_hub::duration")]
+    pub trace_max_duration: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            password: String::new(),
+            secret: String::new(),
+            insecure: false,
+            handler_prefix: String::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            login_failures_per_minute: 10,
+            trace_max_duration: Duration::from_secs(600),
+        }
+    }
 }

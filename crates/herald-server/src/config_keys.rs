@@ -108,7 +108,9 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("webtransport", "the WebTransport transport", &[], ""),
     ("uni_grpc", "the unidirectional GRPC transport", &["tls.enabled"], TLS),
     ("websocket.compression", "WebSocket compression", &[], ""),
-    ("admin", "the admin web UI", &[], ""),
+    ("admin.web_path", "serving the admin console from a directory", &[], ""),
+    ("admin.web_proxy_address", "proxying the admin console to another server", &[], ""),
+    ("admin.external", "the admin console on the external port", &[], ""),
     ("debug", "the debug endpoints", &[], ""),
     ("swagger", "the Swagger UI", &[], ""),
     ("opentelemetry", "OpenTelemetry span export", &["enabled"], OTLP),
@@ -371,8 +373,8 @@ mod tests {
         let mtls = env_var("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", "x").unwrap().unwrap_err();
         assert_eq!(mtls.key, "http_server.tls.client_ca_pem");
         assert_eq!(
-            env_var("HERALD_ADMIN_PASSWORD", "x").unwrap().unwrap(),
-            r#"environment variable "HERALD_ADMIN_PASSWORD" (admin) is a Centrifugo option Herald does not implement yet (the admin web UI); ignored"#
+            env_var("HERALD_ADMIN_WEB_PATH", "x").unwrap().unwrap(),
+            r#"environment variable "HERALD_ADMIN_WEB_PATH" (admin.web_path) is a Centrifugo option Herald does not implement yet (serving the admin console from a directory); ignored"#
         );
         assert_eq!(env_var("HERALD_HTTP_SERVER_INTERNAL_PORT", "9000"), None, "the internal port is implemented");
         let internal_tls = env_var("HERALD_HTTP_SERVER_INTERNAL_TLS_ENABLED", "true").unwrap().unwrap_err();

@@ -484,6 +484,10 @@ async fn http_request(
                 "expected a WebSocket upgrade (it must be the first request on its connection)",
             )
         }
+        Route::Admin(rest) => {
+            let rest = rest.to_owned();
+            crate::admin::handle(&state, req, peer, &rest).await
+        }
         Route::NotFound | Route::Gateway(_) => api::transport_error(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(response.map(Reply::Full))

@@ -27,8 +27,11 @@
 //!   publish, sub_refresh, RPC backends), with per-proxy metrics;
 //! - [`webhook`]: the lifecycle webhook sender (a bounded queue sessions push into, batches
 //!   posted to a named proxy from its own thread);
+//! - [`admin`]: the admin console (embedded page, login, actions through the API's method table,
+//!   the user-trace stream);
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -184,6 +184,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     validate_echo_endpoint(cfg, &endpoints)?;
     crate::edge::gateway::Gateway::new(cfg).map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+    crate::admin::validate(cfg)?;
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 

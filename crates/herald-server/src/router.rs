@@ -36,6 +36,8 @@ pub enum Route<'a> {
     Api(&'a str),
     /// Under a `gateway.routes` prefix: the route's index (longest prefix).
     Gateway(usize),
+    /// Under `admin.handler_prefix` (when the console is on): the path after the prefix.
+    Admin(&'a str),
     NotFound,
 }
 
@@ -87,6 +89,10 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
     // Start-up refuses a route prefix that could take one of the paths above.
     if let Some(index) = crate::edge::gateway::match_route(&config.gateway.routes, path) {
         return Route::Gateway(index);
+    }
+    // Last: with the default empty prefix the console owns every path nothing else took.
+    if let Some(rest) = crate::admin::subpath(config, path) {
+        return Route::Admin(rest);
     }
     Route::NotFound
 }

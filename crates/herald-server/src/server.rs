@@ -530,6 +530,8 @@ async fn run(
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 every.tick().await;
+                node.set_rss(crate::admin::rss_bytes());
+                node.trace_tick().await;
                 node.cluster_tick().await;
             }
         }

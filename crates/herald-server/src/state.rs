@@ -48,6 +48,8 @@ pub struct AppState {
     /// Configuration reload on SIGHUP (absent when the server was started without a source to
     /// load the configuration from again, e.g. in tests of the library).
     pub reloader: Option<crate::reload::Reloader>,
+    /// The admin console, when `admin.enabled`.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 impl AppState {
@@ -67,7 +69,9 @@ impl AppState {
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         let gateway =
             crate::edge::gateway::Gateway::new(&config).expect("gateway routes validated with the configuration");
+        let admin = crate::admin::Admin::new(&config);
         AppState {
+            admin,
             node,
             config,
             metrics,

@@ -454,3 +454,41 @@ async fn clients_of_a_killed_node_reconnect_elsewhere_and_recover() {
     a.publish(channel, json!({"n": 5})).await;
     assert_eq!(next_publication(&mut again, channel).await.1, 5);
 }
+
+/// A user trace started on one node traces the user's connection on another, and that node's
+/// lines reach the first node's console stream over the control channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_trace_reaches_every_node_and_lines_come_back() {
+    let redis = RedisServer::start();
+    let addrs = [redis.url()];
+    let p = prefix("trace");
+    let console = [("HERALD_ADMIN_ENABLED", "true"), ("HERALD_ADMIN_INSECURE", "true")];
+    let a = node_with(&addrs, &p, "a", &console);
+    let b = node(&addrs, &p, "b");
+    wait_for("both nodes registered", Duration::from_secs(10), || async { node_names(&a).await.len() == 2 }).await;
+    let mut on_b = subscribe_at(&b, "42", "room").await;
+
+    let started = a.api_ok("trace_user", json!({"user": "42", "duration": 30})).await;
+    assert_eq!(started["connections"], 0, "not on this node");
+    // The start reaches b over the control channel: then b's commands for 42 are traced.
+    wait_for("b traces 42", Duration::from_secs(5), || async {
+        let found = b.api_ok("connections", json!({"user": "42"})).await;
+        found["connections"][0]["traced"] == true
+    })
+    .await;
+    let _ = on_b.presence_stats("room").await;
+    wait_for("b's line in a's stream", Duration::from_secs(10), || async {
+        let text = a.http("GET", "/admin/trace", &[], b"").await.text();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .any(|l| l["node"] == "b" && l["kind"] == "command" && l["method"] == "presence_stats" && l["user"] == "42")
+    })
+    .await;
+    assert!(b.logs().contains("herald::trace"), "{}", b.logs());
+    a.api_ok("trace_stop", json!({"user": "42"})).await;
+    wait_for("b stops tracing", Duration::from_secs(5), || async {
+        b.api_ok("connections", json!({"user": "42"})).await["connections"][0]["traced"] == false
+    })
+    .await;
+}

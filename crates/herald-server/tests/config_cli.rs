@@ -831,14 +831,14 @@ fn unimplemented_centrifugo_options_are_warned_by_name() {
     write(
         &dir,
         "c.yaml",
-        "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nadmin:\n  enabled: true\n  password: p\n\
+        "http_api:\n  key: k\nclient:\n  token:\n    hmac_secret_key: s\nadmin:\n  web_path: /srv/web\n\
          uni_websocket:\n  join_push_messages: true\ngraphite:\n  enabled: true\n",
     );
     let out = herald(&["checkconfig", "c.yaml"], dir.path(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for (key, what) in [
-        ("admin", "the admin web UI"),
+        ("admin.web_path", "serving the admin console from a directory"),
         ("graphite", "Graphite metrics"),
         ("uni_websocket.join_push_messages", "joined pushes on the unidirectional WebSocket"),
     ] {

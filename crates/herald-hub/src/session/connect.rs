@@ -42,7 +42,7 @@ impl Session {
         if let Some(traceparent) = headers.into_iter().find(|(name, _)| name == "traceparent")
             && let Some(ext) = self.ext.as_mut()
         {
-            ext.trace = vec![traceparent];
+            ext.traceparent = vec![traceparent];
         }
         let identity = identity?;
         self.establish(p, id, req, identity).await
@@ -133,7 +133,7 @@ impl Session {
         self.server_refresh = server_refresh;
         if meta.is_empty() {
             // The kept headers are not needed once connected; a rate budget is made later.
-            if self.ext.as_ref().is_some_and(|e| e.budget.is_none() && e.trace.is_empty()) {
+            if self.ext.as_ref().is_some_and(|e| e.budget.is_none() && e.traceparent.is_empty() && e.trace.is_none()) {
                 self.ext = None;
             }
         } else {

@@ -43,6 +43,7 @@ use crate::ports::{Ports, Refusal};
 use crate::proxy::connect::protocol_of;
 use crate::proxy::wire::{self, Common};
 use crate::proxy::{Decision, ProxyKind, ProxySpec};
+use crate::trace;
 use crate::webhook::{EventKind, LifecycleEvent};
 
 /// Per-subscription flags kept in the session.
@@ -114,7 +115,18 @@ struct Extras {
     budget: Option<CommandBudget>,
     /// The `traceparent` the client connected with (one header), continued by every proxy call
     /// made for this connection.
-    trace: Vec<(String, String)>,
+    traceparent: Vec<(String, String)>,
+    /// While the link is traced: the hub whose tracer records this session's lines.
+    trace: Option<TraceHub>,
+}
+
+/// The hub a traced session records through (shown as a name in `Debug`).
+struct TraceHub(Arc<crate::hub::Hub>);
+
+impl std::fmt::Debug for TraceHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TraceHub")
+    }
 }
 
 fn bad_request() -> Refusal {
@@ -184,11 +196,27 @@ impl Session {
         kind: ProxyKind,
         body: Vec<u8>,
     ) -> Result<R, Refusal> {
-        match p.backend().call::<R>(spec, kind, body, self.trace_headers(), self.conn.peer().ip()).await {
+        let traced = self.link.timers().is_traced();
+        if traced {
+            self.trace(
+                trace::kind::PROXY,
+                kind.name(),
+                &String::from_utf8_lossy(&body[..body.len().min(trace::MAX_PAYLOAD + 4)]),
+            );
+        }
+        let outcome = match p.backend().call::<R>(spec, kind, body, self.trace_headers(), self.conn.peer().ip()).await {
             Ok(Decision::Allow(r)) => Ok(r),
             Ok(Decision::Refuse(r)) => Err(r),
             Err(_) => Err(ERROR_INTERNAL.into()),
+        };
+        if traced {
+            let answer = match &outcome {
+                Ok(_) => "allowed".to_owned(),
+                Err(refusal) => format!("refused: {refusal:?}"),
+            };
+            self.trace(trace::kind::PROXY, kind.name(), &answer);
         }
+        outcome
     }
 
     /// Reports a lifecycle event when webhooks want its kind: one branch when they are off, a
@@ -227,13 +255,13 @@ impl Session {
 
     /// The W3C trace id of the `traceparent` the client connected with, if it sent one.
     pub fn trace_id(&self) -> Option<&str> {
-        let (_, value) = self.ext.as_ref()?.trace.first()?;
+        let (_, value) = self.ext.as_ref()?.traceparent.first()?;
         value.trim().split('-').nth(1).filter(|id| id.len() == 32)
     }
 
     /// The headers every proxy call after connect carries: the connection's `traceparent`.
     fn trace_headers(&self) -> &[(String, String)] {
-        self.ext.as_ref().map_or(&[], |e| &e.trace)
+        self.ext.as_ref().map_or(&[], |e| &e.traceparent)
     }
 
     /// Channels this session is subscribed to.
@@ -258,8 +286,31 @@ impl Session {
         self.subs.iter().position(|s| &*s.channel == channel)
     }
 
+    /// Records a trace line when the link is traced (the caller checked the flag).
+    fn trace(&self, kind: &str, method: &str, payload: &dyn std::fmt::Display) {
+        if let Some(TraceHub(hub)) = self.ext.as_ref().and_then(|e| e.trace.as_ref()) {
+            let now = hub.tracer_now_ms();
+            hub.tracer().record(now, &self.user, &self.client_id(), kind, method, payload);
+        }
+    }
+
+    /// Keeps the hub while the link is traced, so replies can be recorded; drops it after.
+    fn follow_trace(&mut self, p: &Ports<'_>) {
+        if self.link.timers().is_traced() {
+            if self.ext.as_ref().is_none_or(|e| e.trace.is_none()) {
+                self.ext.get_or_insert_with(Default::default).trace = Some(TraceHub(p.hub()));
+            }
+        } else if let Some(ext) = &mut self.ext {
+            ext.trace = None;
+        }
+    }
+
     /// Encodes and queues one reply; a payload the client's encoding cannot carry closes it.
     fn send(&self, reply: &Reply) {
+        if self.link.timers().is_traced() {
+            let method = if reply.push.is_some() { "push" } else { "" };
+            self.trace(trace::kind::REPLY, method, &trace::Json(reply));
+        }
         match envelope::encode(self.link.envelope(), reply) {
             Some(frame) => self.link.send(frame),
             None => self.link.close(DISCONNECT_INAPPROPRIATE_PROTOCOL),
@@ -291,6 +342,13 @@ impl Session {
     async fn dispatch(&mut self, p: Ports<'_>, cmd: &Command) -> Flow {
         let method = cmd.method();
         let name = method.map(|m| m.name()).unwrap_or("pong");
+        // The one check a command pays for user traces (its own link's flag).
+        if self.link.timers().is_traced() || self.ext.as_ref().is_some_and(|e| e.trace.is_some()) {
+            self.follow_trace(&p);
+            if self.link.timers().is_traced() {
+                self.trace(trace::kind::COMMAND, name, &trace::Json(cmd));
+            }
+        }
         if self.state == State::Fresh {
             return match method {
                 Some(Method::Connect(req)) if cmd.id > 0 => {
@@ -410,6 +468,9 @@ impl Session {
     async fn control(&mut self, p: Ports<'_>, ctrl: Control) -> Flow {
         if self.state != State::Connected {
             return Flow::Continue;
+        }
+        if self.link.timers().is_traced() || self.ext.as_ref().is_some_and(|e| e.trace.is_some()) {
+            self.follow_trace(&p);
         }
         match ctrl {
             // Boxed: a refresh may await a backend.

@@ -206,6 +206,61 @@ fn commands_over_the_rate_get_111_then_a_disconnect() {
     assert_eq!(link.closes.lock().unwrap().as_slice(), [DISCONNECT_TOO_MANY_REQUESTS]);
 }
 
+/// A user trace: the connection is marked when the trace starts, its commands and replies
+/// are recorded with their payloads, a push through the fan-out too, and nothing after the
+/// trace is over (manual clock, no sockets).
+#[test]
+fn a_traced_session_records_commands_replies_and_pushes_until_the_trace_ends() {
+    let clock = Arc::new(ManualClock::new(NOW * 1000));
+    let mut cfg = HubConfig::default();
+    let sub = ChannelOptions { allow_subscribe_for_client: true, ..Default::default() };
+    cfg.channel.namespaces = vec![Namespace { name: "news".into(), options: sub }];
+    let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+    let node = Node::new(cfg, identity, clock.clone()).expect("valid config");
+    let backend = Backend { seen: Mutex::new(Vec::new()) };
+    let link = Arc::new(Recorder::new());
+    let mut session = Session::new(link.clone(), ConnectionInfo::default());
+    let mut run = |cmd: &Command| {
+        let mut ports = node.ports();
+        ports.auth = &backend;
+        session.dispatch(ports, cmd).now_or_never().expect("ready")
+    };
+    let stats = |id| Command {
+        id,
+        presence_stats: Some(herald_proto::PresenceStatsRequest { channel: "news:a".into() }),
+        ..Default::default()
+    };
+    run(&connect(b"\"let me in\""));
+    run(&stats(2));
+    let tracer = node.hub().tracer();
+    assert!(tracer.lines_after(0, 100).0.is_empty(), "nothing is recorded without a trace");
+    assert!(!link.timers.is_traced());
+
+    assert_eq!(node.hub().trace_start("backend-user", NOW * 1000 + 5_000), 1);
+    assert!(link.timers.is_traced());
+    run(&stats(3));
+    let publication = herald_proto::Publication { data: Bytes::from_static(b"{\"x\":1}"), ..Default::default() };
+    assert_eq!(node.hub().broadcast_publication("news:a", &publication, None), 1);
+    let (lines, _) = tracer.lines_after(0, 100);
+    let kinds: Vec<(&str, &str)> = lines.iter().map(|l| (l.kind.as_str(), l.method.as_str())).collect();
+    assert_eq!(kinds, [("trace", "start"), ("command", "presence_stats"), ("reply", ""), ("push", "news:a")]);
+    assert!(lines.iter().all(|l| l.user == "backend-user" && l.node == "n"));
+    assert_eq!(lines[1].client, Uuid::from_u128(7).to_string());
+    assert!(lines[1].payload.contains("\"channel\":\"news:a\""), "{}", lines[1].payload);
+    assert!(lines[3].payload.contains("\"x\":1"), "{}", lines[3].payload);
+
+    clock.advance(5_000);
+    node.hub().trace_sweep();
+    assert!(!link.timers.is_traced(), "the trace ended by itself");
+    assert!(!tracer.any());
+    let (newest_lines, newest) = tracer.lines_after(0, 100);
+    assert_eq!(newest_lines.last().map(|l| l.method.as_str()), Some("end"));
+    run(&stats(4));
+    node.hub().broadcast_publication("news:a", &publication, None);
+    assert_eq!(tracer.lines_after(newest, 100).0.len(), 0, "nothing after the end");
+    assert_eq!(node.hub().messages(), (2, 2), "publications in, pushes out");
+}
+
 /// Transports keep a `Session` per connection: it must not grow unnoticed.
 #[test]
 fn session_stays_small() {

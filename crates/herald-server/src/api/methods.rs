@@ -1,6 +1,6 @@
 //! The server API methods: typed request and answer types, one handler per method, and
-//! [`METHODS`], the one table of method names that the HTTP API, `batch` (and later the admin
-//! UI) dispatch through.
+//! [`METHODS`], the one table of method names that the HTTP API, `batch` and the admin console
+//! dispatch through (Herald's operator methods are in `ops`).
 //!
 //! Answers are typed structs serialized once. Their fields are declared in alphabetical order:
 //! the answers used to be built as `serde_json::Value` objects, whose keys serialize sorted,
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::ops::*;
 use crate::state::AppState;
 
 /// What a method handler may know about the request besides its body.
@@ -84,7 +85,7 @@ macro_rules! method {
 }
 
 /// Every API method.
-pub static METHODS: [ApiMethod; 13] = [
+pub static METHODS: [ApiMethod; 16] = [
     method!("publish", publish, PublishRequest),
     method!("broadcast", broadcast, BroadcastRequest),
     method!("subscribe", subscribe, SubscribeRequest),
@@ -97,6 +98,9 @@ pub static METHODS: [ApiMethod; 13] = [
     method!("history_remove", history_remove, ChannelRequest),
     method!("channels", channels, ChannelsRequest),
     method!("info", info, InfoRequest),
+    method!("trace_user", trace_user, TraceUserRequest),
+    method!("trace_stop", trace_stop, TraceStopRequest),
+    method!("connections", connections, ConnectionsRequest),
     method!("batch", batch, BatchRequest<'_>, false),
 ];
 
@@ -220,7 +224,7 @@ fn explain_unknown_fields(e: &mut ApiError, params: &[u8], known: &[&str]) {
 }
 
 /// A name from a request, cut to a length an error message can carry.
-pub(super) struct Short<'a>(pub(super) &'a str);
+pub(crate) struct Short<'a>(pub(crate) &'a str);
 
 impl Display for Short<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -255,12 +259,12 @@ impl ApiError {
 }
 
 /// A 107 "bad request" that says what is wrong.
-fn bad_request(detail: impl Display) -> ApiError {
+pub(super) fn bad_request(detail: impl Display) -> ApiError {
     ApiError::with(ERROR_BAD_REQUEST, detail)
 }
 
 /// A required field that is absent or empty.
-fn missing(field: &str) -> ApiError {
+pub(super) fn missing(field: &str) -> ApiError {
     bad_request(format_args!("missing field `{field}`"))
 }
 
@@ -679,8 +683,14 @@ struct NodeInfo {
     name: String,
     num_channels: usize,
     num_clients: usize,
+    /// Herald's own fields: publications fanned out here and pushes queued since start, and
+    /// resident memory in bytes (absent when unknown).
+    num_msgs_in: u64,
+    num_msgs_out: u64,
     num_subs: usize,
     num_users: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    rss: u64,
     uid: String,
     #[serde(skip_serializing_if = "is_zero")]
     uptime: u64,
@@ -718,6 +728,9 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiErr
             uptime: n.uptime,
             version: n.version,
             publications_per_second: n.publications_per_second,
+            num_msgs_in: n.num_msgs_in,
+            num_msgs_out: n.num_msgs_out,
+            rss: n.rss,
         })
         .collect();
     Ok(InfoResult { nodes })

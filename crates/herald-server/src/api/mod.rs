@@ -13,6 +13,7 @@
 //! as bare `{code, message}` objects with a matching HTTP status instead.
 
 pub mod methods;
+pub mod ops;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -47,7 +48,7 @@ pub fn transport_error(status: StatusCode, message: &str) -> Response<Body> {
 /// `herald_client_commands_total`): a method error is HTTP 200 like a success, so the status
 /// alone cannot tell them apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Tally {
+pub(crate) enum Tally {
     /// `result="ok"`.
     Ok,
     /// `result="error"` with the API error code (one of the protocol's codes, a bounded set).
@@ -58,7 +59,7 @@ enum Tally {
 
 /// Counts an API request. Handles are cached per label set: a registry lookup with label
 /// allocation on every request showed up in profiles of the publish path.
-fn api_metric(method: &'static str, status: u16, tally: Tally) {
+pub(crate) fn api_metric(method: &'static str, status: u16, tally: Tally) {
     use herald_hub::metrics::{Handles, cached};
     static H: Handles<(&'static str, u16, Tally)> = OnceLock::new();
     cached(&H, (method, status, tally), || {
@@ -259,8 +260,22 @@ async fn call(
         }
         Err(_) => return rejected(StatusCode::BAD_REQUEST, "cannot read request body"),
     };
+    run(state, method, &body, peer, transport).await
+}
+
+/// Runs `method` with `body` as its params and renders the answer as `/api/<method>` does
+/// (`transport`: the bare error shape of `X-Herald-Error-Mode: transport`). The admin console
+/// calls methods through here after its own checks.
+pub(crate) async fn run(
+    state: &AppState,
+    method: &'static ApiMethod,
+    body: &[u8],
+    peer: SocketAddr,
+    transport: bool,
+) -> (Response<Body>, Tally) {
+    let rejected = |status, message: &str| (transport_error(status, message), Tally::Rejected);
     let ctx = ApiContext { state, peer };
-    let result = match (method.call)(&ctx, &body).await {
+    let result = match (method.call)(&ctx, body).await {
         Ok(r) => r,
         Err(BadJson(msg)) => return rejected(StatusCode::BAD_REQUEST, &msg),
     };

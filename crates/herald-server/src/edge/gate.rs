@@ -56,6 +56,8 @@ pub fn admit<'h>(
     match class {
         Class::ClientConnect => edge.admit_connection(client.ip(), state.connections.total())?,
         Class::Api => edge.admit_api()?,
+        // The console's actions are API calls and pay the API's admission limit.
+        Class::Admin if matches!(route, Route::Admin(p) if p.starts_with("/admin/api/")) => edge.admit_api()?,
         _ => {}
     }
     Ok(client)

@@ -123,7 +123,7 @@ pub fn class(route: &Route<'_>) -> Class {
         // connection limits (which would count each poll as a new connection) do not.
         Route::Emulation | Route::LongPoll => Class::Client,
         Route::Api(_) => Class::Api,
-        Route::Health | Route::Metrics => Class::Admin,
+        Route::Health | Route::Metrics | Route::Admin(_) => Class::Admin,
         Route::Gateway(_) => Class::Gateway,
         Route::WebSocketNotFirst | Route::NotFound => Class::Other,
     }

@@ -311,7 +311,7 @@ fn strict_mode_refuses_ignored_settings() {
     assert_eq!(warnings.len(), 1);
     assert!(err.to_string().starts_with("strict mode: 1 setting(s) would be ignored: "), "{err}");
     assert!(err.to_string().contains("HERALD_CLIENT_PING_INTERVAL?"), "{err}");
-    assert!(load(None, env(&[("HERALD_ADMIN_ENABLED", "true")]), &strict).is_err());
+    assert!(load(None, env(&[("HERALD_ADMIN_WEB_PATH", "/srv/web")]), &strict).is_err());
     load(None, env(&[("HERALD_CLIENT_PING_INTERVAL", "5s")]), &strict).unwrap();
 }
 

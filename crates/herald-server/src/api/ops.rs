@@ -1,0 +1,95 @@
+//! Operator methods of the server API (Herald's own, in the one table [`super::methods::METHODS`]):
+//! `trace_user` and `trace_stop` (per-user tracing, on every node) and `connections` (a
+//! user's connections on this node, for the admin console's user lookup).
+
+use serde::{Deserialize, Serialize};
+
+use super::methods::{ApiContext, ApiError, Empty, bad_request, missing};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct TraceUserRequest {
+    user: String,
+    /// Seconds; at most `admin.trace_max_duration`.
+    duration: u64,
+}
+
+#[derive(Serialize)]
+pub struct TraceUserResult {
+    /// How many connections of the user this node traces now (others are traced on their
+    /// nodes, and later connections from their connect).
+    connections: usize,
+    /// When the trace ends, Unix ms.
+    until: i64,
+}
+
+pub(super) async fn trace_user(ctx: &ApiContext<'_>, b: TraceUserRequest) -> Result<TraceUserResult, ApiError> {
+    if b.user.is_empty() {
+        return Err(missing("user"));
+    }
+    let max = ctx.state.config.admin.trace_max_duration.as_secs();
+    if b.duration == 0 || b.duration > max {
+        return Err(bad_request(format_args!(
+            "`duration` must be between 1 and {max} seconds (admin.trace_max_duration), got {}",
+            b.duration
+        )));
+    }
+    let (until, connections) = ctx.state.node.api_trace_user(&b.user, (b.duration * 1000) as i64).await?;
+    tracing::info!(user = %b.user, duration = b.duration, peer = %ctx.peer, "user trace started");
+    Ok(TraceUserResult { connections, until })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct TraceStopRequest {
+    user: String,
+}
+
+pub(super) async fn trace_stop(ctx: &ApiContext<'_>, b: TraceStopRequest) -> Result<Empty, ApiError> {
+    if b.user.is_empty() {
+        return Err(missing("user"));
+    }
+    ctx.state.node.api_trace_stop(&b.user).await?;
+    Ok(Empty {})
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ConnectionsRequest {
+    user: String,
+}
+
+#[derive(Serialize)]
+pub struct ConnectionsResult {
+    connections: Vec<Connection>,
+    /// The node answering: connections on other nodes are not listed.
+    node: String,
+}
+
+#[derive(Serialize)]
+struct Connection {
+    channels: Vec<String>,
+    client: String,
+    traced: bool,
+}
+
+/// The most connections listed for one user.
+const MAX_LISTED: usize = 100;
+
+pub(super) async fn connections(ctx: &ApiContext<'_>, b: ConnectionsRequest) -> Result<ConnectionsResult, ApiError> {
+    if b.user.is_empty() {
+        return Err(missing("user"));
+    }
+    let hub = ctx.state.node.hub();
+    let connections = hub
+        .user_links(&b.user)
+        .iter()
+        .take(MAX_LISTED)
+        .map(|link| Connection {
+            channels: hub.channels_of(link),
+            client: link.id().to_string(),
+            traced: link.timers().is_traced(),
+        })
+        .collect();
+    Ok(ConnectionsResult { connections, node: ctx.state.node.identity().name.clone() })
+}

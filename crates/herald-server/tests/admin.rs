@@ -207,13 +207,13 @@ async fn trace_of_user_42_logs_json_lines_streams_them_and_ends_by_itself() {
         .collect();
     let command = json_lines
         .iter()
-        .find(|v| v["fields"]["trace_kind"] == "command")
+        .find(|v| v["trace_kind"] == "command")
         .unwrap_or_else(|| panic!("no traced command in the log:\n{logs}"));
     assert_eq!(command["level"], "INFO");
-    assert_eq!(command["fields"]["user"], "42");
-    assert_eq!(command["fields"]["method"], "presence_stats");
-    assert!(!command["fields"]["client"].as_str().unwrap().is_empty());
-    assert!(command["fields"]["payload"].as_str().unwrap().contains("news"));
+    assert_eq!(command["user"], "42");
+    assert_eq!(command["method"], "presence_stats");
+    assert!(!command["client"].as_str().unwrap().is_empty());
+    assert!(command["payload"].as_str().unwrap().contains("news"));
 
     // The trace ends by itself: an end line, and later commands are not traced.
     // The browser's reconnection: Last-Event-ID resumes after the last line seen.

@@ -173,7 +173,17 @@ fn precheck(state: &AppState, head: &StreamHead) -> Option<Response<Body>> {
 /// poll (held until items arrive or `uni_long_poll.poll_timeout`). Without CORS headers.
 async fn answer(state: &Arc<AppState>, head: &StreamHead, body: &[u8], peer: SocketAddr) -> Response<Body> {
     let limit = state.config.uni_long_poll.max_request_body_size;
-    match request::parse(head, body, limit) {
+    answer_parsed(state, request::parse(head, body, limit), peer).await
+}
+
+/// [`answer`] for a request already parsed (the raw loop parses first, so that a held poll
+/// keeps neither the head nor the body).
+async fn answer_parsed(
+    state: &Arc<AppState>,
+    parsed: Result<PollRequest, crate::transport::stream::request::Refused>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    match parsed {
         Err(r) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
             let mut resp = transport_error(status, &r.message);

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{answer, precheck, with_cors};
+use super::{answer, answer_parsed, precheck, with_cors};
 use crate::api::{Body, transport_error};
 use crate::edge::{gate, retry_after};
 use crate::entry::{self, HeadError};
@@ -158,8 +158,11 @@ async fn one(
         }
         (Bytes::new(), after)
     };
-    let response = with_cors(answer(state, &p.head, &body, p.client).await, origin.as_deref());
-    Some((response, p.keep_alive, rest))
+    let parsed = super::request::parse(&p.head, &body, state.config.uni_long_poll.max_request_body_size);
+    let (keep_alive, client) = (p.keep_alive, p.client);
+    drop((p, body));
+    let response = with_cors(answer_parsed(state, parsed, client).await, origin.as_deref());
+    Some((response, keep_alive, rest))
 }
 
 /// Parses a raw request head and applies the edge policies (address lists, trusted proxies).

@@ -29,6 +29,11 @@ use crate::wake;
 pub mod flags {
     /// Deliver join and leave pushes to this subscriber.
     pub const PUSH_JOIN_LEAVE: u8 = 1;
+    /// Told to recover after an engine reconnect ([`super::Hub::resync`]): nothing more is
+    /// delivered to this entry, so a publication after the gap cannot reach the client before
+    /// its unsubscribe (the SDK would take its offset as the position to recover from). The
+    /// resubscribe makes a new entry.
+    pub(crate) const RESYNCING: u8 = 2;
 }
 
 const SHARDS: usize = 64;
@@ -174,7 +179,8 @@ impl Hub {
         let _batch = wake::Batch::open();
         let mut subs = subs.subs.lock().expect("channel subs");
         for sub in subs.values_mut() {
-            if sub.flags & need_flags != need_flags {
+            // The wanted flags, and not resyncing: one comparison.
+            if sub.flags & (need_flags | flags::RESYNCING) != need_flags {
                 continue;
             }
             if let Some(ex) = exclude
@@ -232,7 +238,8 @@ impl Hub {
 
     /// Tells every local subscriber of the channels `affected` selects that the stream may have
     /// a gap ([`Control::Insufficient`]): client-side subscriptions are unsubscribed with 2500,
-    /// which makes the SDKs resubscribe and recover from history. Returns how many were told.
+    /// which makes the SDKs resubscribe and recover from history. From here on nothing is
+    /// delivered to those entries ([`flags::RESYNCING`]). Returns how many were told.
     pub fn resync(&self, affected: &dyn Fn(&str) -> bool) -> usize {
         let mut told = 0;
         for shard in self.channels.iter() {
@@ -244,7 +251,11 @@ impl Hub {
                 .map(|(n, s)| (n.clone(), s.clone()))
                 .collect();
             for (name, subs) in channels {
-                for sub in subs.subs.lock().expect("channel subs").values() {
+                for sub in subs.subs.lock().expect("channel subs").values_mut() {
+                    if sub.flags & flags::RESYNCING != 0 {
+                        continue;
+                    }
+                    sub.flags |= flags::RESYNCING;
                     sub.link.control(Control::Insufficient { channel: name.to_string() });
                     told += 1;
                 }

@@ -2271,6 +2271,19 @@ fn engine_resync_makes_the_affected_subscribers_recover() {
     a.take();
     b.take();
     assert_eq!(node.hub().resync(&|channel| channel == "pos:a"), 2);
+    // A publication after the gap is not delivered before the unsubscribe: the SDK would take
+    // its offset as the position to recover from and miss what came before it.
+    let publish = |channel: &str| {
+        let req = ApiPublish { data: bytes(r#"{"after":"gap"}"#), ..Default::default() };
+        api_publish(&env, channel, &req).unwrap();
+    };
+    publish("pos:a");
+    publish("pos:b");
+    assert!(pubs(&b.take(), "pos:a").is_empty(), "a resyncing subscriber gets nothing more");
+    let before_unsubscribe = a.take();
+    assert!(pubs(&before_unsubscribe, "pos:a").is_empty());
+    assert_eq!(pubs(&before_unsubscribe, "pos:b").len(), 1, "other channels deliver as before");
+    assert_eq!(node.hub().resync(&|channel| channel == "pos:a"), 0, "told once");
     assert_eq!(a.pump(node), Flow::Continue);
     assert_eq!(b.pump(node), Flow::Continue);
     let pushed_a = a.take();

@@ -34,11 +34,27 @@ redis_at() { # port, dir, extra args...
   until redis-cli -p "$port" PING >/dev/null 2>&1; do sleep 0.05; done
 }
 
+# A Redis Cluster node also listens on its port + 10000 (the cluster bus): that must exist and
+# be free too.
+cluster_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 55000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+    except OSError:
+        continue
+    print(p)
+    break'
+}
+
 r1="$(free_port)"
 redis_at "$r1" "$tmp/r1"
 cluster=()
 for i in 1 2 3; do
-  p="$(free_port)"
+  p="$(cluster_port)"
   redis_at "$p" "$tmp/c$i" --cluster-enabled yes --cluster-config-file nodes.conf
   cluster+=("127.0.0.1:$p")
 done

@@ -164,6 +164,9 @@ impl NatsBroker {
         if stored_first {
             // Fail fast while cut off rather than queue an append whose outcome nobody learns.
             self.connected()?;
+            // Held until the publication is sent: this node's appends to the channel do not
+            // race each other, and leave in offset order.
+            let _turn = self.shared.history.turn(channel).await?;
             let (outcome, stored) = self.shared.history.append(channel, publication, opts).await?;
             if let Some((publication, epoch)) = stored {
                 let env = Envelope {

@@ -6,9 +6,11 @@
 //! document). One stream with a per-subject limit costs the server one object whatever the
 //! number of channels. Its sequence is shared by all channels, so each record carries the
 //! channel's own offset and epoch, and a publish is accepted only if the channel's last record
-//! is still the one the publisher read (`Nats-Expected-Last-Subject-Sequence`); on a conflict
-//! the publisher reads again and retries. Each record also carries the stream sequence of the
-//! channel's previous record, so a read walks back from the top exactly as far as it needs.
+//! is still the one the publisher read (`Nats-Expected-Last-Subject-Sequence`). Within a node,
+//! writes to one channel take turns ([`crate::queue`]), so only another node can win the race;
+//! the loser reads again and retries after a short jittered pause, a bounded number of times
+//! (`append_attempts`). Each record also carries the stream sequence of the channel's previous
+//! record, so a read walks back from the top exactly as far as it needs.
 //!
 //! Bounds: the stream keeps at most `history_max_per_channel` records per channel and drops
 //! records older than `history_max_age` (storage bounds, from the largest namespace). A
@@ -29,12 +31,11 @@ use parking_lot::Mutex;
 use prost::Message;
 use rand::Rng;
 
+use crate::queue::{AppendQueues, QueueFull, Turn};
 use crate::subject::{Names, subject_token};
 use crate::wire::Record;
 use crate::{NatsConfig, metrics};
 
-/// Attempts of an append that loses the race for the channel's next offset.
-const MAX_ATTEMPTS: usize = 64;
 /// Cached channel tops kept before the cache is cleared (it only saves a read per publish).
 const TOP_CACHE_MAX: usize = 16_384;
 
@@ -54,6 +55,17 @@ pub(crate) struct History {
     /// channel → last record this node wrote: saves the read before the next append; a stale
     /// entry costs one rejected publish.
     tops: Mutex<HashMap<String, Stored>>,
+    /// Per-channel turns of the writes of this node.
+    queues: AppendQueues,
+    /// Tries of a write that other nodes keep beating (at least 1).
+    attempts: usize,
+}
+
+/// The pause before retry `retry` (1-based) of a write another node beat: 1 ms doubling up to
+/// 32 ms, plus up to as much again at random so that the losers do not collide again in step.
+pub(crate) fn conflict_delay(retry: usize) -> Duration {
+    let base = 1u64 << retry.saturating_sub(1).min(5);
+    Duration::from_micros(rand::rng().random_range(base * 1000..=base * 2000))
 }
 
 /// A 4-letter random epoch, like the memory engine's.
@@ -105,7 +117,57 @@ impl History {
             .get_stream_no_info(names.history_stream())
             .await
             .map_err(|e| error(ErrorKind::Unavailable, "nats history stream setup", e))?;
-        Ok(History { js, stream, names, clock, tops: Mutex::new(HashMap::new()) })
+        Ok(History {
+            js,
+            stream,
+            names,
+            clock,
+            tops: Mutex::new(HashMap::new()),
+            queues: AppendQueues::new(cfg.append_queue_per_channel, cfg.append_queue_total),
+            attempts: cfg.append_attempts.max(1),
+        })
+    }
+
+    /// Waits for this node's turn to write to the channel's subject; refused at once when too
+    /// many publications wait already.
+    pub(crate) async fn turn(&self, channel: &str) -> Result<Turn, BrokerError> {
+        self.queues.turn(channel).await.map_err(|full| {
+            let why = match full {
+                QueueFull::Channel(n) => {
+                    format!("{n} publications already wait for this channel (broker.nats.append_queue_per_channel)")
+                }
+                QueueFull::Node(n) => {
+                    format!("{n} publications already wait on this node (broker.nats.append_queue_total)")
+                }
+            };
+            metrics::error("nats history append queue full");
+            BrokerError::new(ErrorKind::Rejected, format!("nats history append to {channel:?}: {why}"))
+        })
+    }
+
+    /// After try `tries` of a write lost to another node: a jittered pause before the next,
+    /// or the error once `attempts` tries lost.
+    async fn back_off(&self, tries: usize, what: &str, channel: &str) -> Result<(), BrokerError> {
+        if tries >= self.attempts {
+            return Err(self.gave_up(what, channel));
+        }
+        metrics::append_retry();
+        tokio::time::sleep(conflict_delay(tries)).await;
+        Ok(())
+    }
+
+    /// The error of a write that other nodes beat `attempts` times in a row.
+    fn gave_up(&self, what: &str, channel: &str) -> BrokerError {
+        metrics::append_gave_up();
+        metrics::error("nats history append gave up");
+        BrokerError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{what} to {channel:?}: other nodes took the channel's next offset {} times in a row \
+                 (broker.nats.append_attempts)",
+                self.attempts
+            ),
+        )
     }
 
     /// The channel's last record, if any.
@@ -177,8 +239,9 @@ impl History {
         tops.insert(channel.to_owned(), light);
     }
 
-    /// Appends a publication with the channel's next offset. Returns the outcome and, unless
-    /// an idempotency key suppressed it, the publication as stored (offset set) with its epoch.
+    /// Appends a publication with the channel's next offset; the caller holds the channel's
+    /// [`History::turn`]. Returns the outcome and, unless an idempotency key suppressed it, the
+    /// publication as stored (offset set) with its epoch.
     pub(crate) async fn append(
         &self,
         channel: &str,
@@ -190,10 +253,17 @@ impl History {
             opts.idempotency_key.as_deref().map(|k| format!("{}|{}", subject_token(channel), subject_token(k)));
         let meta_ttl = if opts.history_meta_ttl.is_zero() { i64::MAX / 4 } else { ms(opts.history_meta_ttl) };
         let mut cached = self.tops.lock().get(channel).cloned();
-        for _ in 0..MAX_ATTEMPTS {
+        // Fresh reads of the top so far: a cached top that another node made stale costs one
+        // more try, not an attempt.
+        let mut tries = 0;
+        loop {
+            let from_cache = cached.is_some();
             let top = match cached.take() {
                 Some(t) => Some(t),
-                None => self.top(channel).await?,
+                None => {
+                    tries += 1;
+                    self.top(channel).await?
+                }
             };
             let (offset, epoch, prev, expected) = match &top {
                 Some(t) if t.record.meta_expires_ms > now => {
@@ -228,36 +298,51 @@ impl History {
                         Some((publication, epoch)),
                     ));
                 }
-                Ok(None) => self.forget(channel),
+                Ok(None) => {
+                    self.forget(channel);
+                    if !from_cache {
+                        self.back_off(tries, "nats history append", channel).await?;
+                    }
+                }
                 Err(e) => {
                     self.forget(channel);
                     return Err(e);
                 }
             }
         }
-        Err(BrokerError::new(ErrorKind::Timeout, "nats history append (too many concurrent publishers on one channel)"))
     }
 
     /// The channel's top, creating a position marker (and so an epoch) when the stream is
     /// empty or its position expired, so that readers and later publishers share one epoch.
     async fn top_for_read(&self, channel: &str, meta_ttl: Duration) -> Result<Stored, BrokerError> {
         let meta_ttl = if meta_ttl.is_zero() { i64::MAX / 4 } else { ms(meta_ttl) };
-        for _ in 0..MAX_ATTEMPTS {
+        // Most reads find a live position and need no turn.
+        let mut top = self.top(channel).await?;
+        let mut turn = None;
+        let mut tries = 0;
+        loop {
             let now = self.clock.now_ms();
-            let top = self.top(channel).await?;
             let expected = match top {
                 Some(t) if t.record.meta_expires_ms > now => return Ok(t),
                 Some(t) => t.seq,
                 None => 0,
             };
+            if turn.is_none() {
+                // Write the marker in this node's turn, then decide again on a fresh top.
+                turn = Some(self.turn(channel).await?);
+                top = self.top(channel).await?;
+                continue;
+            }
+            tries += 1;
             let marker =
                 Record { epoch: new_epoch(), meta_expires_ms: now.saturating_add(meta_ttl), ..Default::default() };
             if let Some((stored, _)) = self.write(channel, &marker, expected, None).await? {
                 self.forget(channel);
                 return Ok(stored);
             }
+            self.back_off(tries, "nats history position marker", channel).await?;
+            top = self.top(channel).await?;
         }
-        Err(BrokerError::new(ErrorKind::Timeout, "nats history read (stream kept changing)"))
     }
 
     /// Records with an offset in `lo..=hi`, walking back from `top`, newest first; stops after
@@ -349,7 +434,8 @@ impl History {
     /// Drops the channel's publications and keeps its position: a marker at the top offset,
     /// then a purge of everything before it.
     pub(crate) async fn remove(&self, channel: &str) -> Result<(), BrokerError> {
-        for _ in 0..MAX_ATTEMPTS {
+        let _turn = self.turn(channel).await?;
+        for tries in 1.. {
             let Some(top) = self.top(channel).await? else { return Ok(()) };
             let marker = Record {
                 offset: top.record.offset,
@@ -368,8 +454,9 @@ impl History {
                     .map_err(|e| error(ErrorKind::Unavailable, "nats history purge", e))?;
                 return Ok(());
             }
+            self.back_off(tries, "nats history removal", channel).await?;
         }
-        Err(BrokerError::new(ErrorKind::Timeout, "nats history removal (stream kept changing)"))
+        Err(self.gave_up("nats history removal", channel))
     }
 }
 
@@ -377,4 +464,22 @@ fn decode(seq: u64, payload: &[u8]) -> Result<Stored, BrokerError> {
     Record::decode(payload)
         .map(|record| Stored { seq, record })
         .map_err(|e| error(ErrorKind::Internal, "nats history record decode", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conflict_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn conflict_delay_is_short_jittered_and_capped() {
+        for retry in 1..40 {
+            let base = Duration::from_millis(1 << (retry - 1).min(5));
+            let d = conflict_delay(retry);
+            assert!(d >= base && d <= base * 2, "retry {retry}: {d:?}");
+        }
+        // Jittered: 50 pauses of the same retry are not all equal.
+        let first = conflict_delay(3);
+        assert!((0..50).any(|_| conflict_delay(3) != first));
+    }
 }

@@ -12,6 +12,7 @@ mod broker;
 mod history;
 mod metrics;
 mod presence;
+mod queue;
 mod store;
 mod subject;
 mod wire;
@@ -51,6 +52,12 @@ pub struct NatsConfig {
     pub presence_ttl: Duration,
     /// JetStream replicas of the stream and buckets (1 for a single NATS server).
     pub replicas: usize,
+    /// Tries of a history append that other nodes keep beating to the channel's next offset.
+    pub append_attempts: usize,
+    /// Publications that may wait for one channel's append turn on this node.
+    pub append_queue_per_channel: usize,
+    /// Publications that may wait for an append turn on this node, all channels together.
+    pub append_queue_total: usize,
 }
 
 impl Default for NatsConfig {
@@ -67,6 +74,9 @@ impl Default for NatsConfig {
             idempotent_window: Duration::from_secs(300),
             presence_ttl: Duration::from_secs(60),
             replicas: 1,
+            append_attempts: 16,
+            append_queue_per_channel: 1000,
+            append_queue_total: 10_000,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The NATS engine's metrics: failures by operation, connection events, append conflicts,
-//! gap fills and publish latency.
+//! append retries and turns, gap fills and publish latency.
 
 use std::time::Duration;
 
@@ -36,4 +36,30 @@ pub(crate) fn malformed() {
 pub(crate) fn publish_latency(history: bool, d: Duration) {
     let kind = if history { "history" } else { "plain" };
     metrics::histogram!("herald_nats_publish_seconds", "kind" => kind).record(d.as_secs_f64());
+}
+
+/// An append that lost the race for a channel's next offset to another node and is retried
+/// after a jittered pause.
+pub(crate) fn append_retry() {
+    metrics::counter!("herald_nats_append_retries_total").increment(1);
+}
+
+/// An append that still lost after `broker.nats.append_attempts` tries.
+pub(crate) fn append_gave_up() {
+    metrics::counter!("herald_nats_append_gave_up_total").increment(1);
+}
+
+/// Publications waiting for their channel's append turn on this node.
+pub(crate) fn append_waiting(n: usize) {
+    metrics::gauge!("herald_nats_append_waiting").set(n as f64);
+}
+
+/// Channels with an append running or waiting on this node.
+pub(crate) fn append_channels(n: usize) {
+    metrics::gauge!("herald_nats_append_channels").set(n as f64);
+}
+
+/// A publication refused because too many wait for their turn (`limit`: channel or node).
+pub(crate) fn append_queue_full(limit: &'static str) {
+    metrics::counter!("herald_nats_append_queue_full_total", "limit" => limit).increment(1);
 }

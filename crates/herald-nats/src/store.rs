@@ -10,6 +10,7 @@ use herald_hub::broker::{Broker, BrokerError, HistoryQuery, HistorySlice, Publis
 use herald_proto::{Publication, StreamPosition};
 
 use crate::history::History;
+use crate::queue::Turn;
 
 pub(crate) enum Store {
     JetStream(Box<History>),
@@ -20,8 +21,18 @@ pub(crate) enum Store {
 }
 
 impl Store {
-    /// Appends a publication; the stored publication and its epoch, unless an idempotency key
-    /// suppressed it.
+    /// This node's turn to append to the channel (JetStream; `None` for an external store,
+    /// which gives offsets atomically itself). Hold it until the publication is sent, so that
+    /// nodes receive the channel's publications in offset order.
+    pub(crate) async fn turn(&self, channel: &str) -> Result<Option<Turn>, BrokerError> {
+        match self {
+            Store::JetStream(h) => h.turn(channel).await.map(Some),
+            Store::External(..) => Ok(None),
+        }
+    }
+
+    /// Appends a publication (in the channel's [`Store::turn`]); the stored publication and
+    /// its epoch, unless an idempotency key suppressed it.
     pub(crate) async fn append(
         &self,
         channel: &str,

@@ -422,6 +422,14 @@ pub struct NatsBrokerConfig {
     /// Presence entries of a node that stopped refreshing them expire after this.
     #[serde(with = "herald_hub::duration")]
     pub presence_ttl: Duration,
+    /// Tries of a history append that other nodes keep beating to the channel's next offset
+    /// (this node's own appends to a channel take turns and never race each other).
+    pub append_attempts: usize,
+    /// Publications with history that may wait for one channel's append turn on this node;
+    /// more are refused.
+    pub append_queue_per_channel: usize,
+    /// The same over all channels of this node.
+    pub append_queue_total: usize,
 }
 
 impl Default for RedisEngineConfig {
@@ -449,6 +457,9 @@ impl Default for NatsBrokerConfig {
             history_storage: "file".into(),
             replicas: 1,
             presence_ttl: Duration::from_secs(60),
+            append_attempts: 16,
+            append_queue_per_channel: 1000,
+            append_queue_total: 10_000,
         }
     }
 }

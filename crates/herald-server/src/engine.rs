@@ -39,6 +39,9 @@ pub fn nats_config(config: &Config, node_uid: &str) -> NatsConfig {
         history_in_memory: c.history_storage == "memory",
         presence_ttl: c.presence_ttl,
         replicas: c.replicas,
+        append_attempts: c.append_attempts,
+        append_queue_per_channel: c.append_queue_per_channel,
+        append_queue_total: c.append_queue_total,
         ..NatsConfig::default()
     }
 }

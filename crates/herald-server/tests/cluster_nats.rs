@@ -1,10 +1,12 @@
 //! Three `herald` processes over one `nats-server -js` (history in JetStream, presence in its
 //! key-value bucket): publications through node A reach subscribers on B and C in order,
-//! presence and history answer the same on every node, and a NATS restart while publishing
-//! loses and repeats nothing.
+//! presence and history answer the same on every node, a NATS restart while publishing
+//! loses and repeats nothing, and many callers publishing with history to one channel through
+//! two nodes at once all succeed.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_client::Client;
@@ -190,4 +192,119 @@ async fn a_client_of_a_killed_node_recovers_on_another_node() {
     assert_eq!(missed, vec![4, 5, 6]);
     a.api_ok("publish", json!({"channel": channel, "data": {"n": 7}})).await;
     assert_eq!(collect(&mut client, channel, 1, WAIT).await, vec![(7, 7)]);
+}
+
+/// Sums a counter's series (all label sets) in a Prometheus text page.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_to_one_history_channel_all_succeed_in_order() {
+    let nats = NatsServer::start();
+    let env = cluster_env(&nats, "contend");
+    let (a, b) = (Arc::new(start(&env)), Arc::new(start(&env)));
+    let channel = "hist:hot";
+    let (mut on_a, _) = a.subscriber("ua", channel).await;
+    let (mut on_b, _) = b.subscriber("ub", channel).await;
+    // 2 nodes × 16 callers × 12 publications, all at once: the same node's callers take turns
+    // on the channel, the two nodes race each other for its offsets.
+    let (callers, each) = (16u64, 12u64);
+    let mut tasks = Vec::new();
+    for (i, node) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for c in 0..callers {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for k in 0..each {
+                    let n = (i as u64 * callers + c) * each + k;
+                    let (status, body) = node.api("publish", json!({"channel": channel, "data": {"n": n}})).await;
+                    assert!(status == 200 && body.get("error").is_none(), "publish {n} failed: {status} {body}");
+                    offsets.push(body["result"]["offset"].as_u64().unwrap());
+                }
+                offsets
+            }));
+        }
+    }
+    let mut offsets = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        // One caller's publications got increasing offsets (it waited for each answer).
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        offsets.extend(mine);
+    }
+    let total = (2 * callers * each) as usize;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>(), "offsets are 1..={total}, each once");
+
+    // Every subscriber sees every publication once, in offset order.
+    for (name, sub) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let got = collect(sub, channel, total, Duration::from_secs(30)).await;
+        let seen: Vec<u64> = got.iter().map(|&(_, offset)| offset).collect();
+        assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>(), "subscriber on {name}");
+        let mut data: Vec<u64> = got.iter().map(|&(n, _)| n).collect();
+        data.sort_unstable();
+        assert_eq!(data, (0..total as u64).collect::<Vec<_>>(), "subscriber on {name}");
+        assert!(tokio::time::timeout(Duration::from_millis(300), sub.next_push()).await.is_err(), "a duplicate");
+    }
+    let history = a.api_ok("history", json!({"channel": channel, "limit": -1})).await;
+    assert_eq!(history["publications"].as_array().unwrap().len(), 100, "the namespace keeps 100");
+    assert_eq!(history["offset"], total as u64);
+    // Nothing gave up; the races between the nodes were retried (how many depends on timing).
+    let mut retries = 0.0;
+    for node in [&a, &b] {
+        let m = node.metrics().await;
+        assert_eq!(counter(&m, "herald_nats_append_gave_up_total"), 0.0);
+        retries += counter(&m, "herald_nats_append_retries_total");
+    }
+    eprintln!("appends retried after losing to the other node: {retries}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_past_the_append_queue_limit_are_refused_with_the_reason() {
+    let nats = NatsServer::start();
+    let mut env = cluster_env(&nats, "full");
+    env.push(("HERALD_BROKER_NATS_APPEND_QUEUE_PER_CHANNEL", "1".into()));
+    let a = Arc::new(start(&env));
+    let channel = "hist:full";
+    // With one place in the queue, a burst of simultaneous publishes overflows it; bounded
+    // rounds because how many overlap depends on scheduling.
+    let mut refused = 0;
+    let mut offsets = Vec::new();
+    for _round in 0..20 {
+        let tasks: Vec<_> = (0..24)
+            .map(|n| {
+                let a = a.clone();
+                tokio::spawn(async move { a.api("publish", json!({"channel": channel, "data": {"n": n}})).await })
+            })
+            .collect();
+        for t in tasks {
+            let (status, body) = t.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            match body.get("error") {
+                Some(e) => {
+                    assert_eq!(e["code"], 100, "{body}");
+                    refused += 1;
+                }
+                None => offsets.push(body["result"]["offset"].as_u64().unwrap()),
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no publish overflowed a queue of 1");
+    // The accepted ones still got distinct offsets.
+    let n = offsets.len();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), n);
+    let m = a.metrics().await;
+    assert!(counter(&m, "herald_nats_append_queue_full_total") >= refused as f64, "{refused}");
+    wait_for("the log names the limit", WAIT, || async { a.logs().contains("broker.nats.append_queue_per_channel") })
+        .await;
 }

@@ -796,6 +796,18 @@ fn broker_and_presence_manager_settings_are_checked() {
             "broker.nats.history_storage: ",
         ),
         (r#"{"broker": {"enabled": true, "type": "nats", "nats": {"replicas": 0}}}"#, "broker.nats.replicas: "),
+        (
+            r#"{"broker": {"enabled": true, "type": "nats", "nats": {"append_attempts": 0}}}"#,
+            "broker.nats.append_attempts: 0 is not in 1..=1000",
+        ),
+        (
+            r#"{"broker": {"enabled": true, "type": "nats", "nats": {"append_queue_per_channel": 0}}}"#,
+            "broker.nats.append_queue_per_channel: ",
+        ),
+        (
+            r#"{"broker": {"enabled": true, "type": "nats", "nats": {"append_queue_total": 0}}}"#,
+            "broker.nats.append_queue_total: ",
+        ),
         (r#"{"presence_manager": {"enabled": true, "type": "nats"}}"#, "presence_manager.enabled: "),
         (
             r#"{"broker": {"enabled": true, "type": "nats"}, "presence_manager": {"enabled": true, "type": "redis"}}"#,

@@ -143,6 +143,15 @@ fn validate_broker(cfg: &Config) -> Result<(), ConfigError> {
         if n.presence_ttl < std::time::Duration::from_secs(1) {
             return Err(ConfigError::invalid("broker.nats.presence_ttl", "must be at least 1s"));
         }
+        for (key, v, max) in [
+            ("broker.nats.append_attempts", n.append_attempts, 1000),
+            ("broker.nats.append_queue_per_channel", n.append_queue_per_channel, 1_000_000),
+            ("broker.nats.append_queue_total", n.append_queue_total, 10_000_000),
+        ] {
+            if v == 0 || v > max {
+                return Err(ConfigError::invalid(key, format!("{v} is not in 1..={max}")));
+            }
+        }
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 //!
 //! Applied while running, without dropping a connection: the token keys and the client limits
 //! of [`LIVE_KEYS`] and the channel options (`channel.*` but `channel.proxy`), swapped in the
-//! node at once (`herald_hub::Node::reconfigure`) for every command from then on; `log.level`;
+//! node at once (`herald_hub::Node::reconfigure`) for every command from then on; the address
+//! lists, trusted proxies and connection and API limits of `crate::edge::LIVE_KEYS`, for every
+//! connection and request from then on (`crate::edge::Edge::reconfigure`); `log.level`;
 //! the TLS certificate files (read again at once; they are also read again by themselves when
 //! they change, `crate::tls`). Every other changed key is named in a warning: it takes effect at
 //! the next restart. The active configuration's version (1 at start, +1 per reload that applied
@@ -50,8 +52,17 @@ pub const LIVE_KEYS: &[&str] = &[
 
 /// Whether the node applies `key` while running.
 pub fn is_live(key: &str) -> bool {
-    let under = |p: &str| key == p || key.strip_prefix(p).is_some_and(|rest| rest.starts_with(['.', '[']));
-    (under("channel") && !under("channel.proxy")) || LIVE_KEYS.iter().any(|p| under(p))
+    (under(key, "channel") && !under(key, "channel.proxy")) || LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// Whether the edge (`crate::edge::Edge`) applies `key` while running.
+pub fn is_edge_live(key: &str) -> bool {
+    crate::edge::LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// `key` is `prefix` or a key under it.
+fn under(key: &str, prefix: &str) -> bool {
+    key == prefix || key.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(['.', '[']))
 }
 
 /// What a reload did.
@@ -142,12 +153,20 @@ fn refuse(e: &ConfigError) -> Outcome {
 fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, ConfigError> {
     let changed = changed_keys(old, new);
     let (live, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_live(k));
+    let (edge, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_edge_live(k));
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if !live.is_empty() {
         state.node.reconfigure(live_part(state.node.config(), new))?;
         tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
         applied = live;
+    }
+    if !edge.is_empty() {
+        // Cannot fail after `loader::validate`, which compiled the same lists; the node's part,
+        // which can, went first.
+        state.edge.reconfigure(new).map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        tracing::info!(keys = %edge.join(", "), "configuration reload: applied to new connections: {}", edge.join(", "));
+        applied.extend(edge);
     }
     for key in changed {
         if key == "log.level" {

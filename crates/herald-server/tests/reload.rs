@@ -250,3 +250,51 @@ async fn rotated_token_keys_apply_to_new_connections_and_existing_ones_stay() {
     }
     assert_eq!(herald.num_clients().await, 2);
 }
+
+#[tokio::test]
+async fn connection_limits_and_address_lists_apply_to_new_connections_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    write_config(&file, &Opts { extra: "connection_limit = 10\n", ..OPTS });
+    let herald = start(&file);
+    let mut carol = connect(&herald, "carol", OPTS.secret).await.unwrap();
+    subscribe(&mut carol, "hist:room").await;
+    let mut dave = connect(&herald, "dave", OPTS.secret).await.unwrap();
+    subscribe(&mut dave, "hist:room").await;
+
+    write_config(&file, &Opts { extra: "connection_limit = 2\n", ..OPTS });
+    let r = reload_api(&herald).await;
+    assert_eq!(r, json!({"outcome": "applied", "applied": ["client.connection_limit"], "version": 2}));
+    match connect(&herald, "erin", OPTS.secret).await {
+        Err(ClientError::Io(e)) | Err(ClientError::Protocol(e)) => assert!(e.contains("503"), "{e}"),
+        other => panic!("the third connection must be refused with 503: {other:?}"),
+    }
+
+    // Deny the loopback for client endpoints: new connections get 403, the API stays reachable.
+    write_config(&file, &Opts { extra: "connection_limit = 10\n", ..OPTS });
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("\n[access.client]\ndeny = [\"127.0.0.0/8\"]\n");
+    std::fs::write(&file, text).unwrap();
+    let r = reload_api(&herald).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    assert_eq!(r["applied"], json!(["access.client.deny", "client.connection_limit"]), "{r}");
+    match connect(&herald, "erin", OPTS.secret).await {
+        Err(ClientError::Io(e)) | Err(ClientError::Protocol(e)) => assert!(e.contains("403"), "{e}"),
+        other => panic!("a denied address must be refused with 403: {other:?}"),
+    }
+
+    // An invalid network: refused, the key named, the deny list stays.
+    let text = std::fs::read_to_string(&file).unwrap().replace("127.0.0.0/8", "127.0.0.0/99");
+    std::fs::write(&file, text).unwrap();
+    let r = reload_api(&herald).await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert_eq!(r["key"], "access.client.deny", "{r}");
+    assert!(connect(&herald, "erin", OPTS.secret).await.is_err(), "still denied");
+
+    // The two connections made before are still there and receive every publication.
+    publish_and_receive(&herald, &mut carol, "hist:room", 0, 3).await;
+    for i in 0..3 {
+        assert_eq!(next_publication(&mut dave, "hist:room").await.0, json!({ "n": i }));
+    }
+    assert_eq!(herald.num_clients().await, 2);
+}

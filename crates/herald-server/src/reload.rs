@@ -34,8 +34,9 @@ pub struct Source {
 }
 
 /// The keys (and the keys under them) the node applies while running, besides `channel.*`
-/// but `channel.proxy.*`. The others of `client` were built into the node at start (pings, the
-/// queue size, proxies) or are read by the transports (origins, connection limits).
+/// but `channel.proxy.*`. Of the other `client` keys, the connection limits are the edge's
+/// (`crate::edge::LIVE_KEYS`); the rest were built into the node at start (pings, the queue
+/// size, proxies) or are read by the transports (origins) and need a restart.
 pub const LIVE_KEYS: &[&str] = &[
     "client.token",
     "client.subscription_token",

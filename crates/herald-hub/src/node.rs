@@ -67,15 +67,61 @@ pub struct Target {
     pub client: String,
 }
 
-/// The node.
-pub struct Node {
+/// What a configuration reload replaces: the configuration the node reads while running, the
+/// channel rules and the authenticator (token keys), checked together.
+pub(crate) struct Live {
     cfg: HubConfig,
     channels: Channels,
+    auth: Box<dyn Authenticator>,
+}
+
+impl Live {
+    fn build(cfg: HubConfig, backend: &Arc<Backend>) -> Result<Live, ConfigError> {
+        let channels = Channels::new(cfg.channel.clone())?;
+        let jwt = JwtAuthenticator::new(&cfg.client)?;
+        let auth: Box<dyn Authenticator> = if backend.table().connect().is_some() {
+            Box::new(ProxyAuthenticator::new(jwt, backend.clone()))
+        } else {
+            Box::new(jwt)
+        };
+        let c = &cfg.client;
+        let personal = &c.subscribe_to_user_personal_channel;
+        if personal.enabled && channels.namespace(&personal.personal_channel_namespace).is_none() {
+            return Err(ConfigError::new(
+                "client.subscribe_to_user_personal_channel.personal_channel_namespace",
+                format!("namespace {:?} is not configured", personal.personal_channel_namespace),
+            ));
+        }
+        if ![crate::config::LIMIT_REFUSE_NEW, crate::config::LIMIT_EVICT_OLDEST]
+            .contains(&c.user_connection_limit_mode.as_str())
+        {
+            return Err(ConfigError::new(
+                "client.user_connection_limit_mode",
+                format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
+            ));
+        }
+        Ok(Live { cfg, channels, auth })
+    }
+
+    pub(crate) fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn channels(&self) -> &Channels {
+        &self.channels
+    }
+}
+
+/// The node.
+pub struct Node {
+    /// The parts a configuration reload replaces ([`Node::reconfigure`]). A command reads it
+    /// once (`Node::ports`); a replaced one is kept until the process ends, since commands in
+    /// flight may still hold it (a few KB per reload that changed these parts).
+    live: std::sync::RwLock<&'static Live>,
     /// Shared with the engine's delivery sink, which reaches the hub without the node.
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
-    auth: Box<dyn Authenticator>,
     backend: Arc<Backend>,
     time: Time,
     identity: NodeIdentity,
@@ -120,38 +166,10 @@ impl Node {
         presence: Arc<dyn PresenceManager>,
         proxy: Option<Arc<dyn ProxyPort>>,
     ) -> Result<Arc<Node>, ConfigError> {
-        let channels = Channels::new(cfg.channel.clone())?;
         let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, proxy));
-        let jwt = JwtAuthenticator::new(&cfg.client)?;
-        let auth: Box<dyn Authenticator> = if backend.table().connect().is_some() {
-            Box::new(ProxyAuthenticator::new(jwt, backend.clone()))
-        } else {
-            Box::new(jwt)
-        };
-        if let Some(ns) = cfg
-            .client
-            .subscribe_to_user_personal_channel
-            .enabled
-            .then_some(())
-            .and(Some(&cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace))
-            && channels.namespace(ns).is_none()
-        {
-            return Err(ConfigError::new(
-                "client.subscribe_to_user_personal_channel.personal_channel_namespace",
-                format!("namespace {ns:?} is not configured"),
-            ));
-        }
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
-        }
-        if ![crate::config::LIMIT_REFUSE_NEW, crate::config::LIMIT_EVICT_OLDEST]
-            .contains(&c.user_connection_limit_mode.as_str())
-        {
-            return Err(ConfigError::new(
-                "client.user_connection_limit_mode",
-                format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
-            ));
         }
         let hooks = crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, backend.table())?);
         let clock_now = clock.now_ms();
@@ -163,14 +181,13 @@ impl Node {
             .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
         let publication_rate = std::sync::Mutex::new(cluster::Rate::new(0, clock_now));
+        let live = Live::build(cfg, &backend)?;
         Ok(Arc::new(Node {
             publication_rate,
             hub,
-            cfg,
-            channels,
+            live: std::sync::RwLock::new(Box::leak(Box::new(live))),
             broker,
             presence,
-            auth,
             backend,
             time,
             identity,
@@ -191,8 +208,27 @@ impl Node {
         &self.user_buckets
     }
 
+    /// The configuration in force (the parts a reload replaced included).
     pub fn config(&self) -> &HubConfig {
-        &self.cfg
+        &self.live().cfg
+    }
+
+    /// The parts a reload replaces, as they are now.
+    fn live(&self) -> &'static Live {
+        *self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the token keys, channel options and client limits with those of `cfg`, for
+    /// every command from now on (commands in flight finish with the previous ones). Checked
+    /// first: an error names the key and nothing changes. The caller decides which sections of
+    /// `cfg` may differ from [`Node::config`]: the engines, proxies, webhooks, pings and the
+    /// queue size were built from the configuration at start and keep it.
+    pub fn reconfigure(&self, cfg: HubConfig) -> Result<(), ConfigError> {
+        // The channel routes to proxies must name proxies this node has (their table stays).
+        Proxies::compile(&cfg)?;
+        let live = Live::build(cfg, &self.backend)?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Box::leak(Box::new(live));
+        Ok(())
     }
 
     pub fn identity(&self) -> &NodeIdentity {
@@ -200,7 +236,7 @@ impl Node {
     }
 
     pub fn channels(&self) -> &Channels {
-        &self.channels
+        &self.live().channels
     }
 
     /// The local indexes of connections and subscriptions.
@@ -249,7 +285,8 @@ impl Node {
 
     /// The ports a session works through for one command.
     pub(crate) fn ports(&self) -> Ports<'_> {
-        Ports::new(self, &*self.auth)
+        let live = self.live();
+        Ports::new(self, live, &*live.auth)
     }
 
     /// The logic-layer proxies.
@@ -278,7 +315,11 @@ impl Node {
     }
 
     pub(crate) fn meta_ttl(&self, options: &ChannelOptions) -> Duration {
-        if options.history_meta_ttl.is_zero() { self.cfg.channel.history_meta_ttl } else { options.history_meta_ttl }
+        if options.history_meta_ttl.is_zero() {
+            self.config().channel.history_meta_ttl
+        } else {
+            options.history_meta_ttl
+        }
     }
 
     /// Publishes into a channel stream and delivers it (used by client and API publishes).
@@ -309,7 +350,7 @@ impl Node {
     /// with it, counted like every refusal. The API checks first with this so that its answer
     /// can say why (the `api_*` operations check again and answer only the code).
     pub fn api_check<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ChannelError> {
-        self.channels.check(channel).inspect_err(|e| {
+        self.channels().check(channel).inspect_err(|e| {
             metrics::channel_refused("api", e.label());
             tracing::debug!(error = %e, len = channel.len(), "server API channel refused");
         })
@@ -444,7 +485,7 @@ impl Node {
     /// Whether the user's connections are counted in the presence storage (cluster-wide with a
     /// network engine) rather than only by the local hub.
     fn counts_users_in_presence(&self, user: &str) -> bool {
-        let c = &self.cfg.client;
+        let c = &self.config().client;
         c.user_connection_limit > 0
             && !user.is_empty()
             && (self.clustered() || c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST)
@@ -459,7 +500,7 @@ impl Node {
         if !self.counts_users_in_presence(user) {
             return Ok(());
         }
-        let limit = self.cfg.client.user_connection_limit;
+        let limit = self.config().client.user_connection_limit;
         let key = user_key(user);
         let current = self.presence.presence(&key).await.map_err(|e| {
             tracing::warn!(error = %e, "user connection count failed");
@@ -471,7 +512,7 @@ impl Node {
             .map(|(id, info)| (std::str::from_utf8(&info.chan_info).ok().and_then(|t| t.parse().ok()).unwrap_or(0), id))
             .collect();
         if others.len() >= limit {
-            if self.cfg.client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
+            if self.config().client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
                 metrics::user_limit("refused");
                 return Err(DISCONNECT_CONNECTION_LIMIT);
             }

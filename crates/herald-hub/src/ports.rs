@@ -22,7 +22,7 @@ use crate::config::ClientConfig;
 use crate::conn::ConnectionInfo;
 use crate::hub::{Hub, UserLimitReached};
 use crate::link::ClientLink;
-use crate::node::{Engine, Node};
+use crate::node::{Engine, Live, Node};
 use crate::timer::TimerWheel;
 
 /// Why a command, or a connect, is refused: an error reply the client may recover from, or a
@@ -193,17 +193,19 @@ impl Time {
 /// What a session is given for one command.
 ///
 /// A view of the node rather than a bundle of references: per-command futures carry it, and
-/// at 24 bytes it keeps the boxed command batch in a small allocator size class (a bundle of
-/// every port was 112 bytes).
+/// at 32 bytes it keeps the boxed command batch in a small allocator size class (a bundle of
+/// every port was 112 bytes). `live` is the reloadable part as it was when the command began,
+/// so one command sees one configuration.
 #[derive(Clone, Copy)]
 pub(crate) struct Ports<'a> {
     pub(crate) auth: &'a dyn Authenticator,
     node: &'a Node,
+    live: &'a Live,
 }
 
 impl<'a> Ports<'a> {
-    pub(crate) fn new(node: &'a Node, auth: &'a dyn Authenticator) -> Self {
-        Ports { auth, node }
+    pub(crate) fn new(node: &'a Node, live: &'a Live, auth: &'a dyn Authenticator) -> Self {
+        Ports { auth, node, live }
     }
 
     pub(crate) fn engine(&self) -> Engine<'a> {
@@ -211,7 +213,7 @@ impl<'a> Ports<'a> {
     }
 
     pub(crate) fn registry(&self) -> Registry<'a> {
-        let c = &self.node.config().client;
+        let c = &self.live.config().client;
         // Evicting the oldest connections is decided by the node, never refused by the hub.
         let limit =
             if c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST { 0 } else { c.user_connection_limit };
@@ -223,12 +225,12 @@ impl<'a> Ports<'a> {
     }
 
     pub(crate) fn channels(&self) -> &'a Channels {
-        self.node.channels()
+        self.live.channels()
     }
 
     /// The `client` config section: limits, pings, expiry grace periods.
     pub(crate) fn rules(&self) -> &'a ClientConfig {
-        &self.node.config().client
+        &self.live.config().client
     }
 
     /// The per-user command buckets (`client.command_rate_limit.user_rate`).

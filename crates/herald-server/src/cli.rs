@@ -8,6 +8,8 @@
 //!   configured HMAC secret;
 //! - `herald checkconfig [--strict] FILE`: load and validate a config without starting;
 //! - `herald defaultconfig`: print every option with its default value (JSON);
+//! - `herald reload [-c FILE] [--url URL] [--api-key KEY]`: make a running node load its
+//!   configuration again (its server API method `reload`) and print the outcome;
 //! - `herald version`.
 //!
 //! Errors are printed as `error: ...` on stderr and exit with code 1; warnings as
@@ -64,6 +66,8 @@ enum Command {
     Checkconfig(CheckconfigArgs),
     /// Print the full default configuration as JSON.
     Defaultconfig,
+    /// Make a running node load its configuration again (server API method `reload`).
+    Reload(ReloadArgs),
     /// Print the version.
     Version,
 }
@@ -159,6 +163,20 @@ struct CheckconfigArgs {
     strict: bool,
 }
 
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// The node's configuration file, for its address and API key. Default: $HERALD_CONFIG.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The node's reload endpoint. Default: from the configuration (its internal port when
+    /// set), e.g. http://127.0.0.1:8000/api/reload.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Server API key. Default: http_api.key of the configuration.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_key: Option<String>,
+}
+
 /// Entry point of the `herald` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -171,6 +189,7 @@ pub fn main() -> ExitCode {
         Some(Command::Gensubtoken(args)) => gensubtoken(args),
         Some(Command::Checkconfig(args)) => checkconfig(args).map_err(|e| e.to_string()),
         Some(Command::Defaultconfig) => defaultconfig(),
+        Some(Command::Reload(args)) => reload(args),
         Some(Command::Version) => {
             println!("herald {VERSION} ({}-{})", std::env::consts::ARCH, std::env::consts::OS);
             Ok(())
@@ -233,6 +252,23 @@ fn checkconfig(args: CheckconfigArgs) -> Result<(), ConfigError> {
     loader::validate(&config)?;
     print_warnings(&loader::warnings(&config));
     println!("config is valid");
+    Ok(())
+}
+
+/// Prints the node's answer; fails when the node refused the configuration or did not answer.
+fn reload(args: ReloadArgs) -> Result<(), String> {
+    let config =
+        load_and_warn(config_file(args.config).as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
+    let url = match args.url {
+        Some(url) => url,
+        None => crate::reload_client::url_of(&config)?,
+    };
+    let key = args.api_key.unwrap_or_else(|| config.http_api.key.clone());
+    let answer = crate::reload_client::request(&url, &key)?;
+    println!("{answer}");
+    if answer["outcome"] == "refused" {
+        return Err(format!("the node refused the configuration: {}", answer["error"].as_str().unwrap_or("")));
+    }
     Ok(())
 }
 

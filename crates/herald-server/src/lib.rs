@@ -15,8 +15,9 @@
 //! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
 //! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change, and
 //!   the pump that hands a decrypted connection to [`entry`];
-//! - [`reload`]: the configuration loaded again on SIGHUP, applied where it can be, refused
-//!   whole when invalid;
+//! - [`reload`]: the configuration loaded again on SIGHUP or the API method `reload`, applied
+//!   where it can be (token keys, channel options, client limits, log level, certificates),
+//!   refused whole when invalid; [`reload_client`]: the `herald reload` command;
 //! - [`entry`]: a connection's first request head, then a transport or hyper;
 //! - [`router`]: request head → [`router::Route`], the one list of endpoints;
 //! - [`transport`]: client transports ([`transport::ws`]: handshake, connection task, link,
@@ -43,6 +44,7 @@ pub mod entry;
 pub mod loader;
 pub mod proxy;
 pub mod reload;
+pub mod reload_client;
 pub mod router;
 pub mod server;
 pub mod state;

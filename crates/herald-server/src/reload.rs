@@ -1,16 +1,23 @@
-//! Configuration reload on SIGHUP: the configuration is loaded again from the same file,
-//! environment and flags, validated, and what can change in a running node is applied; an
-//! invalid configuration is refused with its error (naming the key) and the one in force stays.
+//! Configuration reload (SIGHUP, the server API method `reload`, `herald reload`): the
+//! configuration is loaded again from the same file, environment and flags, validated, and
+//! what can change in a running node is applied; an invalid configuration is refused with its
+//! error (naming the key) and the one in force stays, whole.
 //!
-//! Applied while running: `log.level` and the TLS certificate files (read again at once; they
-//! are also read again by themselves when they change, `crate::tls`). Every other changed key is
-//! named in a warning: it takes effect at the next restart. The active configuration's version
-//! (1 at start, +1 per reload that applied something) is the `herald_config_version` gauge.
+//! Applied while running, without dropping a connection: the token keys and the client limits
+//! of [`LIVE_KEYS`] and the channel options (`channel.*` but `channel.proxy`), swapped in the
+//! node at once (`herald_hub::Node::reconfigure`) for every command from then on; the address
+//! lists, trusted proxies and connection and API limits of `crate::edge::LIVE_KEYS`, for every
+//! connection and request from then on (`crate::edge::Edge::reconfigure`); `log.level`;
+//! the TLS certificate files (read again at once; they are also read again by themselves when
+//! they change, `crate::tls`). Every other changed key is named in a warning: it takes effect at
+//! the next restart. The active configuration's version (1 at start, +1 per reload that applied
+//! something) is the `herald_config_version` gauge.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use herald_hub::HubConfig;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -26,11 +33,45 @@ pub struct Source {
     pub overrides: Overrides,
 }
 
+/// The keys (and the keys under them) the node applies while running, besides `channel.*`
+/// but `channel.proxy.*`. Of the other `client` keys, the connection limits are the edge's
+/// (`crate::edge::LIVE_KEYS`); the rest were built into the node at start (pings, the queue
+/// size, proxies) or are read by the transports (origins) and need a restart.
+pub const LIVE_KEYS: &[&str] = &[
+    "client.token",
+    "client.subscription_token",
+    "client.allow_anonymous_connect_without_token",
+    "client.disallow_anonymous_connection_tokens",
+    "client.channel_limit",
+    "client.user_connection_limit",
+    "client.user_connection_limit_mode",
+    "client.history_max_publication_limit",
+    "client.recovery_max_publication_limit",
+    "client.connect_include_server_time",
+    "client.command_rate_limit",
+];
+
+/// Whether the node applies `key` while running.
+pub fn is_live(key: &str) -> bool {
+    (under(key, "channel") && !under(key, "channel.proxy")) || LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// Whether the edge (`crate::edge::Edge`) applies `key` while running.
+pub fn is_edge_live(key: &str) -> bool {
+    crate::edge::LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// `key` is `prefix` or a key under it.
+fn under(key: &str, prefix: &str) -> bool {
+    key == prefix || key.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(['.', '[']))
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The new configuration does not load or is invalid; nothing changed.
-    Refused(String),
+    /// The new configuration does not load or is invalid; nothing changed. `key` names what
+    /// is wrong when the error is about one key.
+    Refused { key: Option<String>, error: String },
     /// Nothing differs from the configuration in force.
     Unchanged,
     /// `applied` keys took effect; `restart` keys differ but take effect only after a restart.
@@ -64,18 +105,18 @@ impl Reloader {
         let outcome = match loaded {
             Err(e) => refuse(&e),
             Ok(new) => {
+                // Held through `apply`: a SIGHUP and an API call reload one after the other.
                 let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-                let outcome = apply(&current, &new, state);
-                *current = new;
-                outcome
+                match apply(&current, &new, state) {
+                    Ok(outcome) => {
+                        *current = new;
+                        outcome
+                    }
+                    Err(e) => refuse(&e),
+                }
             }
         };
-        let label = match &outcome {
-            Outcome::Refused(_) => "refused",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Changed { applied, .. } if applied.is_empty() => "restart_needed",
-            Outcome::Changed { .. } => "applied",
-        };
+        let label = outcome.label();
         metrics::counter!("herald_config_reloads_total", "outcome" => label).increment(1);
         if label == "applied" {
             let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
@@ -86,20 +127,48 @@ impl Reloader {
     }
 }
 
+impl Outcome {
+    /// `refused`, `unchanged`, `restart_needed` (only keys that need a restart changed) or
+    /// `applied`: the `outcome` label of `herald_config_reloads_total` and of the API answer.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Refused { .. } => "refused",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Changed { applied, .. } if applied.is_empty() => "restart_needed",
+            Outcome::Changed { .. } => "applied",
+        }
+    }
+}
+
 fn process_env() -> Vec<(String, String)> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 fn refuse(e: &ConfigError) -> Outcome {
     tracing::error!(key = e.key().unwrap_or(""), "configuration reload refused, the current one stays in force: {e}");
-    Outcome::Refused(e.to_string())
+    Outcome::Refused { key: e.key().map(str::to_owned), error: e.to_string() }
 }
 
-/// Applies what can change while running, and names the rest.
-fn apply(old: &Config, new: &Config, state: &AppState) -> Outcome {
+/// Applies what can change while running, and names the rest. The node's part is checked and
+/// swapped first: when it is refused, nothing was applied.
+fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, ConfigError> {
     let changed = changed_keys(old, new);
+    let (live, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_live(k));
+    let (edge, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_edge_live(k));
     let mut applied = Vec::new();
     let mut restart = Vec::new();
+    if !live.is_empty() {
+        state.node.reconfigure(live_part(state.node.config(), new))?;
+        tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
+        applied = live;
+    }
+    if !edge.is_empty() {
+        // Cannot fail after `loader::validate`, which compiled the same lists; the node's part,
+        // which can, went first.
+        state.edge.reconfigure(new).map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        tracing::info!(keys = %edge.join(", "), "configuration reload: applied to new connections: {}", edge.join(", "));
+        applied.extend(edge);
+    }
     for key in changed {
         if key == "log.level" {
             match telemetry::set_level(&new.log.level) {
@@ -126,7 +195,33 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Outcome {
             restart.join(", ")
         );
     }
-    if applied.is_empty() && restart.is_empty() { Outcome::Unchanged } else { Outcome::Changed { applied, restart } }
+    Ok(if applied.is_empty() && restart.is_empty() {
+        Outcome::Unchanged
+    } else {
+        Outcome::Changed { applied, restart }
+    })
+}
+
+/// The node's configuration in force with the sections a running node takes ([`is_live`])
+/// from `new`.
+fn live_part(current: &HubConfig, new: &Config) -> HubConfig {
+    let mut h = current.clone();
+    let (c, n) = (&mut h.client, &new.client);
+    c.token = n.token.clone();
+    c.subscription_token = n.subscription_token.clone();
+    c.allow_anonymous_connect_without_token = n.allow_anonymous_connect_without_token;
+    c.disallow_anonymous_connection_tokens = n.disallow_anonymous_connection_tokens;
+    c.channel_limit = n.channel_limit;
+    c.user_connection_limit = n.user_connection_limit;
+    c.user_connection_limit_mode = n.user_connection_limit_mode.clone();
+    c.history_max_publication_limit = n.history_max_publication_limit;
+    c.recovery_max_publication_limit = n.recovery_max_publication_limit;
+    c.connect_include_server_time = n.connect_include_server_time;
+    c.command_rate_limit = n.command_rate_limit;
+    let proxy = std::mem::take(&mut h.channel.proxy);
+    h.channel = new.channel.clone();
+    h.channel.proxy = proxy;
+    h
 }
 
 /// The dotted keys whose values differ (lists compared whole).
@@ -163,5 +258,32 @@ mod tests {
         new.log.level = "debug".into();
         new.http_server.tls.cert_pem = "/etc/cert.pem".into();
         assert_eq!(changed_keys(&old, &new), ["http_server.tls.cert_pem", "log.level"]);
+    }
+
+    #[test]
+    fn live_keys_are_whole_segments() {
+        for key in ["client.token.hmac_secret_key", "client.user_connection_limit", "channel.namespaces", "channel"] {
+            assert!(is_live(key), "{key}");
+        }
+        for key in
+            ["channel.proxy.subscribe.endpoint", "client.ping_interval", "client.tokens", "channels", "log.level"]
+        {
+            assert!(!is_live(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_live_part_keeps_what_was_built_at_start() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.client.channel_limit = 7;
+        new.client.ping_interval = std::time::Duration::from_secs(99);
+        new.channel.history_meta_ttl = std::time::Duration::from_secs(60);
+        new.channel.proxy.subscribe.endpoint = "http://127.0.0.1:1/sub".into();
+        let h = live_part(&old.hub(), &new);
+        assert_eq!(h.client.channel_limit, 7);
+        assert_eq!(h.channel.history_meta_ttl, std::time::Duration::from_secs(60));
+        assert_eq!(h.client.ping_interval, old.client.ping_interval, "pings stay as built");
+        assert_eq!(h.channel.proxy, old.channel.proxy, "proxy routes stay as built");
     }
 }

@@ -85,7 +85,7 @@ macro_rules! method {
 }
 
 /// Every API method.
-pub static METHODS: [ApiMethod; 16] = [
+pub static METHODS: [ApiMethod; 17] = [
     method!("publish", publish, PublishRequest),
     method!("broadcast", broadcast, BroadcastRequest),
     method!("subscribe", subscribe, SubscribeRequest),
@@ -101,6 +101,7 @@ pub static METHODS: [ApiMethod; 16] = [
     method!("trace_user", trace_user, TraceUserRequest),
     method!("trace_stop", trace_stop, TraceStopRequest),
     method!("connections", connections, ConnectionsRequest),
+    method!("reload", reload, ReloadRequest),
     method!("batch", batch, BatchRequest<'_>, false),
 ];
 

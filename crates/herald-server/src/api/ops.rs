@@ -1,6 +1,7 @@
 //! Operator methods of the server API (Herald's own, in the one table [`super::methods::METHODS`]):
 //! `trace_user` and `trace_stop` (per-user tracing, on every node) and `connections` (a
-//! user's connections on this node, for the admin console's user lookup).
+//! user's connections on this node, for the admin console's user lookup) and `reload` (the
+//! configuration loaded again and applied, `crate::reload`).
 
 use serde::{Deserialize, Serialize};
 
@@ -92,4 +93,55 @@ pub(super) async fn connections(ctx: &ApiContext<'_>, b: ConnectionsRequest) -> 
         })
         .collect();
     Ok(ConnectionsResult { connections, node: ctx.state.node.identity().name.clone() })
+}
+
+/// `reload` takes no parameters (any object is accepted).
+#[derive(Deserialize, Default)]
+pub struct ReloadRequest {}
+
+#[derive(Serialize, Default)]
+pub struct ReloadResult {
+    /// Keys applied at once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    applied: Vec<String>,
+    /// Why the configuration was refused (nothing changed).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+    /// The key the refusal is about, when it is about one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    key: String,
+    /// `applied`, `restart_needed`, `unchanged` or `refused`.
+    outcome: &'static str,
+    /// Keys that changed but take effect at the next restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    restart: Vec<String>,
+    /// The configuration version in force after the call.
+    version: u64,
+}
+
+/// Loads the configuration again, as SIGHUP does, and answers what happened. Runs on the
+/// caller's task: a reload reads one file and is rare.
+pub(super) async fn reload(ctx: &ApiContext<'_>, _: ReloadRequest) -> Result<ReloadResult, ApiError> {
+    let Some(reloader) = &ctx.state.reloader else {
+        return Err(ApiError {
+            code: herald_proto::codes::ERROR_NOT_AVAILABLE.code,
+            message: "not available: this server was not started from a configuration it can load again".into(),
+        });
+    };
+    tracing::info!(peer = %ctx.peer, "configuration reload requested through the server API");
+    let outcome = reloader.reload(ctx.state);
+    let mut r = ReloadResult { outcome: outcome.label(), ..Default::default() };
+    match outcome {
+        crate::reload::Outcome::Refused { key, error } => {
+            r.key = key.unwrap_or_default();
+            r.error = error;
+        }
+        crate::reload::Outcome::Unchanged => {}
+        crate::reload::Outcome::Changed { applied, restart } => {
+            r.applied = applied;
+            r.restart = restart;
+        }
+    }
+    r.version = reloader.version();
+    Ok(r)
 }

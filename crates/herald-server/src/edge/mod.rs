@@ -14,7 +14,7 @@ pub mod ipnet;
 pub mod proxy_protocol;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use herald_hub::limits::{Rate, TokenBucket};
@@ -147,10 +147,38 @@ pub fn retry_after(status: u16) -> &'static str {
 /// A refusal: HTTP status and the message of its JSON body.
 pub type Refused = (u16, &'static str);
 
+/// The keys a configuration reload applies to the edge ([`Edge::reconfigure`]), and the keys
+/// under them.
+pub const LIVE_KEYS: &[&str] = &[
+    "access.trusted_proxies",
+    "access.client",
+    "access.api",
+    "access.admin",
+    "access.gateway",
+    "client.connection_limit",
+    "client.connection_rate_limit",
+    "limits.connection_rate_per_address",
+    "limits.connection_burst_per_address",
+    "limits.api_rate",
+    "limits.api_burst",
+];
+
 /// The edge policies, compiled from the configuration, with their state.
 pub struct Edge {
-    trusted: Vec<IpNet>,
+    /// The lists and limits, replaced whole by a reload; the buckets below stay (a changed rate
+    /// applies to them at their next take).
+    policy: RwLock<Arc<Policy>>,
+    /// Framing of every accepted connection: not changed by a reload.
     pub proxy_protocol: bool,
+    node_bucket: Mutex<TokenBucket>,
+    api_bucket: Mutex<TokenBucket>,
+    addresses: Mutex<AddressBuckets>,
+    start: Instant,
+}
+
+/// What [`LIVE_KEYS`] compile to.
+struct Policy {
+    trusted: Vec<IpNet>,
     client: Lists,
     api: Lists,
     admin: Lists,
@@ -159,40 +187,54 @@ pub struct Edge {
     node_rate: Rate,
     address_rate: Rate,
     api_rate: Rate,
-    node_bucket: Mutex<TokenBucket>,
-    api_bucket: Mutex<TokenBucket>,
-    addresses: Mutex<AddressBuckets>,
-    start: Instant,
 }
 
-impl Edge {
-    /// Compiles the policies; the error names the config key and what is wrong.
-    pub fn new(config: &Config) -> Result<Self, (String, String)> {
+impl Policy {
+    fn new(config: &Config) -> Result<Self, (String, String)> {
         let access = &config.access;
         let limits = &config.limits;
-        let node_rate = Rate { rate: config.client.connection_rate_limit, burst: 0 };
-        let address_rate =
-            Rate { rate: limits.connection_rate_per_address, burst: limits.connection_burst_per_address };
-        let api_rate = Rate { rate: limits.api_rate, burst: limits.api_burst };
-        if limits.address_table_size == 0 {
-            return Err(("limits.address_table_size".into(), "must be at least 1".into()));
-        }
-        Ok(Edge {
+        Ok(Policy {
             trusted: parse_list("access.trusted_proxies", &access.trusted_proxies)?,
-            proxy_protocol: access.proxy_protocol,
             client: Lists::parse("access.client", &access.client)?,
             api: Lists::parse("access.api", &access.api)?,
             admin: Lists::parse("access.admin", &access.admin)?,
             gateway: Lists::parse("access.gateway", &access.gateway)?,
             connection_limit: config.client.connection_limit,
-            node_rate,
-            address_rate,
-            api_rate,
-            node_bucket: Mutex::new(TokenBucket::full(&node_rate, 0)),
-            api_bucket: Mutex::new(TokenBucket::full(&api_rate, 0)),
-            addresses: Mutex::new(AddressBuckets::new(limits.address_table_size)),
+            node_rate: Rate { rate: config.client.connection_rate_limit, burst: 0 },
+            address_rate: Rate { rate: limits.connection_rate_per_address, burst: limits.connection_burst_per_address },
+            api_rate: Rate { rate: limits.api_rate, burst: limits.api_burst },
+        })
+    }
+}
+
+impl Edge {
+    /// Compiles the policies; the error names the config key and what is wrong.
+    pub fn new(config: &Config) -> Result<Self, (String, String)> {
+        if config.limits.address_table_size == 0 {
+            return Err(("limits.address_table_size".into(), "must be at least 1".into()));
+        }
+        let policy = Policy::new(config)?;
+        Ok(Edge {
+            node_bucket: Mutex::new(TokenBucket::full(&policy.node_rate, 0)),
+            api_bucket: Mutex::new(TokenBucket::full(&policy.api_rate, 0)),
+            policy: RwLock::new(Arc::new(policy)),
+            proxy_protocol: config.access.proxy_protocol,
+            addresses: Mutex::new(AddressBuckets::new(config.limits.address_table_size)),
             start: Instant::now(),
         })
+    }
+
+    /// Replaces the lists and limits of [`LIVE_KEYS`] with those of `config`, for connections
+    /// and requests from now on; on error (naming the key) nothing changes.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), (String, String)> {
+        let policy = Arc::new(Policy::new(config)?);
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        Ok(())
+    }
+
+    /// The policy in force; one read per connection or request.
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn now_ms(&self) -> i64 {
@@ -201,19 +243,21 @@ impl Edge {
 
     /// Whether any proxy is trusted (else the forwarding headers are never read).
     pub fn has_trusted_proxies(&self) -> bool {
-        !self.trusted.is_empty()
+        !self.policy().trusted.is_empty()
     }
 
     /// Whether `peer` is a trusted proxy.
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        any_contains(&self.trusted, peer)
+        any_contains(&self.policy().trusted, peer)
     }
 
     /// The client's address: from a trusted proxy, the last `X-Forwarded-For` entry that is
     /// not itself a trusted proxy, else `X-Real-IP`; otherwise (or when the headers do not
     /// parse) the peer.
     pub fn client_address(&self, peer: SocketAddr, headers: &[(&str, &[u8])]) -> SocketAddr {
-        if self.trusted.is_empty() || !self.trusts(peer.ip()) {
+        let policy = self.policy();
+        let trusts = |ip| any_contains(&policy.trusted, ip);
+        if policy.trusted.is_empty() || !trusts(peer.ip()) {
             return peer;
         }
         let value = |name: &'static str| {
@@ -228,7 +272,7 @@ impl Edge {
         for entry in forwarded.iter().rev() {
             let Ok(ip) = entry.trim().parse::<IpAddr>() else { break };
             client = Some(ip);
-            if !self.trusts(ip) {
+            if !trusts(ip) {
                 break;
             }
         }
@@ -240,11 +284,12 @@ impl Edge {
 
     /// Whether the lists of `class` let `ip` in.
     pub fn allows(&self, class: Class, ip: IpAddr) -> Result<(), Refused> {
+        let policy = self.policy();
         let lists = match class {
-            Class::ClientConnect | Class::Client => &self.client,
-            Class::Api => &self.api,
-            Class::Admin => &self.admin,
-            Class::Gateway => &self.gateway,
+            Class::ClientConnect | Class::Client => &policy.client,
+            Class::Api => &policy.api,
+            Class::Admin => &policy.admin,
+            Class::Gateway => &policy.gateway,
             Class::Other => return Ok(()),
         };
         if lists.allows(ip) {
@@ -262,18 +307,19 @@ impl Edge {
 
     /// Admits a new client connection from `ip` with `open` client connections on the node.
     pub fn admit_connection(&self, ip: IpAddr, open: usize) -> Result<(), Refused> {
-        if self.connection_limit > 0 && open >= self.connection_limit {
+        let p = self.policy();
+        if p.connection_limit > 0 && open >= p.connection_limit {
             herald_hub::metrics::limit_refused("connection_limit", "503");
             return Err((503, "connection limit reached on this node"));
         }
         let now = self.now_ms();
-        if self.address_rate.enabled()
-            && !self.addresses.lock().expect("address buckets").take(&self.address_rate, rate_key(ip), now)
+        if p.address_rate.enabled()
+            && !self.addresses.lock().expect("address buckets").take(&p.address_rate, rate_key(ip), now)
         {
             herald_hub::metrics::limit_refused("connection_rate_per_address", "429");
             return Err((429, "too many new connections from your address"));
         }
-        if self.node_rate.enabled() && !self.node_bucket.lock().expect("node bucket").take(&self.node_rate, now) {
+        if p.node_rate.enabled() && !self.node_bucket.lock().expect("node bucket").take(&p.node_rate, now) {
             herald_hub::metrics::limit_refused("connection_rate_limit", "503");
             return Err((503, "too many new connections to this node"));
         }
@@ -282,7 +328,8 @@ impl Edge {
 
     /// Admits one server API request (after its key was checked).
     pub fn admit_api(&self) -> Result<(), Refused> {
-        if self.api_rate.enabled() && !self.api_bucket.lock().expect("api bucket").take(&self.api_rate, self.now_ms()) {
+        let rate = self.policy().api_rate;
+        if rate.enabled() && !self.api_bucket.lock().expect("api bucket").take(&rate, self.now_ms()) {
             herald_hub::metrics::limit_refused("api_rate", "429");
             return Err((429, "too many server API requests"));
         }

@@ -8,8 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use herald_client::Client;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::nats::NatsServer;
 use support::redis::{RedisServer, cli, engine_env};
 use support::*;
@@ -35,27 +34,6 @@ fn prefix(test: &str) -> String {
     format!("m{}{test}", std::process::id())
 }
 
-/// Reads pushes until `n` publications on `channel` arrived; returns (data.n, offset) pairs.
-async fn collect(client: &mut Client, channel: &str, n: usize, within: Duration) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while got.len() < n {
-        let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
-            Ok(Ok(push)) => push,
-            Ok(Err(e)) => panic!("client failed after {} publications: {e}", got.len()),
-            Err(_) => panic!("only {} of {n} publications arrived: {got:?}", got.len()),
-        };
-        if push.channel != channel {
-            continue;
-        }
-        if let Some(p) = push.publication {
-            let v: Value = serde_json::from_slice(&p.data).unwrap();
-            got.push((v["n"].as_u64().unwrap(), p.offset));
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_carries_redis_stores_and_three_nodes_agree() {
     let nats = NatsServer::start();
@@ -73,8 +51,8 @@ async fn nats_carries_redis_stores_and_three_nodes_agree() {
         assert_eq!(r["offset"], n, "{r}");
     }
     let expected: Vec<(u64, u64)> = (1..=30).map(|n| (n, n)).collect();
-    assert_eq!(collect(&mut on_b, channel, 30, WAIT).await, expected);
-    assert_eq!(collect(&mut on_c, channel, 30, WAIT).await, expected);
+    assert_eq!(collect_numbered(&mut on_b, channel, 30, WAIT).await, expected);
+    assert_eq!(collect_numbered(&mut on_c, channel, 30, WAIT).await, expected);
     // The history is Redis's stream (not a JetStream one).
     assert_eq!(cli(redis.port, &["XLEN", &format!("{p}.stream.{{{channel}}}")]).trim(), "30");
 
@@ -98,8 +76,8 @@ async fn nats_carries_redis_stores_and_three_nodes_agree() {
     }
     sent.sort_by_key(|(_, offset)| *offset);
     assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), (31..=80).collect::<Vec<_>>());
-    assert_eq!(collect(&mut on_c, channel, 50, WAIT).await, sent);
-    assert_eq!(collect(&mut on_b, channel, 50, WAIT).await, sent);
+    assert_eq!(collect_numbered(&mut on_c, channel, 50, WAIT).await, sent);
+    assert_eq!(collect_numbered(&mut on_b, channel, 50, WAIT).await, sent);
     let (a, b) = (a2, b2);
 
     // History and presence from any node, including one without subscribers.
@@ -119,13 +97,13 @@ async fn nats_carries_redis_stores_and_three_nodes_agree() {
         let again = b.api_ok("publish", json!({"channel": ch, "data": {"n": 1}, "idempotency_key": "once"})).await;
         assert_eq!(first, again, "{ch}");
     }
-    assert_eq!(collect(&mut on_c, channel, 1, WAIT).await, vec![(1, 81)]);
+    assert_eq!(collect_numbered(&mut on_c, channel, 1, WAIT).await, vec![(1, 81)]);
     assert!(tokio::time::timeout(Duration::from_millis(300), on_c.next_push()).await.is_err(), "a repeat arrived");
 
     // A channel without history, and a cluster command through A for a user on C.
     let (mut plain, _) = c.subscriber("p", "plain").await;
     a.publish("plain", json!({"n": 7})).await;
-    assert_eq!(collect(&mut plain, "plain", 1, WAIT).await, vec![(7, 0)]);
+    assert_eq!(collect_numbered(&mut plain, "plain", 1, WAIT).await, vec![(7, 0)]);
     // Reading its position at subscribe left a meta key in Redis: it expires.
     let ttl: i64 = cli(redis.port, &["TTL", &format!("{p}.stream.meta.{{plain}}")]).trim().parse().unwrap();
     assert!(ttl > 0, "meta key of a channel without history: TTL {ttl}");
@@ -201,8 +179,8 @@ async fn a_nats_restart_while_publishing_recovers_from_redis_history() {
     let (a, failures) = publisher.await.unwrap();
     eprintln!("publishes refused during the outage and retried: {failures}");
     let expected: Vec<(u64, u64)> = (1..=total).map(|n| (n, n)).collect();
-    assert_eq!(collect(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
-    assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
+    assert_eq!(collect_numbered(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
+    assert_eq!(collect_numbered(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
     assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err(), "a repeat arrived");
     // A channel without history cannot be repaired: its subscriber is told to resubscribe.
     let push = next_push(&mut plain).await;

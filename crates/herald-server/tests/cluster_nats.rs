@@ -9,9 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_client::Client;
 use herald_proto::SubscribeRequest;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::nats::NatsServer;
 use support::*;
 
@@ -34,27 +33,6 @@ fn start(env: &[(&'static str, String)]) -> Herald {
     Herald::start(&env)
 }
 
-/// Reads pushes until `n` publications on `channel` arrived; returns (data.n, offset) pairs.
-async fn collect(client: &mut Client, channel: &str, n: usize, within: Duration) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while got.len() < n {
-        let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
-            Ok(Ok(push)) => push,
-            Ok(Err(e)) => panic!("client failed after {} publications: {e}", got.len()),
-            Err(_) => panic!("only {} of {n} publications arrived: {got:?}", got.len()),
-        };
-        if push.channel != channel {
-            continue;
-        }
-        if let Some(p) = push.publication {
-            let v: Value = serde_json::from_slice(&p.data).unwrap();
-            got.push((v["n"].as_u64().unwrap(), p.offset));
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_publications_presence_and_history() {
     let nats = NatsServer::start();
@@ -69,8 +47,8 @@ async fn three_nodes_share_publications_presence_and_history() {
         assert_eq!(r["offset"], n, "{r}");
     }
     let expected: Vec<(u64, u64)> = (1..=50).map(|n| (n, n)).collect();
-    assert_eq!(collect(&mut on_b, channel, 50, WAIT).await, expected);
-    assert_eq!(collect(&mut on_c, channel, 50, WAIT).await, expected);
+    assert_eq!(collect_numbered(&mut on_b, channel, 50, WAIT).await, expected);
+    assert_eq!(collect_numbered(&mut on_c, channel, 50, WAIT).await, expected);
 
     // Presence and history read the shared stores from any node, including one without
     // subscribers.
@@ -91,7 +69,7 @@ async fn three_nodes_share_publications_presence_and_history() {
     // A publication on a channel without history reaches the other node too.
     let (mut plain, _) = c.subscriber("p", "plain").await;
     a.publish("plain", json!({"n": 1})).await;
-    assert_eq!(collect(&mut plain, "plain", 1, WAIT).await, vec![(1, 0)]);
+    assert_eq!(collect_numbered(&mut plain, "plain", 1, WAIT).await, vec![(1, 0)]);
 
     // Leaving removes the client from presence on every node.
     drop(on_b);
@@ -149,8 +127,8 @@ async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
     }
     eprintln!("publishes refused during the outage and retried: {failures}");
     let expected: Vec<(u64, u64)> = (1..=total).map(|n| (n, n)).collect();
-    assert_eq!(collect(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
-    assert_eq!(collect(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
+    assert_eq!(collect_numbered(&mut on_b, channel, total as usize, Duration::from_secs(30)).await, expected);
+    assert_eq!(collect_numbered(&mut on_c, channel, total as usize, Duration::from_secs(30)).await, expected);
     // Nothing more arrives (no duplicates after the last one).
     assert!(tokio::time::timeout(Duration::from_millis(300), on_b.next_push()).await.is_err());
     // A channel without history cannot be repaired: its subscriber is told to resubscribe.
@@ -171,7 +149,7 @@ async fn a_client_of_a_killed_node_recovers_on_another_node() {
     for n in 1..=3u64 {
         a.api_ok("publish", json!({"channel": channel, "data": {"n": n}})).await;
     }
-    assert_eq!(collect(&mut client, channel, 3, WAIT).await, vec![(1, 1), (2, 2), (3, 3)]);
+    assert_eq!(collect_numbered(&mut client, channel, 3, WAIT).await, vec![(1, 1), (2, 2), (3, 3)]);
 
     drop(c); // SIGKILL: the client loses its node
     for n in 4..=6u64 {
@@ -191,7 +169,7 @@ async fn a_client_of_a_killed_node_recovers_on_another_node() {
     let missed: Vec<u64> = resumed.publications.iter().map(|p| p.offset).collect();
     assert_eq!(missed, vec![4, 5, 6]);
     a.api_ok("publish", json!({"channel": channel, "data": {"n": 7}})).await;
-    assert_eq!(collect(&mut client, channel, 1, WAIT).await, vec![(7, 7)]);
+    assert_eq!(collect_numbered(&mut client, channel, 1, WAIT).await, vec![(7, 7)]);
 }
 
 /// Sums a counter's series (all label sets) in a Prometheus text page.
@@ -243,7 +221,7 @@ async fn concurrent_publishers_on_two_nodes_to_one_history_channel_all_succeed_i
 
     // Every subscriber sees every publication once, in offset order.
     for (name, sub) in [("a", &mut on_a), ("b", &mut on_b)] {
-        let got = collect(sub, channel, total, Duration::from_secs(30)).await;
+        let got = collect_numbered(sub, channel, total, Duration::from_secs(30)).await;
         let seen: Vec<u64> = got.iter().map(|&(_, offset)| offset).collect();
         assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>(), "subscriber on {name}");
         let mut data: Vec<u64> = got.iter().map(|&(n, _)| n).collect();

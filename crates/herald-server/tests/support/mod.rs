@@ -292,6 +292,27 @@ pub async fn next_publication(client: &mut Client, channel: &str) -> (Value, u64
     (serde_json::from_slice(&publication.data).expect("JSON publication"), publication.offset)
 }
 
+/// Reads pushes until `n` publications on `channel` arrived; returns (data.n, offset) pairs.
+pub async fn collect_numbered(client: &mut Client, channel: &str, n: usize, within: Duration) -> Vec<(u64, u64)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
+            Ok(Ok(push)) => push,
+            Ok(Err(e)) => panic!("client failed after {} publications: {e}", got.len()),
+            Err(_) => panic!("only {} of {n} publications arrived: {got:?}", got.len()),
+        };
+        if push.channel != channel {
+            continue;
+        }
+        if let Some(p) = push.publication {
+            let v: Value = serde_json::from_slice(&p.data).unwrap();
+            got.push((v["n"].as_u64().unwrap(), p.offset));
+        }
+    }
+    got
+}
+
 /// Polls `check` every 20 ms until it returns true; panics after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -299,14 +299,11 @@ impl ChannelTask {
     }
 
     async fn on_positioned(&mut self, p: Publication, epoch: String, exclude: String) {
-        if let Some(last) = self.last.clone()
-            && last.epoch == epoch
-        {
-            if p.offset <= last.offset {
-                return;
-            }
-            if p.offset > last.offset + 1 {
-                self.fill_from(&last).await;
+        match admit(self.last.as_ref(), p.offset, &epoch) {
+            Admit::Drop => return,
+            Admit::Deliver => {}
+            Admit::FillFrom(from) => {
+                self.fill_from(&from).await;
                 if self.last.as_ref().is_some_and(|l| l.epoch == epoch && p.offset <= l.offset) {
                     return;
                 }
@@ -354,6 +351,35 @@ impl ChannelTask {
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// What a channel task does with a positioned publication that arrives on the core subject.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Delivered already (an older or repeated offset).
+    Drop,
+    /// The next one: hand it to the hub.
+    Deliver,
+    /// Publications before it are missing: read the stream after this position first.
+    FillFrom(StreamPosition),
+}
+
+/// Decides from the last delivered position. Without one (nothing was stored when the node
+/// subscribed) or in a new epoch, the channel's offsets start at 1 after the subscription: a
+/// first arrival with a higher offset means another node's earlier publication is still on the
+/// wire, and delivering this one first would make that one look old and drop it.
+fn admit(last: Option<&StreamPosition>, offset: u64, epoch: &str) -> Admit {
+    let delivered = match last {
+        Some(l) if l.epoch == epoch => l.offset,
+        _ => 0,
+    };
+    if offset <= delivered {
+        Admit::Drop
+    } else if offset == delivered + 1 {
+        Admit::Deliver
+    } else {
+        Admit::FillFrom(StreamPosition { offset: delivered, epoch: epoch.to_owned() })
     }
 }
 
@@ -449,5 +475,40 @@ impl Broker for NatsBroker {
     fn healthy(&self) -> bool {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
             && self.shared.history.healthy()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Admit, StreamPosition, admit};
+
+    fn at(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition { offset, epoch: epoch.to_owned() }
+    }
+
+    #[test]
+    fn the_next_offset_is_delivered_and_older_ones_dropped() {
+        assert_eq!(admit(Some(&at(4, "e")), 5, "e"), Admit::Deliver);
+        assert_eq!(admit(Some(&at(4, "e")), 4, "e"), Admit::Drop);
+        assert_eq!(admit(Some(&at(4, "e")), 2, "e"), Admit::Drop);
+    }
+
+    #[test]
+    fn a_gap_is_filled_from_the_last_delivered_position() {
+        assert_eq!(admit(Some(&at(4, "e")), 7, "e"), Admit::FillFrom(at(4, "e")));
+    }
+
+    #[test]
+    fn a_channel_empty_at_subscribe_waits_for_offset_one() {
+        // Two nodes raced for offsets 1 and 2 and the second arrived first: offset 1 must be
+        // read from the stream, not dropped as old once 2 was delivered.
+        assert_eq!(admit(None, 1, "e"), Admit::Deliver);
+        assert_eq!(admit(None, 2, "e"), Admit::FillFrom(at(0, "e")));
+    }
+
+    #[test]
+    fn a_new_epoch_starts_from_its_first_offset() {
+        assert_eq!(admit(Some(&at(40, "old")), 1, "new"), Admit::Deliver);
+        assert_eq!(admit(Some(&at(40, "old")), 3, "new"), Admit::FillFrom(at(0, "new")));
     }
 }

@@ -92,6 +92,7 @@ pub async fn serve(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr, li
         return;
     }
     let Some((stream, records, head)) = into_records(conn, head, peer) else { return };
+    metrics::counter!("herald_tls_connections_total", "served_by" => "link").increment(1);
     ws::start(state.clone(), stream, Some(Box::new(records)), &head, accepted, peer, endpoint);
 }
 
@@ -165,6 +166,7 @@ async fn to_entry(
     listener: Listener,
 ) {
     conn.get_mut().0.bounded = false;
+    metrics::counter!("herald_tls_connections_total", "served_by" => "pump").increment(1);
     let (inner, outer) = match loopback_pair() {
         Ok(pair) => pair,
         Err(e) => {

@@ -19,7 +19,6 @@ use crate::config_error::ConfigError;
 /// How often, at most, a handshake checks whether the certificate files changed.
 const RECHECK: Duration = Duration::from_secs(1);
 
-
 /// The TLS side of the listener: what accepts handshakes.
 pub struct Tls {
     acceptor: TlsAcceptor,

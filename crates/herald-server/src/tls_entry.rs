@@ -60,15 +60,14 @@ pub async fn serve(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr, li
         return to_entry(state.clone(), conn, Vec::new(), peer, listener).await;
     }
     let http = &state.config.http_server;
-    let head = match tokio::time::timeout(http.request_head_timeout, read_head(&mut conn, http.max_request_head_size))
-        .await
-    {
-        Ok(Ok(Some(head))) => head,
-        // Too large: the entry gives the answer, from the same bytes.
-        Ok(Ok(None)) => return to_entry(state.clone(), conn, Vec::new(), peer, listener).await,
-        Ok(Err(_)) => return,
-        Err(_) => return entry::head_timed_out(),
-    };
+    let head =
+        match tokio::time::timeout(http.request_head_timeout, read_head(&mut conn, http.max_request_head_size)).await {
+            Ok(Ok(Some(head))) => head,
+            // Too large: the entry gives the answer, from the same bytes.
+            Ok(Ok(None)) => return to_entry(state.clone(), conn, Vec::new(), peer, listener).await,
+            Ok(Err(_)) => return,
+            Err(_) => return entry::head_timed_out(),
+        };
     let route = entry::first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
     let endpoint = match route {
         Some(Route::WebSocket) => ws::Endpoint::Client,

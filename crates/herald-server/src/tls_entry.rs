@@ -2,11 +2,11 @@
 //! request head, and then one of two ways on (docs/architecture.md, "TLS: the record layer in
 //! the link"):
 //!
-//! - a WebSocket upgrade (the long-lived, mostly idle connection) is answered here and its
-//!   link gets the connection's TLS 1.3 record layer ([`Records`]): rustls's traffic keys are
-//!   taken out of the connection, which is then dropped, so an idle TLS WebSocket costs its
-//!   keys and no buffer more than a plain one;
-//! - everything else (the API over hyper, SSE and HTTP streaming, long polling, the admin
+//! - a WebSocket upgrade, or an SSE / HTTP-streaming GET (the long-lived, mostly idle
+//!   connections), is answered here and its link gets the connection's TLS 1.3 record layer
+//!   ([`Records`]): rustls's traffic keys are taken out of the connection, which is then
+//!   dropped, so an idle TLS client costs its keys and no buffer more than a plain one;
+//! - everything else (the API over hyper, streams opened by a POST, long polling, the admin
 //!   console), TLS 1.2 and PROXY-protocol peers go through a pump: a task that decrypts and
 //!   hands the connection to [`crate::entry`] as the far end of a loopback TCP pair, the bytes
 //!   already read replayed first.
@@ -29,7 +29,9 @@ use crate::entry::{self, HeadBuffer, HeadScan};
 use crate::router::{Listener, Route, on_listener};
 use crate::state::AppState;
 use crate::transport::records::Records;
+use crate::transport::stream::{self, StreamKind, request::StreamHead};
 use crate::transport::ws;
+use herald_proto::Command;
 
 /// The pump's buffer towards the client: one TLS record's plaintext (16 KiB) at most.
 const DOWN_BUFFER: usize = 16 * 1024;
@@ -54,28 +56,35 @@ pub async fn serve(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr, li
         }
     };
     metrics::counter!("herald_tls_handshakes_total", "outcome" => "ok").increment(1);
-    // TLS 1.2 keeps rustls's record layer; a PROXY protocol header is read by the entry.
-    let tls13 = conn.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-    if !tls13 || (state.edge.proxy_protocol && state.edge.trusts(peer.ip())) {
+    // TLS 1.2 keeps rustls's record layer; a PROXY protocol header is read by the entry; a
+    // protocol other than HTTP/1.1 chosen by ALPN (HTTP/2) is hyper's from its first byte.
+    let server = conn.get_ref().1;
+    let tls13 = server.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let http1 = server.alpn_protocol().is_none_or(|p| p == b"http/1.1");
+    if !tls13 || !http1 || (state.edge.proxy_protocol && state.edge.trusts(peer.ip())) {
         return to_entry(state.clone(), conn, Vec::new(), peer, listener).await;
     }
     let http = &state.config.http_server;
     let head =
         match tokio::time::timeout(http.request_head_timeout, read_head(&mut conn, http.max_request_head_size)).await {
-            Ok(Ok(Some(head))) => head,
-            // Too large: the entry gives the answer, from the same bytes.
-            Ok(Ok(None)) => return to_entry(state.clone(), conn, Vec::new(), peer, listener).await,
+            Ok(Ok(Ok(head))) => head,
+            // Too large: the entry gives the answer (431), from the same bytes.
+            Ok(Ok(Err(read))) => return to_entry(state.clone(), conn, read, peer, listener).await,
             Ok(Err(_)) => return,
             Err(_) => return entry::head_timed_out(),
         };
     let route = entry::first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
-    let endpoint = match route {
-        Some(Route::WebSocket) => ws::Endpoint::Client,
-        Some(Route::WebSocketEcho) => ws::Endpoint::Echo,
-        Some(Route::UniWebSocket) => ws::Endpoint::Uni,
+    let native = match &route {
+        Some(Route::WebSocket) => Native::WebSocket(ws::Endpoint::Client),
+        Some(Route::WebSocketEcho) => Native::WebSocket(ws::Endpoint::Echo),
+        Some(Route::UniWebSocket) => Native::WebSocket(ws::Endpoint::Uni),
+        Some(Route::Stream(kind)) => match native_stream(&state, *kind, &head) {
+            Some(native) => native,
+            None => return to_entry(state.clone(), conn, head, peer, listener).await,
+        },
         _ => return to_entry(state.clone(), conn, head, peer, listener).await,
     };
-    let route = route.expect("a WebSocket route");
+    let route = route.expect("a routed request");
     // As the entry does for a plain connection (`entry::dispatch`).
     let peer = match gate::admit_head(&state, &route, peer, &head) {
         Ok(client) => client,
@@ -83,16 +92,54 @@ pub async fn serve(state: Arc<AppState>, stream: TcpStream, peer: SocketAddr, li
             return reject(conn, status, message, crate::edge::retry_after(status)).await;
         }
     };
-    let accepted = match ws::decide(&state, &head, endpoint) {
-        Ok(accepted) => accepted,
-        Err(r) => return reject(conn, r.status, r.message, r.extra).await,
-    };
-    if conn.write_all(&accepted.response).await.is_err() || conn.flush().await.is_err() {
-        return;
+    match native {
+        Native::WebSocket(endpoint) => {
+            let accepted = match ws::decide(&state, &head, endpoint) {
+                Ok(accepted) => accepted,
+                Err(r) => return reject(conn, r.status, r.message, r.extra).await,
+            };
+            if conn.write_all(&accepted.response).await.is_err() || conn.flush().await.is_err() {
+                return;
+            }
+            let Some((tcp, records, head)) = into_records(conn, head, peer) else { return };
+            metrics::counter!("herald_tls_connections_total", "served_by" => "link").increment(1);
+            ws::start(state.clone(), tcp, Some(Box::new(records)), &head, accepted, peer, endpoint);
+        }
+        Native::Stream(kind, h, cmds) => {
+            let response = stream::response_head(kind, &h);
+            if conn.write_all(response.as_bytes()).await.is_err() || conn.flush().await.is_err() {
+                return;
+            }
+            crate::transport::bytes_out(response.len());
+            // Nothing the client sends after the request matters to a stream but its end.
+            let Some((tcp, records, _)) = into_records(conn, Vec::new(), peer) else { return };
+            metrics::counter!("herald_tls_connections_total", "served_by" => "link").increment(1);
+            stream::start(state.clone(), tcp, Some(Box::new(records)), h, cmds, peer, kind).await;
+        }
     }
-    let Some((stream, records, head)) = into_records(conn, head, peer) else { return };
-    metrics::counter!("herald_tls_connections_total", "served_by" => "link").increment(1);
-    ws::start(state.clone(), stream, Some(Box::new(records)), &head, accepted, peer, endpoint);
+}
+
+/// What a TLS connection served by its link opens.
+enum Native {
+    WebSocket(ws::Endpoint),
+    /// An SSE or HTTP-streaming request whose connect payload is in its URL, checked and
+    /// decoded: its head and first commands.
+    Stream(StreamKind, Box<StreamHead>, Vec<Command>),
+}
+
+/// A streaming request the link can serve: a GET (its connect payload in the URL) that passes
+/// the checks. Anything else (a POST with a body, a preflight, a refusal) goes to the entry,
+/// which answers it from the same bytes.
+fn native_stream(state: &AppState, kind: StreamKind, head: &[u8]) -> Option<Native> {
+    let (h, _) = stream::parse_head(state, head).ok()?;
+    let limit = kind.config(&state.config).body_limit();
+    match stream::check(state, kind, &h, limit) {
+        Ok(Some(stream::Payload::Query(data))) => {
+            let cmds = stream::prepare(kind, &h, data, state).ok()?;
+            Some(Native::Stream(kind, Box::new(h), cmds))
+        }
+        _ => None,
+    }
 }
 
 /// Takes the record layer out of a TLS 1.3 connection whose handshake is done and whose
@@ -132,18 +179,18 @@ fn into_records(
     Some((io.io, records, head))
 }
 
-/// Reads a request head through TLS: `None` when it is larger than `max`.
-async fn read_head(conn: &mut TlsStream<Bounded>, max: usize) -> io::Result<Option<Vec<u8>>> {
+/// Reads a request head through TLS: `Err` with the bytes read when it is larger than `max`.
+async fn read_head(conn: &mut TlsStream<Bounded>, max: usize) -> io::Result<Result<Vec<u8>, Vec<u8>>> {
     let mut head = HeadBuffer::new(max);
     loop {
-        let Some(room) = head.spare() else { return Ok(None) };
+        let Some(room) = head.spare() else { return Ok(Err(head.into_bytes())) };
         let n = conn.read(room).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         match head.filled(n) {
-            HeadScan::Complete => return Ok(Some(head.into_bytes())),
-            HeadScan::TooLarge => return Ok(None),
+            HeadScan::Complete => return Ok(Ok(head.into_bytes())),
+            HeadScan::TooLarge => return Ok(Err(head.into_bytes())),
             HeadScan::Partial => {}
         }
     }

@@ -279,6 +279,31 @@ async fn uni_sse_over_tls() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains("\"client\""), "{text}");
+
+    // A GET stream over TLS 1.3 is served by its link's records, like a WebSocket.
+    let mut metrics_conn = tls_connect(herald.addr, &connector).await;
+    metrics_conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    let _ = metrics_conn.read_to_string(&mut metrics).await;
+    assert!(metrics.contains(r#"herald_tls_connections_total{served_by="link"} 1"#), "{metrics}");
+
+    // A disconnect from the server: the disconnect event, then a clean end (close_notify).
+    let (status, _) = https(herald.addr, &connector, "/api/disconnect", &json!({"user": "dave"})).await;
+    assert_eq!(status, 200);
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => return Ok(rest),
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("ended in time")
+    .expect("a clean end of the TLS stream");
+    assert!(String::from_utf8_lossy(&rest).contains("\"disconnect\""), "{}", String::from_utf8_lossy(&rest));
 }
 
 /// A WebSocket over TLS 1.3 is served by its link's own record layer (no pump): messages
@@ -344,4 +369,24 @@ async fn websocket_records_in_the_link() {
     assert_eq!(ended, Ok(()), "a clean end of the TLS stream");
     let close = close.expect("a close frame");
     assert!(u16::from(close.code) >= 3000, "{close:?}");
+}
+
+/// A request head over the size limit, read through TLS before routing, still gets the
+/// entry's 431 (the bytes read are handed on, not lost).
+#[tokio::test]
+async fn a_too_large_head_over_tls_gets_431() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.leaf("first"));
+    let herald = start_tls(&cert, &key);
+    let connector = ca.connector();
+    let mut tls = tls_connect(herald.addr, &connector).await;
+    let request =
+        format!("GET /connection/websocket HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    // The server may answer and close before reading everything.
+    let _ = tls.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut response)).await.expect("answered in time");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }

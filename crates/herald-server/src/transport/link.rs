@@ -537,12 +537,8 @@ pub(crate) fn new_link(
 }
 
 /// Builds a link without timers: for the echo endpoint (no session to ping or time out) and for
-/// transports whose connect comes with the request (the session then arms the timers).
-pub(crate) fn build_link(stream: TcpStream, options: LinkOptions) -> Arc<SocketLink> {
-    build_link_with(stream, None, options)
-}
-
-/// [`build_link`] for a connection that may carry TLS records (`tls`).
+/// transports whose connect comes with the request (the session then arms the timers). `tls`:
+/// the record layer of a connection served over TLS.
 pub(crate) fn build_link_with(stream: TcpStream, tls: Option<Box<Records>>, options: LinkOptions) -> Arc<SocketLink> {
     Arc::new(SocketLink {
         id: Uuid::new_v4(),

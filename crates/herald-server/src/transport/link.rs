@@ -8,7 +8,7 @@
 //! (`/emulation`): they are appended to the link's inbox ([`SocketLink::deliver`]) and run by
 //! the connection's task, in arrival order.
 //!
-//! A WebSocket served over TLS keeps its record layer ([`Records`]) under the same lock: frames
+//! A connection served over TLS 1.3 keeps its record layer ([`Records`]) under the same lock: frames
 //! are sealed and written where a plain link writes them, and reads open records under the lock
 //! ([`SocketLink::read_some`]), so no pump task or second socket is needed.
 

@@ -52,8 +52,8 @@ impl Tls {
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Bound what a slow reader can make the server buffer in TLS records.
         server.send_tls13_tickets = 2;
-        // A WebSocket's link seals and opens its records itself after the handshake
-        // (`transport::records`): the traffic keys must be extractable.
+        // A WebSocket's or stream's link seals and opens its records itself after the
+        // handshake (`transport::records`, `tls_entry`): the traffic keys must be extractable.
         server.enable_secret_extraction = true;
         Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), certs }))
     }

@@ -438,6 +438,12 @@ impl Deadline {
     }
 }
 
+/// Counts a request head that did not arrive in time (TLS connections read theirs in
+/// `crate::tls_entry`).
+pub(crate) fn head_timed_out() {
+    timed_out(Phase::Head)
+}
+
 /// Counts a connection closed by a deadline.
 fn timed_out(phase: Phase) {
     let kind = if phase == Phase::Idle { "idle" } else { "request_head" };

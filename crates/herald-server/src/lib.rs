@@ -13,8 +13,9 @@
 //! - [`server`]: start-up and its errors, worker threads and accept loops, timers, graceful
 //!   shutdown;
 //! - [`state`]: what everything shares ([`state::AppState`]) and the open-connection counters;
-//! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change, and
-//!   the pump that hands a decrypted connection to [`entry`];
+//! - [`tls`]: `http_server.tls` (rustls), certificate files read again when they change;
+//!   [`tls_entry`]: a TLS connection after its handshake (a WebSocket gets its record layer in
+//!   its link, anything else the pump that hands the decrypted connection to [`entry`]);
 //! - [`reload`]: the configuration loaded again on SIGHUP or the API method `reload`, applied
 //!   where it can be (token keys, channel options, client limits, log level, certificates),
 //!   refused whole when invalid; [`reload_client`]: the `herald reload` command;
@@ -50,5 +51,6 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_entry;
 pub mod transport;
 pub mod webhook;

@@ -422,13 +422,10 @@ async fn accept_loop(
                     let entered = Entered(state.clone());
                     tokio::spawn(async move {
                         let state = entered.0.clone();
-                        match &state.tls {
-                            Some(tls) => {
-                                let timeout = state.config.http_server.request_head_timeout;
-                                let serve = |plain| handle_connection(state.clone(), plain, peer, kind);
-                                tls.serve(stream, peer, timeout, serve).await;
-                            }
-                            None => handle_connection(state.clone(), stream, peer, kind).await,
+                        if state.tls.is_some() {
+                            crate::tls_entry::serve(state.clone(), stream, peer, kind).await;
+                        } else {
+                            handle_connection(state.clone(), stream, peer, kind).await;
                         }
                         drop(entered);
                     });

@@ -1,16 +1,7 @@
-//! TLS on the listening port (`http_server.tls`): the rustls server configuration, the
-//! certificate resolver that reads the PEM files again when they change on disk, and the bridge
-//! that hands a decrypted connection to the connection entry ([`crate::entry`]).
-//!
-//! The transports write to their raw `TcpStream` from any thread under the link's lock
-//! (`transport::link`), so they cannot take a TLS stream as it is. A TLS connection is therefore
-//! decrypted by a small pump task and handed to the entry as the far end of a loopback TCP
-//! connection (docs/architecture.md, "TLS"): every endpoint works over TLS unchanged, at the cost
-//! of two more sockets and one more copy per TLS connection.
+//! TLS on the listening port (`http_server.tls`): the rustls server configuration and the
+//! certificate resolver that reads the PEM files again when they change on disk. What happens
+//! to a connection after its handshake is [`crate::tls_entry`]'s.
 
-use std::cell::RefCell;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,8 +11,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, split};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -29,12 +18,6 @@ use crate::config_error::ConfigError;
 
 /// How often, at most, a handshake checks whether the certificate files changed.
 const RECHECK: Duration = Duration::from_secs(1);
-
-/// The pump's buffer towards the client: one TLS record's plaintext (16 KiB) at most.
-const DOWN_BUFFER: usize = 16 * 1024;
-/// The pump's buffer from the client, held for the connection's life: commands are small, and a
-/// larger one only takes more reads.
-const UP_BUFFER: usize = 1024;
 
 /// The TLS side of the listener: what accepts handshakes.
 pub struct Tls {
@@ -69,6 +52,9 @@ impl Tls {
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Bound what a slow reader can make the server buffer in TLS records.
         server.send_tls13_tickets = 2;
+        // A WebSocket's or stream's link seals and opens its records itself after the
+        // handshake (`transport::records`, `tls_entry`): the traffic keys must be extractable.
+        server.enable_secret_extraction = true;
         Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), certs }))
     }
 
@@ -83,127 +69,10 @@ impl Tls {
         self.certs.refresh(true)
     }
 
-    /// Completes the handshake on `stream` within `timeout`, then serves the decrypted
-    /// connection with `serve` (given the plaintext end of a loopback connection) until either
-    /// side ends.
-    pub async fn serve<F, Fut>(&self, stream: TcpStream, peer: SocketAddr, timeout: Duration, serve: F)
-    where
-        F: FnOnce(TcpStream) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let tls = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                metrics::counter!("herald_tls_handshakes_total", "outcome" => "error").increment(1);
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                metrics::counter!("herald_tls_handshakes_total", "outcome" => "timeout").increment(1);
-                return;
-            }
-        };
-        metrics::counter!("herald_tls_handshakes_total", "outcome" => "ok").increment(1);
-        let (inner, outer) = match loopback_pair() {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the loopback connection for a TLS client; closing it");
-                return;
-            }
-        };
-        tokio::join!(Box::pin(serve(inner)), pump(tls, outer));
+    /// What runs the handshakes (`crate::tls_entry`).
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
     }
-}
-
-/// Moves bytes between the TLS stream and the plaintext loopback end until the server side
-/// closes (the entry finished with the connection) or the client goes away.
-///
-/// Idle memory matters more than copy speed here: towards the client (pushes, the bulk) a buffer
-/// is allocated only once the loopback end is readable and freed after the write; from the
-/// client (commands, small) a small fixed buffer.
-async fn pump(tls: tokio_rustls::server::TlsStream<TcpStream>, outer: TcpStream) {
-    let (mut tls_read, mut tls_write) = split(tls);
-    let (outer_read, mut outer_write) = outer.into_split();
-    let mut up = std::pin::pin!(async {
-        let mut buf = [0u8; UP_BUFFER];
-        loop {
-            match tls_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if outer_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        // The client is done sending: the server sees the end of its request stream.
-        let _ = outer_write.shutdown().await;
-    });
-    let down = async {
-        loop {
-            if outer_read.readable().await.is_err() {
-                break;
-            }
-            let mut buf = vec![0u8; DOWN_BUFFER];
-            match outer_read.try_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tls_write.write_all(&buf[..n]).await.is_err() || tls_write.flush().await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
-        }
-        // close_notify, then FIN.
-        let _ = tls_write.shutdown().await;
-    };
-    let mut down = std::pin::pin!(down);
-    tokio::select! {
-        _ = &mut down => {}
-        // Keep delivering the server's answer until it closes (its own timeouts bound this).
-        _ = &mut up => down.await,
-    }
-}
-
-thread_local! {
-    /// This thread's loopback listener: the far ends of the pump connections are accepted here.
-    static LOOPBACK: RefCell<Option<std::net::TcpListener>> = const { RefCell::new(None) };
-}
-
-/// A connected pair of loopback TCP sockets: (the end for the entry, the end for the pump).
-///
-/// Done synchronously on the calling thread (a connect on loopback completes at once), so no
-/// other pair made on this thread can be accepted in its place; a connection from anyone else
-/// to the listener is recognised by its address and closed.
-fn loopback_pair() -> io::Result<(TcpStream, TcpStream)> {
-    LOOPBACK.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-            listener.set_nonblocking(true)?;
-            *slot = Some(listener);
-        }
-        let listener = slot.as_ref().expect("set above");
-        let outer = std::net::TcpStream::connect(listener.local_addr()?)?;
-        let ours = outer.local_addr()?;
-        for _ in 0..64 {
-            match listener.accept() {
-                Ok((inner, from)) if from == ours => {
-                    inner.set_nonblocking(true)?;
-                    outer.set_nonblocking(true)?;
-                    inner.set_nodelay(true)?;
-                    outer.set_nodelay(true)?;
-                    return Ok((TcpStream::from_std(inner)?, TcpStream::from_std(outer)?));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::other("the loopback connection was not accepted"))
-    })
 }
 
 /// The bytes of a non-empty PEM value (PEM text, base64 or file path), read once: used for the

@@ -279,4 +279,114 @@ async fn uni_sse_over_tls() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains("\"client\""), "{text}");
+
+    // A GET stream over TLS 1.3 is served by its link's records, like a WebSocket.
+    let mut metrics_conn = tls_connect(herald.addr, &connector).await;
+    metrics_conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    let _ = metrics_conn.read_to_string(&mut metrics).await;
+    assert!(metrics.contains(r#"herald_tls_connections_total{served_by="link"} 1"#), "{metrics}");
+
+    // A disconnect from the server: the disconnect event, then a clean end (close_notify).
+    let (status, _) = https(herald.addr, &connector, "/api/disconnect", &json!({"user": "dave"})).await;
+    assert_eq!(status, 200);
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => return Ok(rest),
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("ended in time")
+    .expect("a clean end of the TLS stream");
+    assert!(String::from_utf8_lossy(&rest).contains("\"disconnect\""), "{}", String::from_utf8_lossy(&rest));
+}
+
+/// A WebSocket over TLS 1.3 is served by its link's own record layer (no pump): messages
+/// larger than a TLS record both ways, a client command split over records, and a server
+/// disconnect that ends with a close frame and close_notify (the client's stream ends cleanly,
+/// not with an unexpected EOF).
+#[tokio::test]
+async fn websocket_records_in_the_link() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.leaf("first"));
+    let herald = start_tls(&cert, &key);
+    let connector = ca.connector();
+    let mut ws = wss_subscriber(herald.addr, &connector, "erin", "big").await;
+
+    // Server to client: 50 KB of data is four records at least.
+    let data = json!({"blob": "x".repeat(50_000)});
+    let (status, body) = https(herald.addr, &connector, "/api/publish", &json!({"channel": "big", "data": data})).await;
+    assert_eq!((status, body.get("error")), (200, None), "{body}");
+    expect_publication(&mut ws, "big", &data).await;
+
+    // Client to server: one 40 KB frame (JSON whitespace around a subscribe command).
+    let padded = format!(r#"{{"id": 3, {} "subscribe": {{"channel": "other"}}}}"#, " ".repeat(40_000));
+    ws.send(Message::text(padded)).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["id"], 3, "{reply}");
+    assert!(reply.get("error").is_none(), "{reply}");
+
+    // Many small messages in a row, each its own record, all answered in order.
+    for id in 10..60 {
+        ws.send(Message::text(json!({"id": id, "subscribe": {"channel": format!("c{id}")}}).to_string()))
+            .await
+            .unwrap();
+    }
+    for id in 10..60 {
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["id"], id, "{reply}");
+    }
+
+    let mut tls = tls_connect(herald.addr, &connector).await;
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    let _ = tls.read_to_string(&mut metrics).await;
+    assert!(metrics.contains(r#"herald_tls_connections_total{served_by="link"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"herald_tls_connections_total{served_by="pump"}"#), "{metrics}");
+
+    // A disconnect from the server: the close frame, then the stream ends without an error.
+    let (status, _) = https(herald.addr, &connector, "/api/disconnect", &json!({"user": "erin"})).await;
+    assert_eq!(status, 200);
+    let mut close = None;
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(frame)) => close = frame,
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(ended, Ok(()), "a clean end of the TLS stream");
+    let close = close.expect("a close frame");
+    assert!(u16::from(close.code) >= 3000, "{close:?}");
+}
+
+/// A request head over the size limit, read through TLS before routing, still gets the
+/// entry's 431 (the bytes read are handed on, not lost).
+#[tokio::test]
+async fn a_too_large_head_over_tls_gets_431() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.leaf("first"));
+    let herald = start_tls(&cert, &key);
+    let connector = ca.connector();
+    let mut tls = tls_connect(herald.addr, &connector).await;
+    let request =
+        format!("GET /connection/websocket HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    // The server may answer and close before reading everything.
+    let _ = tls.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut response)).await.expect("answered in time");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }

@@ -7,6 +7,10 @@
 //! Bidirectional emulation (SSE, HTTP streaming) receives its commands from other HTTP requests
 //! (`/emulation`): they are appended to the link's inbox ([`SocketLink::deliver`]) and run by
 //! the connection's task, in arrival order.
+//!
+//! A connection served over TLS 1.3 keeps its record layer ([`Records`]) under the same lock: frames
+//! are sealed and written where a plain link writes them, and reads open records under the lock
+//! ([`SocketLink::read_some`]), so no pump task or second socket is needed.
 
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
@@ -23,10 +27,23 @@ use uuid::Uuid;
 
 use super::bytes_out;
 use super::queue::FrameQueue;
+use super::records::Records;
 use super::stream::positions::Positions;
 
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// Most plaintext sealed for one write on a TLS link: what may sit sealed but unsent beyond
+/// `client.queue_max_size` when the socket blocks.
+const TLS_BATCH: usize = 64 * 1024;
+/// Per-thread buffer for reading TLS records from a socket.
+const TLS_READ: usize = 32 * 1024;
+
+thread_local! {
+    /// Records are sealed here, then written; only what the socket does not take is copied
+    /// into the link, so an idle TLS link holds no write buffer.
+    static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TLS_IN: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; TLS_READ]);
+}
 
 /// The outbound side of a connection: what the hub and the session queue, and what the task
 /// must act on.
@@ -46,6 +63,15 @@ pub(crate) struct Out {
     waker: Option<Waker>,
     /// The last write hit `WouldBlock`: wait for writability.
     write_blocked: bool,
+    /// TLS: the record layer (boxed: plain links pay 8 bytes).
+    tls: Option<Box<Records>>,
+}
+
+impl Out {
+    /// Something waits to be written: queued frames, or sealed records the socket did not take.
+    fn has_output(&self) -> bool {
+        !self.queue.is_empty() || self.tls.as_ref().is_some_and(|r| !r.unsent.is_empty())
+    }
 }
 
 /// Shared state of one client connection.
@@ -54,6 +80,8 @@ pub struct SocketLink {
     pub(crate) envelope: Envelope,
     /// Pings as WebSocket ping frames instead of protocol pings (`cf_ws_frame_ping_pong`).
     pub(crate) native_ping: bool,
+    /// The connection carries TLS records ([`Out::tls`]).
+    secure: bool,
     pub(crate) stream: TcpStream,
     pub(crate) out: Mutex<Out>,
     pub(crate) timers: LinkTimers,
@@ -161,9 +189,17 @@ impl ClientLink for SocketLink {
     /// and no task wake-up (about a tenth of the CPU of a ping and its pong).
     fn send_now(&self, frame: Bytes) {
         let mut out = self.out.lock().expect("link out");
-        if out.close.is_some() || out.write_blocked || !out.queue.is_empty() {
+        if out.close.is_some() || out.write_blocked || out.has_output() {
             drop(out);
             return self.send(frame);
+        }
+        if self.secure {
+            out.queue.push(frame);
+            // What is not written now (or an error) is left to the task.
+            if self.write_queued(&mut out).is_err() || out.has_output() {
+                self.wake(&mut out);
+            }
+            return;
         }
         match self.stream.try_write(&frame) {
             Ok(n) if n == frame.len() => bytes_out(n),
@@ -204,7 +240,8 @@ impl ClientLink for SocketLink {
     }
 
     fn queued_bytes(&self) -> usize {
-        self.out.lock().expect("link out").queue.pending()
+        let out = self.out.lock().expect("link out");
+        out.queue.pending() + out.tls.as_ref().map_or(0, |r| r.unsent.len())
     }
 
     fn emulation_session(&self) -> Option<&str> {
@@ -238,7 +275,7 @@ impl SocketLink {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
-        while !out.queue.is_empty() {
+        while out.has_output() {
             if out.write_blocked {
                 // Registers for writability; a ready socket is written right away.
                 if self.stream.poll_write_ready(cx).is_pending() {
@@ -254,8 +291,10 @@ impl SocketLink {
         wake.controls = out.controls.is_some();
         wake.commands = out.inbox.is_some();
         wake.close = out.close.is_some();
+        // Records already read and opened, or the client's close_notify, need no readiness.
+        let opened = out.tls.as_ref().is_some_and(|r| r.has_plain() || r.finished());
         drop(out);
-        if want_read && self.stream.poll_read_ready(cx).is_ready() {
+        if want_read && (opened || self.stream.poll_read_ready(cx).is_ready()) {
             wake.readable = true;
         }
         if wake.readable || wake.controls || wake.commands || wake.close || wake.broken {
@@ -268,6 +307,9 @@ impl SocketLink {
     /// Writes queued frames until the queue is empty or the socket would block (then
     /// `write_blocked` is set).
     fn write_queued(&self, out: &mut Out) -> io::Result<()> {
+        if self.secure {
+            return self.write_sealed(out);
+        }
         while !out.queue.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let n = out.queue.slices(&mut slices);
@@ -284,6 +326,153 @@ impl SocketLink {
             out.queue.consume(written);
         }
         Ok(())
+    }
+
+    /// [`SocketLink::write_queued`] over TLS: unsent records first, then queued frames sealed
+    /// in batches of at most [`TLS_BATCH`] bytes.
+    fn write_sealed(&self, out: &mut Out) -> io::Result<()> {
+        let Out { queue, tls, write_blocked, .. } = out;
+        let records = tls.as_mut().expect("a secure link has its records");
+        loop {
+            if !records.unsent.is_empty() {
+                match self.stream.try_write(&records.unsent) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => records.sent(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *write_blocked = true;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            if queue.is_empty() {
+                return Ok(());
+            }
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = queue.slices(&mut slices);
+            let mut budget = TLS_BATCH;
+            let parts = slices[..n].iter().map_while(|s| {
+                let take = s.len().min(budget);
+                budget -= take;
+                (take > 0).then(|| &s[..take])
+            });
+            let sealed = SEALED.with(|cell| -> io::Result<(usize, bool)> {
+                let mut sealed = cell.borrow_mut();
+                sealed.clear();
+                let plain = records.seal(parts, &mut sealed)?;
+                let written = match self.stream.try_write(&sealed) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(w) => w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(e),
+                };
+                records.unsent.extend_from_slice(&sealed[written..]);
+                let blocked = written < sealed.len();
+                if sealed.capacity() > 2 * TLS_BATCH {
+                    *sealed = Vec::new();
+                }
+                Ok((plain, blocked))
+            });
+            let (plain, blocked) = sealed?;
+            queue.consume(plain);
+            bytes_out(plain);
+            if blocked {
+                *write_blocked = true;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads what the client sent (plaintext) into `buf`, as `ws::conn::read_some` does for a
+    /// plain socket: `Ok(0)` at the end of the stream, `WouldBlock` when nothing is there.
+    pub(crate) fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.secure {
+            return super::ws::conn::read_some(&self.stream, buf);
+        }
+        let mut out = self.out.lock().expect("link out");
+        let records = out.tls.as_mut().expect("a secure link has its records");
+        loop {
+            if records.has_plain() {
+                return Ok(records.take_plain(buf));
+            }
+            if records.finished() {
+                return Ok(0);
+            }
+            let got = TLS_IN.with(|cell| -> io::Result<usize> {
+                let mut input = cell.borrow_mut();
+                let n = super::ws::conn::read_some(&self.stream, &mut input)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(records.receive(&mut input[..n], buf)?)
+            });
+            match got {
+                Ok(0) => {}
+                Ok(n) => return Ok(n),
+                // A client that hangs up without close_notify: the end of its stream all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `data`, waiting for the socket as needed: the goodbye path, after the
+    /// queue was taken.
+    pub(crate) async fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        if !self.secure {
+            return super::ws::conn::write_all(&self.stream, data).await;
+        }
+        {
+            let mut out = self.out.lock().expect("link out");
+            let records = out.tls.as_mut().expect("a secure link has its records");
+            let mut unsent = std::mem::take(&mut records.unsent);
+            records.seal([data], &mut unsent)?;
+            records.unsent = unsent;
+        }
+        self.write_unsent().await
+    }
+
+    /// Ends our direction: close_notify on a TLS link, then the TCP shutdown.
+    pub(crate) async fn close_write(&self) {
+        if self.secure {
+            {
+                let mut out = self.out.lock().expect("link out");
+                let records = out.tls.as_mut().expect("a secure link has its records");
+                let mut unsent = std::mem::take(&mut records.unsent);
+                let sealed = records.close_notify(&mut unsent);
+                records.unsent = unsent;
+                if sealed.is_err() {
+                    return;
+                }
+            }
+            if self.write_unsent().await.is_err() {
+                return;
+            }
+        }
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+    }
+
+    async fn write_unsent(&self) -> io::Result<()> {
+        loop {
+            {
+                let mut out = self.out.lock().expect("link out");
+                let records = out.tls.as_mut().expect("a secure link has its records");
+                if records.unsent.is_empty() {
+                    return Ok(());
+                }
+                match self.stream.try_write(&records.unsent) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        records.sent(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.stream.writable().await?;
+        }
     }
 
     /// Writes what can be written now (after commands queued replies) and tells whether a close
@@ -332,8 +521,14 @@ impl SocketLink {
 
 /// Builds the link for an accepted client connection, with its stale timer (the client must
 /// send connect within `stale_after` ticks).
-pub(crate) fn new_link(stream: TcpStream, options: LinkOptions, node: &Node, stale_after: u32) -> Arc<SocketLink> {
-    let link = build_link(stream, options);
+pub(crate) fn new_link(
+    stream: TcpStream,
+    tls: Option<Box<Records>>,
+    options: LinkOptions,
+    node: &Node,
+    stale_after: u32,
+) -> Arc<SocketLink> {
+    let link = build_link_with(stream, tls, options);
     let stale_at = node.tick() + stale_after;
     link.timers.set_stale(stale_at);
     let dyn_link: Arc<dyn ClientLink> = link.clone();
@@ -342,12 +537,14 @@ pub(crate) fn new_link(stream: TcpStream, options: LinkOptions, node: &Node, sta
 }
 
 /// Builds a link without timers: for the echo endpoint (no session to ping or time out) and for
-/// transports whose connect comes with the request (the session then arms the timers).
-pub(crate) fn build_link(stream: TcpStream, options: LinkOptions) -> Arc<SocketLink> {
+/// transports whose connect comes with the request (the session then arms the timers). `tls`:
+/// the record layer of a connection served over TLS.
+pub(crate) fn build_link_with(stream: TcpStream, tls: Option<Box<Records>>, options: LinkOptions) -> Arc<SocketLink> {
     Arc::new(SocketLink {
         id: Uuid::new_v4(),
         envelope: options.envelope,
         native_ping: options.native_ping,
+        secure: tls.is_some(),
         stream,
         out: Mutex::new(Out {
             queue: FrameQueue::default(),
@@ -357,6 +554,7 @@ pub(crate) fn build_link(stream: TcpStream, options: LinkOptions) -> Arc<SocketL
             positions: None,
             waker: None,
             write_blocked: false,
+            tls,
         }),
         timers: LinkTimers::new(options.pong_expected),
         queue_max: options.queue_max,

@@ -11,12 +11,13 @@
 //! unidirectional, and `/emulation`) and [`long_poll`] (HTTP long-polling, served on the raw socket).
 //!
 //! This module also holds what transports share: [`link::SocketLink`] (the `ClientLink` of a
-//! connection that owns its socket, with its outbound [`queue`]), `reject` (a plain HTTP error
+//! connection that owns its socket, with its outbound [`queue`] and, over TLS, its [`records`]), `reject` (a plain HTTP error
 //! written straight to the socket) and the byte counters.
 
 pub mod link;
 pub mod long_poll;
 pub(crate) mod queue;
+pub(crate) mod records;
 pub mod stream;
 pub mod ws;
 
@@ -55,10 +56,15 @@ fn status_reason(status: u16) -> &'static str {
 /// Answers `status` with `{"error": message}` (and `extra` header lines, each ending in CRLF)
 /// and closes the connection.
 pub(crate) async fn reject(mut stream: TcpStream, status: u16, message: &str, extra: &str) {
+    let _ = stream.write_all(&rejection(status, message, extra)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The bytes of [`reject`]'s answer (counted), for a caller that writes them itself (TLS).
+pub(crate) fn rejection(status: u16, message: &str, extra: &str) -> Vec<u8> {
     metrics::counter!("herald_transport_rejected_total", "status" => status.to_string()).increment(1);
     let body = serde_json::json!({ "error": message }).to_string();
-    let _ = stream.write_all(&raw_response(status, status_reason(status), extra, &body)).await;
-    let _ = stream.shutdown().await;
+    raw_response(status, status_reason(status), extra, &body)
 }
 
 fn counter(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Counter {

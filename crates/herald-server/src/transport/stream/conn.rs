@@ -18,7 +18,7 @@ use super::StreamKind;
 use super::positions::Positions;
 use crate::state::AppState;
 use crate::transport::link::{SocketLink, Wake};
-use crate::transport::ws::conn::{handle_commands, handle_controls, read_some, retry_later, write_all};
+use crate::transport::ws::conn::{handle_commands, handle_controls, retry_later};
 use crate::transport::{bytes_in, bytes_out};
 
 /// How long a closing stream may take to flush its last items.
@@ -93,7 +93,7 @@ pub(super) async fn run(link: Arc<SocketLink>, state: Arc<AppState>, mut session
                 let mut sink = sink.borrow_mut();
                 // Bounded: a client that keeps sending is read a few buffers per wake-up.
                 for _ in 0..4 {
-                    match read_some(&link.stream, &mut sink) {
+                    match link.read_some(&mut sink) {
                         Ok(0) => return true,
                         Ok(n) => bytes_in(n),
                         Err(e) if retry_later(&e) => return false,
@@ -151,12 +151,12 @@ async fn goodbye(link: &SocketLink, reason: DisconnectReason) {
         let mut pending = link.out.lock().expect("link out").queue.take_all();
         pending.extend(disconnect_item(link.envelope, &reason));
         for item in pending {
-            if write_all(&link.stream, &item).await.is_err() {
+            if link.write_all(&item).await.is_err() {
                 return;
             }
             bytes_out(item.len());
         }
-        let _ = socket2::SockRef::from(&link.stream).shutdown(std::net::Shutdown::Write);
+        link.close_write().await;
     })
     .await;
 }

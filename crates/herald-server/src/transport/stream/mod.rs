@@ -34,10 +34,12 @@ use herald_hub::ConnectionInfo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+pub(crate) use request::Payload;
 pub use request::StreamKind;
-use request::{HttpMethod, Payload, Refused, StreamHead, cors_headers, first_commands, payload, preflight_headers};
+use request::{HttpMethod, Refused, StreamHead, cors_headers, first_commands, payload, preflight_headers};
 
-use super::link::{LinkOptions, build_link};
+use super::link::{LinkOptions, build_link_with};
+use super::records::Records;
 use super::{origin_allowed, reject};
 use crate::state::AppState;
 use positions::Positions;
@@ -50,25 +52,7 @@ fn rejected_metric(kind: StreamKind, status: u16) {
 /// Serves a streaming endpoint's request that is the first on its connection: `head` holds the
 /// request head and whatever followed it.
 pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>, peer: SocketAddr, kind: StreamKind) {
-    let parsed = {
-        let mut headers = [httparse::EMPTY_HEADER; crate::entry::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&head) {
-            Ok(httparse::Status::Complete(n)) => StreamHead::new(
-                req.method.unwrap_or(""),
-                req.path.unwrap_or(""),
-                req.headers.iter().map(|h| (h.name, h.value)),
-            )
-            .map(|mut h| {
-                h.kept = crate::transport::keep_headers(
-                    req.headers.iter().map(|h| (h.name, h.value)),
-                    &state.connect_headers,
-                );
-                (h, n)
-            }),
-            _ => Err("malformed request"),
-        }
-    };
+    let parsed = parse_head(&state, &head);
     let (h, head_len) = match parsed {
         Ok(p) => p,
         Err(message) => return refuse(stream, kind, None, Refused { status: 400, message: message.into() }).await,
@@ -96,6 +80,26 @@ pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>
             let _ = stream.shutdown().await;
         }
         Err(r) => refuse(stream, kind, h.origin.as_deref(), r).await,
+    }
+}
+
+/// Parses an opening request's head (with the headers the connect proxy forwards); the head's
+/// length comes with it.
+pub(crate) fn parse_head(state: &AppState, head: &[u8]) -> Result<(StreamHead, usize), &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::entry::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => StreamHead::new(
+            req.method.unwrap_or(""),
+            req.path.unwrap_or(""),
+            req.headers.iter().map(|h| (h.name, h.value)),
+        )
+        .map(|mut h| {
+            h.kept =
+                crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers);
+            (h, n)
+        }),
+        _ => Err("malformed request"),
     }
 }
 
@@ -167,39 +171,67 @@ pub(crate) async fn read_body(
 pub(crate) async fn open(
     state: Arc<AppState>,
     mut stream: TcpStream,
-    mut h: StreamHead,
+    h: StreamHead,
     data: Vec<u8>,
     peer: SocketAddr,
     kind: StreamKind,
 ) {
-    let mut cmds = match first_commands(kind, h.protobuf, &data, state.ws.max_commands) {
+    let cmds = match prepare(kind, &h, data, &state) {
         Ok(c) => c,
         Err(r) => return refuse(stream, kind, h.origin.as_deref(), r).await,
     };
-    drop(data);
+    let response = response_head(kind, &h);
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    super::bytes_out(response.len());
+    start(state, stream, None, Box::new(h), cmds, peer, kind).await;
+}
+
+/// The first commands of an accepted request whose connect payload is `data` (uni_sse: with
+/// the positions of its `Last-Event-ID`), without I/O.
+pub(crate) fn prepare(
+    kind: StreamKind,
+    h: &StreamHead,
+    data: Vec<u8>,
+    state: &AppState,
+) -> Result<Vec<herald_proto::Command>, Refused> {
+    let mut cmds = first_commands(kind, h.protobuf, &data, state.ws.max_commands)?;
     if kind == StreamKind::UniSse
         && let Some(id) = &h.last_event_id
     {
-        let Some(positions) = Positions::parse(id) else {
-            let r = Refused { status: 400, message: "malformed Last-Event-ID".into() };
-            return refuse(stream, kind, h.origin.as_deref(), r).await;
-        };
+        let positions =
+            Positions::parse(id).ok_or_else(|| Refused { status: 400, message: "malformed Last-Event-ID".into() })?;
         if let Some(req) = cmds[0].connect.as_mut() {
             positions.into_request(req);
         }
     }
-    let response = format!(
+    Ok(cmds)
+}
+
+/// The response head of an opened stream.
+pub(crate) fn response_head(kind: StreamKind, h: &StreamHead) -> String {
+    format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nCache-Control: private, no-cache, no-store, must-revalidate, max-age=0\r\n\
          Pragma: no-cache\r\nExpires: 0\r\nX-Accel-Buffering: no\r\n{}Connection: close\r\n\r\n{}",
         kind.content_type(h.protobuf),
         cors_headers(h.origin.as_deref()),
         // SSE: an empty line at once, so that `EventSource` fires `open`.
         if matches!(kind, StreamKind::Sse | StreamKind::UniSse) { "\r\n" } else { "" },
-    );
-    if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
-    }
-    super::bytes_out(response.len());
+    )
+}
+
+/// Builds the link of a stream whose response head was sent and starts its session and task.
+/// `tls`: the record layer of a connection served over TLS (`crate::tls_entry`).
+pub(crate) async fn start(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    tls: Option<Box<Records>>,
+    mut h: Box<StreamHead>,
+    cmds: Vec<herald_proto::Command>,
+    peer: SocketAddr,
+    kind: StreamKind,
+) {
     let options = LinkOptions {
         envelope: kind.envelope(h.protobuf),
         native_ping: false,
@@ -208,7 +240,7 @@ pub(crate) async fn open(
         emulation: !kind.is_unidirectional(),
         queue_max: state.ws.queue_max,
     };
-    let link = build_link(stream, options);
+    let link = build_link_with(stream, tls, options);
     let conn = ConnectionInfo::new(peer, kind.transport());
     let session = conn::start(&link, &state, cmds, conn, kind, std::mem::take(&mut h.kept)).await;
     tokio::spawn(conn::run(link, state, session, kind));

@@ -9,7 +9,7 @@ use super::StreamKind;
 use super::conn::run;
 use crate::config::Config;
 use crate::state::AppState;
-use crate::transport::link::{LinkOptions, SocketLink, build_link};
+use crate::transport::link::{LinkOptions, SocketLink, build_link_with};
 
 async fn loopback_link(kind: StreamKind) -> (Arc<SocketLink>, TcpStream, Arc<AppState>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -25,7 +25,7 @@ async fn loopback_link(kind: StreamKind) -> (Arc<SocketLink>, TcpStream, Arc<App
         emulation: !kind.is_unidirectional(),
         queue_max: 1 << 20,
     };
-    (build_link(stream, options), client, Arc::new(state))
+    (build_link_with(stream, None, options), client, Arc::new(state))
 }
 
 /// The stream's task future is allocated for every connection, like the WebSocket one.

@@ -103,7 +103,7 @@ impl ReadState {
                 SCRATCH_BUF.with(|s| {
                     let mut scratch = s.borrow_mut();
                     let scratch = &mut *scratch;
-                    let n = match read_some(&link.stream, scratch) {
+                    let n = match link.read_some(scratch) {
                         Ok(0) => return Err(ReadOutcome::HungUp),
                         Ok(n) => n,
                         Err(e) if retry_later(&e) => return Ok(false),
@@ -171,7 +171,7 @@ impl ReadState {
         let len = self.partial.len();
         let want = (settings.max_message + 14).saturating_sub(len).clamp(4096, SCRATCH);
         self.partial.resize(len + want, 0);
-        let n = match read_some(&link.stream, &mut self.partial[len..]) {
+        let n = match link.read_some(&mut self.partial[len..]) {
             Ok(0) => return Err(ReadOutcome::HungUp),
             Ok(n) => n,
             Err(e) => {
@@ -442,21 +442,22 @@ pub(super) async fn goodbye(link: &SocketLink, reason: Closing) {
             pending.extend(envelope::encode(Envelope::UniWs, &Reply::push(push)));
         }
         pending.push(frame);
-        let stream = &link.stream;
         for chunk in pending {
-            if write_all(stream, &chunk).await.is_err() {
+            if link.write_all(&chunk).await.is_err() {
                 return;
             }
             bytes_out(chunk.len());
         }
+        // Our side is done either way (over TLS: close_notify, which clients expect).
+        link.close_write().await;
         if !linger {
             return;
         }
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-        // Drain until the peer closes, so unread input does not turn our close into a reset.
+        // Drain until the peer closes, so unread input does not turn our close into a reset
+        // (over TLS the records are dropped unread: nothing in them matters any more).
         let mut sink = [0u8; 512];
         loop {
-            if stream.readable().await.is_err() {
+            if link.stream.readable().await.is_err() {
                 return;
             }
             match link.stream.try_read(&mut sink) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use herald_hub::{ClientLink, Transport};
 use herald_proto::ws::{self, Event, MessageReader, Opcode, Progress};
 
-use super::conn::{Closing, goodbye, read_some, retry_later};
+use super::conn::{Closing, goodbye, retry_later};
 use super::{WsSettings, bytes_in};
 use crate::state::AppState;
 use crate::transport::link::SocketLink;
@@ -50,7 +50,7 @@ async fn serve(link: &SocketLink, settings: &WsSettings, mut buf: Vec<u8>) -> Cl
         if wake.readable {
             let len = buf.len();
             buf.resize(len + READ_CHUNK, 0);
-            match read_some(&link.stream, &mut buf[len..]) {
+            match link.read_some(&mut buf[len..]) {
                 Ok(0) => return Closing::HungUp,
                 Ok(n) => {
                     bytes_in(n);

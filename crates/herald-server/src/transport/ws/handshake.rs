@@ -1,6 +1,7 @@
 //! The WebSocket handshake: the upgrade checks (`herald_proto::ws::check_upgrade`), the origin
 //! policy, encoding negotiation and the 101 response; an accepted connection gets its link and
-//! its task ([`super::conn::run`]).
+//! its task ([`super::conn::run`]). [`decide`] is the I/O-free part, shared with TLS
+//! connections (`crate::tls_entry`), which answer through their own stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpStream;
 use super::{Endpoint, conn, echo};
 use crate::state::AppState;
 use crate::transport::link::{self, LinkOptions};
+use crate::transport::records::Records;
 use crate::transport::{origin_allowed, reject};
 
 /// Answers a WebSocket upgrade request whose head (and any bytes after it) is `head`, and on
@@ -25,70 +27,96 @@ pub(crate) async fn upgrade(
     peer: SocketAddr,
     endpoint: Endpoint,
 ) {
-    if state.shutting_down.load(Ordering::Relaxed) {
-        return reject(stream, 503, "shutting down", "").await;
-    }
-    // Everything needed from the borrowed request is extracted before any await.
-    // (No await inside the block: the header array is not kept in the future.)
-    let decision = 'decide: {
-        let mut headers = [httparse::EMPTY_HEADER; crate::entry::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&head) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => break 'decide Err((400, "malformed request")),
-        };
-        let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
-        match herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers) {
-            Err(e) => Err((e.status, e.message)),
-            Ok(up) => {
-                if !origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
-                    Err((403, "origin not allowed"))
-                } else {
-                    // The echo endpoint speaks no client protocol: no subprotocol to choose.
-                    let (encoding, protocol) = match endpoint {
-                        Endpoint::Client => negotiate(&up.protocols, query),
-                        Endpoint::Echo | Endpoint::Uni => (Encoding::Json, None),
-                    };
-                    let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
-                    // uni_websocket: the connect request may come in the query (v6.3+).
-                    let first = match endpoint {
-                        Endpoint::Uni => uni_connect(query),
-                        _ => Ok(Vec::new()),
-                    };
-                    let kept = crate::transport::keep_headers(
-                        req.headers.iter().map(|h| (h.name, h.value)),
-                        &state.connect_headers,
-                    );
-                    match first {
-                        Ok(first) => Ok((
-                            herald_proto::ws::switching_protocols(up.key, protocol),
-                            encoding,
-                            native_ping,
-                            head_len,
-                            first,
-                            kept,
-                        )),
-                        Err(message) => Err((400, message)),
-                    }
-                }
-            }
-        }
+    let accepted = match decide(&state, &head, endpoint) {
+        Ok(accepted) => accepted,
+        Err(rejection) => return reject(stream, rejection.status, rejection.message, rejection.extra).await,
     };
-    let (response, encoding, native_ping, head_len, first, kept) = match decision {
-        Ok(d) => d,
-        Err((status, message)) => {
-            let extra = match status {
-                426 => "Sec-WebSocket-Version: 13\r\n",
-                // RFC 9110 §15.5.6: a 405 names the allowed methods.
-                405 => "Allow: GET\r\n",
-                _ => "",
-            };
-            return reject(stream, status, message, extra).await;
-        }
-    };
-    if stream.write_all(&response).await.is_err() {
+    if stream.write_all(&accepted.response).await.is_err() {
         return;
     }
+    start(state, stream, None, &head, accepted, peer, endpoint);
+}
+
+/// Why an upgrade request is refused: the HTTP answer.
+pub(crate) struct Rejection {
+    pub status: u16,
+    pub message: &'static str,
+    /// Header lines (each ending in CRLF).
+    pub extra: &'static str,
+}
+
+/// An accepted upgrade: the 101 response to send, and what the connection is made with.
+pub(crate) struct Accepted {
+    pub response: Vec<u8>,
+    encoding: Encoding,
+    native_ping: bool,
+    head_len: usize,
+    first: Vec<herald_proto::Command>,
+    kept: Vec<(String, String)>,
+}
+
+/// Checks an upgrade request (shutdown, upgrade headers, origin, the uni_websocket connect
+/// request) and negotiates its encoding, without I/O: a plain and a TLS connection answer it
+/// the same way.
+pub(crate) fn decide(state: &AppState, head: &[u8], endpoint: Endpoint) -> Result<Accepted, Rejection> {
+    let refuse = |status, message| {
+        let extra = match status {
+            426 => "Sec-WebSocket-Version: 13\r\n",
+            // RFC 9110 §15.5.6: a 405 names the allowed methods.
+            405 => "Allow: GET\r\n",
+            _ => "",
+        };
+        Rejection { status, message, extra }
+    };
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(refuse(503, "shutting down"));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; crate::entry::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(refuse(400, "malformed request")),
+    };
+    let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
+    let up = herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers)
+        .map_err(|e| refuse(e.status, e.message))?;
+    if !origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
+        return Err(refuse(403, "origin not allowed"));
+    }
+    // The echo endpoint speaks no client protocol: no subprotocol to choose.
+    let (encoding, protocol) = match endpoint {
+        Endpoint::Client => negotiate(&up.protocols, query),
+        Endpoint::Echo | Endpoint::Uni => (Encoding::Json, None),
+    };
+    let native_ping = query.split('&').any(|kv| kv == "cf_ws_frame_ping_pong=true");
+    // uni_websocket: the connect request may come in the query (v6.3+).
+    let first = match endpoint {
+        Endpoint::Uni => uni_connect(query).map_err(|message| refuse(400, message))?,
+        _ => Vec::new(),
+    };
+    let kept = crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers);
+    Ok(Accepted {
+        response: herald_proto::ws::switching_protocols(up.key, protocol),
+        encoding,
+        native_ping,
+        head_len,
+        first,
+        kept,
+    })
+}
+
+/// Builds the link of an accepted upgrade (after its 101 response was sent) and spawns its
+/// task. `tls`: the record layer of a connection served over TLS.
+pub(crate) fn start(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    tls: Option<Box<Records>>,
+    head: &[u8],
+    accepted: Accepted,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+) {
+    let Accepted { encoding, native_ping, head_len, first, kept, .. } = accepted;
     let early = head[head_len..].to_vec();
     let uni = endpoint == Endpoint::Uni;
     let options = LinkOptions {
@@ -101,11 +129,11 @@ pub(crate) async fn upgrade(
         queue_max: state.ws.queue_max,
     };
     if endpoint == Endpoint::Echo {
-        let link = link::build_link(stream, LinkOptions { native_ping: false, ..options });
+        let link = link::build_link_with(stream, tls, LinkOptions { native_ping: false, ..options });
         tokio::spawn(echo::run(link, state, early));
         return;
     }
-    let link = link::new_link(stream, options, &state.node, state.ws.stale_after);
+    let link = link::new_link(stream, tls, options, &state.node, state.ws.stale_after);
     // The long-lived task holds only the connection loop, not this handshake's state.
     let conn = ConnectionInfo::new(peer, if uni { Transport::UniWebSocket } else { Transport::WebSocket });
     let dyn_link: Arc<dyn ClientLink> = link.clone();

@@ -29,7 +29,7 @@ use crate::config::Config;
 
 pub(crate) use super::bytes_in;
 pub use super::link::SocketLink;
-pub(crate) use handshake::upgrade;
+pub(crate) use handshake::{decide, start, upgrade};
 
 /// Which endpoint an upgrade request was made on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ async fn loopback_link() -> (Arc<SocketLink>, TcpStream, Arc<AppState>) {
         emulation: false,
         queue_max: state.ws.queue_max,
     };
-    let link = new_link(stream, options, &state.node, state.ws.stale_after);
+    let link = new_link(stream, None, options, &state.node, state.ws.stale_after);
     (link, client, Arc::new(state))
 }
 

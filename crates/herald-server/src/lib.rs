@@ -42,6 +42,7 @@ pub mod edge;
 pub mod engine;
 pub mod entry;
 pub mod loader;
+pub mod outbound;
 pub mod proxy;
 pub mod reload;
 pub mod reload_client;

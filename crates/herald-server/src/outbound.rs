@@ -211,14 +211,14 @@ mod tests {
         assert!(connector(&ClientTlsOptions { server_ca_pem: cert.clone(), ..on() }, key, None).is_ok());
         let client_auth = ClientTlsOptions { cert_pem: cert.clone(), key_pem: private.clone(), ..on() };
         assert!(connector(&client_auth, key, None).is_ok());
-        let err = |tls: ClientTlsOptions| connector(&tls, key, None).err().expect("refused");
+        let err = |tls: ClientTlsOptions| connector(&tls, key, None).expect_err("refused");
         assert_eq!(err(ClientTlsOptions { cert_pem: cert.clone(), ..on() }).key(), Some("proxies[0].http.tls.key_pem"));
         assert_eq!(
             err(ClientTlsOptions { key_pem: private.clone(), ..on() }).key(),
             Some("proxies[0].http.tls.cert_pem")
         );
         assert_eq!(
-            err(ClientTlsOptions { server_ca_pem: private.clone(), ..on() }).key(),
+            err(ClientTlsOptions { server_ca_pem: private, ..on() }).key(),
             Some("proxies[0].http.tls.server_ca_pem"),
             "a key is no CA certificate"
         );
@@ -230,7 +230,7 @@ mod tests {
             Some("proxies[0].http.tls.client_ca_pem")
         );
         assert_eq!(
-            err(ClientTlsOptions { insecure_skip_verify: true, server_ca_pem: cert.clone(), ..on() }).key(),
+            err(ClientTlsOptions { insecure_skip_verify: true, server_ca_pem: cert, ..on() }).key(),
             Some("proxies[0].http.tls.insecure_skip_verify")
         );
         assert_eq!(

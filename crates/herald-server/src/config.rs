@@ -156,6 +156,10 @@ pub struct TlsConfig {
     pub cert_pem: String,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key_pem: String,
+    /// CA certificate(s) of client certificates: TLS clients are asked for one, a certificate
+    /// presented is verified against these (a bad one fails the handshake), and the server API
+    /// answers only connections that presented a valid one (client endpoints stay open).
+    pub client_ca_pem: String,
 }
 
 impl Default for HttpServerConfig {

@@ -468,6 +468,12 @@ async fn http_request(
     if let Route::Gateway(index) = routed {
         return Ok(crate::edge::gateway::forward::handle(&state, index, req, peer).await);
     }
+    if let Route::Api(_) = routed
+        && let Some(why) = crate::tls_options::api_refusal(&state.config.http_server.tls)
+    {
+        metrics::counter!("herald_api_client_certificate_refusals_total").increment(1);
+        return Ok(api::transport_error(StatusCode::FORBIDDEN, why).map(Reply::Full));
+    }
     let response = match routed {
         Route::Health => api::health(&state),
         Route::Metrics => api::metrics(&state),

@@ -51,5 +51,6 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_options;
 pub mod transport;
 pub mod webhook;

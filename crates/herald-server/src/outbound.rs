@@ -143,9 +143,10 @@ fn platform_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-/// The crypto provider: *ring*, as for the listening side (`crate::tls`).
+/// The crypto provider of outgoing TLS and of the listening side's configuration
+/// (`crate::tls_options`): *ring*, as in `crate::tls`.
 #[allow(deprecated)]
-fn provider() -> CryptoProvider {
+pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

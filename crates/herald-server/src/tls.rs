@@ -58,17 +58,7 @@ impl Tls {
         let cert = PemSource::parse("http_server.tls.cert_pem", &config.cert_pem)?;
         let key = PemSource::parse("http_server.tls.key_pem", &config.key_pem)?;
         let certs = Arc::new(Certificates::load(cert, key)?);
-        let provider = Arc::new(provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::invalid("http_server.tls", e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
-        // HTTP/1.1 only: the WebSocket upgrade and the streaming transports need it, and hyper
-        // serves the API over HTTP/1.1 here (HTTP/2 is not offered yet).
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // Bound what a slow reader can make the server buffer in TLS records.
-        server.send_tls13_tickets = 2;
+        let server = crate::tls_options::server_config(config, certs.clone())?;
         Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), certs }))
     }
 
@@ -104,6 +94,7 @@ impl Tls {
             }
         };
         metrics::counter!("herald_tls_handshakes_total", "outcome" => "ok").increment(1);
+        let certified = crate::tls_options::peer_certified(tls.get_ref().1);
         let (inner, outer) = match loopback_pair() {
             Ok(pair) => pair,
             Err(e) => {
@@ -111,7 +102,7 @@ impl Tls {
                 return;
             }
         };
-        tokio::join!(Box::pin(serve(inner)), pump(tls, outer));
+        tokio::join!(Box::pin(crate::tls_options::with_peer(certified, serve(inner))), pump(tls, outer));
     }
 }
 
@@ -377,7 +368,7 @@ mod tests {
     }
 
     fn enabled(cert: &str, key: &str) -> TlsConfig {
-        TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into() }
+        TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into(), ..Default::default() }
     }
 
     #[test]

@@ -135,7 +135,8 @@ fn platform_roots() -> Arc<RootCertStore> {
             if added == 0 {
                 tracing::warn!(
                     ignored,
-                    "no platform root certificates: https:// backends need their CA in the tls object's server_ca_pem"
+                    "no platform root certificates found: an https:// backend can be reached only with its CA in \
+                     its tls object's server_ca_pem"
                 );
             }
             Arc::new(roots)

@@ -214,11 +214,15 @@ impl Gateway {
             TokenVerifier::new(&config.client.token, "client.token").map_err(|e| ("client.token".into(), e))?;
         let mut routes: Vec<Route> = Vec::with_capacity(config.gateway.routes.len());
         let table = config.limits.address_table_size.max(1);
-        let shared = forward::client(&ClientTlsOptions::default(), "gateway.routes[].tls").map_err(invalid)?;
+        // Made with the first route that needs it: no routes, no client (nor platform roots read).
+        let mut shared: Option<forward::HttpClient> = None;
         for (i, cfg) in config.gateway.routes.iter().enumerate() {
             let key = |field: &str| format!("gateway.routes[{i}].{field}");
             let client = if cfg.tls == ClientTlsOptions::default() {
-                shared.clone()
+                match &shared {
+                    Some(client) => client.clone(),
+                    None => shared.insert(forward::client(&cfg.tls, &key("tls")).map_err(invalid)?).clone(),
+                }
             } else {
                 forward::client(&cfg.tls, &key("tls")).map_err(invalid)?
             };

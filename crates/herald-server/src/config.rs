@@ -160,6 +160,11 @@ pub struct TlsConfig {
     /// presented is verified against these (a bad one fails the handshake), and the server API
     /// answers only connections that presented a valid one (client endpoints stay open).
     pub client_ca_pem: String,
+    /// Herald's own: offer HTTP/2 in ALPN. The server API, `/emulation`, `/health`, `/metrics`,
+    /// admin and gateway routes answer over it; the SSE, HTTP-streaming and long-polling
+    /// transports need HTTP/1.1 and answer 505 over HTTP/2, so leave this off when browsers
+    /// use them on this port (WebSocket clients open HTTP/1.1 connections by themselves).
+    pub http2: bool,
 }
 
 impl Default for HttpServerConfig {

@@ -86,6 +86,9 @@ pub(crate) fn spawn_dispatch(
 /// Routes and serves a request read from the raw socket: the transport that takes the socket,
 /// or hyper. `peer` is the connection's address (before trusted-proxy headers).
 async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr, listener: Listener) {
+    if crate::h2::is_preface(&head) && crate::tls_options::peer_now().h2 {
+        return Box::pin(crate::h2::serve(state.clone(), stream, head, peer, listener)).await;
+    }
     let first = first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
     // Requests hyper serves are admitted one by one in `http_request`, long polls in
     // `long_poll::raw`; here only the routes whose transport takes the socket.
@@ -445,7 +448,7 @@ fn timed_out(phase: Phase) {
 }
 
 /// Answers one request hyper read. Upgrades are not honoured here: hyper owns the connection.
-async fn http_request(
+pub(crate) async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,

@@ -41,6 +41,7 @@ pub mod config_keys;
 pub mod edge;
 pub mod engine;
 pub mod entry;
+pub mod h2;
 pub mod loader;
 pub mod outbound;
 pub mod proxy;

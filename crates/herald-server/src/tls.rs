@@ -94,7 +94,7 @@ impl Tls {
             }
         };
         metrics::counter!("herald_tls_handshakes_total", "outcome" => "ok").increment(1);
-        let certified = crate::tls_options::peer_certified(tls.get_ref().1);
+        let settled = crate::tls_options::peer(tls.get_ref().1);
         let (inner, outer) = match loopback_pair() {
             Ok(pair) => pair,
             Err(e) => {
@@ -102,7 +102,7 @@ impl Tls {
                 return;
             }
         };
-        tokio::join!(Box::pin(crate::tls_options::with_peer(certified, serve(inner))), pump(tls, outer));
+        tokio::join!(Box::pin(crate::tls_options::with_peer(settled, serve(inner))), pump(tls, outer));
     }
 }
 

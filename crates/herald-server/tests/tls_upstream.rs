@@ -2,7 +2,8 @@
 //! route calling an HTTPS test backend (`support::tls_backend`) whose certificate a test CA
 //! signed. HTTP/2 is used when the backend offers it and HTTP/1.1 when it does not; a client
 //! certificate is presented when configured; a backend signed by another CA is refused with a
-//! clear proxy error (`unavailable` outcome, the reason in the log) or a 502.
+//! clear proxy error (`unavailable` outcome, the reason in the log) or a 502; lifecycle webhooks
+//! reach an https:// named proxy.
 
 mod support;
 
@@ -127,4 +128,23 @@ async fn a_gateway_route_forwards_over_https_with_http2_and_a_wrong_ca_gets_502(
 
     let r = herald.http("GET", "/skip/x", &[], b"").await;
     assert_eq!((r.status, r.json()["version"].clone()), (200, json!("HTTP/1.1")), "insecure_skip_verify");
+}
+
+#[tokio::test]
+async fn webhooks_post_over_https_through_their_named_proxy() {
+    let ca = TestCa::new("backend CA");
+    let backend = TlsBackend::start(Setup { ca: &ca, h2: true, client_ca: None }).await;
+    let proxies = json!([{"name": "hooks", "endpoint": backend.url("/webhook"), "timeout": "2s",
+        "http": {"tls": {"enabled": true, "server_ca_pem": ca.pem()}}}])
+    .to_string();
+    let herald = Herald::start(&[
+        ("HERALD_PROXIES", proxies.as_str()),
+        ("HERALD_WEBHOOKS_ENABLED", "true"),
+        ("HERALD_WEBHOOKS_PROXY_NAME", "hooks"),
+        ("HERALD_WEBHOOKS_FLUSH_INTERVAL", "50ms"),
+    ]);
+    let (_client, _) = herald.client("hook-user").await;
+    wait_for("a webhook batch over HTTPS", WAIT, || async { backend.seen().iter().any(|s| s.path == "/webhook") })
+        .await;
+    assert!(backend.seen().iter().all(|s| s.version == "HTTP/2.0"), "{:?}", backend.seen());
 }

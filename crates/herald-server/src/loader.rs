@@ -192,13 +192,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         // Client certificates exist only in a TLS handshake: ignoring this would leave the API open.
         return Err(ConfigError::invalid("http_server.tls.client_ca_pem", "needs http_server.tls.enabled"));
     }
-    if !tls.client_ca_pem.trim().is_empty() && cfg.http_server.internal_port.is_some() {
-        return Err(ConfigError::invalid(
-            "http_server.tls.client_ca_pem",
-            "the server API answers on http_server.internal_port, which has no TLS: it could never see a client \
-             certificate (remove one of them)",
-        ));
-    }
 
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(

@@ -114,3 +114,26 @@ async fn metrics_over(addr: SocketAddr, tls: &TlsConnector) -> String {
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.unwrap().unwrap();
     String::from_utf8_lossy(&response).into_owned()
 }
+
+#[tokio::test]
+async fn on_the_internal_port_the_api_needs_the_certificate_too() {
+    let server_ca = TestCa::new("server CA");
+    let client_ca = TestCa::new("client CA");
+    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
+    let herald = Herald::start(&[
+        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
+        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", &cert),
+        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", &key),
+        ("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", &client_ca.pem()),
+        ("HERALD_HTTP_SERVER_INTERNAL_PORT", "0"),
+    ]);
+    let logs = herald.logs();
+    let line = logs.split("internal endpoints (API, metrics, health) on ").nth(1).expect("internal port line");
+    let internal: SocketAddr = line.split_whitespace().next().unwrap().parse().unwrap();
+    let info = json!({});
+    let certified = connector(&server_ca, Some(&client_ca.leaf(&["api-client"])));
+    let (status, body) = https(internal, &certified, "POST", "/api/info", &info).await.expect("answered");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = https(internal, &connector(&server_ca, None), "POST", "/api/info", &info).await.unwrap();
+    assert_eq!(status, 403);
+}

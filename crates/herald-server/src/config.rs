@@ -156,6 +156,15 @@ pub struct TlsConfig {
     pub cert_pem: String,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key_pem: String,
+    /// CA certificate(s) of client certificates: TLS clients are asked for one, a certificate
+    /// presented is verified against these (a bad one fails the handshake), and the server API
+    /// answers only connections that presented a valid one (client endpoints stay open).
+    pub client_ca_pem: String,
+    /// Herald's own: offer HTTP/2 in ALPN. The server API, `/emulation`, `/health`, `/metrics`,
+    /// admin and gateway routes answer over it; the SSE, HTTP-streaming and long-polling
+    /// transports need HTTP/1.1 and answer 505 over HTTP/2, so leave this off when browsers
+    /// use them on this port (WebSocket clients open HTTP/1.1 connections by themselves).
+    pub http2: bool,
 }
 
 impl Default for HttpServerConfig {

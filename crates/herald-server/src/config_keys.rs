@@ -33,8 +33,6 @@ pub struct Refusal {
 
 const TLS: &str = "clients would be served without TLS; terminate TLS in a reverse proxy in front of Herald \
                    and turn this off";
-const MTLS: &str = "clients would be accepted without a certificate; verify client certificates in a reverse \
-                    proxy in front of Herald and remove this";
 const CLUSTER: &str = "this node would run alone and lose the messages published on other nodes; run a single \
                        Herald node with engine.type \"memory\" and turn this off";
 const REDIS_AUTH: &str = "Herald would connect without it; put it in engine.redis.address \
@@ -59,7 +57,6 @@ const OTLP: &str = "no span would be exported: this Herald build has no OTLP exp
 
 /// Options whose path is fixed.
 const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
-    ("http_server.tls.client_ca_pem", "client certificate verification", &[""], MTLS),
     ("http_server.tls.server_ca_pem", "a CA for outgoing TLS connections", &[], ""),
     ("http_server.tls.insecure_skip_verify", "skipping verification of outgoing TLS connections", &[], ""),
     ("http_server.tls.server_name", "a server name for outgoing TLS connections", &[], ""),
@@ -339,10 +336,9 @@ mod tests {
 
     #[test]
     fn refusals_and_warnings_for_files() {
-        // TLS itself is implemented; verifying client certificates is not, and is refused.
+        // TLS and client certificates are implemented; ACME is not.
         assert_eq!(file_key("http_server.tls", &json!({"enabled": true})), None);
-        let mtls = file_key("http_server.tls.client_ca_pem", &json!("/etc/ca.pem"));
-        assert_eq!(mtls.unwrap().unwrap_err().key, "http_server.tls.client_ca_pem");
+        assert_eq!(file_key("http_server.tls.client_ca_pem", &json!("/etc/ca.pem")), None);
         let off = file_key("http_server.tls_autocert", &json!({"enabled": false}));
         assert_eq!(
             off.unwrap().unwrap(),
@@ -370,8 +366,7 @@ mod tests {
     #[test]
     fn refusals_and_warnings_for_env() {
         assert_eq!(env_var("HERALD_HTTP_SERVER_TLS_ENABLED", "1"), None, "TLS is implemented");
-        let mtls = env_var("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", "x").unwrap().unwrap_err();
-        assert_eq!(mtls.key, "http_server.tls.client_ca_pem");
+        assert_eq!(env_var("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", "x"), None, "client certificates are implemented");
         assert_eq!(
             env_var("HERALD_ADMIN_WEB_PATH", "x").unwrap().unwrap(),
             r#"environment variable "HERALD_ADMIN_WEB_PATH" (admin.web_path) is a Centrifugo option Herald does not implement yet (serving the admin console from a directory); ignored"#

@@ -86,6 +86,9 @@ pub(crate) fn spawn_dispatch(
 /// Routes and serves a request read from the raw socket: the transport that takes the socket,
 /// or hyper. `peer` is the connection's address (before trusted-proxy headers).
 async fn dispatch(state: &Arc<AppState>, stream: TcpStream, head: Vec<u8>, mut peer: SocketAddr, listener: Listener) {
+    if crate::h2::is_preface(&head) && crate::tls_options::peer_now().h2 {
+        return Box::pin(crate::h2::serve(state.clone(), stream, head, peer, listener)).await;
+    }
     let first = first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
     // Requests hyper serves are admitted one by one in `http_request`, long polls in
     // `long_poll::raw`; here only the routes whose transport takes the socket.
@@ -451,7 +454,7 @@ fn timed_out(phase: Phase) {
 }
 
 /// Answers one request hyper read. Upgrades are not honoured here: hyper owns the connection.
-async fn http_request(
+pub(crate) async fn http_request(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -473,6 +476,12 @@ async fn http_request(
     };
     if let Route::Gateway(index) = routed {
         return Ok(crate::edge::gateway::forward::handle(&state, index, req, peer).await);
+    }
+    if let Route::Api(_) = routed
+        && let Some(why) = crate::tls_options::api_refusal(&state.config.http_server.tls)
+    {
+        metrics::counter!("herald_api_client_certificate_refusals_total").increment(1);
+        return Ok(api::transport_error(StatusCode::FORBIDDEN, why).map(Reply::Full));
     }
     let response = match routed {
         Route::Health => api::health(&state),

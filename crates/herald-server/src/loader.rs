@@ -187,6 +187,11 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     crate::admin::validate(cfg)?;
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
+    let tls = &cfg.http_server.tls;
+    if !tls.enabled && !tls.client_ca_pem.trim().is_empty() {
+        // Client certificates exist only in a TLS handshake: ignoring this would leave the API open.
+        return Err(ConfigError::invalid("http_server.tls.client_ca_pem", "needs http_server.tls.enabled"));
+    }
 
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(

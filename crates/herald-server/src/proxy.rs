@@ -1,5 +1,6 @@
 //! The HTTP client of the logic-layer proxies: implements `herald_hub::proxy::ProxyPort` with
-//! hyper's pooled keep-alive client. Every call is a `POST` of JSON with the proxy's static
+//! hyper's pooled keep-alive client (`http://`, or `https://` with HTTP/2 when the backend
+//! offers it: [`crate::outbound`]). Every call is a `POST` of JSON with the proxy's static
 //! headers, the forwarded client headers, `X-Forwarded-For` and a W3C `traceparent` (continued
 //! from the client's when it sent one, else new), bounded by the proxy's `timeout` as a whole
 //! (connect, request and answer) and by its `max_response_size`.
@@ -20,7 +21,6 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use metrics::{Counter, Histogram};
 use rand::Rng;
@@ -40,7 +40,7 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 /// An idle pooled connection is closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<crate::outbound::Connector, Full<Bytes>>;
 
 /// Metric handles by (proxy id, event, outcome), made once.
 type Handles = Mutex<HashMap<(usize, &'static str, &'static str), (Counter, Histogram)>>;
@@ -51,9 +51,11 @@ type Handles = Mutex<HashMap<(usize, &'static str, &'static str), (Counter, Hist
 /// that opened it, so a call from another worker crosses threads; a pool per worker was tried
 /// and made no measurable difference (docs/benchmarks.md, "Connect proxy").
 pub struct HttpProxy {
-    client: HttpClient,
-    /// Parsed endpoints, by `ProxySpec::id`.
-    uris: Vec<Uri>,
+    /// One client per distinct `http.tls` object (most configs: one); each pools its own
+    /// connections.
+    clients: Vec<HttpClient>,
+    /// Parsed endpoints, and the index of their client, by `ProxySpec::id`.
+    uris: Vec<(Uri, usize)>,
     /// Failed calls are logged at most every few seconds per proxy: a backend outage under
     /// load would otherwise write a line per client command.
     failures: Vec<LogThrottle>,
@@ -64,6 +66,8 @@ impl HttpProxy {
     /// Parses every endpoint; an unusable one is a configuration error naming its key.
     pub fn new(specs: &[ProxySpec]) -> Result<HttpProxy, ConfigError> {
         let mut uris = Vec::with_capacity(specs.len());
+        let mut clients: Vec<HttpClient> = Vec::new();
+        let mut client_tls: Vec<&herald_hub::proxy::config::ClientTlsOptions> = Vec::new();
         for spec in specs {
             let uri: Uri = spec
                 .endpoint
@@ -72,20 +76,30 @@ impl HttpProxy {
             if uri.host().is_none() {
                 return Err(ConfigError::invalid(spec.key.clone(), format!("{:?} names no host", spec.endpoint)));
             }
-            uris.push(uri);
+            let client = match client_tls.iter().position(|tls| **tls == spec.tls) {
+                Some(i) => i,
+                None => {
+                    let tls_key = format!("{}.http.tls", spec.key.strip_suffix(".endpoint").unwrap_or(&spec.key));
+                    let connector = crate::outbound::connector(&spec.tls, &tls_key, None)?;
+                    clients.push(
+                        Client::builder(TokioExecutor::new())
+                            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                            .build(connector),
+                    );
+                    client_tls.push(&spec.tls);
+                    clients.len() - 1
+                }
+            };
+            uris.push((uri, client));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         let failures = specs.iter().map(|_| LogThrottle::new(FAILURE_LOG_EVERY)).collect();
-        Ok(HttpProxy { client, uris, failures, metrics: Mutex::default() })
+        Ok(HttpProxy { clients, uris, failures, metrics: Mutex::default() })
     }
 
     async fn exchange(&self, req: &ProxyRequest<'_>, body: Vec<u8>) -> Result<Bytes, ProxyFailure> {
-        let uri = self.uris.get(req.spec.id).cloned().ok_or(ProxyFailure::Unavailable("unknown proxy".into()))?;
+        let (uri, client) =
+            self.uris.get(req.spec.id).cloned().ok_or(ProxyFailure::Unavailable("unknown proxy".into()))?;
         let mut request = Request::post(uri).body(Full::new(Bytes::from(body))).expect("valid request");
         let headers = request.headers_mut();
         // Lowest priority first: static headers, then the client's.
@@ -107,7 +121,8 @@ impl HttpProxy {
             insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
         }
         insert(headers, "traceparent", &traceparent(parent, &mut rand::rng()));
-        let response = self.client.request(request).await.map_err(|e| ProxyFailure::Unavailable(e.to_string()))?;
+        let response =
+            self.clients[client].request(request).await.map_err(|e| ProxyFailure::Unavailable(error_chain(&e)))?;
         if response.status() != StatusCode::OK {
             return Err(ProxyFailure::Status(response.status().as_u16()));
         }
@@ -120,6 +135,19 @@ impl HttpProxy {
         })?;
         Ok(body.to_bytes())
     }
+}
+
+/// An error and its causes on one line: hyper's own text ("client error (Connect)") hides
+/// what failed, such as a certificate the backend's CA did not sign.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn insert(headers: &mut http::HeaderMap, name: &str, value: &str) {
@@ -268,6 +296,7 @@ mod tests {
             include_meta: false,
             binary: false,
             max_response_size: 1024,
+            tls: Default::default(),
         };
         assert!(HttpProxy::new(&[spec("http://127.0.0.1:1/connect")]).is_ok());
         let err = HttpProxy::new(&[spec("http://exa mple/")]).err().expect("refused");

@@ -342,7 +342,8 @@ async fn new_state(
         if config.node.name.is_empty() { format!("{}_{}", hostname(), local.port()) } else { config.node.name.clone() };
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
-    let node = crate::engine::build_node(&config, identity).await?;
+    // Boxed: the engines' connect futures are large (clippy's large_futures).
+    let node = Box::pin(crate::engine::build_node(&config, identity)).await?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let tls = crate::tls::Tls::from_config(&config.http_server.tls)?;
     let reloader = source.map(|source| crate::reload::Reloader::new(source, config.clone()));

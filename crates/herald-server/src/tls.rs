@@ -41,20 +41,7 @@ impl Tls {
         let cert = PemSource::parse("http_server.tls.cert_pem", &config.cert_pem)?;
         let key = PemSource::parse("http_server.tls.key_pem", &config.key_pem)?;
         let certs = Arc::new(Certificates::load(cert, key)?);
-        let provider = Arc::new(provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::invalid("http_server.tls", e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
-        // HTTP/1.1 only: the WebSocket upgrade and the streaming transports need it, and hyper
-        // serves the API over HTTP/1.1 here (HTTP/2 is not offered yet).
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // Bound what a slow reader can make the server buffer in TLS records.
-        server.send_tls13_tickets = 2;
-        // A WebSocket's or stream's link seals and opens its records itself after the
-        // handshake (`transport::records`, `tls_entry`): the traffic keys must be extractable.
-        server.enable_secret_extraction = true;
+        let server = crate::tls_options::server_config(config, certs.clone())?;
         Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), certs }))
     }
 
@@ -246,7 +233,7 @@ mod tests {
     }
 
     fn enabled(cert: &str, key: &str) -> TlsConfig {
-        TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into() }
+        TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into(), ..Default::default() }
     }
 
     #[test]

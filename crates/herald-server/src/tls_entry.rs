@@ -212,6 +212,7 @@ async fn to_entry(
     listener: Listener,
 ) {
     conn.get_mut().0.bounded = false;
+    let settled = crate::tls_options::peer(conn.get_ref().1);
     metrics::counter!("herald_tls_connections_total", "served_by" => "pump").increment(1);
     let (inner, outer) = match loopback_pair() {
         Ok(pair) => pair,
@@ -220,7 +221,7 @@ async fn to_entry(
             return;
         }
     };
-    let serve = entry::handle_connection(state, inner, peer, listener);
+    let serve = crate::tls_options::with_peer(settled, entry::handle_connection(state, inner, peer, listener));
     tokio::join!(Box::pin(serve), pump(conn, outer, replay));
 }
 

@@ -432,11 +432,20 @@ fn checkconfig(file: &serde_json::Value) -> (bool, String) {
 }
 
 #[test]
-fn https_and_unknown_named_proxies_stop_start_up_naming_the_key() {
-    let (ok, stderr) =
-        checkconfig(&json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "https://b.example/c"}}}}));
+fn bad_tls_options_and_unknown_named_proxies_stop_start_up_naming_the_key() {
+    let connect = |endpoint: &str, tls: Value| {
+        checkconfig(
+            &json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": endpoint, "http": {"tls": tls}}}}}),
+        )
+    };
+    let (ok, stderr) = connect("https://b.example/c", json!({}));
+    assert!(ok, "https:// is accepted: {stderr}");
+    let (ok, stderr) = connect("http://b.example/c", json!({"enabled": true}));
     assert!(!ok);
-    assert!(stderr.contains("client.proxy.connect.endpoint") && stderr.contains("https://"), "{stderr}");
+    assert!(stderr.contains("client.proxy.connect.http.tls.enabled: needs an https:// endpoint"), "{stderr}");
+    let (ok, stderr) = connect("https://b.example/c", json!({"enabled": true, "server_ca_pem": "/no/such/ca.pem"}));
+    assert!(!ok);
+    assert!(stderr.contains("client.proxy.connect.http.tls.server_ca_pem"), "{stderr}");
     let (ok, stderr) = checkconfig(&json!({"channel": {"namespaces": [
         {"name": "ns", "publish_proxy_enabled": true, "publish_proxy_name": "nope"}]}}));
     assert!(!ok);

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProxyOptions {
-    /// `http://host:port/path`. `https://` and `grpc://` are refused at start-up.
+    /// `http://host:port/path` or `https://...` (TLS options in `http.tls`). `grpc://` is refused
+    /// at start-up.
     pub endpoint: String,
     /// Time allowed for the whole call (connect, request, answer); the client gets error 100
     /// (or, for refreshes, a retry later) when it passes.
@@ -59,6 +60,29 @@ impl Default for ProxyOptions {
 #[serde(default)]
 pub struct HttpProxyOptions {
     pub static_headers: BTreeMap<String, String>,
+    /// TLS options of an `https://` endpoint (the platform's roots when off).
+    pub tls: ClientTlsOptions,
+}
+
+/// Centrifugo v6's unified TLS object as used by an outgoing connection (`http.tls` of a
+/// proxy, `tls` of a gateway route). Off: `https://` is verified against the platform's roots
+/// with the URL's host name. PEM values are the PEM text, its base64 or a file path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientTlsOptions {
+    /// Use the options below (they are ignored while this is off, as in Centrifugo).
+    pub enabled: bool,
+    /// A client certificate chain presented to the backend (with `key_pem`).
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA(s) that must have signed the backend's certificate, instead of the platform's.
+    pub server_ca_pem: String,
+    /// A server-side option in the unified object; refused here (it verifies nothing outgoing).
+    pub client_ca_pem: String,
+    /// Accept any backend certificate (testing only: anyone on the path can read the calls).
+    pub insecure_skip_verify: bool,
+    /// The name the backend's certificate must carry (and the SNI sent), instead of the URL's host.
+    pub server_name: String,
 }
 
 /// A proxy that is off unless `enabled` (`client.proxy.connect`, `client.proxy.refresh`).

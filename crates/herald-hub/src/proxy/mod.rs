@@ -79,6 +79,8 @@ pub struct ProxySpec {
     pub include_meta: bool,
     pub binary: bool,
     pub max_response_size: usize,
+    /// `http.tls`, for an `https://` endpoint.
+    pub tls: config::ClientTlsOptions,
 }
 
 /// Every configured proxy, compiled from the config.
@@ -156,17 +158,16 @@ impl Proxies {
         if o.endpoint.is_empty() {
             return if required { Err(ConfigError::new(endpoint_key, "must be set")) } else { Ok(None) };
         }
-        if o.endpoint.starts_with("https://") {
-            return Err(ConfigError::new(
-                endpoint_key,
-                "https:// endpoints are not supported yet (TLS to backends comes later); use http://",
-            ));
-        }
         if o.endpoint.starts_with("grpc://") {
             return Err(ConfigError::new(endpoint_key, "GRPC proxies are not implemented; use an http:// endpoint"));
         }
-        if !o.endpoint.starts_with("http://") {
-            return Err(ConfigError::new(endpoint_key, "must be an http:// URL"));
+        let https = o.endpoint.starts_with("https://");
+        if !o.endpoint.starts_with("http://") && !https {
+            return Err(ConfigError::new(endpoint_key, "must be an http:// or https:// URL"));
+        }
+        if o.http.tls.enabled && !https {
+            // Options that would secure nothing: the endpoint is plain HTTP.
+            return Err(ConfigError::new(format!("{key}.http.tls.enabled"), "needs an https:// endpoint"));
         }
         if o.timeout.is_zero() {
             return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than zero"));
@@ -195,6 +196,7 @@ impl Proxies {
             include_meta: o.include_connection_meta,
             binary: o.binary_encoding,
             max_response_size: o.max_response_size,
+            tls: o.http.tls.clone(),
         });
         Ok(Some(id))
     }
@@ -441,10 +443,15 @@ mod tests {
         let mut cfg = HubConfig::default();
         cfg.client.proxy.connect.enabled = true;
         assert_eq!(check(&cfg).key, "client.proxy.connect.endpoint");
-        cfg.client.proxy.connect.proxy = endpoint("https://backend/connect");
+        cfg.client.proxy.connect.proxy = endpoint("ftp://backend/connect");
         let e = check(&cfg);
         assert_eq!(e.key, "client.proxy.connect.endpoint");
         assert!(e.problem.contains("https://"), "{e}");
+        cfg.client.proxy.connect.proxy = endpoint("https://backend/connect");
+        assert!(Proxies::compile(&cfg).is_ok(), "https:// endpoints are accepted");
+        cfg.client.proxy.connect.proxy = endpoint("http://backend/connect");
+        cfg.client.proxy.connect.proxy.http.tls.enabled = true;
+        assert_eq!(check(&cfg).key, "client.proxy.connect.http.tls.enabled", "TLS options on plain HTTP");
         cfg.client.proxy.connect.proxy = endpoint("grpc://backend:10001");
         assert!(check(&cfg).problem.contains("GRPC"));
 

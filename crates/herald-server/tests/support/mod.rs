@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod nats;
 pub mod redis;
+pub mod tls_backend;
 pub mod upstream;
 
 use std::future::Future;

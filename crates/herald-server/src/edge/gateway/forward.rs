@@ -29,7 +29,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Sleep;
 
@@ -42,7 +41,7 @@ use crate::state::AppState;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streamed body, to or from an upstream.
 pub type Streamed = UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, Streamed>;
+pub type HttpClient = Client<crate::outbound::Connector, Streamed>;
 
 /// The latency histogram's name and buckets (seconds).
 pub const DURATION_METRIC: &str = "herald_gateway_request_duration_seconds";
@@ -53,15 +52,17 @@ pub const DURATION_BUCKETS: &[f64] =
 const MAX_IDLE_PER_HOST: usize = 256;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The pooled client every route shares.
-pub fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
+/// A pooled client for routes with the TLS options `tls` (config key `key`): `http://` and
+/// `https://` (HTTP/2 when the upstream offers it).
+pub fn client(
+    tls: &herald_hub::proxy::config::ClientTlsOptions,
+    key: &str,
+) -> Result<HttpClient, crate::config_error::ConfigError> {
+    let connector = crate::outbound::connector(tls, key, Some(Duration::from_secs(5)))?;
+    Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+        .build(connector))
 }
 
 pub fn empty() -> Streamed {
@@ -248,7 +249,7 @@ async fn forward(
         target.push_str(q);
     }
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
         .path_and_query(target)
         .build()
@@ -267,7 +268,7 @@ async fn forward(
     *request.headers_mut() = headers;
 
     // On the deadline the call's future is dropped, and with it the upstream connection.
-    let response = match tokio::time::timeout_at(deadline, gateway.client.request(request)).await {
+    let response = match tokio::time::timeout_at(deadline, route.client.request(request)).await {
         Err(_) => return Err(timeout(route)),
         Ok(Err(_)) if over.load(Ordering::Relaxed) => return Err(Fail::refused(policy::too_large(route))),
         Ok(Err(e)) => {

@@ -119,8 +119,8 @@ async fn check(state: Arc<AppState>, index: usize, upstream: usize) {
     let route = &gateway.routes[index];
     let u = &route.upstreams[upstream];
     let hc = &route.cfg.health_check;
-    let uri = format!("http://{}{}{}", u.authority, u.base, hc.path);
-    let result = probe(&state, &uri, hc.timeout).await;
+    let uri = format!("{}://{}{}{}", u.scheme, u.authority, u.base, hc.path);
+    let result = probe(&route.client, &uri, hc.timeout).await;
     let change =
         u.health.lock().unwrap_or_else(|p| p.into_inner()).checked(result.is_ok(), &route.thresholds, gateway.now_ms());
     if let Some(up) = change {
@@ -133,13 +133,13 @@ async fn check(state: Arc<AppState>, index: usize, upstream: usize) {
 }
 
 /// One check: `GET uri` answered 2xx within `timeout`.
-async fn probe(state: &AppState, uri: &str, timeout: Duration) -> Result<(), String> {
+async fn probe(client: &super::forward::HttpClient, uri: &str, timeout: Duration) -> Result<(), String> {
     let request = Request::get(uri)
         .header(http::header::USER_AGENT, "herald-health-check")
         .body(super::forward::empty())
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let response = state.gateway.client.request(request).await.map_err(|e| format!("unreachable: {e}"))?;
+        let response = client.request(request).await.map_err(|e| format!("unreachable: {e}"))?;
         let status = response.status();
         // Read the (small) body so the connection can be reused.
         let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await;

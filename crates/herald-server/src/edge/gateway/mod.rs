@@ -2,7 +2,7 @@
 //! logic layer's upstreams after the edge policies (auth, rates, parameter rules, deadline).
 //!
 //! This module owns the configuration of a route, its compiled form ([`Gateway`]: parsed
-//! upstreams, rate tables, health states, the pooled HTTP client), prefix matching and the
+//! upstreams, rate tables, health states, the pooled HTTP clients), prefix matching and the
 //! start-up checks (a route never shadows Herald's own endpoints). The rest is split by job:
 //! [`balance`] picks an upstream, [`health`] takes failed ones out and puts them back,
 //! [`policy`] authenticates and checks the parameter rules, [`forward`] carries the request and
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use herald_auth::TokenVerifier;
 use herald_hub::limits::Rate;
+use herald_hub::proxy::config::ClientTlsOptions;
 use http::Method;
 use http::uri::{Authority, Scheme, Uri};
 use metrics::{Counter, Histogram};
@@ -46,8 +47,10 @@ pub struct RouteConfig {
     pub name: String,
     /// Path prefix: `/app` matches `/app` and `/app/...`, not `/apple`. Longest prefix wins.
     pub prefix: String,
-    /// `http://host:port[/base]` addresses.
+    /// `http://host:port[/base]` or `https://...` addresses.
     pub upstreams: Vec<String>,
+    /// The unified TLS object for `https://` upstreams (off: the platform's roots).
+    pub tls: ClientTlsOptions,
     /// `round_robin` or `user_hash` (rendezvous hash of the user id; the client address for
     /// anonymous callers).
     pub balance: String,
@@ -84,6 +87,7 @@ impl Default for RouteConfig {
             name: String::new(),
             prefix: String::new(),
             upstreams: Vec::new(),
+            tls: ClientTlsOptions::default(),
             balance: "round_robin".into(),
             strip_prefix: false,
             auth: "jwt".into(),
@@ -157,6 +161,8 @@ pub enum Auth {
 pub struct Upstream {
     /// As configured, for logs and the health gauge.
     pub label: String,
+    /// `http` or `https`.
+    pub scheme: Scheme,
     pub authority: Authority,
     /// The base path (no trailing `/`; empty for none).
     pub base: String,
@@ -170,6 +176,9 @@ pub struct Route {
     pub prefix: String,
     pub cfg: RouteConfig,
     pub upstreams: Vec<Upstream>,
+    /// The pooled client of the route's calls: shared by every route without a `tls` object
+    /// of its own.
+    pub client: forward::HttpClient,
     pub balance: Balance,
     pub auth: Auth,
     pub methods: Vec<Method>,
@@ -185,10 +194,9 @@ pub struct Route {
     pub latency: Histogram,
 }
 
-/// Every route, compiled, with the client that forwards to them.
+/// Every route, compiled.
 pub struct Gateway {
     pub routes: Vec<Route>,
-    pub client: forward::HttpClient,
     /// `client.token`'s keys, for `auth = "jwt"`.
     pub tokens: TokenVerifier,
     /// `client.disallow_anonymous_connection_tokens`: a token without a user gets 401.
@@ -206,9 +214,19 @@ impl Gateway {
             TokenVerifier::new(&config.client.token, "client.token").map_err(|e| ("client.token".into(), e))?;
         let mut routes: Vec<Route> = Vec::with_capacity(config.gateway.routes.len());
         let table = config.limits.address_table_size.max(1);
+        // Made with the first route that needs it: no routes, no client (nor platform roots read).
+        let mut shared: Option<forward::HttpClient> = None;
         for (i, cfg) in config.gateway.routes.iter().enumerate() {
             let key = |field: &str| format!("gateway.routes[{i}].{field}");
-            let route = compile(cfg, &key, table)?;
+            let client = if cfg.tls == ClientTlsOptions::default() {
+                match &shared {
+                    Some(client) => client.clone(),
+                    None => shared.insert(forward::client(&cfg.tls, &key("tls")).map_err(invalid)?).clone(),
+                }
+            } else {
+                forward::client(&cfg.tls, &key("tls")).map_err(invalid)?
+            };
+            let route = compile(cfg, &key, table, client)?;
             check_collisions(config, &route.prefix, &key("prefix"))?;
             if route.auth == Auth::Jwt && !tokens.has_keys() {
                 return Err((
@@ -234,7 +252,7 @@ impl Gateway {
             routes.push(route);
         }
         let reject_anonymous = config.client.disallow_anonymous_connection_tokens;
-        Ok(Gateway { routes, client: forward::client(), tokens, reject_anonymous, start: Instant::now() })
+        Ok(Gateway { routes, tokens, reject_anonymous, start: Instant::now() })
     }
 
     /// Milliseconds since start (the rate tables' and health states' clock).
@@ -258,7 +276,20 @@ fn under(path: &str, prefix: &str) -> bool {
     !prefix.is_empty() && path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-fn compile(cfg: &RouteConfig, key: &dyn Fn(&str) -> String, table: usize) -> Result<Route, Invalid> {
+/// A configuration error from the TLS options, as this module reports them.
+fn invalid(e: crate::config_error::ConfigError) -> Invalid {
+    match e {
+        crate::config_error::ConfigError::Invalid { key, problem } => (key, problem),
+        other => (String::new(), other.to_string()),
+    }
+}
+
+fn compile(
+    cfg: &RouteConfig,
+    key: &dyn Fn(&str) -> String,
+    table: usize,
+    client: forward::HttpClient,
+) -> Result<Route, Invalid> {
     let prefix = cfg.prefix.trim_end_matches('/').to_owned();
     if !cfg.prefix.starts_with('/') {
         return Err((key("prefix"), format!("{:?} must start with '/'", cfg.prefix)));
@@ -267,7 +298,7 @@ fn compile(cfg: &RouteConfig, key: &dyn Fn(&str) -> String, table: usize) -> Res
         return Err((key("prefix"), "\"/\" would shadow every Herald endpoint: use a longer prefix".into()));
     }
     if cfg.upstreams.is_empty() {
-        return Err((key("upstreams"), "at least one upstream is needed (http://host:port[/base])".into()));
+        return Err((key("upstreams"), "at least one upstream is needed (http[s]://host:port[/base])".into()));
     }
     let upstreams = cfg
         .upstreams
@@ -275,6 +306,10 @@ fn compile(cfg: &RouteConfig, key: &dyn Fn(&str) -> String, table: usize) -> Res
         .enumerate()
         .map(|(j, u)| upstream(u, &key(&format!("upstreams[{j}]"))))
         .collect::<Result<Vec<_>, _>>()?;
+    if cfg.tls.enabled && upstreams.iter().all(|u| u.scheme != Scheme::HTTPS) {
+        // Options that would secure nothing: every upstream is plain HTTP.
+        return Err((key("tls.enabled"), "needs https:// upstreams".into()));
+    }
     let mut seen = HashSet::new();
     if let Some(dup) = cfg.upstreams.iter().find(|u| !seen.insert(u.as_str())) {
         return Err((key("upstreams"), format!("{dup:?} is listed twice")));
@@ -333,6 +368,7 @@ fn compile(cfg: &RouteConfig, key: &dyn Fn(&str) -> String, table: usize) -> Res
         prefix,
         cfg: cfg.clone(),
         upstreams,
+        client,
         balance,
         auth,
         methods,
@@ -358,21 +394,13 @@ fn compile(cfg: &RouteConfig, key: &dyn Fn(&str) -> String, table: usize) -> Res
     })
 }
 
-/// Parses `http://host:port[/base]`.
+/// Parses `http[s]://host:port[/base]`.
 fn upstream(text: &str, key: &str) -> Result<Upstream, Invalid> {
     let uri: Uri = text.parse().map_err(|e| (key.to_owned(), format!("{text:?} is not a URL: {e}")))?;
-    match uri.scheme() {
-        Some(s) if *s == Scheme::HTTP => {}
-        Some(s) if *s == Scheme::HTTPS => {
-            return Err((
-                key.to_owned(),
-                format!(
-                    "{text:?}: https upstreams are not supported; use http:// (a private network or a local TLS sidecar)"
-                ),
-            ));
-        }
-        _ => return Err((key.to_owned(), format!("{text:?} must be http://host:port[/base]"))),
-    }
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+        _ => return Err((key.to_owned(), format!("{text:?} must be http[s]://host:port[/base]"))),
+    };
     let authority = uri.authority().cloned().ok_or_else(|| (key.to_owned(), format!("{text:?} names no host")))?;
     if authority.as_str().contains('@') {
         return Err((key.to_owned(), format!("{text:?}: credentials in the address are not supported")));
@@ -382,6 +410,7 @@ fn upstream(text: &str, key: &str) -> Result<Upstream, Invalid> {
     }
     Ok(Upstream {
         label: text.to_owned(),
+        scheme,
         authority,
         base: uri.path().trim_end_matches('/').to_owned(),
         health: Mutex::new(Health::default()),

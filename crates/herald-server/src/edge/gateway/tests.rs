@@ -80,9 +80,17 @@ fn bad_route_settings_name_their_key() {
     type Change = Box<dyn Fn(&mut RouteConfig)>;
     let cases: Vec<(Change, &str, &str)> = vec![
         (Box::new(|r| r.upstreams.clear()), "upstreams", "at least one"),
-        (Box::new(|r| r.upstreams = vec!["https://x:1".into()]), "upstreams[0]", "https upstreams are not supported"),
-        (Box::new(|r| r.upstreams = vec!["ftp://x:1".into()]), "upstreams[0]", "http://host:port"),
-        (Box::new(|r| r.upstreams = vec!["x:1".into()]), "upstreams[0]", "http://host:port"),
+        (Box::new(|r| r.upstreams = vec!["ftp://x:1".into()]), "upstreams[0]", "http[s]://host:port"),
+        (Box::new(|r| r.upstreams = vec!["x:1".into()]), "upstreams[0]", "http[s]://host:port"),
+        (Box::new(|r| r.tls.enabled = true), "tls.enabled", "needs https:// upstreams"),
+        (
+            Box::new(|r| {
+                r.upstreams = vec!["https://x:1".into()];
+                r.tls = ClientTlsOptions { enabled: true, cert_pem: "/no/such.pem".into(), ..Default::default() };
+            }),
+            "tls.key_pem",
+            "needed with cert_pem",
+        ),
         (Box::new(|r| r.upstreams = vec!["http://x:1/?a=1".into()]), "upstreams[0]", "no query"),
         (Box::new(|r| r.upstreams = vec!["http://x:1".into(), "http://x:1".into()]), "upstreams", "twice"),
         (Box::new(|r| r.balance = "random".into()), "balance", "round_robin, user_hash"),
@@ -110,6 +118,9 @@ fn bad_route_settings_name_their_key() {
         assert_eq!(key, format!("gateway.routes[0].{field}"), "{problem}");
         assert!(problem.contains(says), "{field}: {problem}");
     }
+    let mut https = route("/app");
+    https.upstreams = vec!["https://x:1".into(), "http://y:1".into()];
+    assert!(Gateway::new(&config(vec![https])).is_ok(), "https:// upstreams are accepted");
     let (key, problem) = refused(&config(vec![route("/a"), route("/a/")]));
     assert_eq!(key, "gateway.routes[1].prefix");
     assert!(problem.contains("already the prefix"), "{problem}");

@@ -158,7 +158,7 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if !live.is_empty() {
-        state.node.reconfigure(live_part(state.node.config(), new))?;
+        state.node.reconfigure(live_part(&state.node.config(), new))?;
         tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
         applied = live;
     }

@@ -72,15 +72,18 @@ pub struct Target {
 }
 
 /// What a configuration reload replaces: the configuration the node reads while running, the
-/// channel rules and the authenticator (token keys), checked together.
+/// channel rules, the logic-layer proxies with the client that reaches them, and the
+/// authenticator (token keys, the connect proxy), checked together.
 pub(crate) struct Live {
     cfg: HubConfig,
     channels: Channels,
+    backend: Arc<Backend>,
     auth: Box<dyn Authenticator>,
 }
 
 impl Live {
-    fn build(cfg: HubConfig, backend: &Arc<Backend>) -> Result<Live, ConfigError> {
+    fn build(cfg: HubConfig, port: Option<Arc<dyn ProxyPort>>) -> Result<Live, ConfigError> {
+        let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, port));
         let channels = Channels::new(cfg.channel.clone())?;
         let jwt = JwtAuthenticator::new(&cfg.client)?;
         let auth: Box<dyn Authenticator> = if backend.table().connect().is_some() {
@@ -104,7 +107,7 @@ impl Live {
                 format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
             ));
         }
-        Ok(Live { cfg, channels, auth })
+        Ok(Live { cfg, channels, backend, auth })
     }
 
     pub(crate) fn config(&self) -> &HubConfig {
@@ -117,6 +120,10 @@ impl Live {
 
     pub(crate) fn auth(&self) -> &dyn Authenticator {
         &*self.auth
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 }
 
@@ -145,7 +152,6 @@ pub struct Node {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
-    backend: Arc<Backend>,
     time: Time,
     identity: NodeIdentity,
     /// Live nodes and the delivery probe; shared with the engine's delivery sink.
@@ -189,12 +195,12 @@ impl Node {
         presence: Arc<dyn PresenceManager>,
         proxy: Option<Arc<dyn ProxyPort>>,
     ) -> Result<Arc<Node>, ConfigError> {
-        let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, proxy));
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let hooks = crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, backend.table())?);
+        let hooks =
+            crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, &Proxies::compile(&cfg)?)?);
         let clock_now = clock.now_ms();
         let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock_now));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
@@ -204,14 +210,13 @@ impl Node {
             .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
         let publication_rate = std::sync::Mutex::new(cluster::Rate::new(0, clock_now));
-        let live = Live::build(cfg, &backend)?;
+        let live = Live::build(cfg, proxy)?;
         Ok(Arc::new(Node {
             publication_rate,
             hub,
             live: ArcSwap::from_pointee(live),
             broker,
             presence,
-            backend,
             time,
             identity,
             cluster,
@@ -243,15 +248,23 @@ impl Node {
         self.live.load_full()
     }
 
-    /// Replaces the token keys, channel options and client limits with those of `cfg`, for
-    /// every command from now on (commands in flight finish with the previous ones). Checked
-    /// first: an error names the key and nothing changes. The caller decides which sections of
-    /// `cfg` may differ from [`Node::config`]: the engines, proxies, webhooks, pings and the
-    /// queue size were built from the configuration at start and keep it.
+    /// Replaces the token keys, channel options, client limits and proxy routes with those of
+    /// `cfg`, for every command from now on (commands in flight finish with the previous ones).
+    /// Checked first: an error names the key and nothing changes. The caller decides which
+    /// sections of `cfg` may differ from [`Node::config`]: the engines, webhooks, pings and the
+    /// queue size were built from the configuration at start and keep it. The proxies' client
+    /// stays: it knows the endpoints in force, so `cfg` must keep them (else
+    /// [`Node::reconfigure_with`]).
     pub fn reconfigure(&self, cfg: HubConfig) -> Result<(), ConfigError> {
-        // The channel routes to proxies must name proxies this node has (their table stays).
-        Proxies::compile(&cfg)?;
-        let live = Live::build(cfg, &self.backend)?;
+        let port = self.live.load().backend.port();
+        self.reconfigure_with(cfg, port)
+    }
+
+    /// [`Node::reconfigure`] with the proxies of `cfg` reached through `port`, a client made
+    /// for them (`None`: no proxy configured). Proxy calls in flight finish with the previous
+    /// proxies and client; the next call of any connection goes to the new ones.
+    pub fn reconfigure_with(&self, cfg: HubConfig, port: Option<Arc<dyn ProxyPort>>) -> Result<(), ConfigError> {
+        let live = Live::build(cfg, port)?;
         self.live.store(Arc::new(live));
         Ok(())
     }
@@ -310,8 +323,8 @@ impl Node {
     }
 
     /// The logic-layer proxies.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn backend(&self) -> Held<Backend> {
+        Held { live: self.live(), get: Live::backend }
     }
 
     pub(crate) fn time(&self) -> &Time {

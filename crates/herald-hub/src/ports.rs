@@ -256,7 +256,7 @@ impl<'a> Ports<'a> {
     }
 
     pub(crate) fn backend(&self) -> &'a crate::proxy::Backend {
-        self.node.backend()
+        self.live.backend()
     }
 
     /// Server version sent in connect replies.

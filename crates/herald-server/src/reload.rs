@@ -33,11 +33,15 @@ pub struct Source {
     pub overrides: Overrides,
 }
 
-/// The keys (and the keys under them) the node applies while running, besides `channel.*`
-/// but `channel.proxy.*`. Of the other `client` keys, the connection limits are the edge's
-/// (`crate::edge::LIVE_KEYS`); the rest were built into the node at start (pings, the queue
-/// size, proxies) or are read by the transports (origins) and need a restart.
+/// The keys (and the keys under them) the node applies while running. Of the other `client`
+/// keys, the connection limits are the edge's (`crate::edge::LIVE_KEYS`); the rest were built
+/// into the node at start (pings, the queue size) or are read by the transports (origins) and
+/// need a restart.
 pub const LIVE_KEYS: &[&str] = &[
+    "channel",
+    "rpc",
+    "proxies",
+    "client.proxy",
     "client.token",
     "client.subscription_token",
     "client.allow_anonymous_connect_without_token",
@@ -53,7 +57,13 @@ pub const LIVE_KEYS: &[&str] = &[
 
 /// Whether the node applies `key` while running.
 pub fn is_live(key: &str) -> bool {
-    (under(key, "channel") && !under(key, "channel.proxy")) || LIVE_KEYS.iter().any(|p| under(key, p))
+    LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// Whether a change of `key` may change a proxy endpoint or the way it is called (its client,
+/// which knows the endpoints, is made again): `proxies[]`, `*.proxy.*`, `*_proxy_*`.
+fn touches_proxies(key: &str) -> bool {
+    under(key, "proxies") || key.contains("proxy")
 }
 
 /// Whether the edge (`crate::edge::Edge`) applies `key` while running.
@@ -158,7 +168,16 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if !live.is_empty() {
-        state.node.reconfigure(live_part(&state.node.config(), new))?;
+        let hub = live_part(&state.node.config(), new);
+        if live.iter().any(|k| touches_proxies(k)) {
+            // A new client for the new endpoints (a fresh connection pool); calls in flight
+            // finish on the old one, which goes with the last of them.
+            let port = crate::proxy::port_for(&hub)?;
+            state.node.reconfigure_with(hub, port)?;
+            state.set_connect_headers();
+        } else {
+            state.node.reconfigure(hub)?;
+        }
         tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
         applied = live;
     }
@@ -218,9 +237,10 @@ fn live_part(current: &HubConfig, new: &Config) -> HubConfig {
     c.recovery_max_publication_limit = n.recovery_max_publication_limit;
     c.connect_include_server_time = n.connect_include_server_time;
     c.command_rate_limit = n.command_rate_limit;
-    let proxy = std::mem::take(&mut h.channel.proxy);
+    c.proxy = n.proxy.clone();
     h.channel = new.channel.clone();
-    h.channel.proxy = proxy;
+    h.rpc = new.rpc.clone();
+    h.proxies = new.proxies.clone();
     h
 }
 
@@ -262,14 +282,24 @@ mod tests {
 
     #[test]
     fn live_keys_are_whole_segments() {
-        for key in ["client.token.hmac_secret_key", "client.user_connection_limit", "channel.namespaces", "channel"] {
+        for key in [
+            "client.token.hmac_secret_key",
+            "client.user_connection_limit",
+            "channel.namespaces",
+            "channel",
+            "channel.proxy.subscribe.endpoint",
+            "proxies",
+            "client.proxy.connect.enabled",
+            "rpc.namespaces",
+        ] {
             assert!(is_live(key), "{key}");
         }
-        for key in
-            ["channel.proxy.subscribe.endpoint", "client.ping_interval", "client.tokens", "channels", "log.level"]
-        {
+        for key in ["client.ping_interval", "client.tokens", "channels", "log.level", "proxiesx", "webhooks"] {
             assert!(!is_live(key), "{key}");
         }
+        assert!(touches_proxies("channel.namespaces"), "a namespace's *_proxy_name");
+        assert!(touches_proxies("proxies"));
+        assert!(!touches_proxies("client.channel_limit"));
     }
 
     #[test]
@@ -280,10 +310,12 @@ mod tests {
         new.client.ping_interval = std::time::Duration::from_secs(99);
         new.channel.history_meta_ttl = std::time::Duration::from_secs(60);
         new.channel.proxy.subscribe.endpoint = "http://127.0.0.1:1/sub".into();
+        new.webhooks.enabled = true;
         let h = live_part(&old.hub(), &new);
         assert_eq!(h.client.channel_limit, 7);
         assert_eq!(h.channel.history_meta_ttl, std::time::Duration::from_secs(60));
         assert_eq!(h.client.ping_interval, old.client.ping_interval, "pings stay as built");
-        assert_eq!(h.channel.proxy, old.channel.proxy, "proxy routes stay as built");
+        assert_eq!(h.channel.proxy, new.channel.proxy, "proxies are taken");
+        assert!(!h.webhooks.enabled, "webhooks go their own way");
     }
 }

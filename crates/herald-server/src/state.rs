@@ -24,8 +24,9 @@ pub struct AppState {
     pub ws: WsSettings,
     /// `uni_websocket`'s limits.
     pub uni_ws: WsSettings,
-    /// Lower-case names of the client HTTP headers transports keep for the connect proxy.
-    pub connect_headers: Vec<String>,
+    /// Lower-case names of the client HTTP headers transports keep for the connect proxy
+    /// (replaced when a reload changes the proxies).
+    pub connect_headers: arc_swap::ArcSwap<Vec<String>>,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
     /// Live SSE and HTTP-streaming sessions, found by `/emulation`.
@@ -53,18 +54,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Takes the connect proxy's header names again after a reload replaced the proxies.
+    pub fn set_connect_headers(&self) {
+        self.connect_headers.store(Arc::new(connect_headers(&self.node)));
+    }
+
     /// `pinned_workers`: worker threads that own their connections (thread-per-core); 0 with
     /// work stealing.
     /// `socket_limit` starts unlimited; start-up sets it from the file limit.
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
-        let mut connect_headers = node.backend().table().connect_header_names();
-        // Kept with or without a connect proxy: the connection's trace goes on in its log lines
-        // and proxy calls. Only connections that send one pay for it.
-        if !connect_headers.iter().any(|n| n == "traceparent") {
-            connect_headers.push("traceparent".into());
-        }
+        let connect_headers = arc_swap::ArcSwap::from_pointee(connect_headers(&node));
         // `loader::validate` refuses a configuration this cannot compile.
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         let gateway =
@@ -221,6 +222,17 @@ impl LogThrottle {
         state.last_logged = Some(now);
         Some((std::mem::take(&mut state.unlogged), first))
     }
+}
+
+/// The client HTTP headers transports keep for the node's connect proxy.
+fn connect_headers(node: &Node) -> Vec<String> {
+    let mut names = node.backend().table().connect_header_names();
+    // Kept with or without a connect proxy: the connection's trace goes on in its log lines
+    // and proxy calls. Only connections that send one pay for it.
+    if !names.iter().any(|n| n == "traceparent") {
+        names.push("traceparent".into());
+    }
+    names
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub(crate) async fn serve(state: Arc<AppState>, stream: TcpStream, head: Vec<u8>
             .map(|mut h| {
                 h.kept = crate::transport::keep_headers(
                     req.headers.iter().map(|h| (h.name, h.value)),
-                    &state.connect_headers,
+                    &state.connect_headers.load(),
                 );
                 (h, n)
             }),

@@ -57,7 +57,7 @@ pub(crate) async fn upgrade(
                     };
                     let kept = crate::transport::keep_headers(
                         req.headers.iter().map(|h| (h.name, h.value)),
-                        &state.connect_headers,
+                        &state.connect_headers.load(),
                     );
                     match first {
                         Ok(first) => Ok((

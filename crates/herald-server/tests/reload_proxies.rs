@@ -1,0 +1,136 @@
+//! Reload of the logic-layer proxies against a real `herald` and two real test backends
+//! (`support/backend.rs`): a changed endpoint takes the next call of a client connected before
+//! the reload, a call in flight finishes on the old backend, and an invalid proxy set is
+//! refused with its key named while the one in force keeps working.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::backend::Backend;
+use support::{Herald, RawWs, WAIT};
+
+/// `proxies[0]` named `api` at `endpoint`, RPC calls without a namespace sent to it; `extra`
+/// is appended (TOML).
+fn write_config(path: &Path, endpoint: &str, extra: &str) {
+    let text = format!(
+        "[[proxies]]\nname = \"api\"\nendpoint = \"{endpoint}\"\ntimeout = \"5s\"\n\n\
+         [rpc.without_namespace]\nproxy_enabled = true\nproxy_name = \"api\"\n{extra}"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn start(file: &Path) -> Herald {
+    Herald::start_with_args(&[("HERALD_CHANNEL_NAMESPACES", "")], &["--config", file.to_str().unwrap()])
+}
+
+/// Sends an RPC call with `id` without waiting for its reply.
+async fn send_rpc(ws: &mut RawWs, id: u64, method: &str) {
+    ws.send_json(&json!({"id": id, "rpc": {"method": method, "data": {"n": id}}})).await;
+}
+
+/// Reads until the reply with `id` comes.
+async fn reply(ws: &mut RawWs, id: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no reply {id} within {WAIT:?}");
+        for r in ws.recv_json().await {
+            if r["id"] == id {
+                return r;
+            }
+        }
+    }
+}
+
+async fn rpc(ws: &mut RawWs, id: u64, method: &str) -> Value {
+    send_rpc(ws, id, method).await;
+    reply(ws, id).await
+}
+
+/// The RPC methods a backend was asked, in order.
+async fn methods(backend: &Backend) -> Vec<String> {
+    backend.requests_to("/rpc").await.iter().map(|r| r["body"]["method"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_new_endpoint_takes_the_next_call_and_a_call_in_flight_ends_on_the_old_one() {
+    let (old, new) = (Backend::start(), Backend::start());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    write_config(&file, &old.url("/rpc"), "");
+    let herald = start(&file);
+    let mut ws = RawWs::connected(&herald, "alice").await;
+    let mut other = RawWs::connected(&herald, "bob").await;
+    let r = rpc(&mut ws, 2, "first").await;
+    assert_eq!(r["rpc"]["data"]["method"], "first", "{r}");
+
+    // A call the old backend answers after 3 s, in flight across the reload (a connection's
+    // commands run one after the other, so the next call comes from the other connection).
+    send_rpc(&mut ws, 3, "slow-call").await;
+    let in_flight = || async { methods(&old).await.len() == 2 };
+    support::wait_for("the slow call at the old backend", WAIT, in_flight).await;
+
+    write_config(&file, &new.url("/rpc"), "");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    assert_eq!(r["applied"], json!(["proxies"]), "{r}");
+
+    let r = rpc(&mut other, 2, "second").await;
+    assert_eq!(r["rpc"]["data"]["method"], "second", "{r}");
+    assert_eq!(methods(&new).await, ["second"], "the next call goes to the new endpoint");
+    let r = reply(&mut ws, 3).await;
+    assert_eq!(r["rpc"]["data"]["method"], "slow-call", "the call in flight ends on the old backend: {r}");
+    assert_eq!(methods(&old).await, ["first", "slow-call"]);
+    rpc(&mut ws, 4, "third").await;
+    assert_eq!(methods(&new).await, ["second", "third"]);
+    assert_eq!(herald.num_clients().await, 2, "no connection dropped");
+}
+
+#[tokio::test]
+async fn an_invalid_proxy_set_is_refused_with_its_key_and_the_old_one_keeps_working() {
+    let backend = Backend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    write_config(&file, &backend.url("/rpc"), "");
+    let herald = start(&file);
+    let mut ws = RawWs::connected(&herald, "alice").await;
+    rpc(&mut ws, 2, "before").await;
+
+    // A route naming a proxy that is not there.
+    let text = std::fs::read_to_string(&file).unwrap().replace("proxy_name = \"api\"", "proxy_name = \"gone\"");
+    std::fs::write(&file, text).unwrap();
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert_eq!(r["key"], "rpc.without_namespace.proxy_name", "{r}");
+    assert_eq!(r["version"], 1, "{r}");
+
+    // An endpoint that is not a URL.
+    write_config(&file, "not a url", "");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert!(r["key"].as_str().unwrap().starts_with("proxies[0]"), "{r}");
+
+    let r = rpc(&mut ws, 3, "after").await;
+    assert_eq!(r["rpc"]["data"]["method"], "after", "{r}");
+    assert_eq!(methods(&backend).await, ["before", "after"], "the proxies in force stay");
+    let metrics = herald.metrics().await;
+    assert!(metrics.contains(r#"herald_config_reloads_total{outcome="refused"} 2"#), "{metrics}");
+
+    // Switching a proxy on by reload: a namespace's publications go to a new named proxy.
+    let extra = "[[proxies]]\nname = \"pubs\"\nendpoint = \"ENDPOINT\"\n\n[[channel.namespaces]]\nname = \"px\"\n\
+                 allow_subscribe_for_client = true\npublish_proxy_enabled = true\npublish_proxy_name = \"pubs\"\n";
+    let text = format!(
+        "[[proxies]]\nname = \"api\"\nendpoint = \"{}\"\n\n[rpc.without_namespace]\nproxy_enabled = true\n\
+         proxy_name = \"api\"\n\n{}",
+        backend.url("/rpc"),
+        extra.replace("ENDPOINT", &backend.url("/publish"))
+    );
+    std::fs::write(&file, text).unwrap();
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    ws.send_json(&json!({"id": 4, "publish": {"channel": "px:room", "data": {"hello": 1}}})).await;
+    let r = reply(&mut ws, 4).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(backend.requests_to("/publish").await.len(), 1, "the publication was asked to the new proxy");
+}

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_hub::HubConfig;
+use herald_hub::proxy::Proxies;
+use herald_hub::webhook::Webhooks;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -165,6 +167,15 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
     let changed = changed_keys(old, new);
     let (live, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_live(k));
     let (edge, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_edge_live(k));
+    let (hooks, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| under(k, "webhooks"));
+    // Checked before anything is applied. The section names a proxy: a proxy change may move
+    // its endpoint.
+    let webhooks = if !hooks.is_empty() || live.iter().any(|k| touches_proxies(k)) {
+        let hub = new.hub();
+        Some(Webhooks::compile(&hub.webhooks, &Proxies::compile(&hub)?)?)
+    } else {
+        None
+    };
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if !live.is_empty() {
@@ -180,6 +191,18 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
         }
         tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
         applied = live;
+    }
+    if let Some(webhooks) = webhooks {
+        let on = webhooks.is_some();
+        state.node.hooks().replace(webhooks);
+        if on && !state.node.hooks().has_sink() {
+            // Off until now: the sender starts (fails only when no thread can be made).
+            crate::webhook::start(&state.node)?;
+        }
+        if !hooks.is_empty() {
+            tracing::info!(keys = %hooks.join(", "), "configuration reload: applied to lifecycle webhooks: {}", hooks.join(", "));
+            applied.extend(hooks);
+        }
     }
     if !edge.is_empty() {
         // Cannot fail after `loader::validate`, which compiled the same lists; the node's part,

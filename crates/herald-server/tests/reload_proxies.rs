@@ -1,7 +1,8 @@
-//! Reload of the logic-layer proxies against a real `herald` and two real test backends
-//! (`support/backend.rs`): a changed endpoint takes the next call of a client connected before
-//! the reload, a call in flight finishes on the old backend, and an invalid proxy set is
-//! refused with its key named while the one in force keeps working.
+//! Reload of the logic-layer proxies and lifecycle webhooks against a real `herald` and real
+//! test backends (`support/backend.rs`): a changed endpoint takes the next call of a client
+//! connected before the reload, a call in flight finishes on the old backend, an invalid proxy
+//! set is refused with its key named while the one in force keeps working, and webhooks follow
+//! a new endpoint or are switched on and off.
 
 mod support;
 
@@ -133,4 +134,61 @@ async fn an_invalid_proxy_set_is_refused_with_its_key_and_the_old_one_keeps_work
     let r = reply(&mut ws, 4).await;
     assert!(r.get("error").is_none(), "{r}");
     assert_eq!(backend.requests_to("/publish").await.len(), 1, "the publication was asked to the new proxy");
+}
+
+/// `proxies[0]` named `hooks` at `endpoint`; webhooks on when `on`, for `events`.
+fn write_hooks(path: &Path, endpoint: &str, on: bool, events: &str) {
+    let text = format!(
+        "[[proxies]]\nname = \"hooks\"\nendpoint = \"{endpoint}\"\n\n[webhooks]\nenabled = {on}\n\
+         proxy_name = \"hooks\"\nevents = [{events}]\nflush_interval = \"50ms\"\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// The users of the connect events a backend received.
+fn connects(backend: &Backend) -> Vec<String> {
+    let events = backend.webhook_events();
+    events.iter().filter(|e| e["event"] == "connect").map(|e| e["user"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test]
+async fn webhooks_follow_a_new_endpoint_and_are_switched_on_and_off() {
+    let (old, new) = (Backend::start(), Backend::start());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    // Off at start: no sender yet.
+    write_hooks(&file, &old.url("/webhook"), false, "\"connect\"");
+    let herald = start(&file);
+    let _a = RawWs::connected(&herald, "a").await;
+
+    write_hooks(&file, &old.url("/webhook"), true, "\"connect\"");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    assert_eq!(r["applied"], json!(["webhooks.enabled"]), "{r}");
+    let _b = RawWs::connected(&herald, "b").await;
+    support::wait_for("b's connect event", WAIT, || async { connects(&old) == ["b"] }).await;
+
+    // A new endpoint: the next batches go there.
+    write_hooks(&file, &new.url("/webhook"), true, "\"connect\"");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["applied"], json!(["proxies"]), "{r}");
+    let _c = RawWs::connected(&herald, "c").await;
+    support::wait_for("c's connect event", WAIT, || async { connects(&new) == ["c"] }).await;
+
+    // An event that is not on the list is refused with its key; nothing changes.
+    write_hooks(&file, &old.url("/webhook"), true, "\"connect\", \"publish\"");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert_eq!(r["key"], "webhooks.events[1]", "{r}");
+    let _d = RawWs::connected(&herald, "d").await;
+    support::wait_for("d's connect event", WAIT, || async { connects(&new) == ["c", "d"] }).await;
+
+    // Off: no more events.
+    write_hooks(&file, &new.url("/webhook"), false, "\"connect\"");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["applied"], json!(["webhooks.enabled"]), "{r}");
+    let _e = RawWs::connected(&herald, "e").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(connects(&new), ["c", "d"], "e connected with webhooks off");
+    assert_eq!(connects(&old), ["b"]);
 }

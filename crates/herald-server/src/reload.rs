@@ -3,9 +3,11 @@
 //! what can change in a running node is applied; an invalid configuration is refused with its
 //! error (naming the key) and the one in force stays, whole.
 //!
-//! Applied while running, without dropping a connection: the token keys and the client limits
-//! of [`LIVE_KEYS`] and the channel options (`channel.*` but `channel.proxy`), swapped in the
-//! node at once (`herald_hub::Node::reconfigure`) for every command from then on; the address
+//! Applied while running, without dropping a connection: the token keys, client limits,
+//! channel options and logic-layer proxies of [`LIVE_KEYS`], swapped in the node at once
+//! (`herald_hub::Node::reconfigure`, with a new proxy client when a proxy changed) for every
+//! command from then on; the lifecycle webhooks (`webhooks.*`: the node's event mask and the
+//! sender's endpoint and bounds; its queue is handed over, `crate::webhook`); the address
 //! lists, trusted proxies and connection and API limits of `crate::edge::LIVE_KEYS`, for every
 //! connection and request from then on (`crate::edge::Edge::reconfigure`); `log.level`;
 //! the TLS certificate files (read again at once; they are also read again by themselves when

@@ -39,8 +39,8 @@ pub struct Source {
 
 /// The keys (and the keys under them) the node applies while running. Of the other `client`
 /// keys, the connection limits are the edge's (`crate::edge::LIVE_KEYS`); the rest were built
-/// into the node at start (pings, the queue size) or are read by the transports (origins) and
-/// need a restart.
+/// into the node at start (pings, the queue size) and need a restart. The transports read
+/// `client.allowed_origins` from the node at every handshake.
 pub const LIVE_KEYS: &[&str] = &[
     "channel",
     "rpc",
@@ -57,6 +57,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "client.recovery_max_publication_limit",
     "client.connect_include_server_time",
     "client.command_rate_limit",
+    "client.allowed_origins",
 ];
 
 /// Whether the node applies `key` while running.
@@ -262,6 +263,7 @@ fn live_part(current: &HubConfig, new: &Config) -> HubConfig {
     c.recovery_max_publication_limit = n.recovery_max_publication_limit;
     c.connect_include_server_time = n.connect_include_server_time;
     c.command_rate_limit = n.command_rate_limit;
+    c.allowed_origins = n.allowed_origins.clone();
     c.proxy = n.proxy.clone();
     h.channel = new.channel.clone();
     h.rpc = new.rpc.clone();

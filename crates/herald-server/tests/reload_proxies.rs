@@ -2,7 +2,8 @@
 //! test backends (`support/backend.rs`): a changed endpoint takes the next call of a client
 //! connected before the reload, a call in flight finishes on the old backend, an invalid proxy
 //! set is refused with its key named while the one in force keeps working, and webhooks follow
-//! a new endpoint or are switched on and off.
+//! a new endpoint or are switched on and off. Also `client.allowed_origins`, which the
+//! transports read from the node at every handshake.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use support::backend::Backend;
-use support::{Herald, RawWs, WAIT};
+use support::{Herald, RawWs, WAIT, WS_PATH, upgrade_request};
 
 /// `proxies[0]` named `api` at `endpoint`, RPC calls without a namespace sent to it; `extra`
 /// is appended (TOML).
@@ -191,4 +192,29 @@ async fn webhooks_follow_a_new_endpoint_and_are_switched_on_and_off() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(connects(&new), ["c", "d"], "e connected with webhooks off");
     assert_eq!(connects(&old), ["b"]);
+}
+
+#[tokio::test]
+async fn allowed_origins_apply_to_the_next_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    let write = |origin: &str| std::fs::write(&file, format!("[client]\nallowed_origins = [\"{origin}\"]\n")).unwrap();
+    write("https://a.example");
+    let herald = start(&file);
+    let status = |origin: &'static str| {
+        let addr = herald.addr;
+        async move { RawWs::handshake(addr, &upgrade_request(addr, WS_PATH, &[("Origin", origin)])).await.status }
+    };
+    assert_eq!(status("https://a.example").await, 101);
+    assert_eq!(status("https://b.example").await, 403);
+    let mut before = RawWs::connected(&herald, "alice").await;
+
+    write("https://b.example");
+    let r = herald.api_ok("reload", json!({})).await;
+    assert_eq!(r["applied"], json!(["client.allowed_origins"]), "{r}");
+    assert_eq!(status("https://b.example").await, 101);
+    assert_eq!(status("https://a.example").await, 403);
+    // A connection made before stays.
+    let r = rpc(&mut before, 2, "still-here").await;
+    assert!(r.get("error").is_some() || r.get("rpc").is_some(), "answered: {r}");
 }

@@ -109,7 +109,7 @@ pub(crate) fn check(
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(Refused { status: 503, message: "shutting down".into() });
     }
-    if !origin_allowed(h.origin.as_deref(), h.host.as_deref(), &state.config.client.allowed_origins) {
+    if !origin_allowed(h.origin.as_deref(), h.host.as_deref(), &state.node.config().client.allowed_origins) {
         return Err(Refused { status: 403, message: "origin not allowed".into() });
     }
     if h.method == HttpMethod::Options {

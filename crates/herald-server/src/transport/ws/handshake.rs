@@ -41,7 +41,7 @@ pub(crate) async fn upgrade(
         match herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers) {
             Err(e) => Err((e.status, e.message)),
             Ok(up) => {
-                if !origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
+                if !origin_allowed(up.origin, up.host, &state.node.config().client.allowed_origins) {
                     Err((403, "origin not allowed"))
                 } else {
                     // The echo endpoint speaks no client protocol: no subprotocol to choose.

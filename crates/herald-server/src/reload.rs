@@ -65,8 +65,9 @@ pub fn is_live(key: &str) -> bool {
     LIVE_KEYS.iter().any(|p| under(key, p))
 }
 
-/// Whether a change of `key` may change a proxy endpoint or the way it is called (its client,
-/// which knows the endpoints, is made again): `proxies[]`, `*.proxy.*`, `*_proxy_*`.
+/// Whether a change of `key` may change the proxy endpoints or the way they are called (their
+/// client, which knows the endpoints by index, is made again): `proxies[]`, `*.proxy.*`. The
+/// table's endpoints come only from these; namespaces merely route to them.
 fn touches_proxies(key: &str) -> bool {
     under(key, "proxies") || key.contains("proxy")
 }
@@ -324,7 +325,10 @@ mod tests {
         for key in ["client.ping_interval", "client.tokens", "channels", "log.level", "proxiesx", "webhooks"] {
             assert!(!is_live(key), "{key}");
         }
-        assert!(touches_proxies("channel.namespaces"), "a namespace's *_proxy_name");
+        // Namespaces only route to endpoints the table makes from the keys below: the client
+        // (which knows endpoints by index) stays valid.
+        assert!(!touches_proxies("channel.namespaces"));
+        assert!(touches_proxies("channel.proxy.publish.timeout") && touches_proxies("rpc.proxy.endpoint"));
         assert!(touches_proxies("proxies"));
         assert!(!touches_proxies("client.channel_limit"));
     }

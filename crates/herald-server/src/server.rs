@@ -577,9 +577,11 @@ async fn run(
     tracing::info!("shutting down: closing {} clients", node.hub().num_clients());
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
-    if let Some(hooks) = node.hooks().config() {
-        // The closed clients' events and what was queued: one try, bounded by the proxy's timeout.
-        let left = node.hooks().drain(hooks.spec.timeout).await;
+    if node.hooks().has_sink() {
+        // The closed clients' events and what was queued: one try, bounded by the proxy's timeout
+        // (a second when a reload turned webhooks off: what was queued before is still sent).
+        let limit = node.hooks().config().map_or(Duration::from_secs(1), |hooks| hooks.spec.timeout);
+        let left = node.hooks().drain(limit).await;
         if left > 0 {
             tracing::warn!(events = left, "lifecycle webhook events not sent before exit");
         }

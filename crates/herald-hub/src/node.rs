@@ -239,13 +239,16 @@ impl Node {
     /// The configuration in force (the parts a reload replaced included), held as it is now
     /// for as long as the caller keeps it.
     pub fn config(&self) -> Held<HubConfig> {
-        Held { live: self.live(), get: Live::config }
+        Held { live: self.live.load_full(), get: Live::config }
     }
 
-    /// The parts a reload replaces, as they are now: one atomic reference count taken, given
-    /// back when the caller drops it (the last holder of a replaced snapshot frees it).
-    pub(crate) fn live(&self) -> Arc<Live> {
-        self.live.load_full()
+    /// The parts a reload replaces, as they are now, held until the caller drops the guard
+    /// (the last holder of a replaced snapshot frees it). A guard costs what the read lock of
+    /// a leaked reference did, less than an `Arc` clone: it does not touch the shared count
+    /// unless a reload happens while it is held or the thread holds many
+    /// (docs/benchmarks.md, "Configuration reload").
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
     }
 
     /// Replaces the token keys, channel options, client limits and proxy routes with those of
@@ -275,7 +278,7 @@ impl Node {
 
     /// The channel rules in force, held as they are now for as long as the caller keeps them.
     pub fn channels(&self) -> Held<Channels> {
-        Held { live: self.live(), get: Live::channels }
+        Held { live: self.live.load_full(), get: Live::channels }
     }
 
     /// The local indexes of connections and subscriptions.
@@ -324,7 +327,7 @@ impl Node {
 
     /// The logic-layer proxies.
     pub fn backend(&self) -> Held<Backend> {
-        Held { live: self.live(), get: Live::backend }
+        Held { live: self.live.load_full(), get: Live::backend }
     }
 
     pub(crate) fn time(&self) -> &Time {
@@ -679,10 +682,10 @@ mod tests {
     fn replaced_snapshots_are_freed_once_no_command_holds_them() {
         let node = node();
         let in_flight = node.live();
-        let held = Arc::downgrade(&in_flight);
+        let held = Arc::downgrade(&*in_flight);
         let mut replaced = Vec::new();
         for limit in 1..=1000 {
-            replaced.push(Arc::downgrade(&node.live()));
+            replaced.push(Arc::downgrade(&*node.live()));
             let mut cfg = node.config().clone();
             cfg.client.channel_limit = limit;
             node.reconfigure(cfg).expect("valid");
@@ -695,7 +698,7 @@ mod tests {
         assert!(held.upgrade().is_none(), "freed with its last holder");
         assert_eq!(node.config().client.channel_limit, 1000);
         // The node's own reference and the one just taken: nothing else holds the current one.
-        assert_eq!(Arc::strong_count(&node.live()), 2);
+        assert_eq!(Arc::strong_count(&node.live.load_full()), 2);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::api;
 use crate::config::Config;
 use crate::edge::gate;
 use crate::edge::gateway::forward::{BoxError, Reply};
-use crate::router::{Listener, Route, on_listener, route};
+use crate::router::{Listener, Route, on_listener, route, route_live};
 use crate::state::AppState;
 use crate::transport::stream;
 use crate::transport::stream::handoff::Taken;
@@ -452,7 +452,9 @@ async fn http_request(
     listener: Listener,
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Reply>, Infallible> {
-    let routed = on_listener(&state.config, route(&state.config, req.uri().path(), false), listener);
+    // One snapshot of the gateway routes from matching to forwarding (a reload may swap them).
+    let gateway = state.gateway.load_full();
+    let routed = on_listener(&state.config, route_live(&state.config, &gateway, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {
         Ok(client) => client,
@@ -466,7 +468,7 @@ async fn http_request(
         }
     };
     if let Route::Gateway(index) = routed {
-        return Ok(crate::edge::gateway::forward::handle(&state, index, req, peer).await);
+        return Ok(crate::edge::gateway::forward::handle(&state, &gateway, index, req, peer).await);
     }
     let response = match routed {
         Route::Health => api::health(&state),

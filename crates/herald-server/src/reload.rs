@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use herald_hub::HubConfig;
 use herald_hub::proxy::Proxies;
 use herald_hub::webhook::Webhooks;
+
+use crate::edge::gateway::Gateway;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -172,6 +174,21 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
     let (live, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_live(k));
     let (edge, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_edge_live(k));
     let (hooks, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| under(k, "webhooks"));
+    let (routes, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| under(k, "gateway"));
+    // Gateway routes verify `client.token` keys too: a token change rebuilds them. Built on
+    // the configuration in force for what is read only at start (Herald's own paths, the API
+    // key, the address table size), checked before anything is applied.
+    let tokens_changed =
+        live.iter().any(|k| under(k, "client.token") || under(k, "client.disallow_anonymous_connection_tokens"));
+    let gateway = if !routes.is_empty() || (tokens_changed && !new.gateway.routes.is_empty()) {
+        let mut c = state.config.clone();
+        c.gateway = new.gateway.clone();
+        c.client.token = new.client.token.clone();
+        c.client.disallow_anonymous_connection_tokens = new.client.disallow_anonymous_connection_tokens;
+        Some(Gateway::new(&c).map_err(|(key, problem)| ConfigError::invalid(key, problem))?)
+    } else {
+        None
+    };
     // Checked before anything is applied. The section names a proxy: a proxy change may move
     // its endpoint.
     let webhooks = if !hooks.is_empty() || live.iter().any(|k| touches_proxies(k)) {
@@ -206,6 +223,13 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
         if !hooks.is_empty() {
             tracing::info!(keys = %hooks.join(", "), "configuration reload: applied to lifecycle webhooks: {}", hooks.join(", "));
             applied.extend(hooks);
+        }
+    }
+    if let Some(gateway) = gateway {
+        state.set_gateway(gateway);
+        if !routes.is_empty() {
+            tracing::info!(keys = %routes.join(", "), "configuration reload: applied to new gateway requests: {}", routes.join(", "));
+            applied.extend(routes);
         }
     }
     if !edge.is_empty() {

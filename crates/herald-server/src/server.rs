@@ -551,7 +551,7 @@ async fn run(
         }
     });
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
-    let health_checks = crate::edge::gateway::health::spawn_all(&state);
+    state.start_gateway_health();
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let internal = match internal {
         Some(internal) => {
@@ -590,7 +590,7 @@ async fn run(
     cluster.abort();
     upkeep.abort();
     reloads.abort();
-    health_checks.iter().for_each(tokio::task::JoinHandle::abort);
+    state.stop_gateway_health();
     tracing::info!("shutdown complete");
     Ok(())
 }

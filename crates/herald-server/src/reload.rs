@@ -7,7 +7,8 @@
 //! channel options and logic-layer proxies of [`LIVE_KEYS`], swapped in the node at once
 //! (`herald_hub::Node::reconfigure`, with a new proxy client when a proxy changed) for every
 //! command from then on; the lifecycle webhooks (`webhooks.*`: the node's event mask and the
-//! sender's endpoint and bounds; its queue is handed over, `crate::webhook`); the address
+//! sender's endpoint and bounds; its queue is handed over, `crate::webhook`); the gateway
+//! routes (`gateway.routes`, for every request from then on, `AppState::set_gateway`); the address
 //! lists, trusted proxies and connection and API limits of `crate::edge::LIVE_KEYS`, for every
 //! connection and request from then on (`crate::edge::Edge::reconfigure`); `log.level`;
 //! the TLS certificate files (read again at once; they are also read again by themselves when

@@ -453,7 +453,8 @@ async fn http_request(
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Reply>, Infallible> {
     // One snapshot of the gateway routes from matching to forwarding (a reload may swap them).
-    let gateway = state.gateway.load_full();
+    // A guard, not an `Arc` clone: every hyper request (the API's too) pays this.
+    let gateway = state.gateway.load();
     let routed = on_listener(&state.config, route_live(&state.config, &gateway, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {

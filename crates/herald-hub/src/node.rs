@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use herald_proto::codes::*;
 use herald_proto::{ClientInfo, DisconnectReason, ErrorCode, Publication, StreamPosition};
@@ -26,7 +28,7 @@ use crate::config::{ChannelOptions, ConfigError, HubConfig};
 use crate::hub::Hub;
 use crate::link::{ClientLink, Control, ServerSubscribe};
 use crate::metrics;
-use crate::ports::{Authenticator, Ports, Time};
+use crate::ports::{Authenticator, Time};
 use crate::proxy::{Backend, Proxies, ProxyAuthenticator, ProxyPort};
 use crate::timer::TimerWheel;
 
@@ -70,15 +72,18 @@ pub struct Target {
 }
 
 /// What a configuration reload replaces: the configuration the node reads while running, the
-/// channel rules and the authenticator (token keys), checked together.
+/// channel rules, the logic-layer proxies with the client that reaches them, and the
+/// authenticator (token keys, the connect proxy), checked together.
 pub(crate) struct Live {
     cfg: HubConfig,
     channels: Channels,
+    backend: Arc<Backend>,
     auth: Box<dyn Authenticator>,
 }
 
 impl Live {
-    fn build(cfg: HubConfig, backend: &Arc<Backend>) -> Result<Live, ConfigError> {
+    fn build(cfg: HubConfig, port: Option<Arc<dyn ProxyPort>>) -> Result<Live, ConfigError> {
+        let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, port));
         let channels = Channels::new(cfg.channel.clone())?;
         let jwt = JwtAuthenticator::new(&cfg.client)?;
         let auth: Box<dyn Authenticator> = if backend.table().connect().is_some() {
@@ -102,7 +107,7 @@ impl Live {
                 format!("{:?} is not one of refuse_new, evict_oldest", c.user_connection_limit_mode),
             ));
         }
-        Ok(Live { cfg, channels, auth })
+        Ok(Live { cfg, channels, backend, auth })
     }
 
     pub(crate) fn config(&self) -> &HubConfig {
@@ -112,19 +117,41 @@ impl Live {
     pub(crate) fn channels(&self) -> &Channels {
         &self.channels
     }
+
+    pub(crate) fn auth(&self) -> &dyn Authenticator {
+        &*self.auth
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+/// A part of the reloadable configuration ([`Node::config`], [`Node::channels`]) as it was
+/// when taken: a reload meanwhile does not change it, and it keeps its snapshot alive.
+pub struct Held<T: ?Sized> {
+    live: Arc<Live>,
+    get: fn(&Live) -> &T,
+}
+
+impl<T: ?Sized> std::ops::Deref for Held<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        (self.get)(&self.live)
+    }
 }
 
 /// The node.
 pub struct Node {
-    /// The parts a configuration reload replaces ([`Node::reconfigure`]). A command reads it
-    /// once (`Node::ports`); a replaced one is kept until the process ends, since commands in
-    /// flight may still hold it (a few KB per reload that changed these parts).
-    live: std::sync::RwLock<&'static Live>,
+    /// The parts a configuration reload replaces ([`Node::reconfigure`]). A command takes a
+    /// reference once (`Node::live`); a replaced snapshot is freed when the last command in
+    /// flight that holds it ends.
+    live: ArcSwap<Live>,
     /// Shared with the engine's delivery sink, which reaches the hub without the node.
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
-    backend: Arc<Backend>,
     time: Time,
     identity: NodeIdentity,
     /// Live nodes and the delivery probe; shared with the engine's delivery sink.
@@ -168,12 +195,12 @@ impl Node {
         presence: Arc<dyn PresenceManager>,
         proxy: Option<Arc<dyn ProxyPort>>,
     ) -> Result<Arc<Node>, ConfigError> {
-        let backend = Arc::new(Backend::new(Proxies::compile(&cfg)?, proxy));
         let c = &cfg.client;
         if !c.ping_interval.is_zero() && !c.pong_timeout.is_zero() && c.pong_timeout >= c.ping_interval {
             return Err(ConfigError::new("client.pong_timeout", "must be shorter than client.ping_interval"));
         }
-        let hooks = crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, backend.table())?);
+        let hooks =
+            crate::webhook::Hooks::new(crate::webhook::Webhooks::compile(&cfg.webhooks, &Proxies::compile(&cfg)?)?);
         let clock_now = clock.now_ms();
         let cluster = Arc::new(Cluster::new(identity.uid.clone(), clock_now));
         let time = Time::new(clock.clone(), TimerWheel::new(secs(c.ping_interval), secs(c.pong_timeout)));
@@ -183,14 +210,13 @@ impl Node {
             .set_handler(Arc::new(Delivery::new(hub.clone(), cluster.clone(), clock)))
             .map_err(|e| ConfigError::new("engine", e.to_string()))?;
         let publication_rate = std::sync::Mutex::new(cluster::Rate::new(0, clock_now));
-        let live = Live::build(cfg, &backend)?;
+        let live = Live::build(cfg, proxy)?;
         Ok(Arc::new(Node {
             publication_rate,
             hub,
-            live: std::sync::RwLock::new(Box::leak(Box::new(live))),
+            live: ArcSwap::from_pointee(live),
             broker,
             presence,
-            backend,
             time,
             identity,
             cluster,
@@ -210,26 +236,39 @@ impl Node {
         &self.user_buckets
     }
 
-    /// The configuration in force (the parts a reload replaced included).
-    pub fn config(&self) -> &HubConfig {
-        &self.live().cfg
+    /// The configuration in force (the parts a reload replaced included), held as it is now
+    /// for as long as the caller keeps it.
+    pub fn config(&self) -> Held<HubConfig> {
+        Held { live: self.live.load_full(), get: Live::config }
     }
 
-    /// The parts a reload replaces, as they are now.
-    fn live(&self) -> &'static Live {
-        *self.live.read().unwrap_or_else(|p| p.into_inner())
+    /// The parts a reload replaces, as they are now, held until the caller drops the guard
+    /// (the last holder of a replaced snapshot frees it). A guard costs what the read lock of
+    /// a leaked reference did, less than an `Arc` clone: it does not touch the shared count
+    /// unless a reload happens while it is held or the thread holds many
+    /// (docs/benchmarks.md, "Configuration reload").
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
     }
 
-    /// Replaces the token keys, channel options and client limits with those of `cfg`, for
-    /// every command from now on (commands in flight finish with the previous ones). Checked
-    /// first: an error names the key and nothing changes. The caller decides which sections of
-    /// `cfg` may differ from [`Node::config`]: the engines, proxies, webhooks, pings and the
-    /// queue size were built from the configuration at start and keep it.
+    /// Replaces the token keys, channel options, client limits and proxy routes with those of
+    /// `cfg`, for every command from now on (commands in flight finish with the previous ones).
+    /// Checked first: an error names the key and nothing changes. The caller decides which
+    /// sections of `cfg` may differ from [`Node::config`]: the engines, webhooks, pings and the
+    /// queue size were built from the configuration at start and keep it. The proxies' client
+    /// stays: it knows the endpoints in force, so `cfg` must keep them (else
+    /// [`Node::reconfigure_with`]).
     pub fn reconfigure(&self, cfg: HubConfig) -> Result<(), ConfigError> {
-        // The channel routes to proxies must name proxies this node has (their table stays).
-        Proxies::compile(&cfg)?;
-        let live = Live::build(cfg, &self.backend)?;
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Box::leak(Box::new(live));
+        let port = self.live.load().backend.port();
+        self.reconfigure_with(cfg, port)
+    }
+
+    /// [`Node::reconfigure`] with the proxies of `cfg` reached through `port`, a client made
+    /// for them (`None`: no proxy configured). Proxy calls in flight finish with the previous
+    /// proxies and client; the next call of any connection goes to the new ones.
+    pub fn reconfigure_with(&self, cfg: HubConfig, port: Option<Arc<dyn ProxyPort>>) -> Result<(), ConfigError> {
+        let live = Live::build(cfg, port)?;
+        self.live.store(Arc::new(live));
         Ok(())
     }
 
@@ -237,8 +276,9 @@ impl Node {
         &self.identity
     }
 
-    pub fn channels(&self) -> &Channels {
-        &self.live().channels
+    /// The channel rules in force, held as they are now for as long as the caller keeps them.
+    pub fn channels(&self) -> Held<Channels> {
+        Held { live: self.live.load_full(), get: Live::channels }
     }
 
     /// The local indexes of connections and subscriptions.
@@ -285,15 +325,9 @@ impl Node {
         }
     }
 
-    /// The ports a session works through for one command.
-    pub(crate) fn ports(&self) -> Ports<'_> {
-        let live = self.live();
-        Ports::new(self, live, &*live.auth)
-    }
-
     /// The logic-layer proxies.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn backend(&self) -> Held<Backend> {
+        Held { live: self.live.load_full(), get: Live::backend }
     }
 
     pub(crate) fn time(&self) -> &Time {
@@ -318,7 +352,7 @@ impl Node {
 
     pub(crate) fn meta_ttl(&self, options: &ChannelOptions) -> Duration {
         if options.history_meta_ttl.is_zero() {
-            self.config().channel.history_meta_ttl
+            self.live.load().cfg.channel.history_meta_ttl
         } else {
             options.history_meta_ttl
         }
@@ -345,7 +379,8 @@ impl Node {
     /// Whether the user's connections are counted in the presence storage (cluster-wide with a
     /// network engine) rather than only by the local hub.
     fn counts_users_in_presence(&self, user: &str) -> bool {
-        let c = &self.config().client;
+        let live = self.live.load();
+        let c = &live.cfg.client;
         c.user_connection_limit > 0
             && !user.is_empty()
             && (self.clustered() || c.user_connection_limit_mode == crate::config::LIMIT_EVICT_OLDEST)
@@ -360,7 +395,7 @@ impl Node {
         if !self.counts_users_in_presence(user) {
             return Ok(());
         }
-        let limit = self.config().client.user_connection_limit;
+        let limit = self.live.load().cfg.client.user_connection_limit;
         let key = user_key(user);
         let current = self.presence.presence(&key).await.map_err(|e| {
             tracing::warn!(error = %e, "user connection count failed");
@@ -372,7 +407,7 @@ impl Node {
             .map(|(id, info)| (std::str::from_utf8(&info.chan_info).ok().and_then(|t| t.parse().ok()).unwrap_or(0), id))
             .collect();
         if others.len() >= limit {
-            if self.config().client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
+            if self.live.load().cfg.client.user_connection_limit_mode != crate::config::LIMIT_EVICT_OLDEST {
                 metrics::user_limit("refused");
                 return Err(DISCONNECT_CONNECTION_LIMIT);
             }
@@ -635,7 +670,36 @@ fn glob(pattern: &str) -> Option<regex::Regex> {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::*;
+
+    fn node() -> Arc<Node> {
+        let identity = NodeIdentity { uid: "u".into(), name: "n".into(), version: "v".into() };
+        Node::new(HubConfig::default(), identity, Arc::new(crate::clock::ManualClock::new(0))).expect("valid")
+    }
+
+    /// Reloads used to leak every replaced snapshot; now the last holder frees it.
+    #[test]
+    fn replaced_snapshots_are_freed_once_no_command_holds_them() {
+        let node = node();
+        let in_flight = node.live();
+        let held = Arc::downgrade(&*in_flight);
+        let mut replaced = Vec::new();
+        for limit in 1..=1000 {
+            replaced.push(Arc::downgrade(&*node.live()));
+            let mut cfg = node.config().clone();
+            cfg.client.channel_limit = limit;
+            node.reconfigure(cfg).expect("valid");
+        }
+        let alive = replaced.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, 1, "only the snapshot a command still holds");
+        assert!(held.upgrade().is_some());
+        assert_eq!(in_flight.config().client.channel_limit, HubConfig::default().client.channel_limit);
+        drop(in_flight);
+        assert!(held.upgrade().is_none(), "freed with its last holder");
+        assert_eq!(node.config().client.channel_limit, 1000);
+        // The node's own reference and the one just taken: nothing else holds the current one.
+        assert_eq!(Arc::strong_count(&node.live.load_full()), 2);
+    }
 
     #[test]
     fn glob_matches() {

@@ -204,8 +204,9 @@ pub(crate) struct Ports<'a> {
 }
 
 impl<'a> Ports<'a> {
-    pub(crate) fn new(node: &'a Node, live: &'a Live, auth: &'a dyn Authenticator) -> Self {
-        Ports { auth, node, live }
+    /// The ports of one command, over the snapshot of the reloadable part it runs with.
+    pub(crate) fn new(node: &'a Node, live: &'a Live) -> Self {
+        Ports { auth: live.auth(), node, live }
     }
 
     pub(crate) fn engine(&self) -> Engine<'a> {
@@ -255,7 +256,7 @@ impl<'a> Ports<'a> {
     }
 
     pub(crate) fn backend(&self) -> &'a crate::proxy::Backend {
-        self.node.backend()
+        self.live.backend()
     }
 
     /// Server version sent in connect replies.

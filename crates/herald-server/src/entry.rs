@@ -29,7 +29,7 @@ use crate::api;
 use crate::config::Config;
 use crate::edge::gate;
 use crate::edge::gateway::forward::{BoxError, Reply};
-use crate::router::{Listener, Route, on_listener, route};
+use crate::router::{Listener, Route, on_listener, route, route_live};
 use crate::state::AppState;
 use crate::transport::stream;
 use crate::transport::stream::handoff::Taken;
@@ -461,7 +461,10 @@ pub(crate) async fn http_request(
     listener: Listener,
     handoff: &stream::handoff::Handoff,
 ) -> Result<Response<Reply>, Infallible> {
-    let routed = on_listener(&state.config, route(&state.config, req.uri().path(), false), listener);
+    // One snapshot of the gateway routes from matching to forwarding (a reload may swap them).
+    // A guard, not an `Arc` clone: every hyper request (the API's too) pays this.
+    let gateway = state.gateway.load();
+    let routed = on_listener(&state.config, route_live(&state.config, &gateway, req.uri().path(), false), listener);
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let peer = match gate::admit(&state, &routed, peer, headers) {
         Ok(client) => client,
@@ -475,7 +478,7 @@ pub(crate) async fn http_request(
         }
     };
     if let Route::Gateway(index) = routed {
-        return Ok(crate::edge::gateway::forward::handle(&state, index, req, peer).await);
+        return Ok(crate::edge::gateway::forward::handle(&state, &gateway, index, req, peer).await);
     }
     if let Route::Api(_) = routed
         && let Some(why) = crate::tls_options::api_refusal(&state.config.http_server.tls)

@@ -243,11 +243,17 @@ pub fn build_node(
     broker: std::sync::Arc<dyn herald_hub::broker::Broker>,
     presence: std::sync::Arc<dyn herald_hub::broker::PresenceManager>,
 ) -> Result<std::sync::Arc<herald_hub::Node>, ConfigError> {
-    use std::sync::Arc;
-    let table = herald_hub::proxy::Proxies::compile(&cfg)?;
-    let port: Option<Arc<dyn ProxyPort>> =
-        if table.specs().is_empty() { None } else { Some(Arc::new(HttpProxy::new(table.specs())?)) };
+    let port = port_for(&cfg)?;
     Ok(herald_hub::Node::with_parts(cfg, identity, clock, broker, presence, port)?)
+}
+
+/// The HTTP client for the proxies of `cfg` (`None` without proxies); errors name the key.
+pub fn port_for(cfg: &herald_hub::HubConfig) -> Result<Option<std::sync::Arc<dyn ProxyPort>>, ConfigError> {
+    let table = herald_hub::proxy::Proxies::compile(cfg)?;
+    if table.specs().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(std::sync::Arc::new(HttpProxy::new(table.specs())?)))
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 //! what can change in a running node is applied; an invalid configuration is refused with its
 //! error (naming the key) and the one in force stays, whole.
 //!
-//! Applied while running, without dropping a connection: the token keys and the client limits
-//! of [`LIVE_KEYS`] and the channel options (`channel.*` but `channel.proxy`), swapped in the
-//! node at once (`herald_hub::Node::reconfigure`) for every command from then on; the address
+//! Applied while running, without dropping a connection: the token keys, client limits,
+//! channel options and logic-layer proxies of [`LIVE_KEYS`], swapped in the node at once
+//! (`herald_hub::Node::reconfigure`, with a new proxy client when a proxy changed) for every
+//! command from then on; the lifecycle webhooks (`webhooks.*`: the node's event mask and the
+//! sender's endpoint and bounds; its queue is handed over, `crate::webhook`); the gateway
+//! routes (`gateway.routes`, for every request from then on, `AppState::set_gateway`); the address
 //! lists, trusted proxies and connection and API limits of `crate::edge::LIVE_KEYS`, for every
 //! connection and request from then on (`crate::edge::Edge::reconfigure`); `log.level`;
 //! the TLS certificate files (read again at once; they are also read again by themselves when
@@ -18,6 +21,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_hub::HubConfig;
+use herald_hub::proxy::Proxies;
+use herald_hub::webhook::Webhooks;
+
+use crate::edge::gateway::Gateway;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -33,11 +40,15 @@ pub struct Source {
     pub overrides: Overrides,
 }
 
-/// The keys (and the keys under them) the node applies while running, besides `channel.*`
-/// but `channel.proxy.*`. Of the other `client` keys, the connection limits are the edge's
-/// (`crate::edge::LIVE_KEYS`); the rest were built into the node at start (pings, the queue
-/// size, proxies) or are read by the transports (origins) and need a restart.
+/// The keys (and the keys under them) the node applies while running. Of the other `client`
+/// keys, the connection limits are the edge's (`crate::edge::LIVE_KEYS`); the rest were built
+/// into the node at start (pings, the queue size) and need a restart. The transports read
+/// `client.allowed_origins` from the node at every handshake.
 pub const LIVE_KEYS: &[&str] = &[
+    "channel",
+    "rpc",
+    "proxies",
+    "client.proxy",
     "client.token",
     "client.subscription_token",
     "client.allow_anonymous_connect_without_token",
@@ -49,11 +60,19 @@ pub const LIVE_KEYS: &[&str] = &[
     "client.recovery_max_publication_limit",
     "client.connect_include_server_time",
     "client.command_rate_limit",
+    "client.allowed_origins",
 ];
 
 /// Whether the node applies `key` while running.
 pub fn is_live(key: &str) -> bool {
-    (under(key, "channel") && !under(key, "channel.proxy")) || LIVE_KEYS.iter().any(|p| under(key, p))
+    LIVE_KEYS.iter().any(|p| under(key, p))
+}
+
+/// Whether a change of `key` may change the proxy endpoints or the way they are called (their
+/// client, which knows the endpoints by index, is made again): `proxies[]`, `*.proxy.*`. The
+/// table's endpoints come only from these; namespaces merely route to them.
+fn touches_proxies(key: &str) -> bool {
+    under(key, "proxies") || key.contains("proxy")
 }
 
 /// Whether the edge (`crate::edge::Edge`) applies `key` while running.
@@ -155,12 +174,64 @@ fn apply(old: &Config, new: &Config, state: &AppState) -> Result<Outcome, Config
     let changed = changed_keys(old, new);
     let (live, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_live(k));
     let (edge, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| is_edge_live(k));
+    let (hooks, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| under(k, "webhooks"));
+    let (routes, changed): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| under(k, "gateway"));
+    // Gateway routes verify `client.token` keys too: a token change rebuilds them. Built on
+    // the configuration in force for what is read only at start (Herald's own paths, the API
+    // key, the address table size), checked before anything is applied.
+    let tokens_changed =
+        live.iter().any(|k| under(k, "client.token") || under(k, "client.disallow_anonymous_connection_tokens"));
+    let gateway = if !routes.is_empty() || (tokens_changed && !new.gateway.routes.is_empty()) {
+        let mut c = state.config.clone();
+        c.gateway = new.gateway.clone();
+        c.client.token = new.client.token.clone();
+        c.client.disallow_anonymous_connection_tokens = new.client.disallow_anonymous_connection_tokens;
+        Some(Gateway::new(&c).map_err(|(key, problem)| ConfigError::invalid(key, problem))?)
+    } else {
+        None
+    };
+    // Checked before anything is applied. The section names a proxy: a proxy change may move
+    // its endpoint.
+    let webhooks = if !hooks.is_empty() || live.iter().any(|k| touches_proxies(k)) {
+        let hub = new.hub();
+        Some(Webhooks::compile(&hub.webhooks, &Proxies::compile(&hub)?)?)
+    } else {
+        None
+    };
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if !live.is_empty() {
-        state.node.reconfigure(live_part(state.node.config(), new))?;
+        let hub = live_part(&state.node.config(), new);
+        if live.iter().any(|k| touches_proxies(k)) {
+            // A new client for the new endpoints (a fresh connection pool); calls in flight
+            // finish on the old one, which goes with the last of them.
+            let port = crate::proxy::port_for(&hub)?;
+            state.node.reconfigure_with(hub, port)?;
+            state.set_connect_headers();
+        } else {
+            state.node.reconfigure(hub)?;
+        }
         tracing::info!(keys = %live.join(", "), "configuration reload: applied to new commands: {}", live.join(", "));
         applied = live;
+    }
+    if let Some(webhooks) = webhooks {
+        let on = webhooks.is_some();
+        state.node.hooks().replace(webhooks);
+        if on && !state.node.hooks().has_sink() {
+            // Off until now: the sender starts (fails only when no thread can be made).
+            crate::webhook::start(&state.node)?;
+        }
+        if !hooks.is_empty() {
+            tracing::info!(keys = %hooks.join(", "), "configuration reload: applied to lifecycle webhooks: {}", hooks.join(", "));
+            applied.extend(hooks);
+        }
+    }
+    if let Some(gateway) = gateway {
+        state.set_gateway(gateway);
+        if !routes.is_empty() {
+            tracing::info!(keys = %routes.join(", "), "configuration reload: applied to new gateway requests: {}", routes.join(", "));
+            applied.extend(routes);
+        }
     }
     if !edge.is_empty() {
         // Cannot fail after `loader::validate`, which compiled the same lists; the node's part,
@@ -218,9 +289,11 @@ fn live_part(current: &HubConfig, new: &Config) -> HubConfig {
     c.recovery_max_publication_limit = n.recovery_max_publication_limit;
     c.connect_include_server_time = n.connect_include_server_time;
     c.command_rate_limit = n.command_rate_limit;
-    let proxy = std::mem::take(&mut h.channel.proxy);
+    c.allowed_origins = n.allowed_origins.clone();
+    c.proxy = n.proxy.clone();
     h.channel = new.channel.clone();
-    h.channel.proxy = proxy;
+    h.rpc = new.rpc.clone();
+    h.proxies = new.proxies.clone();
     h
 }
 
@@ -262,14 +335,27 @@ mod tests {
 
     #[test]
     fn live_keys_are_whole_segments() {
-        for key in ["client.token.hmac_secret_key", "client.user_connection_limit", "channel.namespaces", "channel"] {
+        for key in [
+            "client.token.hmac_secret_key",
+            "client.user_connection_limit",
+            "channel.namespaces",
+            "channel",
+            "channel.proxy.subscribe.endpoint",
+            "proxies",
+            "client.proxy.connect.enabled",
+            "rpc.namespaces",
+        ] {
             assert!(is_live(key), "{key}");
         }
-        for key in
-            ["channel.proxy.subscribe.endpoint", "client.ping_interval", "client.tokens", "channels", "log.level"]
-        {
+        for key in ["client.ping_interval", "client.tokens", "channels", "log.level", "proxiesx", "webhooks"] {
             assert!(!is_live(key), "{key}");
         }
+        // Namespaces only route to endpoints the table makes from the keys below: the client
+        // (which knows endpoints by index) stays valid.
+        assert!(!touches_proxies("channel.namespaces"));
+        assert!(touches_proxies("channel.proxy.publish.timeout") && touches_proxies("rpc.proxy.endpoint"));
+        assert!(touches_proxies("proxies"));
+        assert!(!touches_proxies("client.channel_limit"));
     }
 
     #[test]
@@ -280,10 +366,12 @@ mod tests {
         new.client.ping_interval = std::time::Duration::from_secs(99);
         new.channel.history_meta_ttl = std::time::Duration::from_secs(60);
         new.channel.proxy.subscribe.endpoint = "http://127.0.0.1:1/sub".into();
+        new.webhooks.enabled = true;
         let h = live_part(&old.hub(), &new);
         assert_eq!(h.client.channel_limit, 7);
         assert_eq!(h.channel.history_meta_ttl, std::time::Duration::from_secs(60));
         assert_eq!(h.client.ping_interval, old.client.ping_interval, "pings stay as built");
-        assert_eq!(h.channel.proxy, old.channel.proxy, "proxy routes stay as built");
+        assert_eq!(h.channel.proxy, new.channel.proxy, "proxies are taken");
+        assert!(!h.webhooks.enabled, "webhooks go their own way");
     }
 }

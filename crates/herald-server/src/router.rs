@@ -46,6 +46,21 @@ pub enum Route<'a> {
 /// `upgrade` is only honoured for a connection's first request: later requests on a
 /// keep-alive connection are routed with `false`.
 pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
+    route_with(config, &|p| crate::edge::gateway::match_route(&config.gateway.routes, p), path, upgrade)
+}
+
+/// [`route`] with the gateway routes in force (a reload may have replaced those of `config`):
+/// a `Route::Gateway` index is one of `gateway`'s.
+pub fn route_live<'a>(
+    config: &Config,
+    gateway: &crate::edge::gateway::Gateway,
+    path: &'a str,
+    upgrade: bool,
+) -> Route<'a> {
+    route_with(config, &|p| gateway.matching(p), path, upgrade)
+}
+
+fn route_with<'a>(config: &Config, gateway: &dyn Fn(&str) -> Option<usize>, path: &'a str, upgrade: bool) -> Route<'a> {
     let ws = &config.websocket;
     let on_ws_path = !ws.disabled && path == ws.handler_prefix;
     // Checked before the other paths, as the raw-socket transports see the request first.
@@ -87,7 +102,7 @@ pub fn route<'a>(config: &Config, path: &'a str, upgrade: bool) -> Route<'a> {
         return Route::Api(method);
     }
     // Start-up refuses a route prefix that could take one of the paths above.
-    if let Some(index) = crate::edge::gateway::match_route(&config.gateway.routes, path) {
+    if let Some(index) = gateway(path) {
         return Route::Gateway(index);
     }
     // Last: with the default empty prefix the console owns every path nothing else took.

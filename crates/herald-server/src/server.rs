@@ -549,7 +549,7 @@ async fn run(
         }
     });
     let reloads = tokio::spawn(reload_on_hangup(state.clone()));
-    let health_checks = crate::edge::gateway::health::spawn_all(&state);
+    state.start_gateway_health();
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let internal = match internal {
         Some(internal) => {
@@ -575,9 +575,11 @@ async fn run(
     tracing::info!("shutting down: closing {} clients", node.hub().num_clients());
     let cfg = &state.config.shutdown;
     let _ = tokio::time::timeout(cfg.timeout, close_clients(&state, cfg.client_close_window)).await;
-    if let Some(hooks) = node.hooks().config() {
-        // The closed clients' events and what was queued: one try, bounded by the proxy's timeout.
-        let left = node.hooks().drain(hooks.spec.timeout).await;
+    if node.hooks().has_sink() {
+        // The closed clients' events and what was queued: one try, bounded by the proxy's timeout
+        // (a second when a reload turned webhooks off: what was queued before is still sent).
+        let limit = node.hooks().config().map_or(Duration::from_secs(1), |hooks| hooks.spec.timeout);
+        let left = node.hooks().drain(limit).await;
         if left > 0 {
             tracing::warn!(events = left, "lifecycle webhook events not sent before exit");
         }
@@ -586,7 +588,7 @@ async fn run(
     cluster.abort();
     upkeep.abort();
     reloads.abort();
-    health_checks.iter().for_each(tokio::task::JoinHandle::abort);
+    state.stop_gateway_health();
     tracing::info!("shutdown complete");
     Ok(())
 }

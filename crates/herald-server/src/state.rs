@@ -24,8 +24,9 @@ pub struct AppState {
     pub ws: WsSettings,
     /// `uni_websocket`'s limits.
     pub uni_ws: WsSettings,
-    /// Lower-case names of the client HTTP headers transports keep for the connect proxy.
-    pub connect_headers: Vec<String>,
+    /// Lower-case names of the client HTTP headers transports keep for the connect proxy
+    /// (replaced when a reload changes the proxies).
+    pub connect_headers: arc_swap::ArcSwap<Vec<String>>,
     pub shutting_down: AtomicBool,
     pub connections: Connections,
     /// Live SSE and HTTP-streaming sessions, found by `/emulation`.
@@ -41,8 +42,11 @@ pub struct AppState {
     pub accept_failures: LogThrottle,
     /// Address lists, trusted proxies and admission limits.
     pub edge: crate::edge::Edge,
-    /// Gateway routes, compiled.
-    pub gateway: crate::edge::gateway::Gateway,
+    /// Gateway routes, compiled; replaced whole by a reload ([`AppState::set_gateway`]). A
+    /// request is matched and forwarded on one snapshot.
+    pub gateway: arc_swap::ArcSwap<crate::edge::gateway::Gateway>,
+    /// The active health checks of `gateway`'s routes.
+    gateway_health: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `http_server.tls`, when enabled.
     pub tls: Option<crate::tls::Tls>,
     /// Configuration reload on SIGHUP (absent when the server was started without a source to
@@ -53,18 +57,39 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Starts the health checks of the gateway routes in force (start-up; needs the runtime).
+    pub fn start_gateway_health(&self) {
+        let tasks = crate::edge::gateway::health::spawn_all(&self.gateway.load_full());
+        *self.gateway_health.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+    }
+
+    /// Stops the health checks (shutdown, or routes replaced).
+    pub fn stop_gateway_health(&self) {
+        let tasks = std::mem::take(&mut *self.gateway_health.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+
+    /// Replaces the gateway routes (a reload): requests from now on are matched on `gateway`;
+    /// those in flight finish on the routes they were matched on. The old routes' health
+    /// checks stop and the new ones' start (upstreams start healthy, rate tables empty).
+    pub fn set_gateway(&self, gateway: crate::edge::gateway::Gateway) {
+        self.stop_gateway_health();
+        self.gateway.store(Arc::new(gateway));
+        self.start_gateway_health();
+    }
+
+    /// Takes the connect proxy's header names again after a reload replaced the proxies.
+    pub fn set_connect_headers(&self) {
+        self.connect_headers.store(Arc::new(connect_headers(&self.node)));
+    }
+
     /// `pinned_workers`: worker threads that own their connections (thread-per-core); 0 with
     /// work stealing.
     /// `socket_limit` starts unlimited; start-up sets it from the file limit.
     pub fn new(config: Config, node: Arc<Node>, metrics: PrometheusHandle, pinned_workers: usize) -> Self {
         let ws = WsSettings::from_config(&config);
         let uni_ws = WsSettings::uni(&config);
-        let mut connect_headers = node.backend().table().connect_header_names();
-        // Kept with or without a connect proxy: the connection's trace goes on in its log lines
-        // and proxy calls. Only connections that send one pay for it.
-        if !connect_headers.iter().any(|n| n == "traceparent") {
-            connect_headers.push("traceparent".into());
-        }
+        let connect_headers = arc_swap::ArcSwap::from_pointee(connect_headers(&node));
         // `loader::validate` refuses a configuration this cannot compile.
         let edge = crate::edge::Edge::new(&config).expect("edge policies validated with the configuration");
         let gateway =
@@ -86,7 +111,8 @@ impl AppState {
             refusals: LogThrottle::new(LOG_EVERY),
             accept_failures: LogThrottle::new(LOG_EVERY),
             edge,
-            gateway,
+            gateway: arc_swap::ArcSwap::from_pointee(gateway),
+            gateway_health: std::sync::Mutex::default(),
             tls: None,
             reloader: None,
         }
@@ -221,6 +247,17 @@ impl LogThrottle {
         state.last_logged = Some(now);
         Some((std::mem::take(&mut state.unlogged), first))
     }
+}
+
+/// The client HTTP headers transports keep for the node's connect proxy.
+fn connect_headers(node: &Node) -> Vec<String> {
+    let mut names = node.backend().table().connect_header_names();
+    // Kept with or without a connect proxy: the connection's trace goes on in its log lines
+    // and proxy calls. Only connections that send one pay for it.
+    if !names.iter().any(|n| n == "traceparent") {
+        names.push("traceparent".into());
+    }
+    names
 }
 
 #[cfg(test)]

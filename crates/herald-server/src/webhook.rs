@@ -10,6 +10,10 @@
 //! shutdown the queue is sent at once (`drain`) for up to the webhook proxy's timeout; what is
 //! still queued then, or when the process crashes, is lost (best-effort).
 //!
+//! A configuration reload hands the queue over: events already queued and the batch being
+//! retried go to the new endpoint with the new bounds (`reconfigure`); a batch in flight ends
+//! on the old one. Webhooks turned off stop new events; the queued ones are still sent.
+//!
 //! Metrics: `herald_webhook_events_total{event,outcome}` (`queued`, `sent`, `dropped`),
 //! `herald_webhook_dropped_total{reason}` (`queue_full`, `retries_exhausted`),
 //! `herald_webhook_batches_total{outcome}` (`ok`, `retry`, `dropped`), the
@@ -84,9 +88,27 @@ impl Metrics {
     }
 }
 
+/// Where batches go: the webhook proxy and a client that knows only its endpoint.
+struct Target {
+    http: HttpProxy,
+    spec: ProxySpec,
+}
+
+impl Target {
+    fn new(webhooks: &Webhooks) -> Result<Target, ConfigError> {
+        let mut spec = webhooks.spec.clone();
+        // The client below knows only this endpoint.
+        spec.id = 0;
+        let http = HttpProxy::new(std::slice::from_ref(&spec))?;
+        Ok(Target { http, spec })
+    }
+}
+
 /// The queue sessions push into and the sender drains.
 pub struct WebhookSender {
     queue: Mutex<Queue>,
+    /// Replaced by a configuration reload; a batch in flight finishes with the one it took.
+    target: Mutex<Arc<Target>>,
     wake: Notify,
     /// Shutting down: batches go out without waiting for the flush interval or retry delays.
     draining: AtomicBool,
@@ -95,14 +117,15 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    fn new(webhooks: &Webhooks) -> WebhookSender {
-        WebhookSender {
+    fn new(webhooks: &Webhooks) -> Result<WebhookSender, ConfigError> {
+        Ok(WebhookSender {
             queue: Mutex::new(Queue { batcher: Batcher::new(webhooks.settings), seq: 0 }),
+            target: Mutex::new(Arc::new(Target::new(webhooks)?)),
             wake: Notify::new(),
             draining: AtomicBool::new(false),
             start: Instant::now(),
             metrics: Metrics::new(),
-        }
+        })
     }
 
     fn now_ms(&self) -> i64 {
@@ -114,7 +137,7 @@ impl WebhookSender {
     }
 
     /// Sends batches until the process ends.
-    async fn run(self: Arc<Self>, http: HttpProxy, spec: ProxySpec, node: String) {
+    async fn run(self: Arc<Self>, node: String) {
         // Not a client's address: the backend sees the node itself.
         let peer = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         loop {
@@ -127,8 +150,10 @@ impl WebhookSender {
             match next {
                 Next::Send(batch) => {
                     let body = encode_batch(&node, &batch);
-                    let request = ProxyRequest { spec: &spec, kind: ProxyKind::Webhook, body, headers: &[], peer };
-                    let outcome = http.call(request).await;
+                    let target = self.target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let request =
+                        ProxyRequest { spec: &target.spec, kind: ProxyKind::Webhook, body, headers: &[], peer };
+                    let outcome = target.http.call(request).await;
                     let mut q = self.lock();
                     match outcome {
                         Ok(_) => {
@@ -176,6 +201,17 @@ impl LifecycleSink for WebhookSender {
         })
     }
 
+    fn reconfigure(&self, webhooks: &Webhooks) {
+        // The endpoint was parsed when the reload was checked (`proxy::port_for`).
+        match Target::new(webhooks) {
+            Ok(target) => *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(target),
+            Err(e) => tracing::error!(error = %e, "lifecycle webhooks keep their endpoint"),
+        }
+        self.lock().batcher.set_settings(webhooks.settings);
+        // A shorter flush interval or retry delay may be due already.
+        self.wake.notify_one();
+    }
+
     fn push(&self, event: LifecycleEvent) {
         let kind = event.kind;
         let now = self.now_ms();
@@ -206,11 +242,7 @@ impl LifecycleSink for WebhookSender {
 /// a long batch never shares a worker with clients. Installs it as the node's sink.
 pub fn start(node: &Arc<Node>) -> Result<(), ConfigError> {
     let Some(webhooks) = node.hooks().config() else { return Ok(()) };
-    let mut spec = webhooks.spec.clone();
-    // The client below knows only this endpoint.
-    spec.id = 0;
-    let http = HttpProxy::new(std::slice::from_ref(&spec))?;
-    let sender = Arc::new(WebhookSender::new(webhooks));
+    let sender = Arc::new(WebhookSender::new(&webhooks)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,7 +251,7 @@ pub fn start(node: &Arc<Node>) -> Result<(), ConfigError> {
     let uid = node.identity().uid.clone();
     std::thread::Builder::new()
         .name("herald-webhooks".into())
-        .spawn(move || runtime.block_on(task.run(http, spec, uid)))
+        .spawn(move || runtime.block_on(task.run(uid)))
         .map_err(|e| ConfigError::invalid("webhooks", format!("cannot start the sender thread: {e}")))?;
     node.hooks().install(sender);
     let events: Vec<&str> = [EventKind::Connect, EventKind::Disconnect, EventKind::Subscribe, EventKind::Unsubscribe]

@@ -7,18 +7,15 @@ use super::*;
 impl Node {
     /// The channel rules clients get (`Channels::check`), answered as API errors: 107 for an
     /// empty, too long, NUL-carrying or invalid name, 102 for an unknown namespace.
-    fn api_resolve<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
-        self.api_check(channel).map_err(ChannelError::code)
+    fn api_resolve<'a>(&self, live: &'a Live, channel: &'a str) -> Result<Resolved<'a>, ErrorCode> {
+        check_in(live, channel).map_err(ChannelError::code)
     }
 
     /// The channel rules clients get, for a channel named in a server API call: what is wrong
     /// with it, counted like every refusal. The API checks first with this so that its answer
     /// can say why (the `api_*` operations check again and answer only the code).
-    pub fn api_check<'a>(&'a self, channel: &'a str) -> Result<Resolved<'a>, ChannelError> {
-        self.channels().check(channel).inspect_err(|e| {
-            metrics::channel_refused("api", e.label());
-            tracing::debug!(error = %e, len = channel.len(), "server API channel refused");
-        })
+    pub fn api_check(&self, channel: &str) -> Result<(), ChannelError> {
+        check_in(&self.live(), channel).map(|_| ())
     }
 
     /// Server API `publish`.
@@ -26,7 +23,8 @@ impl Node {
         if req.data.is_empty() {
             return Err(ERROR_BAD_REQUEST);
         }
-        let resolved = self.api_resolve(channel)?;
+        let live = self.live();
+        let resolved = self.api_resolve(&live, channel)?;
         if !resolved.ns.admit_publication(self.time.now_ms()) {
             return Err(ERROR_TOO_MANY_REQUESTS);
         }
@@ -55,7 +53,7 @@ impl Node {
     /// Server API `subscribe`: server-side subscription of a user's live connections, on every
     /// node of the cluster.
     pub async fn api_subscribe(&self, target: &Target, sub: ServerSubscribe) -> Result<(), ErrorCode> {
-        self.api_resolve(&sub.channel)?;
+        self.api_resolve(&self.live(), &sub.channel)?;
         for link in self.targets(target) {
             link.control(Control::Subscribe(Box::new(sub.clone())));
         }
@@ -74,7 +72,7 @@ impl Node {
     /// Server API `unsubscribe` (empty channel: all channels), on every node.
     pub async fn api_unsubscribe(&self, target: &Target, channel: &str) -> Result<(), ErrorCode> {
         if !channel.is_empty() {
-            self.api_resolve(channel)?;
+            self.api_resolve(&self.live(), channel)?;
         }
         for link in self.targets(target) {
             link.control(Control::Unsubscribe { channel: channel.to_owned(), code: UNSUBSCRIBE_SERVER });
@@ -149,7 +147,8 @@ impl Node {
 
     /// Server API `presence`.
     pub async fn api_presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, ErrorCode> {
-        let resolved = self.api_resolve(channel)?;
+        let live = self.live();
+        let resolved = self.api_resolve(&live, channel)?;
         if !resolved.options().presence {
             return Err(ERROR_NOT_AVAILABLE);
         }
@@ -159,7 +158,8 @@ impl Node {
 
     /// Server API `presence_stats`: (clients, users).
     pub async fn api_presence_stats(&self, channel: &str) -> Result<(u32, u32), ErrorCode> {
-        let resolved = self.api_resolve(channel)?;
+        let live = self.live();
+        let resolved = self.api_resolve(&live, channel)?;
         if !resolved.options().presence {
             return Err(ERROR_NOT_AVAILABLE);
         }
@@ -174,7 +174,8 @@ impl Node {
         since: Option<StreamPosition>,
         reverse: bool,
     ) -> Result<HistorySlice, ErrorCode> {
-        let resolved = self.api_resolve(channel)?;
+        let live = self.live();
+        let resolved = self.api_resolve(&live, channel)?;
         if !resolved.options().history_enabled() {
             return Err(ERROR_NOT_AVAILABLE);
         }
@@ -204,7 +205,8 @@ impl Node {
 
     /// Server API `history_remove`.
     pub async fn api_history_remove(&self, channel: &str) -> Result<(), ErrorCode> {
-        let resolved = self.api_resolve(channel)?;
+        let live = self.live();
+        let resolved = self.api_resolve(&live, channel)?;
         if !resolved.options().history_enabled() {
             return Err(ERROR_NOT_AVAILABLE);
         }
@@ -222,4 +224,12 @@ impl Node {
             .filter(|(name, _)| matcher.as_ref().is_none_or(|m| m.is_match(name)))
             .collect())
     }
+}
+
+/// [`Node::api_check`] against one snapshot of the channel rules.
+fn check_in<'a>(live: &'a Live, channel: &'a str) -> Result<Resolved<'a>, ChannelError> {
+    live.channels().check(channel).inspect_err(|e| {
+        metrics::channel_refused("api", e.label());
+        tracing::debug!(error = %e, len = channel.len(), "server API channel refused");
+    })
 }

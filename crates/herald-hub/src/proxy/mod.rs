@@ -363,6 +363,11 @@ impl Backend {
         &self.table
     }
 
+    /// The client that reaches the proxies.
+    pub fn port(&self) -> Option<Arc<dyn ProxyPort>> {
+        self.port.clone()
+    }
+
     /// Calls `spec` and reads what the backend decided.
     pub(crate) async fn call<R: for<'de> Deserialize<'de> + Default>(
         &self,

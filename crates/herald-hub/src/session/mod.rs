@@ -326,16 +326,11 @@ impl Session {
         Flow::Stop
     }
 
-    /// Handles one command from the client.
-    //
-    // Not an `async fn`: the returned future is `dispatch`'s own, without a wrapper frame
-    // holding the arguments a second time (the boxed command batch stays small).
-    pub fn handle_command<'a>(
-        &'a mut self,
-        node: &'a Node,
-        cmd: &'a Command,
-    ) -> impl Future<Output = Flow> + Send + 'a {
-        self.dispatch(node.ports(), cmd)
+    /// Handles one command from the client, with the reloadable configuration as it is when
+    /// the command begins (held until it ends).
+    pub async fn handle_command(&mut self, node: &Node, cmd: &Command) -> Flow {
+        let live = node.live();
+        self.dispatch(Ports::new(node, &live), cmd).await
     }
 
     /// Handles one command through the given ports.
@@ -461,8 +456,9 @@ impl Session {
     }
 
     /// Handles a server-side action or timer event.
-    pub fn handle_control<'a>(&'a mut self, node: &'a Node, ctrl: Control) -> impl Future<Output = Flow> + Send + 'a {
-        self.control(node.ports(), ctrl)
+    pub async fn handle_control(&mut self, node: &Node, ctrl: Control) -> Flow {
+        let live = node.live();
+        self.control(Ports::new(node, &live), ctrl).await
     }
 
     async fn control(&mut self, p: Ports<'_>, ctrl: Control) -> Flow {
@@ -488,18 +484,15 @@ impl Session {
     /// Cleans up after the connection is gone: subscriptions, presence, leaves, user index.
     /// Lifecycle webhooks see it as closed by the client (3000); transports that know the
     /// reason call [`close_with`](Session::close_with).
-    pub fn close<'a>(&'a mut self, node: &'a Node) -> impl Future<Output = ()> + Send + 'a {
-        self.clean_up(node.ports(), DISCONNECT_CONNECTION_CLOSED)
+    pub async fn close(&mut self, node: &Node) {
+        self.close_with(node, DISCONNECT_CONNECTION_CLOSED).await
     }
 
     /// [`close`](Session::close) with the code and reason the connection ended with, as the
     /// lifecycle webhooks report them.
-    pub fn close_with<'a>(
-        &'a mut self,
-        node: &'a Node,
-        reason: DisconnectReason,
-    ) -> impl Future<Output = ()> + Send + 'a {
-        self.clean_up(node.ports(), reason)
+    pub async fn close_with(&mut self, node: &Node, reason: DisconnectReason) {
+        let live = node.live();
+        self.clean_up(Ports::new(node, &live), reason).await
     }
 
     async fn clean_up(&mut self, p: Ports<'_>, reason: DisconnectReason) {

@@ -21,6 +21,7 @@ use crate::conn::ConnectionInfo;
 use crate::link::{ClientLink, Control, LinkTimers};
 use crate::node::{Node, NodeIdentity};
 use crate::ports::{Authenticator, ConnectAttempt, Identity, Refusal};
+use crate::session::Ports;
 
 const NOW: i64 = 1_700_000_000;
 
@@ -117,7 +118,8 @@ fn connect(data: &'static [u8]) -> Command {
 fn a_connect_decided_without_a_token_is_established() {
     let node = node();
     let backend = Backend { seen: Mutex::new(Vec::new()) };
-    let mut ports = node.ports();
+    let live = node.live();
+    let mut ports = Ports::new(&node, &live);
     ports.auth = &backend;
     let link = Arc::new(Recorder::new());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
@@ -148,7 +150,8 @@ fn a_connect_decided_without_a_token_is_established() {
 fn a_refusal_from_the_authenticator_is_the_connect_outcome() {
     let node = node();
     let backend = Backend { seen: Mutex::new(Vec::new()) };
-    let mut ports = node.ports();
+    let live = node.live();
+    let mut ports = Ports::new(&node, &live);
     ports.auth = &backend;
     let link = Arc::new(Recorder::new());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
@@ -177,7 +180,8 @@ fn commands_over_the_rate_get_111_then_a_disconnect() {
     let link = Arc::new(Recorder::new());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
     let mut run = |cmd: &Command| {
-        let mut ports = node.ports();
+        let live = node.live();
+        let mut ports = Ports::new(&node, &live);
         ports.auth = &backend;
         session.dispatch(ports, cmd).now_or_never().expect("ready")
     };
@@ -221,7 +225,8 @@ fn a_traced_session_records_commands_replies_and_pushes_until_the_trace_ends() {
     let link = Arc::new(Recorder::new());
     let mut session = Session::new(link.clone(), ConnectionInfo::default());
     let mut run = |cmd: &Command| {
-        let mut ports = node.ports();
+        let live = node.live();
+        let mut ports = Ports::new(&node, &live);
         ports.auth = &backend;
         session.dispatch(ports, cmd).now_or_never().expect("ready")
     };

@@ -87,6 +87,13 @@ impl<E> Batcher<E> {
         &self.settings
     }
 
+    /// New bounds (a configuration reload) for what comes next: events queued beyond a smaller
+    /// `max_queue` stay queued (only new ones are refused until the queue shrinks), the batch
+    /// in flight and its retry count are kept.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+    }
+
     /// Events in memory: queued plus the batch in flight or awaiting a retry.
     pub fn depth(&self) -> usize {
         self.queue.len() + self.held

@@ -70,6 +70,12 @@ pub trait LifecycleSink: Send + Sync {
         let _ = limit;
         Box::pin(std::future::ready(0))
     }
+
+    /// A configuration reload changed the section: batches from now on (a retried one
+    /// included) go as `webhooks` says; the queue is kept.
+    fn reconfigure(&self, webhooks: &Webhooks) {
+        let _ = webhooks;
+    }
 }
 
 /// The `webhooks` section, checked: which events, which proxy, which bounds.
@@ -131,27 +137,49 @@ impl Webhooks {
 
 /// A node's webhooks: the checked section (`None` when off) and the sink the server installs.
 pub struct Hooks {
-    webhooks: Option<Webhooks>,
+    webhooks: arc_swap::ArcSwapOption<Webhooks>,
     /// The events sessions report (0 when off: the one branch an event pays).
-    mask: u8,
+    mask: std::sync::atomic::AtomicU8,
     sink: std::sync::OnceLock<Arc<dyn LifecycleSink>>,
 }
 
 impl Hooks {
     pub fn new(webhooks: Option<Webhooks>) -> Hooks {
         let mask = webhooks.as_ref().map_or(0, |w| w.mask);
-        Hooks { webhooks, mask, sink: std::sync::OnceLock::new() }
+        Hooks {
+            webhooks: arc_swap::ArcSwapOption::from_pointee(webhooks),
+            mask: std::sync::atomic::AtomicU8::new(mask),
+            sink: std::sync::OnceLock::new(),
+        }
     }
 
     /// The checked `webhooks` section, when webhooks are on.
-    pub fn config(&self) -> Option<&Webhooks> {
-        self.webhooks.as_ref()
+    pub fn config(&self) -> Option<Arc<Webhooks>> {
+        self.webhooks.load_full()
+    }
+
+    /// Replaces the section (a configuration reload): events from now on are reported as
+    /// `webhooks` says (none when `None`); the installed sink, if any, is told, and keeps what
+    /// it has queued. Turning webhooks on when no sink was installed is the server's to finish
+    /// ([`Hooks::install`]).
+    pub fn replace(&self, webhooks: Option<Webhooks>) {
+        if let (Some(w), Some(sink)) = (&webhooks, self.sink.get()) {
+            sink.reconfigure(w);
+        }
+        let mask = webhooks.as_ref().map_or(0, |w| w.mask);
+        self.webhooks.store(webhooks.map(Arc::new));
+        self.mask.store(mask, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Installs where events go (once; `false` if one was installed already). Until then
     /// sessions report nothing.
     pub fn install(&self, sink: Arc<dyn LifecycleSink>) -> bool {
         self.sink.set(sink).is_ok()
+    }
+
+    /// Whether a sink was installed.
+    pub fn has_sink(&self) -> bool {
+        self.sink.get().is_some()
     }
 
     /// Sends what is queued for at most `limit` (shutdown); the number of events left.
@@ -164,7 +192,7 @@ impl Hooks {
 
     /// The sink, when `kind` is switched on and a sink is installed.
     pub fn sink(&self, kind: EventKind) -> Option<&dyn LifecycleSink> {
-        if self.mask & kind.bit() == 0 {
+        if self.mask.load(std::sync::atomic::Ordering::Relaxed) & kind.bit() == 0 {
             return None;
         }
         self.sink.get().map(|s| &**s)
@@ -285,6 +313,35 @@ mod tests {
         assert!(!on.install(Arc::new(Count(Default::default()))), "installed once");
         assert!(on.sink(EventKind::Disconnect).is_some());
         assert!(on.sink(EventKind::Connect).is_none());
+    }
+
+    /// Counts the reconfigurations it is told of.
+    struct Told(std::sync::atomic::AtomicUsize);
+
+    impl LifecycleSink for Told {
+        fn push(&self, _: LifecycleEvent) {}
+
+        fn reconfigure(&self, _: &Webhooks) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_replaced_section_switches_events_and_tells_the_sink() {
+        let only = |e: &str| Webhooks::compile(&WebhookConfig { events: vec![e.into()], ..enabled() }, &proxies());
+        let hooks = Hooks::new(only("disconnect").unwrap());
+        let told = Arc::new(Told(Default::default()));
+        assert!(hooks.install(told.clone()));
+        hooks.replace(only("connect").unwrap());
+        assert!(hooks.sink(EventKind::Connect).is_some() && hooks.sink(EventKind::Disconnect).is_none());
+        assert_eq!(told.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        hooks.replace(None);
+        assert!(hooks.sink(EventKind::Connect).is_none() && hooks.config().is_none(), "off: nothing reported");
+        assert_eq!(
+            told.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "off keeps the sink as it is (its queue drains)"
+        );
     }
 
     #[test]

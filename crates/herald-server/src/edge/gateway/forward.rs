@@ -34,7 +34,7 @@ use tokio::time::Sleep;
 
 use super::balance::{self, Balance};
 use super::policy::{self, Caller};
-use super::{Auth, Route};
+use super::{Auth, Gateway, Route};
 use crate::api::{self, Body};
 use crate::state::AppState;
 
@@ -111,10 +111,17 @@ impl Fail {
 }
 
 /// Answers a request routed to gateway route `index`, from the client at `client`.
-pub async fn handle(state: &AppState, index: usize, req: Request<Incoming>, client: SocketAddr) -> Response<Reply> {
+/// `gateway` is the snapshot the route was matched in (a reload may have replaced it since).
+pub async fn handle(
+    state: &AppState,
+    gateway: &Gateway,
+    index: usize,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Reply> {
     let start = Instant::now();
-    let route = &state.gateway.routes[index];
-    let (outcome, response) = match forward(state, route, req, client, start).await {
+    let route = &gateway.routes[index];
+    let (outcome, response) = match forward(state, gateway, route, req, client, start).await {
         Ok(response) => ("ok", response),
         Err(Fail(outcome, status, message)) => {
             let mut response = api::transport_error(status, &message);
@@ -152,12 +159,12 @@ fn record(route: &Route, outcome: &'static str, status: StatusCode, start: Insta
 
 async fn forward(
     state: &AppState,
+    gateway: &Gateway,
     route: &Route,
     req: Request<Incoming>,
     client: SocketAddr,
     start: Instant,
 ) -> Result<Response<Reply>, Fail> {
-    let gateway = &state.gateway;
     let deadline = tokio::time::Instant::from_std(start) + route.cfg.timeout;
     if req.headers().contains_key(header::UPGRADE) {
         return Err(Fail(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::BodyExt;
 
-use crate::state::AppState;
+use super::Gateway;
 
 /// A route's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +84,16 @@ pub fn changed(route: &str, upstream: &str, up: bool, why: &str) {
     }
 }
 
-/// Starts the active checks of every route that has them, and sets every health gauge.
-pub fn spawn_all(state: &Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts the active checks of every route of `gateway` that has them, and sets every health
+/// gauge. A reload aborts the tasks of the routes it replaces (`AppState::set_gateway`).
+pub fn spawn_all(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for (index, route) in state.gateway.routes.iter().enumerate() {
+    for (index, route) in gateway.routes.iter().enumerate() {
         for u in &route.upstreams {
             gauge(&route.label, &u.label, true);
         }
         if route.thresholds.active {
-            tasks.push(tokio::spawn(run(state.clone(), index)));
+            tasks.push(tokio::spawn(run(gateway.clone(), index)));
         }
     }
     tasks
@@ -100,22 +101,21 @@ pub fn spawn_all(state: &Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
 
 /// Runs the active checks of route `index` until aborted: every upstream at once, each
 /// `interval`.
-pub async fn run(state: Arc<AppState>, index: usize) {
-    let route = &state.gateway.routes[index];
+pub async fn run(gateway: Arc<Gateway>, index: usize) {
+    let route = &gateway.routes[index];
     let mut every = tokio::time::interval(route.cfg.health_check.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let mut checks = tokio::task::JoinSet::new();
         for upstream in 0..route.upstreams.len() {
-            checks.spawn(check(state.clone(), index, upstream));
+            checks.spawn(check(gateway.clone(), index, upstream));
         }
         while checks.join_next().await.is_some() {}
     }
 }
 
-async fn check(state: Arc<AppState>, index: usize, upstream: usize) {
-    let gateway = &state.gateway;
+async fn check(gateway: Arc<Gateway>, index: usize, upstream: usize) {
     let route = &gateway.routes[index];
     let u = &route.upstreams[upstream];
     let hc = &route.cfg.health_check;

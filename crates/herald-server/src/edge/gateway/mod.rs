@@ -259,6 +259,16 @@ impl Gateway {
     pub fn now_ms(&self) -> i64 {
         self.start.elapsed().as_millis() as i64
     }
+
+    /// [`match_route`] over these routes (indexes into [`Gateway::routes`]).
+    pub fn matching(&self, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| under(path, &r.prefix))
+            .max_by_key(|(_, r)| r.prefix.len())
+            .map(|(i, _)| i)
+    }
 }
 
 /// The route whose prefix is the longest one `path` is under.

@@ -32,6 +32,13 @@ fn the_longest_prefix_wins_and_segments_are_whole() {
     assert_eq!(match_route(&routes, "/other/x"), Some(2));
     assert_eq!(match_route(&routes, "/"), None);
     assert_eq!(match_route(&[], "/app"), None);
+    // The compiled routes (what requests are matched on since routes reload) agree.
+    let gateway = Gateway::new(&config(routes.clone())).expect("valid");
+    for path in
+        ["/app", "/app/", "/app/users/1", "/app/orders", "/app/orders/7", "/app/ordersx", "/apple", "/other/x", "/"]
+    {
+        assert_eq!(gateway.matching(path), match_route(&routes, path), "{path}");
+    }
 }
 
 #[test]

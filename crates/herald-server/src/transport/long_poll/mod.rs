@@ -151,7 +151,7 @@ pub(crate) async fn handle(
 /// preflight (204).
 fn precheck(state: &AppState, head: &StreamHead) -> Option<Response<Body>> {
     let origin = head.origin.as_deref();
-    if !origin_allowed(origin, head.host.as_deref(), &state.config.client.allowed_origins) {
+    if !origin_allowed(origin, head.host.as_deref(), &state.node.config().client.allowed_origins) {
         let response = counted("rejected", transport_error(StatusCode::FORBIDDEN, "origin not allowed"));
         return Some(with_cors(response, origin));
     }

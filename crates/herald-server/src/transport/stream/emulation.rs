@@ -122,7 +122,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
         Err(message) => return counted("rejected", transport_error(StatusCode::BAD_REQUEST, message)),
     };
     let origin = head.origin.as_deref();
-    if !origin_allowed(origin, head.host.as_deref(), &state.config.client.allowed_origins) {
+    if !origin_allowed(origin, head.host.as_deref(), &state.node.config().client.allowed_origins) {
         return counted("rejected", transport_error(StatusCode::FORBIDDEN, "origin not allowed"));
     }
     let response = match head.method {

@@ -87,7 +87,7 @@ pub(crate) async fn answer(
         Ok(mut h) => {
             h.kept = crate::transport::keep_headers(
                 req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-                &state.connect_headers,
+                &state.connect_headers.load(),
             );
             h
         }

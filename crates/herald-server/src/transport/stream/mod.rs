@@ -96,7 +96,7 @@ pub(crate) fn parse_head(state: &AppState, head: &[u8]) -> Result<(StreamHead, u
         )
         .map(|mut h| {
             h.kept =
-                crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers);
+                crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers.load());
             (h, n)
         }),
         _ => Err("malformed request"),
@@ -113,7 +113,7 @@ pub(crate) fn check(
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(Refused { status: 503, message: "shutting down".into() });
     }
-    if !origin_allowed(h.origin.as_deref(), h.host.as_deref(), &state.config.client.allowed_origins) {
+    if !origin_allowed(h.origin.as_deref(), h.host.as_deref(), &state.node.config().client.allowed_origins) {
         return Err(Refused { status: 403, message: "origin not allowed".into() });
     }
     if h.method == HttpMethod::Options {

@@ -80,7 +80,7 @@ pub(crate) fn decide(state: &AppState, head: &[u8], endpoint: Endpoint) -> Resul
     let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
     let up = herald_proto::ws::check_upgrade(req.method.unwrap_or(""), req.headers)
         .map_err(|e| refuse(e.status, e.message))?;
-    if !origin_allowed(up.origin, up.host, &state.config.client.allowed_origins) {
+    if !origin_allowed(up.origin, up.host, &state.node.config().client.allowed_origins) {
         return Err(refuse(403, "origin not allowed"));
     }
     // The echo endpoint speaks no client protocol: no subprotocol to choose.
@@ -94,7 +94,7 @@ pub(crate) fn decide(state: &AppState, head: &[u8], endpoint: Endpoint) -> Resul
         Endpoint::Uni => uni_connect(query).map_err(|message| refuse(400, message))?,
         _ => Vec::new(),
     };
-    let kept = crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers);
+    let kept = crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers.load());
     Ok(Accepted {
         response: herald_proto::ws::switching_protocols(up.key, protocol),
         encoding,

@@ -599,11 +599,24 @@ impl RuntimeConfig {
 }
 
 /// `node`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
     /// Node name shown by the `info` API (default: host name and port).
     pub name: String,
+    /// How long a cluster-wide `channels` or `connections` call waits for the other nodes'
+    /// answers; nodes that did not answer by then are named in the result (Herald's own).
+    #[serde(with = "herald_hub::duration")]
+    pub survey_timeout: Duration,
+    /// The most channels a `channels` call lists (each node lists at most as many; Herald's
+    /// own): an answer travels between nodes as one engine message.
+    pub survey_max_channels: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: String::new(), survey_timeout: Duration::from_secs(3), survey_max_channels: 10_000 }
+    }
 }
 
 /// `admin`: the web console (`crate::admin`), off by default as in Centrifugo v6.

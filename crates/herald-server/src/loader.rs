@@ -188,6 +188,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 
+    if cfg.node.survey_timeout.is_zero() {
+        return Err(ConfigError::invalid("node.survey_timeout", "must be above 0"));
+    }
+    if cfg.node.survey_max_channels == 0 || cfg.node.survey_max_channels > herald_hub::survey::MAX_ENTRIES {
+        return Err(ConfigError::invalid(
+            "node.survey_max_channels",
+            format!("must be between 1 and {}", herald_hub::survey::MAX_ENTRIES),
+        ));
+    }
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(
             "shutdown.client_close_window",

@@ -537,6 +537,13 @@ async fn run(
         }
     });
 
+    // Replies to other nodes' surveys, sent apart from the heartbeats so an answer never
+    // waits for a slow heartbeat publish.
+    let survey_replies = tokio::spawn({
+        let node = node.clone();
+        async move { node.run_survey_replies().await }
+    });
+
     // Histogram samples wait in the recorder until drained into their buckets: without a scrape
     // they would pile up (8 bytes per command), so they are drained every few seconds.
     let upkeep = tokio::spawn({
@@ -586,6 +593,7 @@ async fn run(
     }
     timers.abort();
     cluster.abort();
+    survey_replies.abort();
     upkeep.abort();
     reloads.abort();
     health_checks.iter().for_each(tokio::task::JoinHandle::abort);

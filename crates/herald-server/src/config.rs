@@ -50,6 +50,8 @@ pub struct Config {
     pub gateway: crate::edge::gateway::GatewayConfig,
     /// The admin console (off by default).
     pub admin: AdminConfig,
+    /// OpenTelemetry span export (the `otlp` cargo feature).
+    pub opentelemetry: OpenTelemetryConfig,
 }
 
 impl Config {
@@ -655,4 +657,16 @@ impl Default for AdminConfig {
             trace_max_duration: Duration::from_secs(600),
         }
     }
+}
+
+/// `opentelemetry`: span export over OTLP/HTTP (`crate::telemetry::otlp`), in builds with the
+/// `otlp` feature; the collector and batching are set by the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenTelemetryConfig {
+    pub enabled: bool,
+    /// A span per server API call (as in Centrifugo v6).
+    pub api: bool,
+    /// A span per logic-layer proxy call (Herald's own).
+    pub proxy: bool,
 }

@@ -188,6 +188,14 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     // Reads and checks the certificate and key (the server builds its own copy at start).
     crate::tls::Tls::from_config(&cfg.http_server.tls)?;
 
+    if cfg.opentelemetry.enabled && !cfg!(feature = "otlp") {
+        return Err(ConfigError::invalid(
+            "opentelemetry.enabled",
+            "this Herald build has no OTLP exporter: build it with `cargo build --release --features otlp`, or turn \
+             this off (incoming traceparent headers are still continued: trace_id in the log lines, traceparent on \
+             proxy calls)",
+        ));
+    }
     if cfg.node.survey_timeout.is_zero() {
         return Err(ConfigError::invalid("node.survey_timeout", "must be above 0"));
     }

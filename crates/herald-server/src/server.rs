@@ -504,6 +504,9 @@ async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
     let node = state.node.clone();
+    #[cfg(feature = "otlp")]
+    crate::telemetry::otlp::init(&state.config.opentelemetry)
+        .map_err(|e| ConfigError::invalid("opentelemetry.enabled", e))?;
     let listener = TcpListener::from_std(listeners.public).map_err(StartupError::Listener)?;
     let local = listener.local_addr().map_err(StartupError::Listener)?;
     let internal = match listeners.internal {
@@ -597,6 +600,8 @@ async fn run(
     upkeep.abort();
     reloads.abort();
     health_checks.iter().for_each(tokio::task::JoinHandle::abort);
+    #[cfg(feature = "otlp")]
+    crate::telemetry::otlp::shutdown();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -377,6 +377,8 @@ fn unsubscribe_code(code: u32) -> herald_proto::UnsubscribeCode {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     #[test]
@@ -413,6 +415,31 @@ mod tests {
         let left = c.nodes(NODE_EXPIRY + 1);
         assert_eq!(left.iter().map(|n| n.uid.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(c.nodes(3_000 + NODE_EXPIRY + 1).is_empty());
+    }
+
+    #[test]
+    fn a_survey_from_another_node_is_answered_to_it_and_replies_reach_the_asker() {
+        let hub = Hub::new(16, std::sync::Arc::new(crate::clock::ManualClock::new(0)));
+        let c = Cluster::new("a".into(), 0);
+        let query = crate::survey::Query::Channels { pattern: String::new(), limit: 10 };
+        // Its own survey echoed back is not answered (the asker answers for itself).
+        c.handle(&hub, &encode("a", &Command::Survey { id: 1, query: query.clone() }), 0);
+        c.handle(&hub, &encode("b", &Command::Survey { id: 7, query }), 0);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut next = std::pin::pin!(c.surveys().next_reply());
+        let std::task::Poll::Ready((to, payload)) = next.as_mut().poll(&mut cx) else { panic!("no reply queued") };
+        assert_eq!(to, "b");
+        let answer = crate::survey::Answer::Channels { channels: Default::default(), truncated: false };
+        assert_eq!(decode(&payload), Some(("a".to_owned(), Command::SurveyReply { id: 7, answer: answer.clone() })));
+        assert!(std::pin::pin!(c.surveys().next_reply()).poll(&mut cx).is_pending(), "one reply only");
+
+        // A reply to this node's survey is recorded.
+        let id = c.surveys().start("channels", [("b".to_owned(), "B".to_owned())]);
+        c.handle(&hub, &encode("b", &Command::SurveyReply { id, answer }), 0);
+        let out = c.surveys().finish(id);
+        assert!(out.missing.is_empty());
+        assert_eq!(out.answers[0].name, "B");
     }
 
     #[test]

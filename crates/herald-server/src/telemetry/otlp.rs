@@ -191,20 +191,32 @@ pub fn proxy_span(kind: &'static str, proxy: &str, traceparent: Option<&str>) ->
         .start_with_context(&otlp.tracer, &parent(traceparent));
     let cx = span.span_context();
     let sent = format!("00-{}-{}-{:02x}", cx.trace_id(), cx.span_id(), cx.trace_flags().to_u8());
-    Some((ProxySpan(span), sent))
+    Some((ProxySpan(Some(span)), sent))
 }
 
-/// A proxy call's span.
-pub struct ProxySpan(opentelemetry_sdk::trace::Span);
+/// A proxy call's span. A call cut by its timeout is dropped before it ends: the span then ends
+/// with the outcome `timeout`.
+pub struct ProxySpan(Option<opentelemetry_sdk::trace::Span>);
 
 impl ProxySpan {
     /// Ends the span with the call's outcome (`ok`, `status`, `unavailable`, ...).
     pub fn end(mut self, outcome: &'static str) {
-        self.0.set_attribute(KeyValue::new("herald.proxy.outcome", outcome));
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        let Some(mut span) = self.0.take() else { return };
+        span.set_attribute(KeyValue::new("herald.proxy.outcome", outcome));
         if outcome != "ok" {
-            self.0.set_status(Status::error(outcome));
+            span.set_status(Status::error(outcome));
         }
-        self.0.end();
+        span.end();
+    }
+}
+
+impl Drop for ProxySpan {
+    fn drop(&mut self) {
+        self.finish("timeout");
     }
 }
 

@@ -17,6 +17,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+# The otlp feature is off by default; its exporter and its test (a collector in the test
+# receiving the spans) are checked here so they cannot rot.
+step "OTLP span export (--features otlp): clippy and tests/otlp.rs"
+cargo clippy -p herald-server --features otlp --all-targets --locked -- -D warnings
+cargo test -p herald-server --features otlp --locked --lib --test otlp
+
 step "build herald for the SDK tests"
 cargo build -p herald-server --locked
 

@@ -17,6 +17,8 @@
 //! - The probe: every [`HEARTBEAT`] a node sends [`Command::Probe`] to itself through the
 //!   engine. A node whose last probe came back more than [`PROBE_STALE`] ago is not delivering,
 //!   and `/health` says so.
+//! - Surveys ([`Command::Survey`], [`Command::SurveyReply`]): questions every node answers to
+//!   the asker, merged there; the logic is in [`crate::survey`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -141,6 +143,16 @@ pub enum Command {
         lines: Vec<crate::trace::TraceLine>,
         dropped: u64,
     },
+    /// Survey `id` of the sender: every other node answers it with [`Command::SurveyReply`].
+    Survey {
+        id: u64,
+        query: crate::survey::Query,
+    },
+    /// The sender's answer to survey `id` of the node it is sent to.
+    SurveyReply {
+        id: u64,
+        answer: crate::survey::Answer,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -178,11 +190,23 @@ pub struct Cluster {
     started_at: i64,
     nodes: Mutex<HashMap<String, (NodeInfo, i64)>>,
     probe: Mutex<Probe>,
+    surveys: crate::survey::Surveys,
 }
 
 impl Cluster {
     pub fn new(uid: String, now_ms: i64) -> Self {
-        Cluster { uid, started_at: now_ms, nodes: Mutex::new(HashMap::new()), probe: Mutex::new(Probe::default()) }
+        Cluster {
+            uid,
+            started_at: now_ms,
+            nodes: Mutex::new(HashMap::new()),
+            probe: Mutex::new(Probe::default()),
+            surveys: crate::survey::Surveys::default(),
+        }
+    }
+
+    /// The surveys this node waits for and the replies it owes.
+    pub fn surveys(&self) -> &crate::survey::Surveys {
+        &self.surveys
     }
 
     pub fn uid(&self) -> &str {
@@ -263,6 +287,17 @@ impl Cluster {
                     crate::metrics::probe_latency(rtt as f64 / 1000.0);
                 }
             }
+            // The asker answered for itself; replies are addressed to the asker only.
+            Command::Survey { .. } | Command::SurveyReply { .. } if own => {}
+            Command::Survey { id, query } => {
+                crate::metrics::control_received("survey");
+                let answer = crate::survey::answer(hub, &query);
+                self.surveys.queue_reply(from, encode(&self.uid, &Command::SurveyReply { id, answer }));
+            }
+            Command::SurveyReply { id, answer } => {
+                crate::metrics::control_received("survey_reply");
+                self.surveys.record(id, &from, answer);
+            }
             // The sender applied its command to its own connections already.
             _ if own => {}
             command => {
@@ -322,7 +357,11 @@ pub(crate) fn apply(hub: &Hub, command: Command) {
                 hub.trace_stop(&user, "stopped");
             }
         }
-        Command::Node(_) | Command::Probe { .. } | Command::TraceLines { .. } => {}
+        Command::Node(_)
+        | Command::Probe { .. }
+        | Command::TraceLines { .. }
+        | Command::Survey { .. }
+        | Command::SurveyReply { .. } => {}
     }
 }
 
@@ -338,6 +377,8 @@ fn unsubscribe_code(code: u32) -> herald_proto::UnsubscribeCode {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     #[test]
@@ -374,6 +415,31 @@ mod tests {
         let left = c.nodes(NODE_EXPIRY + 1);
         assert_eq!(left.iter().map(|n| n.uid.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(c.nodes(3_000 + NODE_EXPIRY + 1).is_empty());
+    }
+
+    #[test]
+    fn a_survey_from_another_node_is_answered_to_it_and_replies_reach_the_asker() {
+        let hub = Hub::new(16, std::sync::Arc::new(crate::clock::ManualClock::new(0)));
+        let c = Cluster::new("a".into(), 0);
+        let query = crate::survey::Query::Channels { pattern: String::new(), limit: 10 };
+        // Its own survey echoed back is not answered (the asker answers for itself).
+        c.handle(&hub, &encode("a", &Command::Survey { id: 1, query: query.clone() }), 0);
+        c.handle(&hub, &encode("b", &Command::Survey { id: 7, query }), 0);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut next = std::pin::pin!(c.surveys().next_reply());
+        let std::task::Poll::Ready((to, payload)) = next.as_mut().poll(&mut cx) else { panic!("no reply queued") };
+        assert_eq!(to, "b");
+        let answer = crate::survey::Answer::Channels { channels: Default::default(), truncated: false };
+        assert_eq!(decode(&payload), Some(("a".to_owned(), Command::SurveyReply { id: 7, answer: answer.clone() })));
+        assert!(std::pin::pin!(c.surveys().next_reply()).poll(&mut cx).is_pending(), "one reply only");
+
+        // A reply to this node's survey is recorded.
+        let id = c.surveys().start("channels", [("b".to_owned(), "B".to_owned())]);
+        c.handle(&hub, &encode("b", &Command::SurveyReply { id, answer }), 0);
+        let out = c.surveys().finish(id);
+        assert!(out.missing.is_empty());
+        assert_eq!(out.answers[0].name, "B");
     }
 
     #[test]

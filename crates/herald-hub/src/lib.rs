@@ -7,6 +7,7 @@
 //! - [`broker`]: the engine contract (PUB/SUB, history, presence, node-to-node control, typed
 //!   errors), the delivery sink into the hub, and the memory engines;
 //! - [`cluster`]: control messages between nodes, the node registry and the delivery probe;
+//! - [`survey`]: questions asked of every node (`channels`, `connections`) and their merge;
 //! - [`node`]: ties them together and implements the server API operations;
 //! - [`trace`]: per-user tracing (which users, the bounded line buffer);
 //! - [`timer`]: the shared coarse timer wheel for pings, pongs and expiry;
@@ -35,6 +36,7 @@ pub mod ports;
 pub mod proxy;
 pub mod recovery;
 pub mod session;
+pub mod survey;
 pub mod timer;
 pub mod trace;
 pub mod wake;

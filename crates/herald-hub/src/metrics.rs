@@ -131,6 +131,26 @@ pub fn control_send_failed() {
     metrics::counter!("herald_cluster_control_send_errors_total").increment(1);
 }
 
+/// A survey sent to the cluster, by operation (`channels`, `connections`).
+pub fn survey_sent(op: &'static str) {
+    metrics::counter!("herald_surveys_total", "op" => op).increment(1);
+}
+
+/// A node's answer to one of this node's surveys arrived in time.
+pub fn survey_answer(op: &'static str) {
+    metrics::counter!("herald_survey_answers_total", "op" => op).increment(1);
+}
+
+/// `n` live nodes did not answer one of this node's surveys before its deadline.
+pub fn survey_missing(op: &'static str, n: usize) {
+    metrics::counter!("herald_survey_timeouts_total", "op" => op).increment(n as u64);
+}
+
+/// A reply to another node's survey dropped: the reply outbox was full.
+pub fn survey_reply_dropped() {
+    metrics::counter!("herald_survey_replies_dropped_total").increment(1);
+}
+
 /// Local subscriptions told to recover after the engine lost messages.
 pub fn resync(n: usize) {
     metrics::counter!("herald_broker_resync_subscriptions_total").increment(n as u64);

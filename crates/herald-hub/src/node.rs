@@ -33,6 +33,7 @@ use crate::proxy::{Backend, Proxies, ProxyAuthenticator, ProxyPort};
 use crate::timer::TimerWheel;
 
 mod api;
+mod survey;
 
 /// Identity of this node.
 #[derive(Debug, Clone)]
@@ -631,7 +632,7 @@ fn secs(d: Duration) -> u32 {
 }
 
 /// Compiles a glob (`*`, `?`, `[...]`) into an anchored regex.
-fn glob(pattern: &str) -> Option<regex::Regex> {
+pub(crate) fn glob(pattern: &str) -> Option<regex::Regex> {
     let mut re = String::from("^");
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {

@@ -50,6 +50,8 @@ pub struct Config {
     pub gateway: crate::edge::gateway::GatewayConfig,
     /// The admin console (off by default).
     pub admin: AdminConfig,
+    /// OpenTelemetry span export (the `otlp` cargo feature).
+    pub opentelemetry: OpenTelemetryConfig,
 }
 
 impl Config {
@@ -608,11 +610,24 @@ impl RuntimeConfig {
 }
 
 /// `node`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
     /// Node name shown by the `info` API (default: host name and port).
     pub name: String,
+    /// How long a cluster-wide `channels` or `connections` call waits for the other nodes'
+    /// answers; nodes that did not answer by then are named in the result (Herald's own).
+    #[serde(with = "herald_hub::duration")]
+    pub survey_timeout: Duration,
+    /// The most channels a `channels` call lists (each node lists at most as many; Herald's
+    /// own): an answer travels between nodes as one engine message.
+    pub survey_max_channels: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: String::new(), survey_timeout: Duration::from_secs(3), survey_max_channels: 10_000 }
+    }
 }
 
 /// `admin`: the web console (`crate::admin`), off by default as in Centrifugo v6.
@@ -651,4 +666,16 @@ impl Default for AdminConfig {
             trace_max_duration: Duration::from_secs(600),
         }
     }
+}
+
+/// `opentelemetry`: span export over OTLP/HTTP (`crate::telemetry::otlp`), in builds with the
+/// `otlp` feature; the collector and batching are set by the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenTelemetryConfig {
+    pub enabled: bool,
+    /// A span per server API call (as in Centrifugo v6).
+    pub api: bool,
+    /// A span per logic-layer proxy call (Herald's own).
+    pub proxy: bool,
 }

@@ -193,6 +193,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid("http_server.tls.client_ca_pem", "needs http_server.tls.enabled"));
     }
 
+    if cfg.opentelemetry.enabled && !cfg!(feature = "otlp") {
+        return Err(ConfigError::invalid(
+            "opentelemetry.enabled",
+            "this Herald build has no OTLP exporter: build it with `cargo build --release --features otlp`, or turn \
+             this off (incoming traceparent headers are still continued: trace_id in the log lines, traceparent on \
+             proxy calls)",
+        ));
+    }
+    if cfg.node.survey_timeout.is_zero() {
+        return Err(ConfigError::invalid("node.survey_timeout", "must be above 0"));
+    }
+    if cfg.node.survey_max_channels == 0 || cfg.node.survey_max_channels > herald_hub::survey::MAX_ENTRIES {
+        return Err(ConfigError::invalid(
+            "node.survey_max_channels",
+            format!("must be between 1 and {}", herald_hub::survey::MAX_ENTRIES),
+        ));
+    }
     if cfg.shutdown.client_close_window >= cfg.shutdown.timeout {
         return Err(ConfigError::invalid(
             "shutdown.client_close_window",

@@ -120,13 +120,34 @@ impl HttpProxy {
             // A webhook batch is the node's own request, not a client's.
             insert(headers, "x-forwarded-for", &forwarded(forwarded_for, req.peer));
         }
-        insert(headers, "traceparent", &traceparent(parent, &mut rand::rng()));
+        #[cfg(feature = "otlp")]
+        let (span, sent) = match crate::telemetry::otlp::proxy_span(req.kind.name(), &req.spec.label, parent) {
+            Some((span, sent)) => (Some(span), sent),
+            None => (None, traceparent(parent, &mut rand::rng())),
+        };
+        #[cfg(not(feature = "otlp"))]
+        let sent = traceparent(parent, &mut rand::rng());
+        insert(headers, "traceparent", &sent);
+        let outcome = self.send(client, request, req.spec.max_response_size).await;
+        #[cfg(feature = "otlp")]
+        if let Some(span) = span {
+            span.end(outcome_label(&outcome));
+        }
+        outcome
+    }
+
+    async fn send(
+        &self,
+        client: usize,
+        request: Request<Full<Bytes>>,
+        max_response_size: usize,
+    ) -> Result<Bytes, ProxyFailure> {
         let response =
             self.clients[client].request(request).await.map_err(|e| ProxyFailure::Unavailable(error_chain(&e)))?;
         if response.status() != StatusCode::OK {
             return Err(ProxyFailure::Status(response.status().as_u16()));
         }
-        let body = Limited::new(response.into_body(), req.spec.max_response_size).collect().await.map_err(|e| {
+        let body = Limited::new(response.into_body(), max_response_size).collect().await.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ProxyFailure::TooLarge
             } else {
@@ -148,6 +169,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The metric label of a call's outcome.
+fn outcome_label(outcome: &Result<Bytes, ProxyFailure>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(ProxyFailure::Timeout) => "timeout",
+        Err(ProxyFailure::Status(_)) => "status",
+        Err(ProxyFailure::TooLarge) => "too_large",
+        Err(_) => "unavailable",
+    }
 }
 
 fn insert(headers: &mut http::HeaderMap, name: &str, value: &str) {
@@ -205,13 +237,7 @@ impl ProxyPort for HttpProxy {
                 Ok(r) => r,
                 Err(_) => Err(ProxyFailure::Timeout),
             };
-            let label = match &outcome {
-                Ok(_) => "ok",
-                Err(ProxyFailure::Timeout) => "timeout",
-                Err(ProxyFailure::Status(_)) => "status",
-                Err(ProxyFailure::TooLarge) => "too_large",
-                Err(_) => "unavailable",
-            };
+            let label = outcome_label(&outcome);
             if let Err(e) = &outcome
                 && let Some((n, _)) = self.failures.get(request.spec.id).and_then(|t| t.note(Instant::now()))
             {

@@ -502,6 +502,9 @@ async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
     let node = state.node.clone();
+    #[cfg(feature = "otlp")]
+    crate::telemetry::otlp::init(&state.config.opentelemetry)
+        .map_err(|e| ConfigError::invalid("opentelemetry.enabled", e))?;
     let listener = TcpListener::from_std(listeners.public).map_err(StartupError::Listener)?;
     let local = listener.local_addr().map_err(StartupError::Listener)?;
     let internal = match listeners.internal {
@@ -533,6 +536,13 @@ async fn run(
                 node.cluster_tick().await;
             }
         }
+    });
+
+    // Replies to other nodes' surveys, sent apart from the heartbeats so an answer never
+    // waits for a slow heartbeat publish.
+    let survey_replies = tokio::spawn({
+        let node = node.clone();
+        async move { node.run_survey_replies().await }
     });
 
     // Histogram samples wait in the recorder until drained into their buckets: without a scrape
@@ -586,9 +596,12 @@ async fn run(
     }
     timers.abort();
     cluster.abort();
+    survey_replies.abort();
     upkeep.abort();
     reloads.abort();
     state.stop_gateway_health();
+    #[cfg(feature = "otlp")]
+    crate::telemetry::otlp::shutdown();
     tracing::info!("shutdown complete");
     Ok(())
 }

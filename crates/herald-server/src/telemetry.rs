@@ -1,9 +1,12 @@
-//! Logging ([`logs`]: tracing-subscriber, log files, access lines) and the Prometheus recorder
-//! with the process gauges sampled at each scrape.
+//! Logging ([`logs`]: tracing-subscriber, log files, access lines), the Prometheus recorder
+//! with the process gauges sampled at each scrape, and OpenTelemetry span export (`otlp`, with
+//! the cargo feature of that name).
 //!
 //! Logs go to stderr (or `log.file`), so stdout stays free for command output.
 
 mod logs;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

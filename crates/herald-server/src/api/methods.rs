@@ -558,6 +558,14 @@ pub struct ChannelsRequest {
 #[derive(Serialize)]
 pub struct ChannelsResult {
     channels: BTreeMap<String, ChannelInfo>,
+    /// Herald's own: more channels matched than `node.survey_max_channels` (the first by name
+    /// are listed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+    /// Herald's own: live nodes that did not answer within `node.survey_timeout` (their
+    /// subscribers are not counted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing_nodes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -565,15 +573,21 @@ struct ChannelInfo {
     num_clients: usize,
 }
 
+/// Channels with subscribers on every node of the cluster, counts summed (a survey,
+/// `herald_hub::survey`).
 async fn channels(ctx: &ApiContext<'_>, b: ChannelsRequest) -> Result<ChannelsResult, ApiError> {
+    let node = &ctx.state.config.node;
     // The pattern is the only thing that can be wrong here.
-    let channels = ctx
+    let merged = ctx
         .state
         .node
-        .api_channels(&b.pattern)
+        .survey_channels(&b.pattern, node.survey_max_channels, tokio::time::sleep(node.survey_timeout))
+        .await
         .map_err(|e| ApiError::with(e, format_args!("`pattern` `{}` is not a valid pattern", Short(&b.pattern))))?;
     Ok(ChannelsResult {
-        channels: channels.into_iter().map(|(name, num_clients)| (name, ChannelInfo { num_clients })).collect(),
+        channels: merged.channels.into_iter().map(|(name, num_clients)| (name, ChannelInfo { num_clients })).collect(),
+        truncated: merged.truncated,
+        missing_nodes: merged.missing,
     })
 }
 

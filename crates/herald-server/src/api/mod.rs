@@ -134,12 +134,10 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let name = method.map_or("unknown", |m| m.name);
     // The caller's trace, continued: its id tags every line logged while the call runs.
-    let trace_id = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::proxy::parse_traceparent)
-        .map(|(trace, _)| trace.to_owned());
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    let trace_id = traceparent.and_then(crate::proxy::parse_traceparent).map(|(trace, _)| trace.to_owned());
+    #[cfg(feature = "otlp")]
+    let otel = crate::telemetry::otlp::api_span(name, traceparent);
     // A span only for traced calls: an untraced publish pays no span.
     let span = match &trace_id {
         Some(id) => tracing::info_span!("api", method = name, trace_id = id.as_str()),
@@ -155,6 +153,10 @@ pub async fn handle(
         Tally::Error(code) => Some(code),
         _ => None,
     };
+    #[cfg(feature = "otlp")]
+    if let Some(span) = otel {
+        span.end(status, code);
+    }
     tracing::info!(
         target: crate::telemetry::ACCESS,
         kind = "api",

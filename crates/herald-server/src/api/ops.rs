@@ -1,6 +1,6 @@
 //! Operator methods of the server API (Herald's own, in the one table [`super::methods::METHODS`]):
 //! `trace_user` and `trace_stop` (per-user tracing, on every node) and `connections` (a
-//! user's connections on this node, for the admin console's user lookup) and `reload` (the
+//! user's connections on every node, for the admin console's user lookup) and `reload` (the
 //! configuration loaded again and applied, `crate::reload`).
 
 use serde::{Deserialize, Serialize};
@@ -63,36 +63,47 @@ pub struct ConnectionsRequest {
 #[derive(Serialize)]
 pub struct ConnectionsResult {
     connections: Vec<Connection>,
-    /// The node answering: connections on other nodes are not listed.
+    /// The node answering.
     node: String,
+    /// Live nodes that did not answer within `node.survey_timeout`: their connections are not
+    /// listed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing_nodes: Vec<String>,
+    /// More than [`MAX_LISTED`] connections: the rest are not listed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
 }
 
 #[derive(Serialize)]
 struct Connection {
     channels: Vec<String>,
     client: String,
+    /// The node the connection is on.
+    node: String,
     traced: bool,
 }
 
-/// The most connections listed for one user.
+/// The most connections listed for one user (over all nodes).
 const MAX_LISTED: usize = 100;
 
+/// The user's connections on every node of the cluster (a survey, `herald_hub::survey`).
 pub(super) async fn connections(ctx: &ApiContext<'_>, b: ConnectionsRequest) -> Result<ConnectionsResult, ApiError> {
     if b.user.is_empty() {
         return Err(missing("user"));
     }
-    let hub = ctx.state.node.hub();
-    let connections = hub
-        .user_links(&b.user)
-        .iter()
-        .take(MAX_LISTED)
-        .map(|link| Connection {
-            channels: hub.channels_of(link),
-            client: link.id().to_string(),
-            traced: link.timers().is_traced(),
-        })
+    let timeout = ctx.state.config.node.survey_timeout;
+    let merged = ctx.state.node.survey_connections(&b.user, MAX_LISTED, tokio::time::sleep(timeout)).await;
+    let connections = merged
+        .connections
+        .into_iter()
+        .map(|(node, c)| Connection { channels: c.channels, client: c.client, node, traced: c.traced })
         .collect();
-    Ok(ConnectionsResult { connections, node: ctx.state.node.identity().name.clone() })
+    Ok(ConnectionsResult {
+        connections,
+        node: ctx.state.node.identity().name.clone(),
+        missing_nodes: merged.missing,
+        truncated: merged.truncated,
+    })
 }
 
 /// `reload` takes no parameters (any object is accepted).

@@ -102,6 +102,16 @@ async function refreshChannels() {
     list.appendChild(li);
   }
   if (!names.length) list.innerHTML = '<li>No channel with subscribers matches.</li>';
+  // Nodes that did not answer in time are named: their subscribers are not counted.
+  const notes = [];
+  if (result.missing_nodes) notes.push('Not answering (not counted): ' + result.missing_nodes.join(', '));
+  if (result.truncated || names.length > 500) notes.push('More channels match: refine the search.');
+  for (const note of notes) {
+    const li = document.createElement('li');
+    li.className = 'note';
+    li.textContent = note;
+    list.appendChild(li);
+  }
 }
 
 function addTraceLine(l) {

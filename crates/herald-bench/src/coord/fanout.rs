@@ -19,8 +19,11 @@ struct PublishRun {
     plan: Plan,
     channels: Channels,
     duration: Duration,
-    /// Deliveries per successful publish (default: every connection).
+    /// Deliveries per successful publish (default: every connection, or the share of one
+    /// server when each server gets its own copy).
     per_publish: Option<f64>,
+    /// One publish reaches the readers of every server (a cluster).
+    all_nodes: bool,
     backlog: Option<Backlog>,
     /// Share of the connections that never read after subscribing (fanout only).
     stalled_share: f64,
@@ -34,6 +37,7 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
         channels,
         duration,
         per_publish: per_publish_override,
+        all_nodes,
         backlog,
         stalled_share,
         extra,
@@ -59,7 +63,8 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
     let stalled = fleet.ready_stalled();
     // Stalled connections read nothing: the deliveries expected are the readers'.
     let readers = fleet.ready_open() - stalled;
-    let per_publish = per_publish_override.unwrap_or(readers as f64 / s.urls.len() as f64);
+    let copies = if all_nodes { 1.0 } else { s.urls.len() as f64 };
+    let per_publish = per_publish_override.unwrap_or(readers as f64 / copies);
     fleet.send_all(Cmd::Start).await;
     eprintln!("  publishing ...");
     let out = publish_phase(&s, s.c.drain, &mut fleet, &plan, duration, per_publish, backlog).await;
@@ -113,13 +118,16 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
     extra.insert("max_backlog_ms".into(), json!(a.max_backlog.map(|d| d.as_millis() as u64)));
     extra.insert("stalled_share".into(), json!(a.stalled_share));
     let backlog = a.max_backlog.map(|threshold| Backlog { threshold, secs: a.max_backlog_secs.max(1) });
-    let plan = Plan::Fanout { channel: channel.clone(), rate, count };
+    extra.insert("cluster".into(), json!(a.cluster));
+    let plan = Plan::Fanout { channel: channel.clone(), rate, count, cluster: a.cluster };
     let run = PublishRun {
         scenario: "fanout",
         plan,
         channels: Channels::Shared(channel),
         duration,
+        // A cluster delivers every publication to every reader, on whichever node.
         per_publish: None,
+        all_nodes: a.cluster,
         backlog,
         stalled_share: a.stalled_share,
         extra,
@@ -159,6 +167,7 @@ pub async fn personal(a: PersonalArgs) -> Result<(), String> {
         channels: Channels::PerConn(prefix),
         duration,
         per_publish: Some(1.0),
+        all_nodes: false,
         backlog,
         stalled_share: 0.0,
         extra,

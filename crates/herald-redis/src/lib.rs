@@ -120,7 +120,8 @@ impl RedisEngine {
             Self::connect_addresses(&opts).await?
         } else {
             let seeds: Vec<String> = opts.cluster_seeds.iter().map(|s| opts.access.tls.address(s)).collect();
-            let cluster = cluster::Cluster::connect(&seeds, &opts.access.tls, opts.connect_timeout, opts.io_timeout).await?;
+            let cluster =
+                cluster::Cluster::connect(&seeds, &opts.access.tls, opts.connect_timeout, opts.io_timeout).await?;
             (Backend::Cluster(cluster), true)
         };
         let inner = Arc::new(Inner {

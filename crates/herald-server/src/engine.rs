@@ -121,7 +121,10 @@ async fn connect_redis(
             insecure_skip_verify: t.insecure_skip_verify,
         })
     };
-    let tls = tls_options(["engine.redis.tls.cert_pem", "engine.redis.tls.key_pem", "engine.redis.tls.server_ca_pem"], &r.tls)?;
+    let tls = tls_options(
+        ["engine.redis.tls.cert_pem", "engine.redis.tls.key_pem", "engine.redis.tls.server_ca_pem"],
+        &r.tls,
+    )?;
     let sentinel_tls = if r.sentinel_tls.enabled {
         Some(tls_options(
             [

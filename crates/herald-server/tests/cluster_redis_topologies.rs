@@ -370,7 +370,8 @@ async fn cluster_address_lists_seeds_and_one_live_seed_is_enough() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("engine.redis.cluster_address") && err.contains("host:port"), "{err}");
     let standalone = RedisServer::start();
-    let (code, err) = refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", format!("127.0.0.1:{}", standalone.port))]);
+    let (code, err) =
+        refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", format!("127.0.0.1:{}", standalone.port))]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("engine.redis.cluster_address"), "{err}");
     let (code, err) = refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", format!("127.0.0.1:{dead}"))]);

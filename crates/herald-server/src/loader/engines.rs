@@ -120,7 +120,11 @@ fn validate_redis_tls(section: &str, t: &crate::config::RedisTlsConfig) -> Resul
     let keys: [&'static str; 3] = if section == "engine.redis.tls" {
         ["engine.redis.tls.cert_pem", "engine.redis.tls.key_pem", "engine.redis.tls.server_ca_pem"]
     } else {
-        ["engine.redis.sentinel_tls.cert_pem", "engine.redis.sentinel_tls.key_pem", "engine.redis.sentinel_tls.server_ca_pem"]
+        [
+            "engine.redis.sentinel_tls.cert_pem",
+            "engine.redis.sentinel_tls.key_pem",
+            "engine.redis.sentinel_tls.server_ca_pem",
+        ]
     };
     for (key, value) in keys.into_iter().zip([&t.cert_pem, &t.key_pem, &t.server_ca_pem]) {
         if !value.is_empty() {

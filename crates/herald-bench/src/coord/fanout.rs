@@ -30,6 +30,13 @@ struct PublishRun {
     extra: Map<String, Value>,
 }
 
+/// Deliveries one accepted publish to the shared channel should make: every reader when the
+/// servers share a broker (one publish through the first), else the readers of one server
+/// (each server gets its own publish of the same sequence number).
+fn shared_per_publish(readers: u64, servers: usize, cluster: bool) -> f64 {
+    if cluster { readers as f64 } else { readers as f64 / servers.max(1) as f64 }
+}
+
 async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
     let PublishRun {
         scenario,
@@ -63,8 +70,7 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
     let stalled = fleet.ready_stalled();
     // Stalled connections read nothing: the deliveries expected are the readers'.
     let readers = fleet.ready_open() - stalled;
-    let copies = if all_nodes { 1.0 } else { s.urls.len() as f64 };
-    let per_publish = per_publish_override.unwrap_or(readers as f64 / copies);
+    let per_publish = per_publish_override.unwrap_or_else(|| shared_per_publish(readers, s.urls.len(), all_nodes));
     fleet.send_all(Cmd::Start).await;
     eprintln!("  publishing ...");
     let out = publish_phase(&s, s.c.drain, &mut fleet, &plan, duration, per_publish, backlog).await;
@@ -173,4 +179,18 @@ pub async fn personal(a: PersonalArgs) -> Result<(), String> {
         extra,
     };
     publish_scenario(s, run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_per_publish;
+
+    #[test]
+    fn a_cluster_expects_every_reader_per_publish_independent_servers_their_share() {
+        // 18,000 readers over 3 servers: one publish through node A reaches all of them ...
+        assert_eq!(shared_per_publish(18_000, 3, true), 18_000.0);
+        // ... while independent servers each get a copy and deliver to their own third.
+        assert_eq!(shared_per_publish(18_000, 3, false), 6_000.0);
+        assert_eq!(shared_per_publish(10, 1, false), 10.0);
+    }
 }

@@ -38,6 +38,9 @@ pub enum Scenario {
     /// Kernel cost floor of one small loopback TCP write per delivery, without any server:
     /// plain TCP writer threads here, epoll readers in the worker processes.
     Floor(FloorArgs),
+    /// Raw NATS publish ceiling, no Herald: tasks on one client publishing one payload to one
+    /// subject as fast as they can (the baseline of Herald's publish through NATS).
+    NatsPub(NatsPubArgs),
     /// RPC round trips/s through Herald (a JWT client per connection, one call outstanding
     /// each), or straight to a backend with --direct (the floor): latency, CPU per call.
     Rpc(RpcArgs),
@@ -65,7 +68,7 @@ pub struct Common {
     pub target: Target,
     /// Server base URL (default http://127.0.0.1:8000 for herald, http://127.0.0.1:8081 for
     /// nchan). Several (repeat or comma-separate): connections are spread over them and every
-    /// fan-out publication is sent to each.
+    /// fan-out publication is sent to each (fanout --cluster: to the first only).
     #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
     /// WebSocket path (default /connection/websocket for herald, /sub/{channel} for nchan).
@@ -176,6 +179,11 @@ pub struct FanoutArgs {
     /// disconnects by code (from its /metrics) show what became of the stalled ones.
     #[arg(long, default_value_t = 0.0)]
     pub stalled_share: f64,
+    /// The --url servers are one cluster (a Redis or NATS engine): each publication is sent
+    /// once, through the first server, and every connection on every server must receive it.
+    /// Without it the servers are independent and each gets every publication.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -284,6 +292,30 @@ pub struct FloorArgs {
     /// Longest wait for outstanding deliveries after the last round.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub drain: Duration,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsPubArgs {
+    /// NATS server URL, e.g. nats://127.0.0.1:PORT (required: no default server is assumed).
+    #[arg(long)]
+    pub url: String,
+    /// Subject published to (no subscriber needed).
+    #[arg(long, default_value = "herald.client.bench_api")]
+    pub subject: String,
+    /// Tasks publishing at once on the one client (as many as the API connections of the
+    /// Herald run it is compared with).
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub concurrency: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    #[arg(long, value_parser = duration, default_value = "8s")]
+    pub duration: Duration,
+    /// The nats-server process, for its CPU per publish.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     #[command(flatten)]
     pub output: Output,
 }

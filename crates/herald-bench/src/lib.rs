@@ -13,6 +13,7 @@ pub mod job;
 pub mod metrics;
 pub mod payload;
 pub mod procfs;
+pub mod rawnats;
 pub mod report;
 pub mod rpc;
 pub mod series;

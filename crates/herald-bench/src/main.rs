@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use herald_bench::cli::{Cli, Scenario};
-use herald_bench::{coord, floor, rpc, worker};
+use herald_bench::{coord, floor, rawnats, rpc, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             Scenario::Api(a) => coord::api(a).await,
             Scenario::Floor(a) => floor::run(a).await,
             Scenario::Rpc(a) => rpc::run(a).await,
+            Scenario::NatsPub(a) => rawnats::run(a).await,
             Scenario::Worker => unreachable!("handled above"),
         }
     });

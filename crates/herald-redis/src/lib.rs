@@ -53,6 +53,10 @@ use wire::{ChannelMessage, Names};
 pub struct RedisOptions {
     /// One address per shard (`redis://`, `rediss://`); channels are spread over them.
     pub addresses: Vec<String>,
+    /// Seed nodes of one Redis Cluster (`redis://`, `rediss://`; `engine.redis.cluster_address`):
+    /// when given, the engine uses that cluster without asking `addresses` what they are, and
+    /// starts as long as one seed answers.
+    pub cluster_seeds: Vec<String>,
     /// Prefix of every key and PUB/SUB name, so several setups can share one Redis.
     pub prefix: String,
     pub connect_timeout: Duration,
@@ -76,6 +80,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             addresses: vec!["redis://127.0.0.1:6379".into()],
+            cluster_seeds: Vec::new(),
             prefix: "herald".into(),
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(4),
@@ -111,6 +116,46 @@ impl RedisEngine {
     /// Connects to every shard (failing when one cannot be reached now) and starts the PUB/SUB
     /// supervisors and the presence refresher on the current tokio runtime.
     pub async fn connect(opts: RedisOptions) -> Result<RedisEngine, BrokerError> {
+        let (backend, cluster_mode) = if opts.cluster_seeds.is_empty() {
+            Self::connect_addresses(&opts).await?
+        } else {
+            let seeds: Vec<String> = opts.cluster_seeds.iter().map(|s| opts.access.tls.address(s)).collect();
+            let cluster =
+                cluster::Cluster::connect(&seeds, &opts.access.tls, opts.connect_timeout, opts.io_timeout).await?;
+            (Backend::Cluster(cluster), true)
+        };
+        let inner = Arc::new(Inner {
+            names: if cluster_mode { Names::for_cluster(&opts.prefix) } else { Names::new(&opts.prefix) },
+            backend,
+            opts,
+            handler: OnceLock::new(),
+            publish: Script::new(wire::PUBLISH),
+            history: Script::new(wire::HISTORY),
+            presence_add: Script::new(wire::PRESENCE_ADD),
+            presence_get: Script::new(wire::PRESENCE_GET),
+            presence_remove: Script::new(wire::PRESENCE_REMOVE),
+            local_presence: Mutex::new(HashMap::new()),
+        });
+        match &inner.backend {
+            Backend::Shards(shards) => {
+                for shard in shards {
+                    tokio::spawn(shard.clone().run(Arc::new(Events(Arc::downgrade(&inner)))));
+                }
+            }
+            Backend::Cluster(c) => c.clone().start(Arc::new(Events(Arc::downgrade(&inner)))),
+        }
+        // Control names are wanted for the engine's whole life.
+        if inner.opts.pubsub {
+            inner.control_node().subscribe(inner.names.control()).await?;
+            inner.control_node().subscribe(inner.names.node(&inner.opts.node_uid)).await?;
+        }
+        tokio::spawn(refresh_presence(Arc::downgrade(&inner)));
+        Ok(RedisEngine { inner })
+    }
+
+    /// `addresses`: a Redis Cluster (asked with `INFO cluster` on the first), or standalone
+    /// and Sentinel shards.
+    async fn connect_addresses(opts: &RedisOptions) -> Result<(Backend, bool), BrokerError> {
         if opts.addresses.is_empty() {
             return Err(BrokerError::new(ErrorKind::Rejected, "redis: no address configured"));
         }
@@ -151,33 +196,7 @@ impl RedisEngine {
             }
             Backend::Shards(shards)
         };
-        let inner = Arc::new(Inner {
-            names: if cluster_mode { Names::for_cluster(&opts.prefix) } else { Names::new(&opts.prefix) },
-            backend,
-            opts,
-            handler: OnceLock::new(),
-            publish: Script::new(wire::PUBLISH),
-            history: Script::new(wire::HISTORY),
-            presence_add: Script::new(wire::PRESENCE_ADD),
-            presence_get: Script::new(wire::PRESENCE_GET),
-            presence_remove: Script::new(wire::PRESENCE_REMOVE),
-            local_presence: Mutex::new(HashMap::new()),
-        });
-        match &inner.backend {
-            Backend::Shards(shards) => {
-                for shard in shards {
-                    tokio::spawn(shard.clone().run(Arc::new(Events(Arc::downgrade(&inner)))));
-                }
-            }
-            Backend::Cluster(c) => c.clone().start(Arc::new(Events(Arc::downgrade(&inner)))),
-        }
-        // Control names are wanted for the engine's whole life.
-        if inner.opts.pubsub {
-            inner.control_node().subscribe(inner.names.control()).await?;
-            inner.control_node().subscribe(inner.names.node(&inner.opts.node_uid)).await?;
-        }
-        tokio::spawn(refresh_presence(Arc::downgrade(&inner)));
-        Ok(RedisEngine { inner })
+        Ok((backend, cluster_mode))
     }
 
     /// Addresses of the shards (passwords hidden), for logs.

@@ -64,6 +64,8 @@ pub struct Access {
     /// address gives `sentinel_user`/`sentinel_password`.
     pub sentinel_user: Option<String>,
     pub sentinel_password: Option<String>,
+    /// TLS to the sentinels themselves (`engine.redis.sentinel_tls`); `None`: plain TCP.
+    pub sentinel_tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Target {
@@ -100,7 +102,17 @@ impl Target {
             if host.is_empty() {
                 return Err(bad("a sentinel host is empty"));
             }
-            sentinels.push(redis::ConnectionAddr::Tcp(host.to_owned(), port));
+            // With sentinel_tls the crate wants TLS addresses; the builder sets their mode and
+            // certificates below.
+            sentinels.push(match &access.sentinel_tls {
+                Some(t) => redis::ConnectionAddr::TcpTls {
+                    host: host.to_owned(),
+                    port,
+                    insecure: t.insecure_skip_verify,
+                    tls_params: None,
+                },
+                None => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+            });
         }
         let mut builder =
             redis::sentinel::SentinelClientBuilder::new(sentinels, master, redis::sentinel::SentinelServerType::Master)
@@ -124,6 +136,13 @@ impl Target {
             param("sentinel_password").or_else(|| access.sentinel_password.clone()).filter(|p| !p.is_empty())
         {
             builder = builder.set_client_to_sentinel_password(pw);
+        }
+        if let Some(t) = &access.sentinel_tls {
+            let mode = if t.insecure_skip_verify { redis::TlsMode::Insecure } else { redis::TlsMode::Secure };
+            builder = builder.set_client_to_sentinel_tls_mode(mode);
+            if let Some(certs) = t.certificates() {
+                builder = builder.set_client_to_sentinel_certificates(certs);
+            }
         }
         if access.sentinel_master_tls {
             let mode = if access.tls.insecure_skip_verify { redis::TlsMode::Insecure } else { redis::TlsMode::Secure };

@@ -362,6 +362,11 @@ pub struct RedisEngineConfig {
     /// spread over the instances by consistent hashing (each instance is independent).
     #[serde(deserialize_with = "one_or_many")]
     pub address: Vec<String>,
+    /// Seed nodes of one Redis Cluster (`host:port` or `redis://`/`rediss://` URLs), one or a
+    /// list: when given, `address` must be left out; Herald starts as long as one seed answers
+    /// and discovers the other nodes from it.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cluster_address: Vec<String>,
     /// Prefix of every key and PUB/SUB channel name.
     pub prefix: String,
     #[serde(with = "herald_hub::duration")]
@@ -380,6 +385,9 @@ pub struct RedisEngineConfig {
     /// `sentinel_user`/`sentinel_password` itself).
     pub sentinel_user: String,
     pub sentinel_password: String,
+    /// TLS to the sentinels themselves (the same options as `tls`), for a `redis+sentinel://`
+    /// address; the master's connection follows `tls`.
+    pub sentinel_tls: RedisTlsConfig,
 }
 
 /// `engine.redis.tls` (Centrifugo v6 names). PEM values hold a PEM text, its base64 encoding or
@@ -447,6 +455,7 @@ impl Default for RedisEngineConfig {
     fn default() -> Self {
         RedisEngineConfig {
             address: vec!["redis://127.0.0.1:6379".into()],
+            cluster_address: Vec::new(),
             prefix: "herald".into(),
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(4),
@@ -454,6 +463,7 @@ impl Default for RedisEngineConfig {
             tls: RedisTlsConfig::default(),
             sentinel_user: String::new(),
             sentinel_password: String::new(),
+            sentinel_tls: RedisTlsConfig::default(),
         }
     }
 }

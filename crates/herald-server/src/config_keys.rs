@@ -41,8 +41,6 @@ const REDIS_TOPOLOGY: &str = "Herald would connect to engine.redis.address witho
                               as redis:// addresses (several for sharding), Sentinel as \
                               redis+sentinel://host:port?sentinel_master_name=NAME, and one node of a Redis \
                               Cluster as its address (the cluster is detected)";
-const SENTINEL_TLS: &str = "Herald would talk to the sentinels without TLS; reach them over a trusted network \
-                            (the master itself can use TLS with engine.redis.tls) and turn this off";
 const NATS_TLS: &str = "the connection to NATS would not be encrypted; reach NATS over a trusted network (or a \
                         tls:// URL with the server's certificate trusted by the system) and turn this off";
 const RAW_MODE: &str = "channels would not map to NATS subjects the way this option asks; Herald keeps its own \
@@ -67,12 +65,10 @@ const OPTIONS: &[(&str, &str, &[&str], &str)] = &[
     ("engine.redis.user", "a Redis user name apart from the address", &[""], REDIS_AUTH),
     ("engine.redis.password", "a Redis password apart from the address", &[""], REDIS_AUTH),
     ("engine.redis.db", "a Redis database apart from the address", &[""], REDIS_AUTH),
-    ("engine.redis.sentinel_tls", "TLS to Redis Sentinel", &["enabled"], SENTINEL_TLS),
     ("engine.redis.sentinel_client_name", "a client name towards Sentinel", &[], ""),
     ("engine.redis.client_name", "a Redis client name", &[], ""),
     ("engine.redis.sentinel_address", "Redis Sentinel", &[""], REDIS_TOPOLOGY),
     ("engine.redis.sentinel_master_name", "Redis Sentinel", &[""], REDIS_TOPOLOGY),
-    ("engine.redis.cluster_address", "Redis Cluster seeds apart from the address", &[""], REDIS_TOPOLOGY),
     ("engine.redis.force_resp2", "RESP2 only", &[], ""),
     ("engine.redis.history_use_lists", "history in Redis lists", &[], ""),
     ("engine.redis.presence_user_mapping", "per-user presence mapping", &[], ""),

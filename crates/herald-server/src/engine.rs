@@ -111,16 +111,31 @@ async fn connect_redis(
     let pem = |key: &'static str, value: &str| -> Result<Option<Vec<u8>>, crate::server::StartupError> {
         if value.is_empty() { Ok(None) } else { crate::tls::read_pem(key, value).map(Some).map_err(startup) }
     };
-    let tls = herald_redis::TlsOptions {
-        root_ca: pem("engine.redis.tls.server_ca_pem", &r.tls.server_ca_pem)?,
-        client_cert: match (
-            pem("engine.redis.tls.cert_pem", &r.tls.cert_pem)?,
-            pem("engine.redis.tls.key_pem", &r.tls.key_pem)?,
-        ) {
-            (Some(c), Some(k)) => Some((c, k)),
-            _ => None,
-        },
-        insecure_skip_verify: r.tls.insecure_skip_verify,
+    let tls_options = |section: [&'static str; 3], t: &crate::config::RedisTlsConfig| {
+        Ok::<_, crate::server::StartupError>(herald_redis::TlsOptions {
+            root_ca: pem(section[2], &t.server_ca_pem)?,
+            client_cert: match (pem(section[0], &t.cert_pem)?, pem(section[1], &t.key_pem)?) {
+                (Some(c), Some(k)) => Some((c, k)),
+                _ => None,
+            },
+            insecure_skip_verify: t.insecure_skip_verify,
+        })
+    };
+    let tls = tls_options(
+        ["engine.redis.tls.cert_pem", "engine.redis.tls.key_pem", "engine.redis.tls.server_ca_pem"],
+        &r.tls,
+    )?;
+    let sentinel_tls = if r.sentinel_tls.enabled {
+        Some(tls_options(
+            [
+                "engine.redis.sentinel_tls.cert_pem",
+                "engine.redis.sentinel_tls.key_pem",
+                "engine.redis.sentinel_tls.server_ca_pem",
+            ],
+            &r.sentinel_tls,
+        )?)
+    } else {
+        None
     };
     // `tls.enabled` turns plain addresses into TLS ones, as Centrifugo does.
     let addresses = r
@@ -131,14 +146,28 @@ async fn connect_redis(
             _ => a.clone(),
         })
         .collect();
+    // Seeds given as host:port take the scheme `tls.enabled` implies.
+    let cluster_seeds = r
+        .cluster_address
+        .iter()
+        .map(|a| match a.strip_prefix("redis://") {
+            Some(rest) if r.tls.enabled => format!("rediss://{rest}"),
+            Some(_) => a.clone(),
+            None if a.starts_with("rediss://") => a.clone(),
+            None if r.tls.enabled => format!("rediss://{a}"),
+            None => format!("redis://{a}"),
+        })
+        .collect();
     let none_if_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let opts = herald_redis::RedisOptions {
         addresses,
+        cluster_seeds,
         access: herald_redis::Access {
             tls,
             sentinel_master_tls: r.tls.enabled,
             sentinel_user: none_if_empty(&r.sentinel_user),
             sentinel_password: none_if_empty(&r.sentinel_password),
+            sentinel_tls,
         },
         prefix: r.prefix.clone(),
         connect_timeout: r.connect_timeout,
@@ -150,7 +179,7 @@ async fn connect_redis(
     };
     let engine = Arc::new(herald_redis::RedisEngine::connect(opts).await.map_err(|e| {
         crate::server::StartupError::Config(crate::config_error::ConfigError::invalid(
-            "engine.redis.address",
+            if r.cluster_address.is_empty() { "engine.redis.address" } else { "engine.redis.cluster_address" },
             format!("cannot use Redis: {e}"),
         ))
     })?);

@@ -1,7 +1,8 @@
 //! `herald` nodes over the Redis topologies beyond one plain instance, each started by the test
-//! on its own ports: a Redis Cluster of three masters (detected, sharded PUB/SUB), TLS to Redis
-//! with a CA and a client certificate made by the test, and a Sentinel that requires a password
-//! in front of a master that requires another.
+//! on its own ports: a Redis Cluster of three masters (detected, sharded PUB/SUB; or given as
+//! seeds in `cluster_address`), TLS to Redis with a CA and a client certificate made by the
+//! test, a Sentinel that requires a password in front of a master that requires another, and a
+//! Sentinel reached over TLS (`sentinel_tls`).
 
 mod support;
 
@@ -333,4 +334,105 @@ async fn sentinel_and_master_passwords() {
     let no_master_pw = [format!("redis+sentinel://127.0.0.1:{}?sentinel_master_name=mymaster", sentinel.port)];
     let (code, err) = refused(&no_master_pw, &creds);
     assert_eq!(code, Some(1), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_address_lists_seeds_and_one_live_seed_is_enough() {
+    let cluster = RedisCluster::start(3);
+    // Nothing listens on the first seed: the node starts from the second one.
+    let dead = free_port();
+    let seeds = format!("127.0.0.1:{dead} 127.0.0.1:{}", cluster.nodes[0].port);
+    let p = prefix("seeds");
+    let a = node(&[], &p, "a", &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", seeds.clone())]);
+    // A seed may be a redis:// URL too.
+    let b = node(&[], &p, "b", &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", cluster.nodes[2].url())]);
+    assert!(a.logs().contains("Redis engine connected") && a.logs().contains("cluster"), "{}", a.logs());
+    let channels: Vec<String> = (0..6).map(|i| format!("hist:seed{i}")).collect();
+    for ch in &channels {
+        let mut sub = subscribe_at(&b, "bob", ch).await;
+        deliver(&a, &mut [&mut sub], ch, 5, 1).await;
+    }
+    // Sharded PUB/SUB, as with a detected cluster.
+    let subscribed: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| cli(n.port, &["PUBSUB", "SHARDCHANNELS", &format!("{p}.client.*")]).lines().count())
+        .sum();
+    assert!(subscribed > 0, "no sharded subscription on any master");
+
+    // Refused at start: both address and cluster_address; a seed without a port; seeds that
+    // are not a cluster; no seed answering.
+    let seed = [("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", seeds.clone())];
+    let (code, err) = refused(&[cluster.nodes[1].url()], &seed);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.cluster_address") && err.contains("not both"), "{err}");
+    let (code, err) = refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", "127.0.0.1".into())]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.cluster_address") && err.contains("host:port"), "{err}");
+    let standalone = RedisServer::start();
+    let (code, err) =
+        refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", format!("127.0.0.1:{}", standalone.port))]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.cluster_address"), "{err}");
+    let (code, err) = refused(&[], &[("HERALD_ENGINE_REDIS_CLUSTER_ADDRESS", format!("127.0.0.1:{dead}"))]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.cluster_address"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_tls_reaches_a_sentinel_that_only_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", &ca.issuer.pem());
+    let (cert, key) = ca.leaf("sentinel");
+    let (server_cert, server_key) = (write("sentinel.pem", &cert), write("sentinel.key", &key));
+    let (cert, key) = ca.leaf("herald");
+    let (client_cert, client_key) = (write("client.pem", &cert), write("client.key", &key));
+    let master = RedisServer::start();
+    let tls_port = free_port();
+    // The plain port only tells the harness the sentinel is up; the nodes use the TLS port,
+    // which wants a client certificate.
+    let sentinel = support::redis::Sentinel::start_with_config(
+        &master,
+        &format!(
+            "tls-port {tls_port}\ntls-cert-file {server_cert}\ntls-key-file {server_key}\n\
+             tls-ca-cert-file {ca_file}\ntls-auth-clients yes\n"
+        ),
+    );
+    assert_eq!(sentinel.master_port(), Some(master.port));
+    let addrs = [format!("redis+sentinel://127.0.0.1:{tls_port}?sentinel_master_name=mymaster")];
+    let tls = vec![
+        ("HERALD_ENGINE_REDIS_SENTINEL_TLS_ENABLED", "true".to_owned()),
+        ("HERALD_ENGINE_REDIS_SENTINEL_TLS_SERVER_CA_PEM", ca_file.clone()),
+        ("HERALD_ENGINE_REDIS_SENTINEL_TLS_CERT_PEM", client_cert.clone()),
+        ("HERALD_ENGINE_REDIS_SENTINEL_TLS_KEY_PEM", client_key.clone()),
+    ];
+    let p = prefix("senttls");
+    let a = node(&addrs, &p, "a", &tls);
+    let b = node(&addrs, &p, "b", &tls);
+    let mut sub = subscribe_at(&b, "bob", "hist:st").await;
+    deliver(&a, &mut [&mut sub], "hist:st", 5, 1).await;
+    // The master (plain) got the data: the sentinel named it over TLS.
+    assert!(cli(master.port, &["DBSIZE"]).trim().parse::<u64>().unwrap() > 0);
+
+    // Without sentinel_tls the TLS-only port does not answer plain Redis; without the client
+    // certificate the sentinel refuses the node: both stop start-up naming the address.
+    let (code, err) = refused(&addrs, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.address"), "{err}");
+    let (code, err) = refused(&addrs, &tls[..2]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.address"), "{err}");
+    // sentinel_tls without a Sentinel address, or its options while it is off: refused by name.
+    let (code, err) = refused(&[master.url()], &tls);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.sentinel_tls.enabled"), "{err}");
+    let (code, err) = refused(&addrs, &tls[1..2]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("engine.redis.sentinel_tls.enabled") && err.contains("off"), "{err}");
 }

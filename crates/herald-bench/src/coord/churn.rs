@@ -92,7 +92,7 @@ pub async fn churn(a: ChurnArgs) -> Result<(), String> {
     let (mut fleet, _) = connect_all(&s, &spec, &mut m).await?;
     let open = fleet.ready_open();
     fleet.send_all(Cmd::Start).await;
-    let plan = Plan::Fanout { channel, rate, count };
+    let plan = Plan::Fanout { channel, rate, count, cluster: false };
     // Under churn not every publication reaches every connection: a short drain suffices.
     let drain = s.c.drain.min(Duration::from_secs(2));
     let per_publish = open as f64 / s.urls.len() as f64;

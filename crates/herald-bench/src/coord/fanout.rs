@@ -19,12 +19,22 @@ struct PublishRun {
     plan: Plan,
     channels: Channels,
     duration: Duration,
-    /// Deliveries per successful publish (default: every connection).
+    /// Deliveries per successful publish (default: every connection, or the share of one
+    /// server when each server gets its own copy).
     per_publish: Option<f64>,
+    /// One publish reaches the readers of every server (a cluster).
+    all_nodes: bool,
     backlog: Option<Backlog>,
     /// Share of the connections that never read after subscribing (fanout only).
     stalled_share: f64,
     extra: Map<String, Value>,
+}
+
+/// Deliveries one accepted publish to the shared channel should make: every reader when the
+/// servers share a broker (one publish through the first), else the readers of one server
+/// (each server gets its own publish of the same sequence number).
+fn shared_per_publish(readers: u64, servers: usize, cluster: bool) -> f64 {
+    if cluster { readers as f64 } else { readers as f64 / servers.max(1) as f64 }
 }
 
 async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
@@ -34,6 +44,7 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
         channels,
         duration,
         per_publish: per_publish_override,
+        all_nodes,
         backlog,
         stalled_share,
         extra,
@@ -59,7 +70,7 @@ async fn publish_scenario(s: Setup, run: PublishRun) -> Result<(), String> {
     let stalled = fleet.ready_stalled();
     // Stalled connections read nothing: the deliveries expected are the readers'.
     let readers = fleet.ready_open() - stalled;
-    let per_publish = per_publish_override.unwrap_or(readers as f64 / s.urls.len() as f64);
+    let per_publish = per_publish_override.unwrap_or_else(|| shared_per_publish(readers, s.urls.len(), all_nodes));
     fleet.send_all(Cmd::Start).await;
     eprintln!("  publishing ...");
     let out = publish_phase(&s, s.c.drain, &mut fleet, &plan, duration, per_publish, backlog).await;
@@ -113,13 +124,16 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), String> {
     extra.insert("max_backlog_ms".into(), json!(a.max_backlog.map(|d| d.as_millis() as u64)));
     extra.insert("stalled_share".into(), json!(a.stalled_share));
     let backlog = a.max_backlog.map(|threshold| Backlog { threshold, secs: a.max_backlog_secs.max(1) });
-    let plan = Plan::Fanout { channel: channel.clone(), rate, count };
+    extra.insert("cluster".into(), json!(a.cluster));
+    let plan = Plan::Fanout { channel: channel.clone(), rate, count, cluster: a.cluster };
     let run = PublishRun {
         scenario: "fanout",
         plan,
         channels: Channels::Shared(channel),
         duration,
+        // A cluster delivers every publication to every reader, on whichever node.
         per_publish: None,
+        all_nodes: a.cluster,
         backlog,
         stalled_share: a.stalled_share,
         extra,
@@ -159,9 +173,24 @@ pub async fn personal(a: PersonalArgs) -> Result<(), String> {
         channels: Channels::PerConn(prefix),
         duration,
         per_publish: Some(1.0),
+        all_nodes: false,
         backlog,
         stalled_share: 0.0,
         extra,
     };
     publish_scenario(s, run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_per_publish;
+
+    #[test]
+    fn a_cluster_expects_every_reader_per_publish_independent_servers_their_share() {
+        // 18,000 readers over 3 servers: one publish through node A reaches all of them ...
+        assert_eq!(shared_per_publish(18_000, 3, true), 18_000.0);
+        // ... while independent servers each get a copy and deliver to their own third.
+        assert_eq!(shared_per_publish(18_000, 3, false), 6_000.0);
+        assert_eq!(shared_per_publish(10, 1, false), 10.0);
+    }
 }

@@ -151,8 +151,10 @@ impl Publisher {
 /// How publications are laid out.
 #[derive(Clone)]
 pub(super) enum Plan {
-    /// `count` publications to one channel at `rate`/s; seq = publication number.
-    Fanout { channel: String, rate: f64, count: u64 },
+    /// `count` publications to one channel at `rate`/s; seq = publication number. `cluster`:
+    /// each is sent through the first server only (the servers share a broker), else through
+    /// every server.
+    Fanout { channel: String, rate: f64, count: u64, cluster: bool },
     /// `rounds` rounds; in each, one message to every channel `<prefix><i>` (i < n); `rate`
     /// messages/s in total over `publishers` connections; seq = round number.
     Personal { prefix: String, n: u64, rate: f64, rounds: u64, publishers: usize },
@@ -178,7 +180,7 @@ fn start_publishing(
 ) -> usize {
     let t0 = Instant::now();
     match plan.clone() {
-        Plan::Fanout { channel, rate, count } => {
+        Plan::Fanout { channel, rate, count, cluster } => {
             let mut p = Publisher::new(s, log);
             tokio::task::spawn_local(async move {
                 for k in 1..=count {
@@ -190,8 +192,10 @@ fn start_publishing(
                     if stop.get() {
                         break;
                     }
-                    // One publication per server (several servers: each gets the same seq).
-                    for node in 0..p.pipes.len() {
+                    // One publication per server (several independent servers: each gets the
+                    // same seq), or one through the first server of a cluster.
+                    let nodes = if cluster { 1 } else { p.pipes.len() };
+                    for node in 0..nodes {
                         p.publish(node, &channel, k).await;
                     }
                 }

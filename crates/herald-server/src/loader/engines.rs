@@ -18,6 +18,9 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if cfg.engine.kind == "redis" {
         let r = &cfg.engine.redis;
+        if !r.cluster_address.is_empty() {
+            validate_cluster_address(r)?;
+        }
         if r.address.is_empty() {
             return Err(ConfigError::invalid("engine.redis.address", "no address: give at least one redis:// URL"));
         }
@@ -48,36 +51,82 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if r.presence_ttl < std::time::Duration::from_secs(3) {
             return Err(ConfigError::invalid("engine.redis.presence_ttl", "must be at least 3s"));
         }
-        validate_redis_tls(&r.tls)?;
+        validate_redis_tls("engine.redis.tls", &r.tls)?;
+        validate_redis_tls("engine.redis.sentinel_tls", &r.sentinel_tls)?;
+        if r.sentinel_tls.enabled && !r.address.iter().any(|a| a.starts_with("redis+sentinel://")) {
+            return Err(ConfigError::invalid(
+                "engine.redis.sentinel_tls.enabled",
+                "applies to a redis+sentinel:// address only; engine.redis.address has none (TLS to Redis \
+                 itself is engine.redis.tls)",
+            ));
+        }
+        if !r.sentinel_tls.enabled && r.sentinel_tls != crate::config::RedisTlsConfig::default() {
+            return Err(ConfigError::invalid(
+                "engine.redis.sentinel_tls.enabled",
+                "is off while other engine.redis.sentinel_tls options are set: turn it on, or remove them",
+            ));
+        }
     }
     validate_broker(cfg)
 }
 
-/// `engine.redis.tls`: the options a client can use; the PEM values must be readable.
-fn validate_redis_tls(t: &crate::config::RedisTlsConfig) -> Result<(), ConfigError> {
+/// `engine.redis.cluster_address`: seeds of one Redis Cluster, instead of `address`.
+fn validate_cluster_address(r: &crate::config::RedisEngineConfig) -> Result<(), ConfigError> {
+    if r.address != crate::config::RedisEngineConfig::default().address {
+        return Err(ConfigError::invalid(
+            "engine.redis.cluster_address",
+            "give either engine.redis.address or engine.redis.cluster_address, not both (a Redis Cluster \
+             given in address is detected; cluster_address lists its seed nodes)",
+        ));
+    }
+    for a in &r.cluster_address {
+        let rest = a.strip_prefix("redis://").or_else(|| a.strip_prefix("rediss://")).unwrap_or(a);
+        let host_port = rest.rsplit('@').next().unwrap_or_default().split('/').next().unwrap_or_default();
+        let port_ok = host_port.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if (a.contains("://") && !a.starts_with("redis://") && !a.starts_with("rediss://")) || !port_ok {
+            return Err(ConfigError::invalid(
+                "engine.redis.cluster_address",
+                format!(
+                    "{:?} is not host:port nor a redis:// or rediss:// URL with a port",
+                    a.rsplit('@').next().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `engine.redis.tls` or `sentinel_tls` (`section`): the options a client can use; the PEM
+/// values must be readable.
+fn validate_redis_tls(section: &str, t: &crate::config::RedisTlsConfig) -> Result<(), ConfigError> {
     if !t.server_name.is_empty() {
         return Err(ConfigError::invalid(
-            "engine.redis.tls.server_name",
+            format!("{section}.server_name"),
             "is not supported: the server certificate must name the host given in engine.redis.address",
         ));
     }
     if !t.client_ca_pem.is_empty() {
         return Err(ConfigError::invalid(
-            "engine.redis.tls.client_ca_pem",
+            format!("{section}.client_ca_pem"),
             "is a server-side option: to verify Redis give server_ca_pem, to authenticate to it cert_pem and key_pem",
         ));
     }
     if t.cert_pem.is_empty() != t.key_pem.is_empty() {
         return Err(ConfigError::invalid(
-            "engine.redis.tls.cert_pem",
+            format!("{section}.cert_pem"),
             "cert_pem and key_pem go together (the client certificate and its key)",
         ));
     }
-    for (key, value) in [
-        ("engine.redis.tls.cert_pem", &t.cert_pem),
-        ("engine.redis.tls.key_pem", &t.key_pem),
-        ("engine.redis.tls.server_ca_pem", &t.server_ca_pem),
-    ] {
+    let keys: [&'static str; 3] = if section == "engine.redis.tls" {
+        ["engine.redis.tls.cert_pem", "engine.redis.tls.key_pem", "engine.redis.tls.server_ca_pem"]
+    } else {
+        [
+            "engine.redis.sentinel_tls.cert_pem",
+            "engine.redis.sentinel_tls.key_pem",
+            "engine.redis.sentinel_tls.server_ca_pem",
+        ]
+    };
+    for (key, value) in keys.into_iter().zip([&t.cert_pem, &t.key_pem, &t.server_ca_pem]) {
         if !value.is_empty() {
             crate::tls::read_pem(key, value)?;
         }

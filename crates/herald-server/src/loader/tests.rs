@@ -140,6 +140,53 @@ fn validation_errors_name_keys() {
     check(&redis_tls(|t| t.client_ca_pem = "ca.pem".into()), "engine.redis.tls.client_ca_pem");
     check(&redis_tls(|t| t.cert_pem = "-----BEGIN CERTIFICATE-----".into()), "engine.redis.tls.cert_pem");
     check(&redis_tls(|t| t.server_ca_pem = "/nonexistent/ca.pem".into()), "engine.redis.tls.server_ca_pem");
+    let sentinel_tls = |f: fn(&mut crate::config::RedisTlsConfig)| {
+        move |c: &mut Config| {
+            c.engine.kind = "redis".into();
+            c.engine.redis.address = vec!["redis+sentinel://127.0.0.1:26379?sentinel_master_name=m".into()];
+            f(&mut c.engine.redis.sentinel_tls);
+        }
+    };
+    check(&sentinel_tls(|t| t.server_name = "s".into()), "engine.redis.sentinel_tls.server_name");
+    check(&sentinel_tls(|t| t.key_pem = "k".into()), "engine.redis.sentinel_tls.cert_pem");
+    check(
+        &sentinel_tls(|t| {
+            t.enabled = true;
+            t.server_ca_pem = "/nonexistent/ca.pem".into();
+        }),
+        "engine.redis.sentinel_tls.server_ca_pem",
+    );
+    // Options set while it is off, or TLS to sentinels without a Sentinel address.
+    check(&sentinel_tls(|t| t.insecure_skip_verify = true), "engine.redis.sentinel_tls.enabled");
+    check(
+        &|c| {
+            c.engine.kind = "redis".into();
+            c.engine.redis.sentinel_tls.enabled = true;
+        },
+        "engine.redis.sentinel_tls.enabled",
+    );
+    let cluster_seeds = |seeds: &'static [&'static str], address: Option<&'static str>| {
+        move |c: &mut Config| {
+            c.engine.kind = "redis".into();
+            c.engine.redis.cluster_address = seeds.iter().map(|s| s.to_string()).collect();
+            if let Some(a) = address {
+                c.engine.redis.address = vec![a.into()];
+            }
+        }
+    };
+    check(&cluster_seeds(&["10.0.0.1:7000"], Some("redis://10.0.0.2:7000")), "engine.redis.cluster_address");
+    check(&cluster_seeds(&["10.0.0.1"], None), "engine.redis.cluster_address");
+    check(&cluster_seeds(&["10.0.0.1:x"], None), "engine.redis.cluster_address");
+    check(&cluster_seeds(&["http://10.0.0.1:7000"], None), "engine.redis.cluster_address");
+    let mut c = Config::default();
+    cluster_seeds(&["10.0.0.1:7000", "redis://u:p@10.0.0.2:7000", "rediss://[::1]:7000"], None)(&mut c);
+    validate(&c).unwrap();
+    let mut c = Config::default();
+    sentinel_tls(|t| {
+        t.enabled = true;
+        t.insecure_skip_verify = true;
+    })(&mut c);
+    validate(&c).unwrap();
     // TLS addresses, and NATS carrying publications next to Redis (mixed mode), are accepted.
     let mut c = Config::default();
     c.engine.kind = "redis".into();

@@ -156,6 +156,11 @@ impl Sentinel {
         )
     }
 
+    /// A sentinel with these extra lines in its configuration (e.g. `tls-port`).
+    pub fn start_with_config(master: &RedisServer, extra: &str) -> Sentinel {
+        Sentinel::launch(master, extra)
+    }
+
     fn launch(master: &RedisServer, extra: &str) -> Sentinel {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();

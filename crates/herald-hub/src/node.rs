@@ -31,6 +31,9 @@ use crate::proxy::{Backend, Proxies, ProxyAuthenticator, ProxyPort};
 use crate::timer::TimerWheel;
 
 mod api;
+mod emulation;
+
+pub use emulation::EmulationForward;
 
 /// Identity of this node.
 #[derive(Debug, Clone)]

@@ -466,7 +466,7 @@ mod tests {
         let cmd = Command::Emulation { node: "b".into(), session: "s1".into(), data: vec![0, 159, b'{'] };
         let bytes = encode("a", &cmd);
         assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""data":"AJ97""#), "base64, not numbers");
-        assert_eq!(decode(&bytes), Some(("a".to_owned(), cmd.clone())));
+        assert_eq!(decode(&bytes), Some(("a".to_owned(), cmd)));
         assert_eq!(decode(br#"{"from":"a","type":"emulation","node":"b","session":"s","data":"!!"}"#), None);
 
         let hub = Hub::new(16, std::sync::Arc::new(crate::clock::ManualClock::new(0)));

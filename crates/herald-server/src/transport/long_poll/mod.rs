@@ -232,25 +232,25 @@ async fn connect(state: &Arc<AppState>, cmds: Vec<herald_proto::Command>, peer: 
 async fn poll(state: &AppState, session: &str, seq: u64) -> Response<Body> {
     match begin_poll(state, session, seq) {
         Ok(held) => held.wait(state).await,
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
 /// Starts a poll of `session`: the poll to wait on, or the answer when there is none to hold
 /// (unknown session, `seq` ahead of what was sent). Synchronous, so that a held poll's future
 /// keeps only [`HeldPoll`].
-fn begin_poll(state: &AppState, session: &str, seq: u64) -> Result<HeldPoll, Response<Body>> {
+fn begin_poll(state: &AppState, session: &str, seq: u64) -> Result<HeldPoll, Box<Response<Body>>> {
     let Some(link) = state.polls.find(session) else {
-        return Err(counted(
+        return Err(Box::new(counted(
             "unknown_session",
             transport_error(StatusCode::NOT_FOUND, "unknown session (ended or expired): connect again"),
-        ));
+        )));
     };
     match link.begin_poll(seq) {
         Ok(ticket) => Ok(HeldPoll { link, ticket }),
         Err(next) => {
             let message = format!("seq {seq} is beyond the items sent (next is {next})");
-            Err(counted("rejected", transport_error(StatusCode::BAD_REQUEST, &message)))
+            Err(Box::new(counted("rejected", transport_error(StatusCode::BAD_REQUEST, &message))))
         }
     }
 }

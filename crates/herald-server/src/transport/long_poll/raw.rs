@@ -199,7 +199,7 @@ async fn respond(
     if let Ok(PollRequest::Poll { session, seq }) = &parsed {
         return match begin_poll(state, session, *seq) {
             Ok(poll) => Step::Hold(Box::new(Held { poll, origin, keep_alive, rest })),
-            Err(response) => Step::Answer(with_cors(response, origin.as_deref()), keep_alive, rest),
+            Err(response) => Step::Answer(with_cors(*response, origin.as_deref()), keep_alive, rest),
         };
     }
     let response = with_cors(answer_parsed(state, parsed, client).await, origin.as_deref());

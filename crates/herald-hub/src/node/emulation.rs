@@ -42,3 +42,21 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// Outside a cluster (the memory engine carries no control messages) no node but this one
+    /// exists, so nothing is sent and the client gets 404 (the SDK reconnects).
+    #[test]
+    fn a_node_outside_a_cluster_knows_no_other_node() {
+        let identity = NodeIdentity { uid: "a".into(), name: "a".into(), version: "v".into() };
+        let node = Node::new(HubConfig::default(), identity, Arc::new(ManualClock::new(0))).unwrap();
+        let forwarded = node.forward_emulation("b", "s", b"{}").now_or_never().expect("no wait without a cluster");
+        assert_eq!(forwarded, EmulationForward::UnknownNode);
+    }
+}

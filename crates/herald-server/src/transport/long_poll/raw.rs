@@ -121,9 +121,8 @@ pub(crate) async fn serve(
     }
 }
 
-/// Reads and answers one request whose head is in `bytes`: the response, whether the
-/// connection stays open, and the bytes read past the request. `None` when the client went
-/// away before its body arrived.
+/// Reads one request whose head is in `bytes` and answers it, or begins the poll it is
+/// ([`Step`]). `None` when the client went away before its body arrived.
 async fn one(state: &Arc<AppState>, stream: &TcpStream, mut bytes: Vec<u8>, peer: SocketAddr) -> Option<Step> {
     let answer = |response, keep_alive, rest| Some(Step::Answer(response, keep_alive, rest));
     let p = match parse(state, &bytes, peer) {

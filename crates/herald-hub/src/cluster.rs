@@ -21,7 +21,7 @@
 //!   the asker, merged there; the logic is in [`crate::survey`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use herald_proto::StreamPosition;
@@ -153,6 +153,40 @@ pub enum Command {
         id: u64,
         answer: crate::survey::Answer,
     },
+    /// Commands posted to `/emulation` on the sender for emulation session `session` of node
+    /// `node`: the request's `data`, still encoded (JSON or protobuf, as the session speaks),
+    /// at most the sender's `emulation.max_request_body_size` (base64 here).
+    Emulation {
+        node: String,
+        session: String,
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+/// Binary fields as base64 strings: a quarter more than the bytes, where serde's default (a
+/// JSON array of numbers) costs up to four times.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a node hands the commands another node forwarded to one of its emulation sessions
+/// ([`Command::Emulation`]). The sessions belong to the server's transports, so the server
+/// registers this with [`crate::Node::set_emulation_sink`]; called from the engine's delivering
+/// task, it must not block.
+pub trait EmulationSink: Send + Sync {
+    fn deliver(&self, session: &str, data: Bytes);
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -191,6 +225,8 @@ pub struct Cluster {
     nodes: Mutex<HashMap<String, (NodeInfo, i64)>>,
     probe: Mutex<Probe>,
     surveys: crate::survey::Surveys,
+    /// Takes [`Command::Emulation`] for this node's sessions (unset: they are dropped).
+    emulation: OnceLock<Arc<dyn EmulationSink>>,
 }
 
 impl Cluster {
@@ -201,12 +237,24 @@ impl Cluster {
             nodes: Mutex::new(HashMap::new()),
             probe: Mutex::new(Probe::default()),
             surveys: crate::survey::Surveys::default(),
+            emulation: OnceLock::new(),
         }
     }
 
     /// The surveys this node waits for and the replies it owes.
     pub fn surveys(&self) -> &crate::survey::Surveys {
         &self.surveys
+    }
+
+    /// Registers where forwarded emulation commands go; only the first registration counts.
+    pub fn set_emulation_sink(&self, sink: Arc<dyn EmulationSink>) {
+        let _ = self.emulation.set(sink);
+    }
+
+    /// Whether node `uid` announced itself within [`NODE_EXPIRY`] of `now_ms`.
+    pub fn knows(&self, uid: &str, now_ms: i64) -> bool {
+        let nodes = self.nodes.lock().expect("cluster nodes");
+        nodes.get(uid).is_some_and(|(_, seen)| now_ms - *seen <= NODE_EXPIRY)
     }
 
     pub fn uid(&self) -> &str {
@@ -298,6 +346,15 @@ impl Cluster {
                 crate::metrics::control_received("survey_reply");
                 self.surveys.record(id, &from, answer);
             }
+            Command::Emulation { node, session, data } if node == self.uid => {
+                crate::metrics::control_received("emulation");
+                match self.emulation.get() {
+                    Some(sink) => sink.deliver(&session, Bytes::from(data)),
+                    None => tracing::debug!(from, "emulation commands dropped: no sink registered"),
+                }
+            }
+            // Sent to another node (an engine that delivers to every node).
+            Command::Emulation { .. } => {}
             // The sender applied its command to its own connections already.
             _ if own => {}
             command => {
@@ -361,7 +418,8 @@ pub(crate) fn apply(hub: &Hub, command: Command) {
         | Command::Probe { .. }
         | Command::TraceLines { .. }
         | Command::Survey { .. }
-        | Command::SurveyReply { .. } => {}
+        | Command::SurveyReply { .. }
+        | Command::Emulation { .. } => {}
     }
 }
 
@@ -455,5 +513,40 @@ mod tests {
         assert!(c.delivering(20_012 + PROBE_STALE).is_ok());
         let err = c.delivering(20_012 + PROBE_STALE + 2_000).unwrap_err();
         assert!(err.contains("last probe came back 12 s ago"), "{err}");
+    }
+
+    #[test]
+    fn emulation_commands_reach_the_sink_of_the_named_node_only() {
+        #[derive(Default)]
+        struct Sink(Mutex<Vec<(String, Bytes)>>);
+        impl EmulationSink for Sink {
+            fn deliver(&self, session: &str, data: Bytes) {
+                self.0.lock().unwrap().push((session.to_owned(), data));
+            }
+        }
+        let cmd = Command::Emulation { node: "b".into(), session: "s1".into(), data: vec![0, 159, b'{'] };
+        let bytes = encode("a", &cmd);
+        assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""data":"AJ97""#), "base64, not numbers");
+        assert_eq!(decode(&bytes), Some(("a".to_owned(), cmd)));
+        assert_eq!(decode(br#"{"from":"a","type":"emulation","node":"b","session":"s","data":"!!"}"#), None);
+
+        let hub = Hub::new(16, std::sync::Arc::new(crate::clock::ManualClock::new(0)));
+        let sink = Arc::new(Sink::default());
+        let on_b = Cluster::new("b".into(), 0);
+        on_b.set_emulation_sink(sink.clone());
+        on_b.handle(&hub, &bytes, 0);
+        let on_c = Cluster::new("c".into(), 0);
+        on_c.set_emulation_sink(sink.clone());
+        on_c.handle(&hub, &bytes, 0);
+        assert_eq!(*sink.0.lock().unwrap(), [("s1".to_owned(), Bytes::from_static(&[0, 159, b'{']))]);
+    }
+
+    #[test]
+    fn a_node_is_known_until_it_expires() {
+        let c = Cluster::new("a".into(), 0);
+        c.node_seen(NodeInfo { uid: "b".into(), ..Default::default() }, 1_000);
+        assert!(c.knows("b", 1_000 + NODE_EXPIRY));
+        assert!(!c.knows("b", 1_001 + NODE_EXPIRY));
+        assert!(!c.knows("z", 0));
     }
 }

@@ -46,6 +46,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, HubConfig};
 pub use conn::{ConnectionInfo, Transport};
 pub use link::{ClientLink, Control, LinkTimers, ServerSubscribe};
-pub use node::{Node, NodeIdentity};
+pub use node::{EmulationForward, Node, NodeIdentity};
 pub use ports::{Authenticator, BackendError, ConnectAttempt, Identity, Refusal};
 pub use session::{Flow, Session};

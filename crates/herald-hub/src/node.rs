@@ -33,7 +33,10 @@ use crate::proxy::{Backend, Proxies, ProxyAuthenticator, ProxyPort};
 use crate::timer::TimerWheel;
 
 mod api;
+mod emulation;
 mod survey;
+
+pub use emulation::EmulationForward;
 
 /// Identity of this node.
 #[derive(Debug, Clone)]

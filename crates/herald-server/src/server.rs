@@ -351,7 +351,9 @@ async fn new_state(
     state.socket_limit = socket_limit;
     state.tls = tls;
     state.reloader = reloader;
-    Ok(Arc::new(state))
+    let state = Arc::new(state);
+    crate::transport::stream::emulation::Forwarded::register(&state);
+    Ok(state)
 }
 
 /// How many sockets connections may hold: the file limit minus the descriptors already open

@@ -228,41 +228,64 @@ async fn connect(state: &Arc<AppState>, cmds: Vec<herald_proto::Command>, peer: 
     counted("connected", batch_response(Some(&link.session), batch))
 }
 
-/// One poll of an existing session.
+/// One poll of an existing session, answered when items arrive or at the timeout.
 async fn poll(state: &AppState, session: &str, seq: u64) -> Response<Body> {
+    match begin_poll(state, session, seq) {
+        Ok(held) => held.wait(state).await,
+        Err(response) => *response,
+    }
+}
+
+/// Starts a poll of `session`: the poll to wait on, or the answer when there is none to hold
+/// (unknown session, `seq` ahead of what was sent). Synchronous, so that a held poll's future
+/// keeps only [`HeldPoll`].
+fn begin_poll(state: &AppState, session: &str, seq: u64) -> Result<HeldPoll, Box<Response<Body>>> {
     let Some(link) = state.polls.find(session) else {
-        return counted(
+        return Err(Box::new(counted(
             "unknown_session",
             transport_error(StatusCode::NOT_FOUND, "unknown session (ended or expired): connect again"),
-        );
+        )));
     };
-    let ticket = match link.begin_poll(seq) {
-        Ok(ticket) => ticket,
+    match link.begin_poll(seq) {
+        Ok(ticket) => Ok(HeldPoll { link, ticket }),
         Err(next) => {
             let message = format!("seq {seq} is beyond the items sent (next is {next})");
-            return counted("rejected", transport_error(StatusCode::BAD_REQUEST, &message));
-        }
-    };
-    // Ends the poll even when hyper drops this future (the client went away).
-    struct Held(Arc<PollLink>);
-    impl Drop for Held {
-        fn drop(&mut self) {
-            self.0.end_poll();
+            Err(Box::new(counted("rejected", transport_error(StatusCode::BAD_REQUEST, &message))))
         }
     }
-    let held = Held(link.clone());
-    let timeout = state.config.uni_long_poll.poll_timeout;
-    let batch = match tokio::time::timeout(timeout, poll_fn(|cx| link.poll_items(cx, ticket))).await {
-        Ok(batch) => batch,
-        Err(_) => link.take_now(),
-    };
-    drop(held);
-    if batch.ended && batch.items.is_empty() {
-        state.polls.remove(session);
-        return counted("unknown_session", transport_error(StatusCode::NOT_FOUND, "session ended: connect again"));
+}
+
+/// A poll that began: what a client holding a poll costs besides its socket.
+pub(crate) struct HeldPoll {
+    link: Arc<PollLink>,
+    ticket: u64,
+}
+
+impl HeldPoll {
+    /// Waits for items, the session's end, a newer poll or `uni_long_poll.poll_timeout`, and
+    /// answers (without CORS headers).
+    pub(crate) async fn wait(self, state: &AppState) -> Response<Body> {
+        let timeout = state.config.uni_long_poll.poll_timeout;
+        let batch = match tokio::time::timeout(timeout, poll_fn(|cx| self.link.poll_items(cx, self.ticket))).await {
+            Ok(batch) => batch,
+            Err(_) => self.link.take_now(),
+        };
+        let session = &self.link.session;
+        if batch.ended && batch.items.is_empty() {
+            state.polls.remove(session);
+            return counted("unknown_session", transport_error(StatusCode::NOT_FOUND, "session ended: connect again"));
+        }
+        let result = if batch.items.is_empty() { "empty" } else { "items" };
+        counted(result, batch_response(Some(session), batch))
     }
-    let result = if batch.items.is_empty() { "empty" } else { "items" };
-    counted(result, batch_response(Some(session), batch))
+}
+
+/// Ends the poll however its wait ends, answered or dropped (the client or the server went
+/// away).
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        self.link.end_poll();
+    }
 }
 
 fn batch_response(session: Option<&str>, batch: Batch) -> Response<Body> {

@@ -19,13 +19,14 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{answer, answer_parsed, precheck, with_cors};
+use super::request::PollRequest;
+use super::{HeldPoll, answer_parsed, begin_poll, precheck, with_cors};
 use crate::api::{Body, transport_error};
 use crate::edge::{gate, retry_after};
 use crate::entry::{self, HeadError};
 use crate::router::{Listener, Route, on_listener};
 use crate::state::AppState;
-use crate::transport::stream::request::{HttpMethod, StreamHead};
+use crate::transport::stream::request::{HttpMethod, Refused, StreamHead};
 use crate::transport::stream::{BodyError, read_body};
 
 /// The answer to a chunked request body (411): every long-poll body is small and sent whole.
@@ -76,14 +77,25 @@ pub(crate) async fn serve(
     listener: Listener,
 ) -> Option<(TcpStream, Vec<u8>)> {
     loop {
-        let (response, keep_alive, rest) = match pending {
-            Pending::Head(bytes) => match one(state, &stream, bytes, peer).await {
-                Some(answered) => answered,
+        // Everything but the wait of a held poll is boxed: the loop's future, which a client
+        // holding a poll keeps, is then the socket, this loop's locals and [`Held`].
+        let step = match pending {
+            Pending::Head(bytes) => match Box::pin(one(state, &stream, bytes, peer)).await {
+                Some(step) => step,
                 None => return None,
             },
             Pending::Handed(h, rest) => {
-                let response = with_cors(answer(state, &h.head, &h.body, h.client).await, h.head.origin.as_deref());
-                (response, h.keep_alive, rest)
+                let limit = state.config.uni_long_poll.max_request_body_size;
+                let parsed = super::request::parse(&h.head, &h.body, limit);
+                let origin = h.head.origin.as_deref().map(Box::from);
+                Box::pin(respond(state, parsed, h.client, origin, h.keep_alive, rest)).await
+            }
+        };
+        let (response, keep_alive, rest) = match step {
+            Step::Answer(response, keep_alive, rest) => (response, keep_alive, rest),
+            Step::Hold(held) => {
+                let Held { poll, origin, keep_alive, rest } = *held;
+                (with_cors(poll.wait(state).await, origin.as_deref()), keep_alive, rest)
             }
         };
         if Box::pin(write(&mut stream, response, keep_alive)).await.is_err() {
@@ -109,20 +121,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// Reads and answers one request whose head is in `bytes`: the response, whether the
-/// connection stays open, and the bytes read past the request. `None` when the client went
-/// away before its body arrived.
-async fn one(
-    state: &Arc<AppState>,
-    stream: &TcpStream,
-    mut bytes: Vec<u8>,
-    peer: SocketAddr,
-) -> Option<(Response<Body>, bool, Vec<u8>)> {
+/// Reads one request whose head is in `bytes` and answers it, or begins the poll it is
+/// ([`Step`]). `None` when the client went away before its body arrived.
+async fn one(state: &Arc<AppState>, stream: &TcpStream, mut bytes: Vec<u8>, peer: SocketAddr) -> Option<Step> {
+    let answer = |response, keep_alive, rest| Some(Step::Answer(response, keep_alive, rest));
     let p = match parse(state, &bytes, peer) {
         Ok(p) => p,
-        Err(response) => return Some((*response, false, Vec::new())),
+        Err(response) => return answer(*response, false, Vec::new()),
     };
-    let origin = p.head.origin.clone();
+    let origin = p.head.origin.as_deref().map(Box::<str>::from);
     let refused = |status: StatusCode, message: &str| with_cors(transport_error(status, message), origin.as_deref());
     // The head's buffer is freed here: a held poll keeps nothing of the request but what
     // `answer` needs.
@@ -131,15 +138,15 @@ async fn one(
     if let Some(response) = precheck(state, &p.head) {
         // A preflight has no body; one that came anyway is not read, so the connection ends.
         let keep = p.keep_alive && !p.head.chunked && p.head.content_length.unwrap_or(0) == 0;
-        return Some((response, keep, after));
+        return answer(response, keep, after);
     }
     let (body, rest) = if p.head.method == HttpMethod::Post {
         if p.head.chunked {
-            return Some((refused(StatusCode::LENGTH_REQUIRED, CHUNKED), false, Vec::new()));
+            return answer(refused(StatusCode::LENGTH_REQUIRED, CHUNKED), false, Vec::new());
         }
         let len = p.head.content_length.unwrap_or(0);
         if len > state.config.uni_long_poll.max_request_body_size {
-            return Some((refused(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"), false, Vec::new()));
+            return answer(refused(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"), false, Vec::new());
         }
         let rest = if after.len() > len { after.split_off(len) } else { Vec::new() };
         // Boxed, like the connect: what a held poll waits in should not pay for them.
@@ -147,22 +154,55 @@ async fn one(
             Ok(body) => (Bytes::from(body), rest),
             Err(BodyError::TimedOut) => {
                 let response = refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time");
-                return Some((response, false, Vec::new()));
+                return answer(response, false, Vec::new());
             }
             Err(BodyError::Closed) => return None,
         }
     } else {
         if p.head.chunked || p.head.content_length.unwrap_or(0) > 0 {
             let message = "a GET request must not have a body";
-            return Some((refused(StatusCode::BAD_REQUEST, message), false, Vec::new()));
+            return answer(refused(StatusCode::BAD_REQUEST, message), false, Vec::new());
         }
         (Bytes::new(), after)
     };
     let parsed = super::request::parse(&p.head, &body, state.config.uni_long_poll.max_request_body_size);
     let (keep_alive, client) = (p.keep_alive, p.client);
     drop((p, body));
+    Some(respond(state, parsed, client, origin, keep_alive, rest).await)
+}
+
+/// What the loop does with a request: answer it, or hold a poll.
+pub(crate) enum Step {
+    /// The response, whether the connection stays open, and the bytes read past the request.
+    Answer(Response<Body>, bool, Vec<u8>),
+    Hold(Box<Held>),
+}
+
+/// A held poll with what its answer needs.
+pub(crate) struct Held {
+    poll: HeldPoll,
+    origin: Option<Box<str>>,
+    keep_alive: bool,
+    rest: Vec<u8>,
+}
+
+/// The step for a parsed request: a poll that began is held; anything else is answered here.
+async fn respond(
+    state: &Arc<AppState>,
+    parsed: Result<PollRequest, Refused>,
+    client: SocketAddr,
+    origin: Option<Box<str>>,
+    keep_alive: bool,
+    rest: Vec<u8>,
+) -> Step {
+    if let Ok(PollRequest::Poll { session, seq }) = &parsed {
+        return match begin_poll(state, session, *seq) {
+            Ok(poll) => Step::Hold(Box::new(Held { poll, origin, keep_alive, rest })),
+            Err(response) => Step::Answer(with_cors(*response, origin.as_deref()), keep_alive, rest),
+        };
+    }
     let response = with_cors(answer_parsed(state, parsed, client).await, origin.as_deref());
-    Some((response, keep_alive, rest))
+    Step::Answer(response, keep_alive, rest)
 }
 
 /// Parses a raw request head and applies the edge policies (address lists, trusted proxies).
@@ -235,7 +275,7 @@ mod tests {
     use crate::state::AppState;
 
     /// The loop's future is what a client holding a poll pays besides its session (the task
-    /// that owns the socket): keep it small. A connect's command handling is boxed.
+    /// that owns the socket): keep it small. Everything but the held poll's wait is boxed.
     #[tokio::test]
     async fn the_poll_loop_state_is_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -248,7 +288,8 @@ mod tests {
         let fut = serve(&state, stream, Pending::Head(Vec::new()), peer, crate::router::Listener::Public);
         let size = std::mem::size_of_val(&fut);
         eprintln!("long-poll loop future {size} B");
-        assert!(size <= 1152, "long-poll loop future grew to {size} bytes");
+        // 704 B in a debug build with only the held poll's wait unboxed (1,152 allowed before).
+        assert!(size <= 768, "long-poll loop future grew to {size} bytes");
     }
 
     #[test]

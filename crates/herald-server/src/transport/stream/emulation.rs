@@ -4,8 +4,11 @@
 //! A session id is a random secret made with the link and sent only in that client's connect
 //! result (with this node's id); client ids are not used because other clients can see them
 //! in presence. `POST /emulation` names `node` and `session`:
-//! - `node` is not this node: 404 (what the SDK reconnects on). When nodes form a cluster,
-//!   [`route`] is where a request for another node's session is forwarded instead;
+//! - `node` is another live node of the cluster: the encoded commands are forwarded to it
+//!   through the engine's control channel (`herald_hub::cluster::Command::Emulation`), 204
+//!   once the engine took them, 503 when it did not; that node runs them as if posted there
+//!   ([`Forwarded`]). A node that is not a live member (or no cluster): 404, what the SDK
+//!   reconnects on;
 //! - an unknown or closed session on this node: 204, as Centrifugo answers (the stream is gone
 //!   or going; the client learns it from the stream);
 //! - otherwise the commands are decoded in the session's encoding and handed to its task
@@ -17,7 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use herald_hub::ClientLink;
+use herald_hub::cluster::EmulationSink;
+use herald_hub::{ClientLink, EmulationForward};
 use herald_proto::decode_commands;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -66,8 +70,7 @@ pub(crate) enum Target {
     Local(Arc<SocketLink>),
     /// This node, but no such session (closed, or never existed).
     Gone,
-    /// Another node's session. Today: answered 404. The cluster seam: forward the commands to
-    /// `node` over the broker's control channel and answer once it accepted them.
+    /// Another node's session: the commands are forwarded to `node` ([`forward`]).
     OtherNode,
 }
 
@@ -165,7 +168,7 @@ async fn accept(state: &AppState, req: Request<Incoming>, protobuf: bool) -> Res
     let link = match route(state, &node, &session) {
         Target::Local(link) => link,
         Target::Gone => return counted("unknown_session", empty(StatusCode::NO_CONTENT)),
-        Target::OtherNode => return counted("unknown_node", transport_error(StatusCode::NOT_FOUND, "unknown node")),
+        Target::OtherNode => return forward(state, &node, &session, &data).await,
     };
     let max = state.ws.max_commands;
     let cmds = match decode_commands(link.envelope.encoding(), &data, max) {
@@ -181,5 +184,55 @@ async fn accept(state: &AppState, req: Request<Incoming>, protobuf: bool) -> Res
             "rejected",
             transport_error(StatusCode::TOO_MANY_REQUESTS, "too many commands waiting for this session"),
         )
+    }
+}
+
+/// Sends an `/emulation` request's commands to node `node`, which holds the session: 204 once
+/// the engine took them (as a local post answers before the commands run), 404 when `node` is
+/// not a live node of the cluster, 503 when the engine is unreachable (the client may retry).
+async fn forward(state: &AppState, node: &str, session: &str, data: &[u8]) -> Response<Body> {
+    match state.node.forward_emulation(node, session, data).await {
+        EmulationForward::Sent => counted("forwarded", empty(StatusCode::NO_CONTENT)),
+        EmulationForward::UnknownNode => {
+            counted("unknown_node", transport_error(StatusCode::NOT_FOUND, "unknown node"))
+        }
+        EmulationForward::BrokerDown(reason) => {
+            let message = format!("cannot reach the session's node: broker unavailable ({reason})");
+            counted("broker_unavailable", transport_error(StatusCode::SERVICE_UNAVAILABLE, &message))
+        }
+    }
+}
+
+/// Runs the commands other nodes forwarded to this node's sessions, checked as a local post
+/// is (size, decoding, the waiting-commands bound); the sender has already answered its client,
+/// so the outcome is only counted (`herald_emulation_forwarded_total{result}`).
+pub(crate) struct Forwarded(Weak<AppState>);
+
+impl Forwarded {
+    /// Registers the node's sink for forwarded commands.
+    pub(crate) fn register(state: &Arc<AppState>) {
+        state.node.set_emulation_sink(Arc::new(Forwarded(Arc::downgrade(state))));
+    }
+}
+
+impl EmulationSink for Forwarded {
+    fn deliver(&self, session: &str, data: Bytes) {
+        let Some(state) = self.0.upgrade() else { return };
+        let outcome = if data.len() > state.config.emulation.max_request_body_size {
+            "too_large"
+        } else if let Some(link) = state.emulation.find(session) {
+            let max = state.ws.max_commands;
+            match decode_commands(link.envelope.encoding(), &data, max) {
+                Err(_) => "rejected",
+                Ok(cmds) => match link.deliver(cmds, max) {
+                    true => "ok",
+                    false if link.is_closing() => "unknown_session",
+                    false => "too_many",
+                },
+            }
+        } else {
+            "unknown_session"
+        };
+        metrics::counter!("herald_emulation_forwarded_total", "result" => outcome).increment(1);
     }
 }

@@ -95,8 +95,10 @@ pub(crate) fn parse_head(state: &AppState, head: &[u8]) -> Result<(StreamHead, u
             req.headers.iter().map(|h| (h.name, h.value)),
         )
         .map(|mut h| {
-            h.kept =
-                crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers.load());
+            h.kept = crate::transport::keep_headers(
+                req.headers.iter().map(|h| (h.name, h.value)),
+                &state.connect_headers.load(),
+            );
             (h, n)
         }),
         _ => Err("malformed request"),

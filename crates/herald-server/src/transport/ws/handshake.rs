@@ -94,7 +94,8 @@ pub(crate) fn decide(state: &AppState, head: &[u8], endpoint: Endpoint) -> Resul
         Endpoint::Uni => uni_connect(query).map_err(|message| refuse(400, message))?,
         _ => Vec::new(),
     };
-    let kept = crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers.load());
+    let kept =
+        crate::transport::keep_headers(req.headers.iter().map(|h| (h.name, h.value)), &state.connect_headers.load());
     Ok(Accepted {
         response: herald_proto::ws::switching_protocols(up.key, protocol),
         encoding,

@@ -1,7 +1,8 @@
 //! Fuzz harnesses for the parsers in `herald-server`: server API request bodies, the
-//! configuration loader, the first request head of a connection, a PROXY protocol header, and
-//! the opening requests of the streaming transports. Shared by the cargo-fuzz targets
-//! `fuzz_targets/{api_bodies,config,http_head,proxy_header,stream_request}.rs` and the stable smoke test
+//! configuration loader, the first request head of a connection, a PROXY protocol header, the
+//! opening requests of the streaming transports, and the TLS 1.3 record layer. Shared by the
+//! cargo-fuzz targets `fuzz_targets/{api_bodies,config,http_head,proxy_header,stream_request,
+//! long_poll_request,tls_records}.rs` and the stable smoke test
 //! `crates/herald-server/tests/fuzz_smoke.rs` (which includes this file with `#[path]`).
 //!
 //! Each harness runs the production code through small pure entry points
@@ -444,5 +445,90 @@ pub fn proxy_header(data: &[u8]) {
                 "a prefix of {cut} of a {len}-byte header is not incomplete"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tls_records
+
+/// The TLS 1.3 record layer of a WebSocket or stream served natively over TLS
+/// (`transport::records::Records`), fed what a client sends after the handshake. Input: a suite
+/// byte (even: AES-256-GCM, odd: ChaCha20-Poly1305), a mode byte, then data. The mode's low six
+/// bits give the read size. With the top bit clear the data is the client's bytes as they are:
+/// the layer never panics and never yields more plaintext than it was given. With it set the data
+/// is the plaintext of a client that seals it (and, when the data's first byte is odd, a
+/// close_notify after it): it arrives whole, in order, whatever the reads, and with bit 6 set one
+/// byte of the records is flipped first, and then the stream is never accepted as complete.
+pub fn tls_records(data: &[u8]) {
+    use herald_server::transport::records::Records;
+    let [suite, mode, data @ ..] = data else { return };
+    let read = 1 + usize::from(mode & 0x3f) * 37;
+    let (mut server, mut client) = record_pair(suite & 1 == 1);
+    if mode & 0x80 == 0 {
+        let (received, _) = feed(&mut server, data.to_vec(), read);
+        assert!(received.len() <= data.len(), "{} bytes of plaintext from {} bytes", received.len(), data.len());
+        return;
+    }
+    let mut wire = Vec::new();
+    assert_eq!(client.seal([data], &mut wire), Ok(data.len()));
+    let close = data.first().is_some_and(|b| b & 1 == 1);
+    if close {
+        client.close_notify(&mut wire).expect("a close_notify seals");
+    }
+    let tampered = mode & 0x40 != 0 && !wire.is_empty();
+    if tampered {
+        let at = usize::from(data.get(1).copied().unwrap_or(0)) * 131 % wire.len();
+        wire[at] ^= 0x01;
+    }
+    let (received, failed) = feed(&mut server, wire, read);
+    assert!(data.starts_with(&received), "the plaintext arrived changed or out of order");
+    let accepted = failed.is_none() && received == data && (!close || server.finished());
+    if tampered {
+        assert!(!accepted, "a stream with a flipped byte was accepted whole");
+    } else {
+        assert!(accepted, "a sealed stream was not accepted: {failed:?}, {} of {} bytes", received.len(), data.len());
+        assert_eq!(server.finished(), close);
+    }
+
+    /// A server and a client record layer whose keys match, as after a handshake.
+    fn record_pair(chacha: bool) -> (Records, Records) {
+        use rustls::crypto::cipher::{AeadKey, Iv};
+        use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
+        let secrets = |key: u8, iv: u8| {
+            let (key, iv) = (AeadKey::from([key; 32]), Iv::new([iv; 12]));
+            if chacha {
+                ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv }
+            } else {
+                ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            }
+        };
+        let limit = 1 << 24;
+        let server = ExtractedSecrets { tx: (1, secrets(5, 3)), rx: (0, secrets(7, 9)) };
+        let client = ExtractedSecrets { tx: (0, secrets(7, 9)), rx: (1, secrets(5, 3)) };
+        (Records::new(server, limit).expect("a known suite"), Records::new(client, limit).expect("a known suite"))
+    }
+
+    /// Gives `wire` to `server` in reads of `read` bytes (a smaller destination than the read, so
+    /// some plaintext waits inside); returns the plaintext and the error that ended it, if any.
+    fn feed(
+        server: &mut Records,
+        wire: Vec<u8>,
+        read: usize,
+    ) -> (Vec<u8>, Option<herald_server::transport::records::RecordError>) {
+        let mut received = Vec::new();
+        let mut dst = vec![0; read / 2 + 1];
+        for chunk in wire.chunks(read) {
+            let mut input = chunk.to_vec();
+            match server.receive(&mut input, &mut dst) {
+                Ok(n) => received.extend_from_slice(&dst[..n]),
+                Err(e) => return (received, Some(e)),
+            }
+            while server.has_plain() {
+                let n = server.take_plain(&mut dst);
+                assert!(n > 0, "has_plain without plaintext");
+                received.extend_from_slice(&dst[..n]);
+            }
+        }
+        (received, None)
     }
 }

@@ -1,5 +1,6 @@
 //! Stable-toolchain smoke run of the herald-server fuzz targets in `/fuzz` (`api_bodies`,
-//! `config`, `http_head`, `proxy_header`, `stream_request`, `long_poll_request`; cargo-fuzz needs nightly).
+//! `config`, `http_head`, `proxy_header`, `stream_request`, `long_poll_request`, `tls_records`;
+//! cargo-fuzz needs nightly).
 //!
 //! Feeds the shared harnesses (included with `#[path]`) their committed seeds
 //! (`fuzz/seeds/<target>/`), mutations of them and random bytes (`fuzz/src/smoke.rs`), from a
@@ -94,4 +95,9 @@ fn long_poll_request_smoke() {
 #[test]
 fn stream_request_smoke() {
     smoke("stream_request", 0x5EED_0104, &seeds("stream_request"), 3000, 500, &harness::stream_request);
+}
+
+#[test]
+fn tls_records_smoke() {
+    smoke("tls_records", 0x5EED_0106, &seeds("tls_records"), 3000, 500, &harness::tls_records);
 }

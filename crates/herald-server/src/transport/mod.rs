@@ -17,7 +17,7 @@
 pub mod link;
 pub mod long_poll;
 pub(crate) mod queue;
-pub(crate) mod records;
+pub mod records;
 pub mod stream;
 pub mod ws;
 

@@ -33,7 +33,7 @@ const CLOSE_NOTIFY: u8 = 0;
 
 /// Why a connection's records cannot go on; the connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecordError {
+pub enum RecordError {
     /// A record that does not authenticate: tampered, or not ours.
     Decrypt,
     /// A record longer than TLS allows.
@@ -103,7 +103,7 @@ impl Direction {
 }
 
 /// The record layer of one TLS 1.3 connection after its handshake.
-pub(crate) struct Records {
+pub struct Records {
     tx: Direction,
     rx: Direction,
     /// Records per direction before the keys must not be used any more.
@@ -121,7 +121,7 @@ pub(crate) struct Records {
 impl Records {
     /// The record layer from a TLS 1.3 connection's extracted secrets; `limit` is the suite's
     /// confidentiality limit. `None` for a cipher this layer does not know.
-    pub(crate) fn new(secrets: ExtractedSecrets, limit: u64) -> Option<Records> {
+    pub fn new(secrets: ExtractedSecrets, limit: u64) -> Option<Records> {
         Some(Records {
             tx: Direction::new(secrets.tx)?,
             rx: Direction::new(secrets.rx)?,
@@ -135,7 +135,7 @@ impl Records {
 
     /// Seals the bytes of `parts`, in order, as application-data records appended to `out`
     /// (full records of 16 KiB, then one for the rest).
-    pub(crate) fn seal<'p>(
+    pub fn seal<'p>(
         &mut self,
         parts: impl IntoIterator<Item = &'p [u8]>,
         out: &mut Vec<u8>,
@@ -167,7 +167,7 @@ impl Records {
     }
 
     /// Appends a close_notify alert to `out`.
-    pub(crate) fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER]);
         out.extend_from_slice(&[1, CLOSE_NOTIFY]);
@@ -193,7 +193,7 @@ impl Records {
     /// Takes bytes read from the socket: opens every whole record (with any partial one kept
     /// from before) and keeps a trailing partial one. Decrypted bytes go to `dst` while they
     /// fit, the rest is kept for [`Records::take_plain`]; returns what went to `dst`.
-    pub(crate) fn receive(&mut self, input: &mut [u8], dst: &mut [u8]) -> Result<usize, RecordError> {
+    pub fn receive(&mut self, input: &mut [u8], dst: &mut [u8]) -> Result<usize, RecordError> {
         let mut written = 0;
         if self.partial.is_empty() {
             let used = self.open_records(input, dst, &mut written)?;
@@ -251,7 +251,7 @@ impl Records {
     }
 
     /// Moves kept decrypted bytes into `dst`; returns how many.
-    pub(crate) fn take_plain(&mut self, dst: &mut [u8]) -> usize {
+    pub fn take_plain(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.plain.len());
         dst[..n].copy_from_slice(&self.plain[..n]);
         if n == self.plain.len() {
@@ -263,17 +263,18 @@ impl Records {
         n
     }
 
-    pub(crate) fn has_plain(&self) -> bool {
+    /// Decrypted bytes wait for [`Records::take_plain`].
+    pub fn has_plain(&self) -> bool {
         !self.plain.is_empty()
     }
 
     /// close_notify received and every decrypted byte taken: the client's stream ended.
-    pub(crate) fn finished(&self) -> bool {
+    pub fn finished(&self) -> bool {
         self.peer_closed && self.plain.is_empty()
     }
 
     /// Drops the first `n` unsent bytes (the socket took them); frees the buffer once empty.
-    pub(crate) fn sent(&mut self, n: usize) {
+    pub fn sent(&mut self, n: usize) {
         if n >= self.unsent.len() {
             self.unsent = Vec::new();
         } else {

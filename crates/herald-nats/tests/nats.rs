@@ -376,7 +376,8 @@ async fn a_nats_restart_while_publishing_loses_and_repeats_nothing() {
     wait_for("first publications", || offsets(&b.seen, "live").len() >= 50).await;
     nats.kill();
     wait_for("a notices the outage", || !a.broker.healthy()).await;
-    assert!(!b.broker.healthy() && !b.presence.healthy());
+    // Each node's client sees the closed socket on its own schedule.
+    wait_for("b notices the outage", || !b.broker.healthy() && !b.presence.healthy()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.spawn();
     publisher.await.unwrap();

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use support::tls_backend::TestCa;
 use support::{API_KEY, Herald, WAIT, token};
@@ -21,24 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A TLS client trusting `server_ca`, presenting `identity` (certificate and key PEM) if given.
 fn connector(server_ca: &TestCa, identity: Option<&(String, String)>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(server_ca.pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    #[allow(deprecated)] // the ring provider, as in the server
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
-        }
-    };
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(server_ca.client_config(identity)))
 }
 
 /// One HTTP/1.1 request over TLS: `Some((status, JSON body))`, or `None` when the connection

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use support::tls_backend::TestCa;
 use support::{API_KEY, Herald, WAIT};
@@ -21,23 +20,7 @@ use tokio_rustls::TlsConnector;
 
 /// A TLS client offering `h2` then `http/1.1`, trusting `server_ca`, presenting `identity`.
 fn connector(server_ca: &TestCa, identity: Option<&(String, String)>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(server_ca.pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    #[allow(deprecated)] // the ring provider, as in the server
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
-        }
-    };
+    let mut config = server_ca.client_config(identity);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsConnector::from(Arc::new(config))
 }

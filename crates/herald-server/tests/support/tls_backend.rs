@@ -49,6 +49,29 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+
+    /// A TLS client configuration trusting this CA only, presenting `identity` (certificate
+    /// and key PEM) when given; no ALPN.
+    pub fn client_config(&self, identity: Option<&(String, String)>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.pem().as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        #[allow(deprecated)] // the ring provider, as in the server
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+        }
+    }
 }
 
 /// One request as the backend saw it.

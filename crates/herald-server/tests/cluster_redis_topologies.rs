@@ -217,20 +217,42 @@ impl TestCa {
     }
 }
 
+/// A CA, a server and a client certificate with their keys, written as PEM files: their paths.
+struct TlsFiles {
+    ca_file: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl TlsFiles {
+    /// Files in `dir`: the server's certificate (for `server`) and key under `server_files`.
+    fn write(dir: &std::path::Path, server: &str, server_files: (&str, &str)) -> TlsFiles {
+        let ca = TestCa::new();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let (cert, key) = ca.leaf(server);
+        let (server_cert, server_key) = (write(server_files.0, &cert), write(server_files.1, &key));
+        let (cert, key) = ca.leaf("herald");
+        TlsFiles {
+            ca_file: write("ca.pem", &ca.issuer.pem()),
+            server_cert,
+            server_key,
+            client_cert: write("client.pem", &cert),
+            client_key: write("client.key", &key),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_redis_with_a_ca_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let ca_file = write("ca.pem", &ca.issuer.pem());
-    let (cert, key) = ca.leaf("redis");
-    let (server_cert, server_key) = (write("server.pem", &cert), write("server.key", &key));
-    let (cert, key) = ca.leaf("herald");
-    let (client_cert, client_key) = (write("client.pem", &cert), write("client.key", &key));
+    let TlsFiles { ca_file, server_cert, server_key, client_cert, client_key } =
+        TlsFiles::write(dir.path(), "redis", ("server.pem", "server.key"));
     let tls_port = free_port();
     // The plain port only tells the harness the server is up; the nodes use the TLS port.
     let _redis = RedisServer::start_with(vec![
@@ -382,17 +404,8 @@ async fn cluster_address_lists_seeds_and_one_live_seed_is_enough() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_tls_reaches_a_sentinel_that_only_speaks_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let ca_file = write("ca.pem", &ca.issuer.pem());
-    let (cert, key) = ca.leaf("sentinel");
-    let (server_cert, server_key) = (write("sentinel.pem", &cert), write("sentinel.key", &key));
-    let (cert, key) = ca.leaf("herald");
-    let (client_cert, client_key) = (write("client.pem", &cert), write("client.key", &key));
+    let TlsFiles { ca_file, server_cert, server_key, client_cert, client_key } =
+        TlsFiles::write(dir.path(), "sentinel", ("sentinel.pem", "sentinel.key"));
     let master = RedisServer::start();
     let tls_port = free_port();
     // The plain port only tells the harness the sentinel is up; the nodes use the TLS port,

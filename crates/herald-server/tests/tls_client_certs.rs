@@ -11,8 +11,8 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use support::tls_backend::TestCa;
-use support::{API_KEY, Herald, WAIT, token};
+use support::tls_backend::{TestCa, start_tls_herald};
+use support::{API_KEY, WAIT, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -48,13 +48,7 @@ async fn https(addr: SocketAddr, tls: &TlsConnector, method: &str, path: &str, b
 async fn the_api_needs_a_client_certificate_from_the_ca_and_client_endpoints_stay_open() {
     let server_ca = TestCa::new("server CA");
     let client_ca = TestCa::new("client CA");
-    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
-    let herald = Herald::start(&[
-        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
-        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", &cert),
-        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", &key),
-        ("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", &client_ca.pem()),
-    ]);
+    let herald = start_tls_herald(&server_ca, &[("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", &client_ca.pem())]);
     let publish = json!({"channel": "news", "data": {"n": 1}});
 
     let certified = connector(&server_ca, Some(&client_ca.leaf(&["api-client"])));
@@ -101,14 +95,10 @@ async fn metrics_over(addr: SocketAddr, tls: &TlsConnector) -> String {
 async fn on_the_internal_port_the_api_needs_the_certificate_too() {
     let server_ca = TestCa::new("server CA");
     let client_ca = TestCa::new("client CA");
-    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
-    let herald = Herald::start(&[
-        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
-        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", &cert),
-        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", &key),
-        ("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", &client_ca.pem()),
-        ("HERALD_HTTP_SERVER_INTERNAL_PORT", "0"),
-    ]);
+    let herald = start_tls_herald(
+        &server_ca,
+        &[("HERALD_HTTP_SERVER_TLS_CLIENT_CA_PEM", &client_ca.pem()), ("HERALD_HTTP_SERVER_INTERNAL_PORT", "0")],
+    );
     let logs = herald.logs();
     let line = logs.split("internal endpoints (API, metrics, health) on ").nth(1).expect("internal port line");
     let internal: SocketAddr = line.split_whitespace().next().unwrap().parse().unwrap();

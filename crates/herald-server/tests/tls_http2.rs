@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use support::tls_backend::TestCa;
+use support::tls_backend::{TestCa, start_tls_herald as start};
 use support::{API_KEY, Herald, WAIT};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -23,17 +23,6 @@ fn connector(server_ca: &TestCa, identity: Option<&(String, String)>) -> TlsConn
     let mut config = server_ca.client_config(identity);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsConnector::from(Arc::new(config))
-}
-
-fn start(ca: &TestCa, extra: &[(&str, &str)]) -> Herald {
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
-    let mut env = vec![
-        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
-        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", cert.as_str()),
-        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", key.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    Herald::start(&env)
 }
 
 type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;

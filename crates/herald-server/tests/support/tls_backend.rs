@@ -74,6 +74,19 @@ impl TestCa {
     }
 }
 
+/// A `herald` serving TLS with a certificate for localhost signed by `ca`, with `extra`
+/// variables besides.
+pub fn start_tls_herald(ca: &TestCa, extra: &[(&str, &str)]) -> super::Herald {
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+    let mut env = vec![
+        ("HERALD_HTTP_SERVER_TLS_ENABLED", "true"),
+        ("HERALD_HTTP_SERVER_TLS_CERT_PEM", cert.as_str()),
+        ("HERALD_HTTP_SERVER_TLS_KEY_PEM", key.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    super::Herald::start(&env)
+}
+
 /// One request as the backend saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -181,9 +181,10 @@ fn serve_work_stealing(
     })
 }
 
-/// The broker thread, for a network engine (`crate::engine::broker_thread`).
+/// The broker thread, for a network engine unless `runtime.broker_thread` is off
+/// (`crate::engine::broker_thread`).
 fn broker_thread(config: &Config) -> Result<Option<crate::engine::broker_thread::BrokerThread>, StartupError> {
-    if !crate::engine::uses_network(config) {
+    if !config.runtime.broker_thread || !crate::engine::uses_network(config) {
         return Ok(None);
     }
     crate::engine::broker_thread::BrokerThread::start().map(Some).map_err(StartupError::WorkerThread)

@@ -600,11 +600,14 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
     /// `thread_per_core` or `work_stealing` (docs/architecture.md, "Threads").
     pub scheduler: String,
+    /// A network engine's connections (Redis, NATS) on a thread of their own, so broker replies
+    /// are not read behind a worker's fan-out (docs/architecture.md, "The broker thread").
+    pub broker_thread: bool,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { worker_threads: 0, scheduler: THREAD_PER_CORE.into() }
+        RuntimeConfig { worker_threads: 0, scheduler: THREAD_PER_CORE.into(), broker_thread: true }
     }
 }
 

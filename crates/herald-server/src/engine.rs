@@ -2,7 +2,10 @@
 //! engine, or a NATS broker (history in JetStream) with presence in NATS.
 //!
 //! The node takes its broker and its presence manager separately, so the mixed setup (NATS
-//! pub/sub, Redis history and presence) is one more branch here.
+//! pub/sub, Redis history and presence) is one more branch here. Network engines are connected
+//! on the broker thread ([`broker_thread`]), where their connection tasks live.
+
+pub mod broker_thread;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,12 @@ use herald_hub::{Node, NodeIdentity, SystemClock};
 use herald_nats::{NatsBroker, NatsConfig, NatsPresence};
 
 use crate::config::Config;
+use broker_thread::{BrokerThread, OnBrokerThread};
+
+/// Whether the config names a network engine (Redis or NATS), which gets the broker thread.
+pub fn uses_network(config: &Config) -> bool {
+    config.broker.enabled || config.engine.kind == "redis"
+}
 
 /// The NATS engine settings: `broker.nats.*` plus storage bounds derived from the channel
 /// options (the largest history size and meta TTL of any namespace).
@@ -50,30 +59,63 @@ pub fn nats_config(config: &Config, node_uid: &str) -> NatsConfig {
 /// (`broker.enabled`), with the logic-layer proxies' client whatever the engine and the lifecycle
 /// webhook sender when `webhooks` is on. Connecting to an engine may fail: the error names the
 /// engine and why.
-pub async fn build_node(config: &Config, identity: NodeIdentity) -> Result<Arc<Node>, crate::server::StartupError> {
+///
+/// `thread` is where a network engine is connected (its tasks stay there); without one (the
+/// memory engine, or a caller that wants everything on its own runtime) it is the caller's.
+pub async fn build_node(
+    config: &Config,
+    identity: NodeIdentity,
+    thread: Option<&BrokerThread>,
+) -> Result<Arc<Node>, crate::server::StartupError> {
     let clock: Arc<dyn herald_hub::Clock> = Arc::new(SystemClock);
-    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) =
-        if config.broker.enabled && config.engine.kind == "redis" {
-            mixed_engines(config, &identity).await?
-        } else if config.broker.enabled {
-            nats_engines(config, &identity, clock.clone()).await?
-        } else if config.engine.kind == "redis" {
-            redis_engine(config, &identity).await?
-        } else {
-            (Arc::new(MemoryBroker::new(clock.clone())), Arc::new(MemoryPresence::default()))
-        };
+    let (broker, presence) = match thread {
+        Some(thread) if uses_network(config) => {
+            let (config, id, c) = (config.clone(), identity.clone(), clock.clone());
+            let handle = thread.handle().clone();
+            thread.run(async move { Box::pin(engines(&config, &id, c, Some(&handle))).await }).await?
+        }
+        _ => Box::pin(engines(config, &identity, clock.clone(), None)).await?,
+    };
     let node = crate::proxy::build_node(config.hub(), identity, clock, broker, presence)?;
     crate::webhook::start(&node)?;
     Ok(node)
 }
 
-/// `engine.type = "redis"`: one engine for PUB/SUB, history and presence.
+type Engines = (Arc<dyn Broker>, Arc<dyn PresenceManager>);
+
+/// The broker and presence manager the config names, connected on the calling runtime.
+async fn engines(
+    config: &Config,
+    identity: &NodeIdentity,
+    clock: Arc<dyn herald_hub::Clock>,
+    broker_thread: Option<&tokio::runtime::Handle>,
+) -> Result<Engines, crate::server::StartupError> {
+    if config.broker.enabled && config.engine.kind == "redis" {
+        mixed_engines(config, identity).await
+    } else if config.broker.enabled {
+        nats_engines(config, identity, clock).await
+    } else if config.engine.kind == "redis" {
+        redis_engine(config, identity, broker_thread).await
+    } else {
+        Ok((Arc::new(MemoryBroker::new(clock)), Arc::new(MemoryPresence::default())))
+    }
+}
+
+/// `engine.type = "redis"`: one engine for PUB/SUB, history and presence. On the broker thread
+/// its calls run with that runtime entered, so a reconnect's new connection task starts there.
 async fn redis_engine(
     config: &Config,
     identity: &NodeIdentity,
-) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+    broker_thread: Option<&tokio::runtime::Handle>,
+) -> Result<Engines, crate::server::StartupError> {
     let engine = connect_redis(config, identity, true).await?;
-    Ok((engine.clone(), engine))
+    Ok(match broker_thread {
+        Some(handle) => {
+            let pinned = Arc::new(OnBrokerThread::new(engine, handle.clone()));
+            (pinned.clone(), pinned)
+        }
+        None => (engine.clone(), engine),
+    })
 }
 
 /// `broker.type = "nats"` next to `engine.type = "redis"`: publications and control messages
@@ -81,10 +123,7 @@ async fn redis_engine(
 /// `presence_manager` says so). A publication with history is appended to Redis first, which
 /// gives it its offset and epoch atomically, then sent over NATS with that position; nodes
 /// repair gaps and catch up after a NATS reconnect from the Redis history.
-async fn mixed_engines(
-    config: &Config,
-    identity: &NodeIdentity,
-) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+async fn mixed_engines(config: &Config, identity: &NodeIdentity) -> Result<Engines, crate::server::StartupError> {
     let redis = connect_redis(config, identity, false).await?;
     let cfg = nats_config(config, &identity.uid);
     let engine = |e: BrokerError| crate::server::StartupError::Engine(e);
@@ -193,7 +232,7 @@ async fn nats_engines(
     config: &Config,
     identity: &NodeIdentity,
     clock: Arc<dyn herald_hub::Clock>,
-) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), crate::server::StartupError> {
+) -> Result<Engines, crate::server::StartupError> {
     // `broker.type` is checked by the loader: "nats" is the only broker.
     let cfg = nats_config(config, &identity.uid);
     let engine = |e: BrokerError| crate::server::StartupError::Engine(e);

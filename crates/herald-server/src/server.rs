@@ -86,7 +86,8 @@ impl std::error::Error for StartupError {
 /// kernel spreads new connections over them). A connection lives on the thread that accepted
 /// it, so reads, commands and writes never cross threads; only deliveries from another thread
 /// do (`docs/architecture.md`, "Threads"). The calling thread is worker 0 and also runs the
-/// timers and the shutdown sequence.
+/// timers and the shutdown sequence. A network engine's connections run on one more thread,
+/// the broker thread (`crate::engine::broker_thread`).
 pub fn serve(config: Config) -> Result<(), StartupError> {
     serve_reloadable(config, None)
 }
@@ -107,7 +108,9 @@ pub fn serve_reloadable(config: Config, source: Option<crate::reload::Source>) -
     let runtimes = (0..workers).map(|_| worker_runtime()).collect::<Result<Vec<_>, _>>()?;
     let mut runtimes = runtimes.into_iter();
     let runtime = runtimes.next().expect("at least one worker");
-    let state = runtime.block_on(new_state(config, source, local, workers))?;
+    // Dropped last, after every worker: the engine's connections live on it.
+    let broker_thread = broker_thread(&config)?;
+    let state = runtime.block_on(new_state(config, source, local, workers, broker_thread.as_ref()))?;
     let (exit_tx, exit) = tokio::sync::watch::channel(false);
 
     let mut listeners = listeners.into_iter();
@@ -171,10 +174,20 @@ fn serve_work_stealing(
         .thread_name("herald-worker")
         .build()
         .map_err(StartupError::Runtime)?;
+    let broker_thread = broker_thread(&config)?;
     runtime.block_on(async {
-        let state = new_state(config, source, local, 0).await?;
+        let state = new_state(config, source, local, 0, broker_thread.as_ref()).await?;
         run(state, listeners, accepting_tx, accepting, shutdown_signal()).await
     })
+}
+
+/// The broker thread, for a network engine unless `runtime.broker_thread` is off
+/// (`crate::engine::broker_thread`).
+fn broker_thread(config: &Config) -> Result<Option<crate::engine::broker_thread::BrokerThread>, StartupError> {
+    if !config.runtime.broker_thread || !crate::engine::uses_network(config) {
+        return Ok(None);
+    }
+    crate::engine::broker_thread::BrokerThread::start().map(Some).map_err(StartupError::WorkerThread)
 }
 
 fn worker_runtime() -> Result<tokio::runtime::Runtime, StartupError> {
@@ -330,12 +343,13 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 
 /// Builds what request handlers share: the node, metrics and transport settings. With a network
 /// engine (Redis, NATS) it connects first (and fails when the engine cannot be reached),
-/// starting the engine's tasks on the calling runtime.
+/// starting the engine's tasks on the broker thread.
 async fn new_state(
     config: Config,
     source: Option<crate::reload::Source>,
     local: SocketAddr,
     pinned_workers: usize,
+    broker_thread: Option<&crate::engine::broker_thread::BrokerThread>,
 ) -> Result<Arc<AppState>, StartupError> {
     let metrics = telemetry::install_metrics().map_err(StartupError::Metrics)?;
     let name =
@@ -343,7 +357,7 @@ async fn new_state(
     let identity =
         NodeIdentity { uid: uuid::Uuid::new_v4().to_string(), name, version: env!("CARGO_PKG_VERSION").into() };
     // Boxed: the engines' connect futures are large (clippy's large_futures).
-    let node = Box::pin(crate::engine::build_node(&config, identity)).await?;
+    let node = Box::pin(crate::engine::build_node(&config, identity, broker_thread)).await?;
     let socket_limit = socket_limit(open_file_limit(), open_descriptors(), config.http_server.file_limit_reserve)?;
     let tls = crate::tls::Tls::from_config(&config.http_server.tls)?;
     let reloader = source.map(|source| crate::reload::Reloader::new(source, config.clone()));

@@ -492,3 +492,40 @@ async fn user_trace_reaches_every_node_and_lines_come_back() {
     })
     .await;
 }
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task list");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// The engine's connections run on a thread of their own by default (`runtime.broker_thread`),
+/// and with the option off on the workers; nodes of either kind deliver to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_thread_is_there_by_default_and_gone_when_turned_off() {
+    let redis = RedisServer::start();
+    let addrs = [redis.url()];
+    let p = prefix("brokerthread");
+    let with = node(&addrs, &p, "with");
+    let without = node_with(&addrs, &p, "without", &[("HERALD_RUNTIME_BROKER_THREAD", "false")]);
+    let memory = Herald::start(&[]);
+    let named = |h: &Herald| thread_names(h.pid()).iter().filter(|n| *n == "herald-broker").count();
+    assert_eq!(named(&with), 1, "{:?}", thread_names(with.pid()));
+    assert_eq!(named(&without), 0, "{:?}", thread_names(without.pid()));
+    assert_eq!(named(&memory), 0, "the memory engine has no connections: {:?}", thread_names(memory.pid()));
+
+    let mut on_with = subscribe_at(&with, "w", "hist:bt").await;
+    let mut on_without = subscribe_at(&without, "o", "hist:bt").await;
+    for (i, publisher) in [&with, &without, &with, &without].into_iter().enumerate() {
+        let r = publisher.publish("hist:bt", json!({ "n": i })).await;
+        assert_eq!(r["offset"], i + 1, "{r}");
+    }
+    for sub in [&mut on_with, &mut on_without] {
+        for i in 0..4u64 {
+            assert_eq!(next_publication(sub, "hist:bt").await, (json!({ "n": i }), i + 1));
+        }
+    }
+}

@@ -254,6 +254,13 @@ pub struct ApiArgs {
     /// Extra request header (`Name: value`) with --path; repeatable.
     #[arg(long = "header")]
     pub headers: Vec<String>,
+    /// Herald: each request is a `/api/batch` of this many publish commands to the channel
+    /// (distinct payloads) instead of one `/api/publish`; also reports publications/s.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "path")]
+    pub batch: Option<u64>,
+    /// With --batch: `"parallel": true` (the server runs the commands concurrently).
+    #[arg(long, requires = "batch")]
+    pub parallel: bool,
 }
 
 #[derive(Debug, Clone, Args)]

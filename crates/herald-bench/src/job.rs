@@ -95,6 +95,12 @@ pub struct ApiJob {
     /// `api --path`: any 2xx answer is a success (a gateway route or its upstream).
     #[serde(default)]
     pub any_2xx: bool,
+    /// `api --batch`: publish commands per `/api/batch` request (0: one `/api/publish`).
+    #[serde(default)]
+    pub batch: usize,
+    /// `api --parallel`: the batch asks for `"parallel": true`.
+    #[serde(default)]
+    pub parallel: bool,
 }
 
 /// Handshake-rate load (churn `--handshake-rate`): open, handshake, close, repeat.

@@ -269,6 +269,45 @@ async fn presence_history_channels_and_info_shapes() {
     assert_eq!(resp.json()["result"]["nodes"][0]["num_clients"], 2);
 }
 
+/// `parallel: true` runs the commands concurrently; every reply still lands in its command's
+/// slot, errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_batch_answers_every_command_in_order() {
+    let herald = Herald::start(&[]);
+    let mut commands = vec![];
+    for n in 0..40 {
+        commands.push(match n % 5 {
+            0 | 1 => json!({"publish": {"channel": format!("hist:par{n}"), "data": {"n": n}}}),
+            2 => json!({"publish": {"channel": "nope:x", "data": {"n": n}}}),
+            3 => json!({"bogus": {"n": n}}),
+            _ => json!({"publish": {"channel": n}}),
+        });
+    }
+    let body = herald.api_ok("batch", json!({"commands": commands, "parallel": true})).await;
+    let replies = body["replies"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(replies.len(), 40, "{body}");
+    for (n, reply) in replies.iter().enumerate() {
+        match n % 5 {
+            0 | 1 => assert_eq!(reply["publish"]["offset"], 1, "{n}: {reply}"),
+            2 => assert_eq!(reply["error"]["code"], 102, "{n}: {reply}"),
+            3 => assert_eq!(reply["error"]["code"], 104, "{n}: {reply}"),
+            _ => assert_eq!(
+                reply["error"]["message"],
+                format!(
+                    "bad request: field `channel`: invalid type: integer `{n}`, expected a string at line 1 column {}",
+                    11 + n.to_string().len()
+                ),
+                "{n}: {reply}"
+            ),
+        }
+    }
+    // Each publication is in its own channel's history.
+    for n in (0..40).filter(|n| n % 5 < 2) {
+        let history = herald.api_ok("history", json!({"channel": format!("hist:par{n}"), "limit": -1})).await;
+        assert_eq!(history["publications"], json!([{"data": {"n": n}, "offset": 1}]), "{n}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_answers_every_command_in_order() {
     let herald = Herald::start(&[]);

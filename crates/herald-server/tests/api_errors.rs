@@ -138,21 +138,37 @@ async fn batch_commands_say_what_is_wrong_and_the_count_is_limited() {
         herald.api("batch", four).await,
         (200, bad_request("too many commands in batch: 4, the limit is 3 (http_api.max_batch_commands)"))
     );
+    let four =
+        json!({"commands": vec![json!({"publish": {"channel": "news", "data": {"n": 0}}}); 4], "parallel": true});
+    assert_eq!(
+        herald.api("batch", four).await,
+        (200, bad_request("too many commands in batch: 4, the limit is 3 (http_api.max_batch_commands)")),
+        "parallel"
+    );
     let three = json!({"commands": vec![json!({"publish": {"channel": "news", "data": {"n": 1}}}); 3]});
     assert_eq!(herald.api_ok("batch", three).await["replies"].as_array().map(Vec::len), Some(3));
-    assert_eq!(next_publication(&mut client, "news").await.0, json!({"n": 1}), "the refused batch published");
+    assert_eq!(next_publication(&mut client, "news").await.0, json!({"n": 1}), "a refused batch published");
     let metrics = herald.metrics().await;
-    assert!(metrics.lines().any(|l| l == "herald_api_batches_over_limit_total 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "herald_api_batches_over_limit_total 2"), "{metrics}");
 }
 
 /// A batch at a generous limit runs while `/api/info` keeps answering quickly on the same
-/// (single) worker thread: the batch yields between commands.
+/// (single) worker thread: the batch yields between commands, sequential or parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_does_not_stall_other_requests() {
+    large_batch_beside_probes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_parallel_batch_does_not_stall_other_requests() {
+    large_batch_beside_probes(true).await;
+}
+
+async fn large_batch_beside_probes(parallel: bool) {
     const COMMANDS: usize = 30_000;
     let herald =
         Herald::start(&[("HERALD_RUNTIME_WORKER_THREADS", "1"), ("HERALD_HTTP_API_MAX_BATCH_COMMANDS", "30000")]);
-    let body = json!({"commands": vec![json!({"info": {}}); COMMANDS]}).to_string();
+    let body = json!({"commands": vec![json!({"info": {}}); COMMANDS], "parallel": parallel}).to_string();
     let addr = herald.addr;
     let batch = tokio::spawn(async move {
         let started = Instant::now();
@@ -175,7 +191,9 @@ async fn a_large_batch_does_not_stall_other_requests() {
     assert_eq!(resp.status, 200);
     let replies = resp.json()["replies"].as_array().map(Vec::len);
     assert_eq!(replies, Some(COMMANDS));
-    println!("batch of {COMMANDS} info commands took {took:?}; {probes} concurrent /api/info, slowest {worst:?}");
+    println!(
+        "batch of {COMMANDS} info commands (parallel: {parallel}) took {took:?}; {probes} concurrent /api/info, slowest {worst:?}"
+    );
     assert!(probes > 0, "the batch ended before any probe ran ({took:?}): make it larger");
     assert!(worst < Duration::from_secs(1), "a concurrent /api/info waited {worst:?}");
 }

@@ -295,6 +295,33 @@ async fn channels_are_sharded_over_two_independent_redis_instances() {
     let _: Value = a.api_ok("info", json!({})).await;
 }
 
+/// A `parallel` batch over Redis: its publishes run concurrently (pipelined on the engine's
+/// connection), each lands in its own channel's history, and the limit still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_batch_publishes_every_command_through_redis() {
+    const N: usize = 100;
+    let redis = RedisServer::start();
+    let a = node_with(&[redis.url()], &prefix("parbatch"), "a", &[("HERALD_HTTP_API_MAX_BATCH_COMMANDS", "100")]);
+    let commands: Vec<Value> =
+        (0..N).map(|n| json!({"publish": {"channel": format!("hist:pb{n}"), "data": {"n": n}}})).collect();
+    let body = a.api_ok("batch", json!({"commands": commands, "parallel": true})).await;
+    let replies = body["replies"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(replies.len(), N, "{body}");
+    for (n, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["publish"]["offset"], 1, "{n}: {reply}");
+    }
+    for n in 0..N {
+        let history = a.api_ok("history", json!({"channel": format!("hist:pb{n}"), "limit": -1})).await;
+        assert_eq!(history["publications"], json!([{"data": {"n": n}, "offset": 1}]), "{n}");
+    }
+
+    let over: Vec<Value> = (0..=N).map(|n| json!({"publish": {"channel": "hist:over", "data": {"n": n}}})).collect();
+    let (status, refused) = a.api("batch", json!({"commands": over, "parallel": true})).await;
+    assert_eq!((status, &refused["error"]["code"]), (200, &json!(107)), "{refused}");
+    let history = a.api_ok("history", json!({"channel": "hist:over", "limit": -1})).await;
+    assert_eq!(history["publications"], json!([]), "the refused batch published: {history}");
+}
+
 /// Waits for the client's connection to end and returns the error that ended it.
 async fn closed(client: &mut Client) -> String {
     loop {

@@ -1,5 +1,6 @@
 //! The api scenario: worker processes publish over keep-alive HTTP connections as fast as
-//! the server answers; measures requests per second, latency and server CPU per request.
+//! the server answers; measures requests per second, latency and server CPU per request (with
+//! `--batch K`: K publications per `/api/batch` request, also per publication).
 
 use std::time::Duration;
 
@@ -23,13 +24,23 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
             (format!("{}{path}", s.urls[0].prefix), a.headers.iter().map(|h| format!("{h}\r\n")).collect(), None)
         }
         (None, Target::Herald) => (
-            format!("{}/api/publish", s.urls[0].prefix),
+            format!("{}/api/{}", s.urls[0].prefix, if a.batch.is_some() { "batch" } else { "publish" }),
             s.c.api_key.as_ref().map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default(),
             Some(channel.clone()),
         ),
         (None, Target::Nchan) => (format!("{}/pub/{channel}", s.urls[0].prefix), String::new(), None),
     };
-    let what = if a.path.is_some() { format!("posting to {path}") } else { format!("publishing to {channel}") };
+    let batch = a.batch.unwrap_or(0) as usize;
+    if batch > 0 && s.c.target != Target::Herald {
+        return Err("--batch is Herald's /api/batch".into());
+    }
+    let what = match (&a.path, batch) {
+        (Some(_), _) => format!("posting to {path}"),
+        (None, 0) => format!("publishing to {channel}"),
+        (None, k) => {
+            format!("publishing to {channel} in batches of {k}{}", if a.parallel { " (parallel)" } else { "" })
+        }
+    };
     eprintln!(
         "api: {} keep-alive connections over {} process(es) {what} on {} ({}) for {:.0} s",
         s.n,
@@ -52,6 +63,8 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
             payload: s.c.payload,
             duration_ms: duration.as_millis() as u64,
             any_2xx: a.path.is_some(),
+            batch,
+            parallel: a.parallel,
         }),
         stalled_share: 0.0,
         reconnect: None,
@@ -89,12 +102,27 @@ pub async fn api(a: ApiArgs) -> Result<(), String> {
     m.insert("server_cpu_pct".into(), json!(cpu.filter(|_| window > 0.0).map(|c| round(c * 100.0 / window, 1))));
     m.insert("machine_cpu".into(), procfs::machine_cpu_delta(&cpu0, &cpu1));
     m.insert("client_cpu_s".into(), json!(round(merged.client_cpu_s, 3)));
+    if batch > 0 {
+        let pubs = ok * batch as u64;
+        m.insert("batch".into(), json!(batch));
+        m.insert("parallel".into(), json!(a.parallel));
+        m.insert("publications_per_s".into(), json!(round(pubs as f64 / secs.max(1e-9), 1)));
+        m.insert(
+            "server_cpu_us_per_publication".into(),
+            json!(cpu.filter(|_| pubs > 0).map(|c| round(c * 1e6 / pubs as f64, 2))),
+        );
+        eprintln!(
+            "  batches of {batch}: {} publications/s, server CPU {} µs per publication",
+            m["publications_per_s"], m["server_cpu_us_per_publication"]
+        );
+    }
     eprintln!(
-        "  {} requests ({} errors) in {:.2} s = {} publishes/s; latency {}; server CPU {} % ({} µs per request); client CPU {} s",
+        "  {} requests ({} errors) in {:.2} s = {} {}/s; latency {}; server CPU {} % ({} µs per request); client CPU {} s",
         merged.api_requests,
         merged.api_errors,
         secs,
         m["requests_per_s"],
+        if batch > 0 { "requests" } else { "publishes" },
         stats::human(&m["api_latency"]),
         m["server_cpu_pct"],
         m["server_cpu_us_per_request"],

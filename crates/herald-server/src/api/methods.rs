@@ -12,9 +12,13 @@ use std::fmt::{self, Display};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use herald_auth::Override;
 use herald_hub::ServerSubscribe;
 use herald_hub::node::{ApiPublish, Target};
@@ -665,8 +669,8 @@ async fn info(ctx: &ApiContext<'_>, _: InfoRequest) -> Result<InfoResult, ApiErr
 pub struct BatchRequest<'a> {
     #[serde(borrow)]
     commands: Vec<&'a RawValue>,
-    /// Accepted for compatibility; commands run in order either way.
-    #[allow(dead_code)]
+    /// Run the commands concurrently (at most [`PARALLEL_BOUND`] at once); replies stay in
+    /// command order, their effects have no order. False: one after another, in order.
     parallel: bool,
 }
 
@@ -688,6 +692,12 @@ enum BatchReply {
 /// point would stall every WebSocket client and request on that worker until it ends.
 const YIELD_EVERY: usize = 16;
 
+/// Commands of one `parallel` batch in flight at once. Over a network engine they are
+/// pipelined on its one connection: past a few dozen in flight a broker round trip is already
+/// filled, and the bound keeps a batch at the 1000-command limit from queueing all of it ahead
+/// of every other caller of that connection (and its pending replies in memory).
+const PARALLEL_BOUND: usize = 64;
+
 async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult, ApiError> {
     let limit = ctx.state.config.http_api.max_batch_commands;
     if b.commands.len() > limit {
@@ -697,17 +707,65 @@ async fn batch(ctx: &ApiContext<'_>, b: BatchRequest<'_>) -> Result<BatchResult,
             b.commands.len()
         )));
     }
-    let mut replies = Vec::with_capacity(b.commands.len());
-    for (i, command) in b.commands.iter().enumerate() {
-        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-            tokio::task::yield_now().await;
-        }
-        replies.push(match batch_command(ctx, command).await {
+    // Sequential is the same run with one command in flight: each starts after the previous
+    // one's answer, so publishes to one channel keep their order.
+    let bound = if b.parallel { PARALLEL_BOUND } else { 1 };
+    let replies = run_in_order(b.commands.iter(), bound, |command| async move {
+        match batch_command(ctx, command).await {
             Ok((name, answer)) => BatchReply::Answer(BTreeMap::from([(name, answer)])),
             Err(error) => BatchReply::Error { error },
-        });
-    }
+        }
+    })
+    .await;
     Ok(BatchResult { replies })
+}
+
+/// Runs `run` on every item with at most `bound` of the futures in flight, and answers their
+/// outputs in item order. A future's first poll does its synchronous work (parsing, encoding
+/// the engine command) on this worker thread, so at most [`YIELD_EVERY`] are started between
+/// two yields to the worker's runtime, however many are in flight.
+async fn run_in_order<I, F, Fut>(mut items: I, bound: usize, mut run: F) -> Vec<Fut::Output>
+where
+    I: ExactSizeIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future,
+{
+    // A pushed future starts at its first poll, which `FuturesOrdered` may put off while it
+    // holds finished outputs: the futures count their own starts. Pushed since the last yield
+    // (started or not) never exceeds YIELD_EVERY, so neither do the starts between two yields.
+    let started = AtomicUsize::new(0);
+    let mut outputs = Vec::with_capacity(items.len());
+    let mut running = FuturesOrdered::new();
+    let (mut pushed, mut at_yield) = (0, 0);
+    loop {
+        let room = bound.max(1).saturating_sub(running.len()).min(YIELD_EVERY - (pushed - at_yield));
+        let before = pushed;
+        for item in items.by_ref().take(room) {
+            let (started, command) = (&started, run(item));
+            running.push_back(async move {
+                started.fetch_add(1, Ordering::Relaxed);
+                command.await
+            });
+            pushed += 1;
+        }
+        let next = if pushed > before {
+            // Start the new ones now and come back for more room even if the first reply is
+            // not in yet.
+            std::future::poll_fn(|cx| Poll::Ready(running.poll_next_unpin(cx))).await
+        } else {
+            Poll::Ready(running.next().await)
+        };
+        match next {
+            Poll::Ready(Some(output)) => outputs.push(output),
+            Poll::Ready(None) => break,
+            Poll::Pending => {}
+        }
+        if started.load(Ordering::Relaxed) - at_yield == YIELD_EVERY {
+            tokio::task::yield_now().await;
+            at_yield += YIELD_EVERY;
+        }
+    }
+    outputs
 }
 
 /// Runs one batch command: the first key, in key order, that names a method other than batch

@@ -99,3 +99,72 @@ fn every_method_is_found_by_its_name_once() {
     assert!(find("nope").is_none());
     assert_eq!(METHODS.iter().filter(|m| !m.wrap_result).count(), 1, "only batch answers bare");
 }
+
+/// Yields to the runtime `n` times: a future that finishes after `n` rounds of other work.
+async fn after_rounds(n: usize) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn run_in_order_answers_in_item_order_with_at_most_bound_in_flight() {
+    use std::cell::Cell;
+    for (bound, items, expect_max) in [(1, 20, 1), (4, 20, 4), (64, 20, 20), (PARALLEL_BOUND, 200, PARALLEL_BOUND)] {
+        let (in_flight, max) = (Cell::new(0usize), Cell::new(0usize));
+        let outputs = run_in_order(0..items, bound, |i| {
+            let (in_flight, max) = (&in_flight, &max);
+            async move {
+                in_flight.set(in_flight.get() + 1);
+                max.set(max.get().max(in_flight.get()));
+                // Later items finish sooner: completion order is not item order.
+                after_rounds(items - i).await;
+                in_flight.set(in_flight.get() - 1);
+                i * 10
+            }
+        })
+        .await;
+        assert_eq!(outputs, (0..items).map(|i| i * 10).collect::<Vec<_>>(), "bound {bound}");
+        assert_eq!(max.get(), expect_max, "bound {bound}, {items} items");
+    }
+    assert!(run_in_order(std::iter::empty::<()>(), 64, |_| async {}).await.is_empty());
+}
+
+/// However many futures are ready at once, the runner gives the thread back to the other
+/// tasks after every YIELD_EVERY starts (a worker runtime is single-threaded).
+#[tokio::test(flavor = "current_thread")]
+async fn run_in_order_yields_between_starts() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let rounds = Rc::new(Cell::new(0usize));
+            let other = tokio::task::spawn_local({
+                let rounds = rounds.clone();
+                async move {
+                    // Bounded: the runner below needs far fewer rounds than this.
+                    for _ in 0..100_000 {
+                        rounds.set(rounds.get() + 1);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            for bound in [1, PARALLEL_BOUND] {
+                let seen = run_in_order(0..500, bound, |_| {
+                    let rounds = rounds.clone();
+                    async move { rounds.get() }
+                })
+                .await;
+                let mut longest = 1;
+                let mut run = 1;
+                for w in seen.windows(2) {
+                    run = if w[0] == w[1] { run + 1 } else { 1 };
+                    longest = longest.max(run);
+                }
+                assert!(longest <= YIELD_EVERY, "bound {bound}: {longest} starts without a yield");
+            }
+            other.abort();
+        })
+        .await;
+}

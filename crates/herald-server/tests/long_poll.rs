@@ -373,3 +373,45 @@ async fn polls_on_one_keep_alive_connection() {
     assert_eq!((resp.status, resp.header("Connection")), (200, Some("close")));
     assert!(conn.closed().await, "the server closes after an answer to Connection: close");
 }
+
+/// Server-side subscribe and disconnect (controls) reach a session whether a poll is held or
+/// not: the session has no task of its own between them, so each control wakes it.
+#[tokio::test]
+async fn controls_reach_a_parked_session_and_the_disconnect_is_last() {
+    let herald = start(&[]);
+    let (mut poller, _) = connect(herald.addr, "u6", json!({ "buf:c1": {} })).await;
+
+    // Between polls: a server-side subscribe (the control runs after the API call returns: the
+    // subscribe push says it did), then a publication on the new channel.
+    herald.api_ok("subscribe", json!({ "user": "u6", "channel": "buf:c2" })).await;
+    let mut items = Vec::new();
+    for _ in 0..5 {
+        items.extend(poller.poll().await);
+        if items.iter().any(|i| i["channel"] == "buf:c2" && i.get("subscribe").is_some()) {
+            break;
+        }
+    }
+    assert!(items.iter().any(|i| i["channel"] == "buf:c2" && i.get("subscribe").is_some()), "{items:?}");
+    herald.publish("buf:c2", json!({ "n": 1 })).await;
+    let mut seen = Vec::new();
+    publications(&poller.poll().await, "buf:c2", &mut seen);
+    assert_eq!(seen, vec![1]);
+
+    // While a poll is held: a disconnect answers it, its push the last item.
+    let addr = herald.addr;
+    let disconnect = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        api_at(addr, "disconnect", json!({ "user": "u6", "disconnect": { "code": 4005, "reason": "bye" } })).await
+    });
+    let started = Instant::now();
+    let mut items = poller.poll().await;
+    if items.is_empty() {
+        items = poller.poll().await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(disconnect.await.unwrap().0, 200);
+    assert_eq!(items.last().unwrap()["disconnect"]["code"], 4005, "{items:?}");
+    let resp = poller.request(poller.seq).await;
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    wait_for("the session is gone", Duration::from_secs(3), || async { herald.num_clients().await == 0 }).await;
+}

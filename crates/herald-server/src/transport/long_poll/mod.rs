@@ -15,10 +15,12 @@
 //! - A session without a poll for `uni_long_poll.session_ttl` is closed; an unknown or ended
 //!   session answers 404 (connect again, with `recover` positions).
 //!
-//! [`link::PollLink`] holds the unacknowledged items (bounded by `client.queue_max_size`); one
-//! small task per session runs its controls and its end; one sweeper task per node expires
-//! sessions, so a session between polls holds no timer and no socket. Requests are read and
-//! answered on the raw socket ([`raw`]), so a held poll holds no hyper connection state either.
+//! [`link::PollLink`] holds the unacknowledged items (bounded by `client.queue_max_size`). A
+//! session has no task of its own: between controls it is parked in its link ([`ParkedSession`])
+//! and a control or the close spawns a short task on the session's worker ([`run`]). One
+//! sweeper task per node answers polls past their timeout and expires sessions, so neither a
+//! session nor a held poll holds a timer. Requests are read and answered on the raw socket
+//! ([`raw`]), and a held poll is parked in its link with its socket, without a task either.
 
 pub mod link;
 pub(crate) mod raw;
@@ -28,10 +30,12 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use herald_hub::wake::MAX_WORKERS;
 use herald_hub::{ClientLink, ConnectionInfo, Session, Transport};
 use herald_proto::codes::{DISCONNECT_CONNECTION_CLOSED, DISCONNECT_WRITE_ERROR};
 use herald_proto::envelope;
@@ -39,6 +43,7 @@ use herald_proto::{Disconnect, DisconnectReason, Push, Reply};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::runtime::Handle;
 
 use crate::api::{Body, transport_error};
 use crate::state::AppState;
@@ -52,13 +57,43 @@ use request::PollRequest;
 const METHODS: &str = "GET, POST, OPTIONS";
 
 /// Live long-poll sessions of this node, by session id.
-#[derive(Default)]
 pub struct Polls {
     map: Mutex<HashMap<Box<str>, Arc<PollLink>>>,
     sweeper: AtomicBool,
+    /// The runtime of each worker that parked a poll or ran a connect (the last slot for
+    /// threads that are not workers), so that work for a parked poll or a session is spawned
+    /// there from any thread: one handle per worker, not one per session.
+    runtimes: Box<[OnceLock<Handle>]>,
+}
+
+impl Default for Polls {
+    fn default() -> Self {
+        Polls {
+            map: Mutex::default(),
+            sweeper: AtomicBool::new(false),
+            runtimes: (0..=MAX_WORKERS).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 impl Polls {
+    fn runtime_slot(&self, worker: u16) -> &OnceLock<Handle> {
+        &self.runtimes[usize::from(worker).min(MAX_WORKERS)]
+    }
+
+    /// Remembers the calling thread's runtime as worker `worker`'s (call on that worker).
+    pub(crate) fn note_runtime(&self, worker: u16) {
+        self.runtime_slot(worker).get_or_init(Handle::current);
+    }
+
+    /// Runs `task` on worker `worker`'s runtime (noted before by [`Polls::note_runtime`]); it is
+    /// dropped when that runtime is gone.
+    pub(crate) fn spawn(&self, worker: u16, task: impl Future<Output = ()> + Send + 'static) {
+        if let Some(handle) = self.runtime_slot(worker).get() {
+            drop(handle.spawn(task));
+        }
+    }
+
     fn insert(&self, link: &Arc<PollLink>) {
         self.map.lock().expect("polls").insert(link.session.clone(), link.clone());
     }
@@ -221,8 +256,10 @@ async fn connect(state: &Arc<AppState>, cmds: Vec<herald_proto::Command>, peer: 
     metrics::counter!("herald_stream_opened_total", "transport" => "uni_long_poll").increment(1);
     state.polls.insert(&link);
     start_sweeper(state);
+    state.polls.note_runtime(link.worker);
+    // Controls that came during the connect run now, in a task; otherwise the session parks.
     tokio::spawn(run(link.clone(), state.clone(), session));
-    let Ok(_) = link.begin_poll(0) else { unreachable!("seq 0 is never ahead") };
+    let Ok(_) = link.begin_poll(0, Duration::ZERO) else { unreachable!("seq 0 is never ahead") };
     let batch = link.take_now();
     link.end_poll();
     counted("connected", batch_response(Some(&link.session), batch))
@@ -246,7 +283,7 @@ fn begin_poll(state: &AppState, session: &str, seq: u64) -> Result<HeldPoll, Box
             transport_error(StatusCode::NOT_FOUND, "unknown session (ended or expired): connect again"),
         )));
     };
-    match link.begin_poll(seq) {
+    match link.begin_poll(seq, state.config.uni_long_poll.poll_timeout) {
         Ok(ticket) => Ok(HeldPoll { link, ticket }),
         Err(next) => {
             let message = format!("seq {seq} is beyond the items sent (next is {next})");
@@ -262,14 +299,16 @@ pub(crate) struct HeldPoll {
 }
 
 impl HeldPoll {
-    /// Waits for items, the session's end, a newer poll or `uni_long_poll.poll_timeout`, and
-    /// answers (without CORS headers).
+    /// Waits for items, the session's end, a newer poll or `uni_long_poll.poll_timeout` (seen
+    /// by the sweeper), and answers (without CORS headers).
     pub(crate) async fn wait(self, state: &AppState) -> Response<Body> {
-        let timeout = state.config.uni_long_poll.poll_timeout;
-        let batch = match tokio::time::timeout(timeout, poll_fn(|cx| self.link.poll_items(cx, self.ticket))).await {
-            Ok(batch) => batch,
-            Err(_) => self.link.take_now(),
-        };
+        poll_fn(|cx| self.link.poll_items(cx, self.ticket)).await;
+        self.answer(state)
+    }
+
+    /// Answers with what the session holds now (without CORS headers).
+    pub(crate) fn answer(self, state: &AppState) -> Response<Body> {
+        let batch = self.link.take_now();
         let session = &self.link.session;
         if batch.ended && batch.items.is_empty() {
             state.polls.remove(session);
@@ -321,11 +360,48 @@ fn disconnect_item(reason: &DisconnectReason) -> Option<Bytes> {
     envelope::encode(ENVELOPE, &Reply::push(push))
 }
 
-/// The session task: runs controls (server-side subscribe, disconnect, refresh) until the
-/// session is closed, then queues its disconnect push as the last item.
+/// A session between its controls: parked in its link's task waker, without a task. Woken by a
+/// control or a close, it spawns [`run`] on the session's worker.
+struct ParkedSession {
+    link: Arc<PollLink>,
+    state: Weak<AppState>,
+    session: Mutex<Option<Box<Session>>>,
+}
+
+impl ParkedSession {
+    fn take(&self) -> Option<Box<Session>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Wake for ParkedSession {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(session) = self.take() else { return };
+        let Some(state) = self.state.upgrade() else { return };
+        state.polls.spawn(self.link.worker, run(self.link.clone(), state.clone(), session));
+    }
+}
+
+/// Runs the session's controls (server-side subscribe, disconnect, refresh) one batch after
+/// another, in order; parks the session when none are left, so a session costs no task between
+/// them. At the close, queues its disconnect push as the last item: once, since the link hands
+/// the close out once and only the holder of the session runs it.
 async fn run(link: Arc<PollLink>, state: Arc<AppState>, mut session: Box<Session>) {
     let reason = loop {
-        let wake = poll_fn(|cx| link.poll_task(cx)).await;
+        let parked = Arc::new(ParkedSession {
+            link: link.clone(),
+            state: Arc::downgrade(&state),
+            session: Mutex::new(Some(session)),
+        });
+        let wake = match link.park_task(Waker::from(parked.clone())) {
+            Ok(()) => return,
+            Err(wake) => wake,
+        };
+        session = parked.take().expect("a session not parked is not woken");
         if !wake.controls.is_empty() {
             Box::pin(handle_controls(&mut session, &state.node, wake.controls)).await;
         }
@@ -341,22 +417,33 @@ async fn run(link: Arc<PollLink>, state: Arc<AppState>, mut session: Box<Session
     state.connections.closed(Transport::UniLongPoll, link.worker);
 }
 
-/// Starts the node's sweeper once: it closes sessions without a poll for
-/// `uni_long_poll.session_ttl` and forgets ended ones after the same time.
+/// How often the sweeper runs: a quarter of the shorter of the session TTL and the poll
+/// timeout, between 100 ms and 1 s; a poll is answered at most that late after its timeout.
+fn sweep_every(ttl: Duration, poll_timeout: Duration) -> Duration {
+    (ttl.min(poll_timeout) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Starts the node's sweeper once: it answers polls past `uni_long_poll.poll_timeout`, closes
+/// sessions without a poll for `uni_long_poll.session_ttl` and forgets ended ones after the
+/// same time.
 fn start_sweeper(state: &Arc<AppState>) {
     if state.polls.sweeper.swap(true, Ordering::AcqRel) {
         return;
     }
     let weak: Weak<AppState> = Arc::downgrade(state);
     let ttl = state.config.uni_long_poll.session_ttl;
-    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let every = sweep_every(ttl, state.config.uni_long_poll.poll_timeout);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { return };
             let links: Vec<Arc<PollLink>> = state.polls.map.lock().expect("polls").values().cloned().collect();
+            let now = Instant::now();
+            // Polls released on other workers are woken in one hand-over per worker.
+            let _batch = herald_hub::wake::Batch::open();
             for link in links {
+                link.expire(now);
                 let Some(since) = link.idle_since() else { continue };
                 if since.elapsed() < ttl {
                     continue;

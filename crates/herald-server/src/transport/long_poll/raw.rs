@@ -7,11 +7,14 @@
 //! `transport::stream::handoff`). After each answer the next request head is read here: another
 //! long-poll request is served in the same loop, anything else goes back to the entry
 //! (`entry::spawn_dispatch`), which routes it like a first request. The loop runs in a task of
-//! its own ([`spawn`]), so a held poll keeps only this loop's state.
+//! its own ([`spawn`]) while a request is read or answered; a poll to hold is parked with the
+//! socket in its session's link ([`Parked`]) and the task ends, and the wake-up that answers it
+//! spawns the loop again.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Wake, Waker};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -47,6 +50,36 @@ pub(crate) enum Pending {
     Head(Vec<u8>),
     /// A request hyper read, with the bytes hyper had read past it.
     Handed(Box<Handed>, Vec<u8>),
+    /// A parked poll to answer now.
+    Woken(Held),
+}
+
+/// Parks a held poll with its socket (the task serving the connection then ends), or gives
+/// both back when the poll is to be answered at once.
+fn park(
+    state: &Arc<AppState>,
+    stream: TcpStream,
+    held: Held,
+    peer: SocketAddr,
+    listener: Listener,
+) -> Result<(), (TcpStream, Held)> {
+    let worker = herald_hub::wake::current_worker();
+    state.polls.note_runtime(worker);
+    let (link, ticket) = (held.poll.link.clone(), held.poll.ticket);
+    let parked = Arc::new(Parked {
+        state: Arc::downgrade(state),
+        worker,
+        conn: Mutex::new(Some(ParkedConn { stream, held, peer, listener })),
+    });
+    match link.park(ticket, worker, Waker::from(parked.clone())) {
+        Ok(()) => Ok(()),
+        Err(waker) => {
+            drop(waker);
+            let conn = parked.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let conn = conn.expect("a poll not parked is not woken");
+            Err((conn.stream, conn.held))
+        }
+    }
 }
 
 /// A request of this endpoint, parsed from a raw head.
@@ -59,15 +92,60 @@ struct Parsed {
 
 /// Serves long-poll requests on `stream`, starting with `pending`, in a new task.
 pub(crate) fn spawn(state: Arc<AppState>, stream: TcpStream, pending: Pending, peer: SocketAddr, listener: Listener) {
-    tokio::spawn(async move {
-        if let Some((stream, head)) = serve(&state, stream, pending, peer, listener).await {
-            entry::spawn_dispatch(state, stream, head, peer, listener);
-        }
-    });
+    tokio::spawn(run(state, stream, pending, peer, listener));
 }
 
-/// Serves long-poll requests on `stream` until the connection ends (`None`) or carries a
-/// request for another endpoint (returned with the connection). `peer` is the connection's
+/// The connection's task: serves until the connection ends, parks a held poll (the task ends;
+/// [`Parked`] spawns the next one), or hands a request for another endpoint to the entry.
+async fn run(state: Arc<AppState>, stream: TcpStream, pending: Pending, peer: SocketAddr, listener: Listener) {
+    if let Served::Other(stream, head) = serve(&state, stream, pending, peer, listener).await {
+        entry::spawn_dispatch(state, stream, head, peer, listener);
+    }
+}
+
+/// How [`serve`] ended.
+pub(crate) enum Served {
+    /// The connection ended.
+    Closed,
+    /// A poll is held with the socket parked in its session ([`Parked`]): no task waits.
+    Parked,
+    /// The connection carries a request for another endpoint (its head).
+    Other(TcpStream, Vec<u8>),
+}
+
+/// A held poll parked without a task: the socket and what its answer needs, in the waker its
+/// session wakes (an item, the session's end, a newer poll, the sweeper at the timeout). That
+/// is what a client holding a poll costs besides its session: no task, no future, no timer.
+struct Parked {
+    state: Weak<AppState>,
+    /// The worker whose runtime the socket is registered with, where the answer runs.
+    worker: u16,
+    conn: Mutex<Option<ParkedConn>>,
+}
+
+struct ParkedConn {
+    stream: TcpStream,
+    held: Held,
+    peer: SocketAddr,
+    listener: Listener,
+}
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    /// Spawns the task that answers the poll and goes on serving the connection.
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(conn) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(state) = self.state.upgrade() else { return };
+        let ParkedConn { stream, held, peer, listener } = conn;
+        state.polls.spawn(self.worker, run(state.clone(), stream, Pending::Woken(held), peer, listener));
+    }
+}
+
+/// Serves long-poll requests on `stream` until the connection ends, a poll is parked, or the
+/// connection carries a request for another endpoint ([`Served`]). `peer` is the connection's
 /// address (before trusted-proxy headers).
 pub(crate) async fn serve(
     state: &Arc<AppState>,
@@ -75,14 +153,14 @@ pub(crate) async fn serve(
     mut pending: Pending,
     peer: SocketAddr,
     listener: Listener,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> Served {
     loop {
-        // Everything but the wait of a held poll is boxed: the loop's future, which a client
-        // holding a poll keeps, is then the socket, this loop's locals and [`Held`].
+        // Every await is boxed: the loop's future, which lives while a request is served, is
+        // then the socket and this loop's locals. A held poll keeps none of it (parked).
         let step = match pending {
             Pending::Head(bytes) => match Box::pin(one(state, &stream, bytes, peer)).await {
                 Some(step) => step,
-                None => return None,
+                None => return Served::Closed,
             },
             Pending::Handed(h, rest) => {
                 let limit = state.config.uni_long_poll.max_request_body_size;
@@ -90,32 +168,41 @@ pub(crate) async fn serve(
                 let origin = h.head.origin.as_deref().map(Box::from);
                 Box::pin(respond(state, parsed, h.client, origin, h.keep_alive, rest)).await
             }
+            // Woken only when there is something to answer (items, the end, a newer poll, the
+            // timeout).
+            Pending::Woken(Held { poll, origin, keep_alive, rest }) => {
+                Step::Answer(with_cors(poll.answer(state), origin.as_deref()), keep_alive, rest)
+            }
         };
         let (response, keep_alive, rest) = match step {
             Step::Answer(response, keep_alive, rest) => (response, keep_alive, rest),
-            Step::Hold(held) => {
-                let Held { poll, origin, keep_alive, rest } = *held;
-                (with_cors(poll.wait(state).await, origin.as_deref()), keep_alive, rest)
-            }
+            Step::Hold(held) => match park(state, stream, *held, peer, listener) {
+                Ok(()) => return Served::Parked,
+                Err((back, held)) => {
+                    stream = back;
+                    let Held { poll, origin, keep_alive, rest } = held;
+                    (with_cors(poll.answer(state), origin.as_deref()), keep_alive, rest)
+                }
+            },
         };
         if Box::pin(write(&mut stream, response, keep_alive)).await.is_err() {
-            return None;
+            return Served::Closed;
         }
         if !keep_alive {
-            let _ = stream.shutdown().await;
-            return None;
+            let _ = Box::pin(stream.shutdown()).await;
+            return Served::Closed;
         }
         let head = match Box::pin(entry::next_head(state, &stream, rest)).await {
             Ok(head) => head,
             Err(HeadError::TooLarge) => {
-                crate::transport::reject(stream, 431, "request head too large", "").await;
-                return None;
+                Box::pin(crate::transport::reject(stream, 431, "request head too large", "")).await;
+                return Served::Closed;
             }
-            Err(HeadError::Closed) => return None,
+            Err(HeadError::Closed) => return Served::Closed,
         };
         let route = entry::first_route(&state.config, &head).map(|r| on_listener(&state.config, r, listener));
         if !matches!(route, Some(Route::LongPoll)) {
-            return Some((stream, head));
+            return Served::Other(stream, head);
         }
         pending = Pending::Head(head);
     }
@@ -274,8 +361,9 @@ mod tests {
     use crate::config::Config;
     use crate::state::AppState;
 
-    /// The loop's future is what a client holding a poll pays besides its session (the task
-    /// that owns the socket): keep it small. Everything but the held poll's wait is boxed.
+    /// A client holding a poll pays for its [`super::Parked`] (in an `Arc`, besides its
+    /// session and socket), not for this loop's future, which lives only while a request is
+    /// read or answered: keep both small.
     #[tokio::test]
     async fn the_poll_loop_state_is_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -287,9 +375,12 @@ mod tests {
         let state = Arc::new(AppState::new(Config::default(), node, crate::telemetry::install_metrics().unwrap(), 0));
         let fut = serve(&state, stream, Pending::Head(Vec::new()), peer, crate::router::Listener::Public);
         let size = std::mem::size_of_val(&fut);
-        eprintln!("long-poll loop future {size} B");
-        // 704 B in a debug build with only the held poll's wait unboxed (1,152 allowed before).
+        // The Arc's two counters, then the parked poll.
+        let parked = 16 + std::mem::size_of::<super::Parked>();
+        eprintln!("long-poll loop future {size} B, parked poll {parked} B");
+        // 704 B in a debug build when the loop's future was what a held poll kept.
         assert!(size <= 768, "long-poll loop future grew to {size} bytes");
+        assert!(parked <= 256, "a parked poll grew to {parked} bytes");
     }
 
     #[test]

@@ -48,6 +48,19 @@ pub fn connector(
     Ok(builder.enable_all_versions().wrap_connector(http))
 }
 
+/// An error of an outbound call and its causes on one line: hyper's own text ("client error
+/// (Connect)") hides what failed, such as a certificate the backend's CA did not sign.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The rustls client configuration of `tls` (ALPN is set by the connector builder).
 fn client_config(tls: &ClientTlsOptions, key: &str) -> Result<rustls::ClientConfig, ConfigError> {
     let provider = Arc::new(provider());

@@ -142,8 +142,10 @@ impl HttpProxy {
         request: Request<Full<Bytes>>,
         max_response_size: usize,
     ) -> Result<Bytes, ProxyFailure> {
-        let response =
-            self.clients[client].request(request).await.map_err(|e| ProxyFailure::Unavailable(error_chain(&e)))?;
+        let response = self.clients[client]
+            .request(request)
+            .await
+            .map_err(|e| ProxyFailure::Unavailable(crate::outbound::error_chain(&e)))?;
         if response.status() != StatusCode::OK {
             return Err(ProxyFailure::Status(response.status().as_u16()));
         }
@@ -156,19 +158,6 @@ impl HttpProxy {
         })?;
         Ok(body.to_bytes())
     }
-}
-
-/// An error and its causes on one line: hyper's own text ("client error (Connect)") hides
-/// what failed, such as a certificate the backend's CA did not sign.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The metric label of a call's outcome.

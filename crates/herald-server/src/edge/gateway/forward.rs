@@ -284,7 +284,7 @@ async fn forward(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .passive_failure(&route.thresholds, gateway.now_ms());
-            let why = chain(&e);
+            let why = crate::outbound::error_chain(&e);
             if let Some(up) = change {
                 super::health::changed(&route.label, &upstream.label, up, &format!("forwarding failed: {why}"));
             }
@@ -316,18 +316,6 @@ fn timeout(route: &Route) -> Fail {
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-/// An error and its sources, for the log.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The hop-by-hop fields (RFC 9110 §7.6.1): those named in `Connection` and the fixed list.

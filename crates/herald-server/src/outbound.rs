@@ -208,11 +208,7 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
 
-    fn pair(name: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
+    use crate::tls::test_pair as pair;
 
     fn on() -> ClientTlsOptions {
         ClientTlsOptions { enabled: true, ..Default::default() }

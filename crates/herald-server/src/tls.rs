@@ -222,15 +222,20 @@ fn certified_key(cert: &PemSource, key: &PemSource) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(certified))
 }
 
+/// A self-signed certificate for `name` and its key, in PEM, for the TLS unit tests here and in
+/// `crate::outbound`.
+#[cfg(test)]
+pub(crate) fn test_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pair(name: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
+    use super::test_pair as pair;
 
     fn enabled(cert: &str, key: &str) -> TlsConfig {
         TlsConfig { enabled: true, cert_pem: cert.into(), key_pem: key.into(), ..Default::default() }

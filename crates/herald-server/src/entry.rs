@@ -520,12 +520,21 @@ struct Rewind {
     handoff: Arc<stream::handoff::Handoff>,
 }
 
+/// Serves a read from `prefix`, the bytes read ahead of a handed-over connection, while any are
+/// left; false once it is empty (read the socket then).
+pub(crate) fn replay_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
+    true
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        if replay_prefix(&mut self.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

@@ -27,13 +27,10 @@ SECS="${SECS:-8}"
 CONNS="${CONNS:-50}"
 BATCH="${BATCH:-}"
 OUT="${OUT:-$here/out/ceiling.jsonl}"
-bench="$root/target/release/herald-bench"
-if [ ! -x "$bench" ] || [ ! -x "$root/target/release/herald" ]; then
-  (cd "$root" && cargo build --release -p herald-server -p herald-bench)
-fi
 mkdir -p "$(dirname "$OUT")"
 # shellcheck source=lib/brokers.sh
 source "$here/lib/brokers.sh"
+need_release_build
 start_redis
 start_nats
 echo "redis port $redis_port pid $redis_pid; nats port $nats_port pid $nats_pid" >&2

@@ -27,13 +27,10 @@ ROUNDS="${ROUNDS:-2}"
 ENGINES="${ENGINES:-memory redis nats}"
 PROCS="${PROCS:-2}"
 OUT="${OUT:-$here/out/cluster.jsonl}"
-bench="$root/target/release/herald-bench"
-if [ ! -x "$bench" ] || [ ! -x "$root/target/release/herald" ]; then
-  (cd "$root" && cargo build --release -p herald-server -p herald-bench)
-fi
 mkdir -p "$(dirname "$OUT")"
 # shellcheck source=lib/brokers.sh
 source "$here/lib/brokers.sh"
+need_release_build
 
 start_redis
 start_nats

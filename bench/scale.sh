@@ -27,18 +27,15 @@ RAMP="${RAMP:-10000}"
 PROCS="${PROCS:-$(((CONNECTIONS + 14999) / 15000))}"
 OUT="${OUT:-$here/out/scale.jsonl}"
 ENGINE="${ENGINE:-redis}"
-bench="$root/target/release/herald-bench"
-if [ ! -x "$bench" ] || [ ! -x "$root/target/release/herald" ]; then
-  (cd "$root" && cargo build --release -p herald-server -p herald-bench)
-fi
+# shellcheck source=lib/brokers.sh
+source "$here/lib/brokers.sh"
+need_release_build
 per_node=$(((CONNECTIONS + NODES - 1) / NODES))
 if [ "$per_node" -gt 19000 ]; then
   echo "$CONNECTIONS connections over $NODES nodes is more than 19000 per node (20000 open files each); add nodes" >&2
   exit 2
 fi
 
-# shellcheck source=lib/brokers.sh
-source "$here/lib/brokers.sh"
 started=()
 cleanup() {
   for port in "${started[@]}"; do "$here/herald.sh" stop "$port" 2>/dev/null || true; done

@@ -7,6 +7,7 @@
 #   start_node PORT ENV...;  echo "$node_pid"     (release herald, bench/herald-bench.toml)
 #   stop_pid PID
 #   cpu_ticks PID                                 (utime + stime, clock ticks)
+#   need_release_build                            (builds herald and herald-bench when missing)
 
 herald_bin="${HERALD_BIN:-$root/target/release/herald}"
 tmp="$(mktemp -d)"
@@ -22,6 +23,14 @@ cleanup_started() {
   rm -rf "$tmp"
 }
 trap cleanup_started EXIT
+
+# The release herald-bench, and the herald the nodes run ($HERALD_BIN or the release build).
+bench="$root/target/release/herald-bench"
+need_release_build() {
+  if [ ! -x "$bench" ] || [ ! -x "$herald_bin" ]; then
+    (cd "$root" && cargo build --release -p herald-server -p herald-bench)
+  fi
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
